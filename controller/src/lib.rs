@@ -1,0 +1,15 @@
+//! Waveguide: a declarative GitOps reconciler for fleets of edge devices.
+//!
+//! Each stage of the loop lives in a module of its own name, with a narrow, typed
+//! interface:
+//!
+//! ```text
+//! source ──► compile ──► plan ──► rollout ──► publish ──► (TUF repo) ──► agent
+//!                          ▲                                              │
+//!                          └──────────── inventory ◄── api ◄──────────────┘
+//! ```
+//!
+//! `model` holds the fleet repository's document types, shared by every stage.
+
+pub mod cli;
+pub mod target;
