@@ -12,5 +12,6 @@
 //! `model` holds the fleet repository's document types, shared by every stage.
 
 pub mod cli;
+pub mod inventory;
 pub mod model;
 pub mod target;

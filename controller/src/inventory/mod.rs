@@ -1,0 +1,109 @@
+//! Discovered state: what each device last reported.
+//!
+//! For now the inventory is a snapshot file (JSON or YAML) — what the device API would
+//! hold — so that `waveguide plan` can diff a fleet against a known state. The embedded
+//! database behind the device API will live here too.
+
+mod snapshot;
+
+pub use snapshot::{parse_snapshot, read_snapshot, InventoryError, SnapshotFormat};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a device is in installing its desired release, as it last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpdateState {
+    /// Running its current release, nothing in progress.
+    Idle,
+    /// Fetching a new release.
+    Downloading,
+    /// Installing a downloaded release.
+    Installing,
+    /// The last update installed successfully.
+    Installed,
+    /// The last update failed; the device still runs `release`.
+    Failed,
+}
+
+impl UpdateState {
+    /// The name used in snapshots and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Idle => "idle",
+            UpdateState::Downloading => "downloading",
+            UpdateState::Installing => "installing",
+            UpdateState::Installed => "installed",
+            UpdateState::Failed => "failed",
+        }
+    }
+
+    /// True when the device is settled on what it runs: nothing in progress, nothing failed.
+    pub fn is_settled(self) -> bool {
+        matches!(self, UpdateState::Idle | UpdateState::Installed)
+    }
+}
+
+/// One device's last report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceReport {
+    /// The release the device runs, when it runs one Waveguide published (a factory image
+    /// has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The version the device runs; what downgrades are judged on.
+    pub version: semver::Version,
+    /// Update progress.
+    pub state: UpdateState,
+    /// Whether the device's own health checks pass.
+    #[serde(default)]
+    pub healthy: bool,
+    /// When the device last reported (RFC 3339), as the device API recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+/// The discovered state of a fleet: one report per device that has ever reported, sorted
+/// by device id so it joins the compiled fleet (also sorted by id) in one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// When the snapshot was taken, if it says.
+    pub captured_at: Option<String>,
+    reports: Vec<(Box<str>, DeviceReport)>,
+}
+
+impl Inventory {
+    /// Builds an inventory from reports in any order. Returns the id of a device reported
+    /// twice, if any.
+    pub fn new(
+        captured_at: Option<String>,
+        mut reports: Vec<(Box<str>, DeviceReport)>,
+    ) -> Result<Inventory, Box<str>> {
+        reports.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = reports.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(pair[0].0.clone());
+        }
+        Ok(Inventory { captured_at, reports })
+    }
+
+    /// The reports, sorted by device id.
+    pub fn reports(&self) -> &[(Box<str>, DeviceReport)] {
+        &self.reports
+    }
+
+    /// The report of one device.
+    pub fn get(&self, device: &str) -> Option<&DeviceReport> {
+        self.reports.binary_search_by(|(id, _)| (**id).cmp(device)).ok().map(|i| &self.reports[i].1)
+    }
+
+    /// Number of devices that reported.
+    pub fn len(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// True when no device reported.
+    pub fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+    }
+}
