@@ -12,6 +12,8 @@
 //! `model` holds the fleet repository's document types, shared by every stage.
 
 pub mod cli;
+pub mod compile;
 pub mod inventory;
 pub mod model;
+pub mod source;
 pub mod target;

@@ -1,0 +1,153 @@
+//! Fleet files from one commit of a Git repository, read from the object database without
+//! a checkout, so any revision can be compiled without touching the working tree.
+
+use std::path::Path;
+
+use git2::{ObjectType, Repository, TreeWalkMode, TreeWalkResult};
+
+use super::{is_fleet_file, FleetFile, FleetFiles, SourceError};
+
+/// Reads every `*.yaml` / `*.yml` file under `subdir` (`""` or `"."` for the whole tree)
+/// in the commit that `rev` names: a branch, a tag (annotated or not), a commit id or
+/// any other `git rev-parse` expression such as `HEAD~1`. Paths are relative to `subdir`.
+/// Hidden entries, symbolic links and submodules are skipped.
+pub fn read_commit(repository: &Path, rev: &str, subdir: &str) -> Result<FleetFiles, SourceError> {
+    let repo = Repository::open(repository).map_err(|e| SourceError::OpenRepository {
+        path: repository.to_owned(),
+        message: e.message().to_owned(),
+    })?;
+    let git_error = |what: &str| {
+        let what = what.to_owned();
+        move |e: git2::Error| SourceError::Git {
+            repository: repository.to_owned(),
+            what,
+            message: e.message().to_owned(),
+        }
+    };
+    let commit = repo.revparse_single(rev).and_then(|object| object.peel_to_commit()).map_err(|e| {
+        SourceError::UnknownRevision {
+            repository: repository.to_owned(),
+            rev: rev.to_owned(),
+            message: e.message().to_owned(),
+        }
+    })?;
+    let commit_id = commit.id().to_string();
+    let root = commit.tree().map_err(git_error("the commit's tree"))?;
+
+    let subdir = subdir.trim_matches('/');
+    let tree = if subdir.is_empty() || subdir == "." {
+        root
+    } else {
+        let entry = root.get_path(Path::new(subdir)).map_err(|_| SourceError::PathNotInCommit {
+            rev: rev.to_owned(),
+            commit: commit_id.clone(),
+            path: subdir.to_owned(),
+        })?;
+        if entry.kind() != Some(ObjectType::Tree) {
+            return Err(SourceError::PathNotADirectory {
+                rev: rev.to_owned(),
+                commit: commit_id,
+                path: subdir.to_owned(),
+            });
+        }
+        repo.find_tree(entry.id()).map_err(git_error(subdir))?
+    };
+
+    // Collect the blob ids first: reading blobs inside the walk callback could not report
+    // errors with context.
+    let mut blobs = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        let Ok(name) = entry.name() else { return TreeWalkResult::Skip };
+        if name.starts_with('.') {
+            return TreeWalkResult::Skip;
+        }
+        // 0o100644 and 0o100755 are regular files; 0o120000 (symlink) and 0o160000
+        // (submodule) are not fleet files.
+        let regular_file = entry.kind() == Some(ObjectType::Blob) && entry.filemode() & 0o170000 == 0o100000;
+        if regular_file && is_fleet_file(name) {
+            blobs.push((format!("{dir}{name}"), entry.id()));
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(git_error("the commit's tree"))?;
+
+    let mut files = Vec::with_capacity(blobs.len());
+    for (path, id) in blobs {
+        let blob = repo.find_blob(id).map_err(git_error(&path))?;
+        files.push(FleetFile { path: path.into(), contents: blob.content().to_vec() });
+    }
+    Ok(FleetFiles::new(files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git2::{Signature, Time};
+    use std::fs;
+
+    /// A repository with two commits on `main`, a lightweight tag on the first and an
+    /// annotated tag on the second; the fleet lives under `fleet/`.
+    fn repository() -> (tempfile::TempDir, git2::Oid, git2::Oid) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let sig = Signature::new("Fleet Operator", "ops@example.com", &Time::new(1_700_000_000, 0)).unwrap();
+        let commit = |files: &[(&str, &str)], parents: &[git2::Oid]| {
+            for (path, text) in files {
+                let full = dir.path().join(path);
+                fs::create_dir_all(full.parent().unwrap()).unwrap();
+                fs::write(full, text).unwrap();
+            }
+            let mut index = repo.index().unwrap();
+            index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+            index.write().unwrap();
+            let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+            let parents: Vec<_> = parents.iter().map(|p| repo.find_commit(*p).unwrap()).collect();
+            let parents: Vec<_> = parents.iter().collect();
+            repo.commit(Some("refs/heads/main"), &sig, &sig, "change", &tree, &parents).unwrap()
+        };
+        let first = commit(&[("fleet/groups.yaml", "v1"), ("fleet/notes.txt", "x"), ("README.md", "r")], &[]);
+        let second = commit(&[("fleet/groups.yaml", "v2"), ("fleet/eu/sites.yml", "s")], &[first]);
+        repo.tag_lightweight("v1", &repo.find_object(first, None).unwrap(), false).unwrap();
+        repo.tag("v2", &repo.find_object(second, None).unwrap(), &sig, "second", false).unwrap();
+        (dir, first, second)
+    }
+
+    fn paths_and_text(files: &FleetFiles) -> Vec<(String, String)> {
+        files
+            .files()
+            .iter()
+            .map(|f| (f.path.to_string(), String::from_utf8(f.contents.clone()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_branch_tags_and_commit_ids() {
+        let (dir, first, second) = repository();
+        let at = |rev: &str| paths_and_text(&read_commit(dir.path(), rev, "fleet").unwrap());
+        let v1 = vec![("groups.yaml".to_owned(), "v1".to_owned())];
+        let v2 =
+            vec![("eu/sites.yml".to_owned(), "s".to_owned()), ("groups.yaml".to_owned(), "v2".to_owned())];
+        assert_eq!(at("main"), v2);
+        assert_eq!(at("v2"), v2);
+        assert_eq!(at("v1"), v1);
+        assert_eq!(at(&first.to_string()), v1);
+        assert_eq!(at(&second.to_string()[..10]), v2);
+        assert_eq!(at("main~1"), v1);
+        let whole = read_commit(dir.path(), "main", "").unwrap();
+        assert_eq!(whole.files()[0].path.as_ref(), "fleet/eu/sites.yml");
+    }
+
+    #[test]
+    fn reports_missing_revisions_and_paths() {
+        let (dir, _, _) = repository();
+        let err = read_commit(dir.path(), "nope", "fleet").unwrap_err();
+        assert!(matches!(err, SourceError::UnknownRevision { .. }), "{err}");
+        assert!(err.to_string().contains("\"nope\""), "{err}");
+        let err = read_commit(dir.path(), "main", "missing/dir").unwrap_err();
+        assert!(matches!(err, SourceError::PathNotInCommit { .. }), "{err}");
+        let err = read_commit(dir.path(), "main", "README.md").unwrap_err();
+        assert!(matches!(err, SourceError::PathNotADirectory { .. }), "{err}");
+        let err = read_commit(&dir.path().join("not-a-repo"), "main", "").unwrap_err();
+        assert!(matches!(err, SourceError::OpenRepository { .. }), "{err}");
+    }
+}

@@ -1,0 +1,107 @@
+//! Reading the fleet repository's files: every `*.yaml` / `*.yml` file under a directory,
+//! or under a path inside one Git commit, read straight from the object database.
+//!
+//! The result is a [`FleetFiles`]: relative paths and raw bytes, nothing parsed. Parsing is
+//! the compiler's job; keeping the two apart lets the same compiler run on a working
+//! tree, on any commit of a repository (for `plan --base --head`) and, later, on what the
+//! Git source fetched.
+
+mod dir;
+mod git;
+
+pub use dir::read_dir;
+pub use git::read_commit;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One file of the fleet repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFile {
+    /// Path relative to the fleet root, with `/` separators (`groups/eu.yaml`).
+    pub path: Arc<str>,
+    /// The file's bytes, not yet decoded.
+    pub contents: Vec<u8>,
+}
+
+/// The fleet files, sorted by path so that everything built from them is deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetFiles {
+    files: Vec<FleetFile>,
+}
+
+impl FleetFiles {
+    /// Builds the set from files in any order; they are sorted by path.
+    pub fn new(mut files: Vec<FleetFile>) -> FleetFiles {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        FleetFiles { files }
+    }
+
+    /// Builds the set from `(path, contents)` pairs, e.g. in tests.
+    pub fn from_pairs<P: AsRef<str>, C: Into<Vec<u8>>>(
+        pairs: impl IntoIterator<Item = (P, C)>,
+    ) -> FleetFiles {
+        FleetFiles::new(
+            pairs
+                .into_iter()
+                .map(|(p, c)| FleetFile { path: p.as_ref().into(), contents: c.into() })
+                .collect(),
+        )
+    }
+
+    /// The files, sorted by path.
+    pub fn files(&self) -> &[FleetFile] {
+        &self.files
+    }
+
+    /// Number of files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when there is no fleet file.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Total size of all files in bytes.
+    pub fn total_bytes(&self) -> usize {
+        self.files.iter().map(|f| f.contents.len()).sum()
+    }
+}
+
+/// Whether a file name is a fleet document file.
+pub fn is_fleet_file(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// Why the fleet files could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The fleet path does not exist or is not a directory.
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    /// The Git repository could not be opened.
+    #[error("cannot open the Git repository at {path}: {message}")]
+    OpenRepository { path: PathBuf, message: String },
+    /// The revision names no commit.
+    #[error("revision {rev:?} not found in {repository}: {message}")]
+    UnknownRevision { repository: PathBuf, rev: String, message: String },
+    /// The path does not exist in the commit.
+    #[error("path {path:?} does not exist in commit {commit} ({rev})")]
+    PathNotInCommit { rev: String, commit: String, path: String },
+    /// The path exists in the commit but is not a directory.
+    #[error("path {path:?} in commit {commit} ({rev}) is not a directory")]
+    PathNotADirectory { rev: String, commit: String, path: String },
+    /// Reading objects from the repository failed.
+    #[error("cannot read {what} from {repository}: {message}")]
+    Git { repository: PathBuf, what: String, message: String },
+}
