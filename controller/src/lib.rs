@@ -15,5 +15,6 @@ pub mod cli;
 pub mod compile;
 pub mod inventory;
 pub mod model;
+pub mod plan;
 pub mod source;
 pub mod target;

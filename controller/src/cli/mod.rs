@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod plan;
+
 /// Declarative GitOps reconciler for fleets of edge devices.
 #[derive(Debug, Parser)]
 #[command(name = "waveguide", version, about, propagate_version = true)]
@@ -14,12 +16,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Show what the fleet (or a change to it) would roll out, per policy and wave.
+    Plan(plan::PlanArgs),
+}
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
-    match cli.command {}
+    match cli.command {
+        Command::Plan(args) => plan::run(&args),
+    }
 }
 
 fn init_tracing() {

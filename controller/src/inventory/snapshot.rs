@@ -191,22 +191,30 @@ mod tests {
 
     #[test]
     fn errors_carry_file_and_line() {
-        let err = yaml("devices:\n  a: {version: 1.0.0, state: installed}\n  b: {version: one, state: installed}\n")
-            .unwrap_err();
+        let err = yaml(
+            "devices:\n  a: {version: 1.0.0, state: installed}\n  b: {version: one, state: installed}\n",
+        )
+        .unwrap_err();
         match &err {
             InventoryError::Parse { file, line, .. } => assert_eq!((file.as_str(), *line), ("inv.yaml", 3)),
             other => panic!("unexpected {other}"),
         }
-        let err = parse_snapshot("i.json", b"{\"devices\": {\n\"a\": {\"version\": \"1.0.0\", \"state\": \"gone\"}}}", SnapshotFormat::Json)
-            .unwrap_err();
+        let err = parse_snapshot(
+            "i.json",
+            b"{\"devices\": {\n\"a\": {\"version\": \"1.0.0\", \"state\": \"gone\"}}}",
+            SnapshotFormat::Json,
+        )
+        .unwrap_err();
         assert!(matches!(err, InventoryError::Parse { line: 2, .. }), "{err}");
         assert!(err.to_string().contains("gone"), "{err}");
     }
 
     #[test]
     fn a_device_reported_twice_is_an_error() {
-        let err = yaml("devices:\n- {id: a, version: 1.0.0, state: idle}\n- {id: a, version: 1.0.0, state: idle}\n")
-            .unwrap_err();
+        let err = yaml(
+            "devices:\n- {id: a, version: 1.0.0, state: idle}\n- {id: a, version: 1.0.0, state: idle}\n",
+        )
+        .unwrap_err();
         assert!(matches!(err, InventoryError::DuplicateDevice { ref device, .. } if device == "a"), "{err}");
     }
 

@@ -1,0 +1,773 @@
+//! Resolving the validated documents into the compiled fleet: the group hierarchy with
+//! inherited labels and maintenance windows, and each device's desired release.
+//!
+//! Built for a million devices:
+//! - groups are laid out in depth-first order, so a group's subtree is the index range
+//!   `ix..subtree_end` and "is this group under that one" is two comparisons;
+//! - inherited labels and maintenance windows are resolved once per group and shared
+//!   (`Arc`), never copied per device;
+//! - a device is a small fixed-size record: its id, group index, the index of its own
+//!   labels in an interned table (or none), pin, governing policy and desired release;
+//! - policy selectors are evaluated once per distinct (group, own labels) pair, not per
+//!   device: a million devices typically fall into a few thousand such pairs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::diagnostic::{Code, Diagnostic};
+use super::load::{Documents, Located, Location};
+use crate::model::{Artifact, LabelSelector, Labels, MaintenanceWindow, RolloutSpec};
+use crate::target::device_order_key;
+
+/// Index of a group in [`CompiledFleet::groups`].
+pub type GroupIx = u32;
+/// Index of a release in [`CompiledFleet::releases`].
+pub type ReleaseIx = u32;
+/// Index of a policy in [`CompiledFleet::policies`].
+pub type PolicyIx = u32;
+/// Index of a device in [`CompiledFleet::devices`].
+pub type DeviceIx = u32;
+
+/// Marks an absent index in the compact device record.
+const NONE: u32 = u32::MAX;
+
+/// A group with everything it inherits resolved.
+#[derive(Debug, Clone)]
+pub struct CompiledGroup {
+    /// `metadata.name`.
+    pub name: String,
+    /// The parent group; `None` for a root.
+    pub parent: Option<GroupIx>,
+    /// 0 for a root.
+    pub depth: u32,
+    /// The subtree of this group is `self_ix..subtree_end` (depth-first layout).
+    pub subtree_end: GroupIx,
+    /// Own labels over inherited ones: what every device of the group carries.
+    pub labels: Arc<Labels>,
+    /// The windows in force for the group: its own, else its nearest ancestor's. Empty
+    /// means "any time".
+    pub maintenance_windows: Arc<[MaintenanceWindow]>,
+    /// The group's own `maxConcurrent` (it caps its whole subtree).
+    pub max_concurrent: Option<u32>,
+    /// Where the group is declared.
+    pub location: Location,
+}
+
+/// A release, with its version parsed.
+#[derive(Debug, Clone)]
+pub struct CompiledRelease {
+    /// `metadata.name`.
+    pub name: String,
+    /// The semantic version releases are ordered by.
+    pub version: semver::Version,
+    /// Devices that can run it; `None`: every device.
+    pub compatible: Option<LabelSelector>,
+    /// The files devices install.
+    pub artifacts: Vec<Artifact>,
+    /// Where the release is declared.
+    pub location: Location,
+}
+
+/// A policy with its references resolved to indices.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    /// `metadata.name`.
+    pub name: String,
+    /// The release it rolls out.
+    pub release: ReleaseIx,
+    /// Higher wins.
+    pub priority: i32,
+    /// A paused policy publishes nothing new.
+    pub paused: bool,
+    /// Whether it may move devices to a lower version.
+    pub allow_downgrade: bool,
+    /// The group subtrees it covers; empty: the whole fleet.
+    pub groups: Vec<GroupIx>,
+    /// The label part of its selector.
+    pub labels: LabelSelector,
+    /// How it rolls out.
+    pub rollout: RolloutSpec,
+    /// Where the policy is declared.
+    pub location: Location,
+}
+
+/// One device, compactly: 48 bytes plus its id.
+#[derive(Debug, Clone)]
+pub struct CompiledDevice {
+    /// The device id.
+    pub id: Box<str>,
+    /// [`device_order_key`] of the id, computed once: the planner's stable ordering.
+    pub order_key: u64,
+    /// The device's group.
+    pub group: GroupIx,
+    labels: u32,
+    pin: u32,
+    policy: u32,
+    desired: u32,
+    source: u32,
+}
+
+impl CompiledDevice {
+    /// Index of the device's own labels in [`CompiledFleet::label_sets`], if it has any.
+    pub fn own_labels(&self) -> Option<u32> {
+        some(self.labels)
+    }
+
+    /// The release the device is pinned to.
+    pub fn pin(&self) -> Option<ReleaseIx> {
+        some(self.pin)
+    }
+
+    /// The policy that governs the device (none when pinned or uncovered).
+    pub fn policy(&self) -> Option<PolicyIx> {
+        some(self.policy)
+    }
+
+    /// The release the device should run: its pin, else its policy's release.
+    pub fn desired(&self) -> Option<ReleaseIx> {
+        some(self.desired)
+    }
+}
+
+fn some(ix: u32) -> Option<u32> {
+    (ix != NONE).then_some(ix)
+}
+
+/// The resolved fleet: what the planner and the publisher work from.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledFleet {
+    groups: Vec<CompiledGroup>,
+    releases: Vec<CompiledRelease>,
+    policies: Vec<CompiledPolicy>,
+    label_sets: Vec<Labels>,
+    devices: Vec<CompiledDevice>,
+    device_sources: Vec<Location>,
+}
+
+impl CompiledFleet {
+    /// Groups in depth-first order (roots and siblings by name): the `hierarchy` rollout
+    /// order.
+    pub fn groups(&self) -> &[CompiledGroup] {
+        &self.groups
+    }
+
+    /// Releases, by name.
+    pub fn releases(&self) -> &[CompiledRelease] {
+        &self.releases
+    }
+
+    /// Policies, by name.
+    pub fn policies(&self) -> &[CompiledPolicy] {
+        &self.policies
+    }
+
+    /// Devices, by id.
+    pub fn devices(&self) -> &[CompiledDevice] {
+        &self.devices
+    }
+
+    /// The interned own-label sets devices refer to.
+    pub fn label_sets(&self) -> &[Labels] {
+        &self.label_sets
+    }
+
+    /// The group of this index.
+    pub fn group(&self, ix: GroupIx) -> &CompiledGroup {
+        &self.groups[ix as usize]
+    }
+
+    /// The release of this index.
+    pub fn release(&self, ix: ReleaseIx) -> &CompiledRelease {
+        &self.releases[ix as usize]
+    }
+
+    /// The policy of this index.
+    pub fn policy(&self, ix: PolicyIx) -> &CompiledPolicy {
+        &self.policies[ix as usize]
+    }
+
+    /// A device by id.
+    pub fn device(&self, id: &str) -> Option<&CompiledDevice> {
+        self.devices.binary_search_by(|d| (*d.id).cmp(id)).ok().map(|i| &self.devices[i])
+    }
+
+    /// A group by name.
+    pub fn group_named(&self, name: &str) -> Option<GroupIx> {
+        self.groups.iter().position(|g| g.name == name).map(|i| i as GroupIx)
+    }
+
+    /// A release by name.
+    pub fn release_named(&self, name: &str) -> Option<ReleaseIx> {
+        self.releases.binary_search_by(|r| r.name.as_str().cmp(name)).ok().map(|i| i as ReleaseIx)
+    }
+
+    /// A policy by name.
+    pub fn policy_named(&self, name: &str) -> Option<PolicyIx> {
+        self.policies.binary_search_by(|p| p.name.as_str().cmp(name)).ok().map(|i| i as PolicyIx)
+    }
+
+    /// Where a device is declared (its Device or DeviceSet document).
+    pub fn device_source(&self, device: &CompiledDevice) -> &Location {
+        &self.device_sources[device.source as usize]
+    }
+
+    /// A label of a device: its own, else its group's (own and inherited).
+    pub fn device_label(&self, device: &CompiledDevice, key: &str) -> Option<&str> {
+        label_of(&self.label_sets, &self.groups, device.group, device.labels, key)
+    }
+
+    /// Whether a device's labels (own over inherited) satisfy a selector.
+    pub fn device_matches(&self, selector: &LabelSelector, device: &CompiledDevice) -> bool {
+        selector.matches_with(|key| self.device_label(device, key))
+    }
+
+    /// Whether `group` lies in the subtree of `ancestor` (a group is in its own subtree).
+    pub fn is_in_subtree(&self, group: GroupIx, ancestor: GroupIx) -> bool {
+        ancestor <= group && group < self.groups[ancestor as usize].subtree_end
+    }
+}
+
+fn label_of<'a>(
+    label_sets: &'a [Labels],
+    groups: &'a [CompiledGroup],
+    group: GroupIx,
+    own: u32,
+    key: &str,
+) -> Option<&'a str> {
+    if own != NONE {
+        if let Some(v) = label_sets[own as usize].get(key) {
+            return Some(v);
+        }
+    }
+    groups[group as usize].labels.get(key).map(String::as_str)
+}
+
+/// Resolves validated documents. References the validator already reported (unknown
+/// groups or releases, cycles) are skipped here rather than reported twice; the caller
+/// only uses the result when there were no errors.
+pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let (groups, group_ix) = resolve_groups(documents);
+    let (releases, release_ix) = resolve_releases(documents, &mut diagnostics);
+    let policies = resolve_policies(documents, &group_ix, &release_ix);
+    let (mut devices, label_sets, device_sources, pin_sources) =
+        collect_devices(documents, &group_ix, &release_ix);
+
+    let mut fleet =
+        CompiledFleet { groups, releases, policies, label_sets, devices: Vec::new(), device_sources };
+    assign_desired_state(&fleet, &mut devices, &pin_sources, documents, &mut diagnostics);
+    fleet.devices = devices;
+    (fleet, diagnostics)
+}
+
+/// Lays groups out depth first (roots, then each group's children, by name) and resolves
+/// inherited labels and windows once per group.
+fn resolve_groups(documents: &Documents) -> (Vec<CompiledGroup>, HashMap<&str, GroupIx>) {
+    let docs = &documents.groups;
+    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, g) in docs.iter().enumerate() {
+        by_name.entry(g.name()).or_insert(i);
+    }
+    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for (&name, &i) in &by_name {
+        match docs[i].value.spec.parent.as_deref() {
+            Some(parent) if by_name.contains_key(parent) => children.entry(parent).or_default().push(name),
+            _ => roots.push(name),
+        }
+    }
+
+    let mut groups: Vec<CompiledGroup> = Vec::with_capacity(by_name.len());
+    let mut group_ix: HashMap<&str, GroupIx> = HashMap::with_capacity(by_name.len());
+    let empty_labels: Arc<Labels> = Arc::default();
+    let no_windows: Arc<[MaintenanceWindow]> = Arc::from(Vec::new());
+    // Explicit stack of (name, parent index); children pushed in reverse so they pop in
+    // name order. Groups caught in a cycle are never reached from a root.
+    let mut stack: Vec<(&str, Option<GroupIx>)> = roots.iter().rev().map(|&r| (r, None)).collect();
+    while let Some((name, parent)) = stack.pop() {
+        let doc = &docs[by_name[name]];
+        let spec = &doc.value.spec;
+        let (inherited_labels, inherited_windows, depth) = match parent {
+            Some(p) => {
+                let p = &groups[p as usize];
+                (p.labels.clone(), p.maintenance_windows.clone(), p.depth + 1)
+            }
+            None => (empty_labels.clone(), no_windows.clone(), 0),
+        };
+        let labels = if spec.labels.is_empty() {
+            inherited_labels
+        } else {
+            let mut merged = (*inherited_labels).clone();
+            merged.extend(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Arc::new(merged)
+        };
+        let maintenance_windows = match &spec.maintenance_windows {
+            Some(own) => Arc::from(own.as_slice()),
+            None => inherited_windows,
+        };
+        let ix = groups.len() as GroupIx;
+        group_ix.insert(name, ix);
+        groups.push(CompiledGroup {
+            name: name.to_owned(),
+            parent,
+            depth,
+            subtree_end: ix + 1,
+            labels,
+            maintenance_windows,
+            max_concurrent: spec.max_concurrent,
+            location: doc.location.clone(),
+        });
+        if let Some(kids) = children.get(name) {
+            stack.extend(kids.iter().rev().map(|&k| (k, Some(ix))));
+        }
+    }
+    // Children come after their parent, so one backward pass widens every ancestor's
+    // range to cover its descendants.
+    for ix in (0..groups.len()).rev() {
+        if let Some(p) = groups[ix].parent {
+            let end = groups[ix].subtree_end;
+            let parent = &mut groups[p as usize];
+            parent.subtree_end = parent.subtree_end.max(end);
+        }
+    }
+    (groups, group_ix)
+}
+
+fn resolve_releases<'a>(
+    documents: &'a Documents,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Vec<CompiledRelease>, HashMap<&'a str, ReleaseIx>) {
+    let mut sorted: Vec<&Located<crate::model::Release>> = documents.releases.iter().collect();
+    sorted.sort_by(|a, b| a.name().cmp(b.name()));
+    sorted.dedup_by(|a, b| a.name() == b.name());
+    let mut releases = Vec::with_capacity(sorted.len());
+    let mut release_ix = HashMap::with_capacity(sorted.len());
+    for doc in sorted {
+        let spec = &doc.value.spec;
+        let version = match semver::Version::parse(&spec.version) {
+            Ok(v) => v,
+            Err(e) => {
+                // The validator reports this too; resolving must not invent an order.
+                diagnostics.push(Diagnostic::new(
+                    Code::InvalidVersion,
+                    doc.locate("spec.version"),
+                    format!(
+                        "release {:?}: version {:?} is not a semantic version: {e}",
+                        doc.name(),
+                        spec.version
+                    ),
+                ));
+                continue;
+            }
+        };
+        release_ix.insert(doc.name(), releases.len() as ReleaseIx);
+        releases.push(CompiledRelease {
+            name: doc.name().to_owned(),
+            version,
+            compatible: spec.compatible.clone(),
+            artifacts: spec.artifacts.clone(),
+            location: doc.location.clone(),
+        });
+    }
+    (releases, release_ix)
+}
+
+fn resolve_policies(
+    documents: &Documents,
+    group_ix: &HashMap<&str, GroupIx>,
+    release_ix: &HashMap<&str, ReleaseIx>,
+) -> Vec<CompiledPolicy> {
+    let mut sorted: Vec<&Located<crate::model::Policy>> = documents.policies.iter().collect();
+    sorted.sort_by(|a, b| a.name().cmp(b.name()));
+    sorted.dedup_by(|a, b| a.name() == b.name());
+    sorted
+        .into_iter()
+        .filter_map(|doc| {
+            let spec = &doc.value.spec;
+            let release = *release_ix.get(spec.release.as_str())?;
+            let mut groups: Vec<GroupIx> =
+                spec.selector.groups.iter().filter_map(|g| group_ix.get(g.as_str()).copied()).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            if groups.is_empty() && !spec.selector.groups.is_empty() {
+                // Every named group is unknown (reported by the validator): select nothing
+                // rather than the whole fleet.
+                return None;
+            }
+            Some(CompiledPolicy {
+                name: doc.name().to_owned(),
+                release,
+                priority: spec.priority,
+                paused: spec.paused,
+                allow_downgrade: spec.allow_downgrade,
+                groups,
+                labels: spec.selector.label_selector(),
+                rollout: spec.rollout.clone(),
+                location: doc.location.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Where a pin was written: the document and, for a DeviceSet entry, its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum PinSource {
+    Device(usize),
+    SetEntry(usize, usize),
+    Set(usize),
+}
+
+/// Devices from Device and DeviceSet documents, sorted by id, with own labels interned.
+/// Also returns each document's location (indexed by `CompiledDevice::source`) and, per
+/// pinned device, where its pin was written.
+fn collect_devices(
+    documents: &Documents,
+    group_ix: &HashMap<&str, GroupIx>,
+    release_ix: &HashMap<&str, ReleaseIx>,
+) -> (Vec<CompiledDevice>, Vec<Labels>, Vec<Location>, HashMap<Box<str>, PinSource>) {
+    let mut sources = Vec::with_capacity(documents.devices.len() + documents.device_sets.len());
+    let mut interned: HashMap<Labels, u32> = HashMap::new();
+    let mut label_sets: Vec<Labels> = Vec::new();
+    let mut intern = |labels: Labels| -> u32 {
+        if labels.is_empty() {
+            return NONE;
+        }
+        *interned.entry(labels).or_insert_with_key(|l| {
+            label_sets.push(l.clone());
+            (label_sets.len() - 1) as u32
+        })
+    };
+    let release =
+        |pin: &Option<String>| pin.as_deref().and_then(|p| release_ix.get(p).copied()).unwrap_or(NONE);
+    let device = |id: &str, group, labels, pin, source| CompiledDevice {
+        id: id.into(),
+        order_key: 0,
+        group,
+        labels,
+        pin,
+        policy: NONE,
+        desired: NONE,
+        source,
+    };
+
+    let total: usize = documents.devices.len()
+        + documents
+            .device_sets
+            .iter()
+            .map(|s| s.value.spec.devices.len() + range_len(&s.value.spec))
+            .sum::<usize>();
+    let mut devices = Vec::with_capacity(total);
+    let mut pin_sources = HashMap::new();
+
+    for (doc_ix, doc) in documents.devices.iter().enumerate() {
+        let spec = &doc.value.spec;
+        let Some(&group) = group_ix.get(spec.group.as_str()) else { continue };
+        let source = sources.len() as u32;
+        sources.push(doc.location.clone());
+        let id = spec.id.as_deref().unwrap_or(doc.name());
+        let pin = release(&spec.pin);
+        if pin != NONE {
+            pin_sources.insert(Box::from(id), PinSource::Device(doc_ix));
+        }
+        devices.push(device(id, group, intern(spec.labels.clone()), pin, source));
+    }
+    for (set_ix, doc) in documents.device_sets.iter().enumerate() {
+        let spec = &doc.value.spec;
+        let Some(&group) = group_ix.get(spec.group.as_str()) else { continue };
+        let source = sources.len() as u32;
+        sources.push(doc.location.clone());
+        let set_labels = intern(spec.labels.clone());
+        let set_pin = release(&spec.pin);
+        for (entry_ix, entry) in spec.devices.iter().enumerate() {
+            let labels = if entry.labels.is_empty() {
+                set_labels
+            } else {
+                let mut own = spec.labels.clone();
+                own.extend(entry.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                intern(own)
+            };
+            let (pin, pin_source) = match &entry.pin {
+                Some(_) => (release(&entry.pin), PinSource::SetEntry(set_ix, entry_ix)),
+                None => (set_pin, PinSource::Set(set_ix)),
+            };
+            if pin != NONE {
+                pin_sources.insert(Box::from(entry.id.as_str()), pin_source);
+            }
+            devices.push(device(&entry.id, group, labels, pin, source));
+        }
+        if let Some(range) = &spec.range {
+            if set_pin != NONE {
+                for id in range.ids() {
+                    pin_sources.insert(id.clone().into_boxed_str(), PinSource::Set(set_ix));
+                }
+            }
+            devices.extend(range.ids().map(|id| device(&id, group, set_labels, set_pin, source)));
+        }
+    }
+    devices.par_iter_mut().for_each(|d| d.order_key = device_order_key(&d.id));
+    devices.par_sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    (devices, label_sets, sources, pin_sources)
+}
+
+fn range_len(spec: &crate::model::DeviceSetSpec) -> usize {
+    spec.range.as_ref().map_or(0, |r| usize::try_from(r.count).unwrap_or(0))
+}
+
+/// Devices sharing a group and own labels: policies are evaluated once per such class.
+#[derive(Default)]
+struct Class {
+    devices: usize,
+    /// The first device (by id) of the class, for messages.
+    example: u32,
+    /// The governing policy.
+    policy: u32,
+}
+
+/// Counts and one example device, for a finding that concerns many devices.
+#[derive(Default)]
+struct Tally {
+    devices: usize,
+    example: Option<u32>,
+}
+
+impl Tally {
+    fn add(&mut self, devices: usize, example: u32) {
+        self.devices += devices;
+        self.example = Some(self.example.map_or(example, |e| e.min(example)));
+    }
+}
+
+/// Picks each device's governing policy and desired release, and reports conflicts,
+/// incompatible releases, policies that select nothing and uncovered devices.
+fn assign_desired_state(
+    fleet: &CompiledFleet,
+    devices: &mut [CompiledDevice],
+    pin_sources: &HashMap<Box<str>, PinSource>,
+    documents: &Documents,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    // Group devices into classes of equal (group, own labels).
+    let mut class_of: HashMap<(GroupIx, u32), u32> = HashMap::new();
+    let mut classes: Vec<Class> = Vec::new();
+    let mut device_class: Vec<u32> = Vec::with_capacity(devices.len());
+    for (ix, d) in devices.iter().enumerate() {
+        let class = *class_of.entry((d.group, d.labels)).or_insert_with(|| {
+            classes.push(Class { devices: 0, example: ix as u32, policy: NONE });
+            (classes.len() - 1) as u32
+        });
+        // Pinned devices do not count toward what their policies govern.
+        if d.pin == NONE {
+            classes[class as usize].devices += 1;
+        }
+        device_class.push(class);
+    }
+    // The example device of a class should be one its policies govern: the first unpinned.
+    for (ix, d) in devices.iter().enumerate().rev() {
+        if d.pin == NONE {
+            classes[device_class[ix] as usize].example = ix as u32;
+        }
+    }
+
+    // Policies by priority (highest first), then name: the first match wins.
+    let mut by_priority: Vec<PolicyIx> = (0..fleet.policies.len() as PolicyIx).collect();
+    by_priority.sort_by_key(|&p| (std::cmp::Reverse(fleet.policies[p as usize].priority), p));
+
+    let mut selects = vec![false; fleet.policies.len()];
+    let mut conflicts: BTreeMap<(PolicyIx, PolicyIx), Tally> = BTreeMap::new();
+    let mut incompatible: BTreeMap<PolicyIx, Tally> = BTreeMap::new();
+    let mut uncovered = Tally::default();
+    let class_keys: Vec<(GroupIx, u32)> = {
+        let mut keys = vec![(0, 0); classes.len()];
+        for (&key, &class) in &class_of {
+            keys[class as usize] = key;
+        }
+        keys
+    };
+
+    for (class_ix, class) in classes.iter_mut().enumerate() {
+        let (group, own) = class_keys[class_ix];
+        let get = |key: &str| label_of(&fleet.label_sets, &fleet.groups, group, own, key);
+        let matching: Vec<PolicyIx> = by_priority
+            .iter()
+            .copied()
+            .filter(|&p| {
+                let policy = &fleet.policies[p as usize];
+                (policy.groups.is_empty() || policy.groups.iter().any(|&g| fleet.is_in_subtree(group, g)))
+                    && policy.labels.matches_with(get)
+            })
+            .collect();
+        if class.devices == 0 {
+            // Every device of the class is pinned: policies select them but govern none.
+            for &p in &matching {
+                selects[p as usize] = true;
+            }
+            continue;
+        }
+        let Some(&winner) = matching.first() else {
+            uncovered.add(class.devices, class.example);
+            continue;
+        };
+        for &p in &matching {
+            selects[p as usize] = true;
+        }
+        let top = &fleet.policies[winner as usize];
+        for &other in matching.iter().skip(1) {
+            let other_policy = &fleet.policies[other as usize];
+            if other_policy.priority != top.priority {
+                break;
+            }
+            if other_policy.release != top.release {
+                conflicts.entry((winner, other)).or_default().add(class.devices, class.example);
+            }
+        }
+        let release = &fleet.releases[top.release as usize];
+        if let Some(compatible) = &release.compatible {
+            if !compatible.matches_with(get) {
+                incompatible.entry(winner).or_default().add(class.devices, class.example);
+            }
+        }
+        class.policy = winner;
+    }
+
+    // Pins: each pinned release must be compatible with the device.
+    let mut bad_pins: BTreeMap<(PinSource, ReleaseIx), Tally> = BTreeMap::new();
+    for (ix, d) in devices.iter_mut().enumerate() {
+        if d.pin != NONE {
+            d.desired = d.pin;
+            let release = &fleet.releases[d.pin as usize];
+            if let Some(compatible) = &release.compatible {
+                let get = |key: &str| label_of(&fleet.label_sets, &fleet.groups, d.group, d.labels, key);
+                if !compatible.matches_with(get) {
+                    let source = pin_sources.get(&d.id).copied().unwrap_or(PinSource::Device(usize::MAX));
+                    bad_pins.entry((source, d.pin)).or_default().add(1, ix as u32);
+                }
+            }
+        } else {
+            let policy = classes[device_class[ix] as usize].policy;
+            d.policy = policy;
+            if policy != NONE {
+                d.desired = fleet.policies[policy as usize].release;
+            }
+        }
+    }
+
+    let name = |ix: Option<u32>| ix.map_or_else(String::new, |ix| devices[ix as usize].id.to_string());
+    let policy_doc = |p: PolicyIx| {
+        let name = &fleet.policies[p as usize].name;
+        documents.policies.iter().find(|d| d.name() == name).expect("compiled policies come from documents")
+    };
+    for ((a, b), tally) in &conflicts {
+        let (pa, pb) = (&fleet.policies[*a as usize], &fleet.policies[*b as usize]);
+        diagnostics.push(
+            Diagnostic::new(
+                Code::PolicyConflict,
+                policy_doc(*a).locate("spec.release"),
+                format!(
+                    "policies {:?} and {:?} both have priority {} and give {} {} different releases ({:?} and {:?}), e.g. device {:?}",
+                    pa.name,
+                    pb.name,
+                    pa.priority,
+                    tally.devices,
+                    plural(tally.devices, "device"),
+                    fleet.releases[pa.release as usize].name,
+                    fleet.releases[pb.release as usize].name,
+                    name(tally.example),
+                ),
+            )
+            .with_note(policy_doc(*b).locate("spec.release"), format!("policy {:?} is declared here", pb.name)),
+        );
+    }
+    for (p, tally) in &incompatible {
+        let policy = &fleet.policies[*p as usize];
+        let release = &fleet.releases[policy.release as usize];
+        diagnostics.push(
+            Diagnostic::new(
+                Code::IncompatibleRelease,
+                policy_doc(*p).locate("spec.release"),
+                format!(
+                    "release {:?} is not compatible with {} {} that policy {:?} selects, e.g. device {:?}",
+                    release.name,
+                    tally.devices,
+                    plural(tally.devices, "device"),
+                    policy.name,
+                    name(tally.example),
+                ),
+            )
+            .with_note(
+                release.location.clone(),
+                format!("release {:?} and its `compatible` selector", release.name),
+            ),
+        );
+    }
+    for ((source, release_ix), tally) in &bad_pins {
+        let release = &fleet.releases[*release_ix as usize];
+        let location = match *source {
+            PinSource::Device(d) => documents.devices.get(d).map(|doc| doc.locate("spec.pin")),
+            PinSource::Set(s) => documents.device_sets.get(s).map(|doc| doc.locate("spec.pin")),
+            PinSource::SetEntry(s, e) => {
+                documents.device_sets.get(s).map(|doc| doc.locate(&format!("spec.devices[{e}].pin")))
+            }
+        };
+        let location = location.unwrap_or_else(|| release.location.clone());
+        diagnostics.push(
+            Diagnostic::new(
+                Code::IncompatibleRelease,
+                location,
+                format!(
+                    "{} {} pinned to release {:?}, which is not compatible with {}, e.g. device {:?}",
+                    tally.devices,
+                    if tally.devices == 1 { "device is" } else { "devices are" },
+                    release.name,
+                    if tally.devices == 1 { "it" } else { "them" },
+                    name(tally.example),
+                ),
+            )
+            .with_note(
+                release.location.clone(),
+                format!("release {:?} and its `compatible` selector", release.name),
+            ),
+        );
+    }
+    for (p, policy) in fleet.policies.iter().enumerate() {
+        if !selects[p] {
+            diagnostics.push(Diagnostic::new(
+                Code::PolicySelectsNothing,
+                policy_doc(p as PolicyIx).locate("spec.selector"),
+                format!("policy {:?} selects no device", policy.name),
+            ));
+        }
+    }
+    if uncovered.devices > 0 {
+        let examples: Vec<String> = devices
+            .iter()
+            .filter(|d| d.pin == NONE && d.policy == NONE)
+            .take(3)
+            .map(|d| format!("{:?}", d.id))
+            .collect();
+        let first = &devices[uncovered.example.expect("uncovered devices have an example") as usize];
+        diagnostics.push(Diagnostic::new(
+            Code::DeviceNotCovered,
+            fleet.device_sources[first.source as usize].clone(),
+            format!(
+                "{} {} covered by no policy and not pinned, so {} no desired release (e.g. {})",
+                uncovered.devices,
+                if uncovered.devices == 1 { "device is" } else { "devices are" },
+                if uncovered.devices == 1 { "it has" } else { "they have" },
+                examples.join(", "),
+            ),
+        ));
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_owned()
+    } else {
+        format!("{word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests;
