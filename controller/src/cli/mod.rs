@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod gen_fleet;
 mod plan;
 
 /// Declarative GitOps reconciler for fleets of edge devices.
@@ -19,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Show what the fleet (or a change to it) would roll out, per policy and wave.
     Plan(plan::PlanArgs),
+    /// Write a large deterministic fleet and inventory snapshot (for benchmarks).
+    GenFleet(gen_fleet::GenFleetArgs),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -26,6 +29,7 @@ pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Plan(args) => plan::run(&args),
+        Command::GenFleet(args) => gen_fleet::run(&args),
     }
 }
 
