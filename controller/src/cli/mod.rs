@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod gen_fleet;
 mod plan;
+mod schemas;
+mod validate;
 
 /// Declarative GitOps reconciler for fleets of edge devices.
 #[derive(Debug, Parser)]
@@ -18,6 +20,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a fleet repository and report every error and warning with file and line.
+    Validate(validate::ValidateArgs),
+    /// Write the JSON Schemas of the fleet document kinds (for editors and CI).
+    Schemas(schemas::SchemasArgs),
     /// Show what the fleet (or a change to it) would roll out, per policy and wave.
     Plan(plan::PlanArgs),
     /// Write a large deterministic fleet and inventory snapshot (for benchmarks).
@@ -28,6 +34,8 @@ pub enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
     match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Schemas(args) => schemas::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::GenFleet(args) => gen_fleet::run(&args),
     }

@@ -241,13 +241,31 @@ pub enum Format {
     Github,
 }
 
-/// Renders diagnostics in `format`. `root` is prefixed to file names in GitHub
-/// annotations so they point at the file inside the checked-out repository.
+/// Renders diagnostics in `format`. `root` (the fleet directory as the user named it)
+/// is prefixed to file names, so that editors and GitHub find the files from where the
+/// command ran; `""` or `"."` leaves them relative to the fleet root.
 pub fn render(diagnostics: &[Diagnostic], format: Format, root: &str) -> String {
+    let shown: Vec<Diagnostic>;
+    let diagnostics = if root.is_empty() || root == "." || root == "./" {
+        diagnostics
+    } else {
+        let root = root.trim_end_matches('/');
+        let prefix = |location: &mut Location| location.file = format!("{root}/{}", location.file).into();
+        shown = diagnostics
+            .iter()
+            .cloned()
+            .map(|mut d| {
+                prefix(&mut d.location);
+                d.notes.iter_mut().for_each(|n| prefix(&mut n.location));
+                d
+            })
+            .collect();
+        &shown
+    };
     match format {
         Format::Text => render_text(diagnostics),
         Format::Json => render_json(diagnostics),
-        Format::Github => render_github(diagnostics, root),
+        Format::Github => render_github(diagnostics),
     }
 }
 
@@ -301,7 +319,7 @@ fn render_json(diagnostics: &[Diagnostic]) -> String {
 
 /// Workflow commands: properties escape `%`, CR, LF, `:` and `,`; the message escapes
 /// `%`, CR and LF (GitHub's own rules for `::error`).
-fn render_github(diagnostics: &[Diagnostic], root: &str) -> String {
+fn render_github(diagnostics: &[Diagnostic]) -> String {
     fn escape_data(s: &str) -> String {
         s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
     }
@@ -310,11 +328,6 @@ fn render_github(diagnostics: &[Diagnostic], root: &str) -> String {
     }
     let mut out = String::new();
     for d in diagnostics {
-        let file = if root.is_empty() || root == "." {
-            d.location.file.to_string()
-        } else {
-            format!("{}/{}", root.trim_end_matches('/'), d.location.file)
-        };
         let mut message = d.message.clone();
         for note in &d.notes {
             let _ = write!(message, "\nnote: {} ({})", note.message, note.location);
@@ -323,7 +336,7 @@ fn render_github(diagnostics: &[Diagnostic], root: &str) -> String {
             out,
             "::{} file={},line={},col={},title={}::{}",
             d.severity,
-            escape_property(&file),
+            escape_property(&d.location.file),
             d.location.line,
             d.location.column,
             escape_property(&format!("{} {}", d.code, d.code.summary())),

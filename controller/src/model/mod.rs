@@ -6,6 +6,7 @@
 //! `{apiVersion, kind, metadata: {name, labels?, annotations?}, spec}`; the kinds differ
 //! only in their spec. Checking references, cycles and conflicts is the compiler's job.
 
+pub mod schema;
 mod selector;
 mod spec;
 

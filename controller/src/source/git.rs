@@ -16,6 +16,35 @@ pub fn read_commit(repository: &Path, rev: &str, subdir: &str) -> Result<FleetFi
         path: repository.to_owned(),
         message: e.message().to_owned(),
     })?;
+    read_tree(&repo, repository, rev, subdir)
+}
+
+/// Reads the directory `dir` of a working tree as it is in commit `rev` of the Git
+/// repository that contains it (found by walking up from `dir`, as `git` does). Paths
+/// are relative to `dir`. This is what `waveguide validate DIR --rev REV` reads.
+pub fn read_commit_of_dir(dir: &Path, rev: &str) -> Result<FleetFiles, SourceError> {
+    let repo = Repository::discover(dir)
+        .map_err(|e| SourceError::OpenRepository { path: dir.to_owned(), message: e.message().to_owned() })?;
+    let subdir = match repo.workdir() {
+        Some(workdir) => {
+            let canonical =
+                |p: &Path| p.canonicalize().map_err(|source| SourceError::Io { path: p.to_owned(), source });
+            let (dir, workdir) = (canonical(dir)?, canonical(workdir)?);
+            let relative = dir.strip_prefix(&workdir).unwrap_or(Path::new(""));
+            // Git paths are `/`-separated on every platform.
+            relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+        }
+        None => String::new(),
+    };
+    read_tree(&repo, dir, rev, &subdir)
+}
+
+fn read_tree(
+    repo: &Repository,
+    repository: &Path,
+    rev: &str,
+    subdir: &str,
+) -> Result<FleetFiles, SourceError> {
     let git_error = |what: &str| {
         let what = what.to_owned();
         move |e: git2::Error| SourceError::Git {
@@ -107,6 +136,7 @@ mod tests {
         };
         let first = commit(&[("fleet/groups.yaml", "v1"), ("fleet/notes.txt", "x"), ("README.md", "r")], &[]);
         let second = commit(&[("fleet/groups.yaml", "v2"), ("fleet/eu/sites.yml", "s")], &[first]);
+        repo.set_head("refs/heads/main").unwrap();
         repo.tag_lightweight("v1", &repo.find_object(first, None).unwrap(), false).unwrap();
         repo.tag("v2", &repo.find_object(second, None).unwrap(), &sig, "second", false).unwrap();
         (dir, first, second)
@@ -135,6 +165,10 @@ mod tests {
         assert_eq!(at("main~1"), v1);
         let whole = read_commit(dir.path(), "main", "").unwrap();
         assert_eq!(whole.files()[0].path.as_ref(), "fleet/eu/sites.yml");
+        // From a directory of the working tree: the same directory in the commit.
+        let of_dir = |rev: &str| paths_and_text(&read_commit_of_dir(&dir.path().join("fleet"), rev).unwrap());
+        assert_eq!(of_dir("v1"), v1);
+        assert_eq!(of_dir("HEAD"), v2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod dir;
 mod git;
 
 pub use dir::read_dir;
-pub use git::read_commit;
+pub use git::{read_commit, read_commit_of_dir};
 
 use std::path::PathBuf;
 use std::sync::Arc;
