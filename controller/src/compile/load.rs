@@ -506,11 +506,7 @@ fn yaml_error(chunk: &Chunk<'_>, text: &str, error: serde_yaml::Error) -> Diagno
         Some(syntax) => (Code::MalformedYaml, syntax),
         None => (classify(&error.to_string()), error),
     };
-    let (line, column) = match error.location() {
-        Some(at) => (chunk.first_line + at.line() as u32 - 1, at.column() as u32),
-        None => (chunk.content_line, 1),
-    };
-    let message = strip_location(&error.to_string());
+    let (message, (line, column)) = message_and_position(chunk, &error);
     Diagnostic::new(code, Location { file: chunk.file.clone(), line, column }, message)
 }
 
@@ -527,21 +523,53 @@ fn classify(message: &str) -> Code {
     }
 }
 
-/// Removes serde_yaml's ` at line L column C` (the diagnostic carries the position).
-fn strip_location(message: &str) -> String {
-    let message = match message.find(" at line ") {
-        Some(at) => {
-            let (head, tail) = message.split_at(at);
-            // Keep what follows the position (libyaml adds `, while parsing ...`).
-            let tail = tail.split_once(", ").map(|(_, rest)| rest);
-            match tail {
-                Some(rest) => format!("{head}, {}", strip_location(rest)),
-                None => head.to_owned(),
+/// Splits serde_yaml's message into its text parts and the ` at line L column C` marks
+/// that follow them. libyaml's syntax errors have two: where the problem is, then, after
+/// `, while scanning …`, where the construct being read started.
+fn split_marks(message: &str) -> Vec<(&str, Option<(u32, u32)>)> {
+    let mut parts = Vec::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        let (text, tail) = rest.split_at(at);
+        let tail = &tail[" at line ".len()..];
+        let number_end = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let line_end = number_end(tail);
+        let Some(after_line) = tail[line_end..].strip_prefix(" column ") else { break };
+        let column_end = number_end(after_line);
+        let mark = tail[..line_end].parse().ok().zip(after_line[..column_end].parse().ok());
+        parts.push((text, mark));
+        rest = after_line[column_end..].trim_start_matches(", ");
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push((rest, None));
+    }
+    parts
+}
+
+/// The diagnostic message and position for a serde_yaml error. Marks inside the
+/// message are rewritten to file lines; an unexpected end of input is reported where the
+/// unfinished construct (an unclosed quote or bracket) starts.
+fn message_and_position(chunk: &Chunk<'_>, error: &serde_yaml::Error) -> (String, (u32, u32)) {
+    let to_file = |(line, column): (u32, u32)| (chunk.first_line + line - 1, column);
+    let mut position = error
+        .location()
+        .map_or((chunk.content_line, 1), |at| to_file((at.line() as u32, at.column() as u32)));
+    let text = error.to_string();
+    let parts = split_marks(&text);
+    let mut message = parts[0].0.to_owned();
+    for (context, mark) in &parts[1..] {
+        message.push_str(", ");
+        message.push_str(context);
+        if let Some(mark) = mark {
+            let (line, column) = to_file(*mark);
+            if parts[0].0.contains("end of stream") {
+                position = (line, column);
+            } else {
+                message.push_str(&format!(" that starts at line {line}, column {column}"));
             }
         }
-        None => message.to_owned(),
-    };
-    message
+    }
+    (message, position)
 }
 
 #[cfg(test)]
@@ -677,6 +705,19 @@ spec: {}
         assert_eq!(set.value.spec.devices.len(), 1000);
         assert_eq!(set.locate("spec.devices[500].id").to_string(), "z/set.yml:1007:11");
         assert_eq!(set.locate("spec.devices[500].labels.n").to_string(), "z/set.yml:1008:19");
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_unfinished_construct() {
+        let text =
+            "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: a}\nspec:\n  parent: \"eu\n";
+        let (_, diagnostics) =
+            load(&files(&[("g.yaml", "# one\n---\n# two\n"), ("h.yaml", &format!("---\n{text}"))]));
+        assert_eq!(codes(&diagnostics), ["WG002 h.yaml:6:11"]);
+        assert_eq!(diagnostics[0].message, "found unexpected end of stream, while scanning a quoted scalar");
+        let (_, diagnostics) = load(&files(&[("m.yaml", "a: b: c\n")]));
+        assert_eq!(codes(&diagnostics), ["WG002 m.yaml:1:5"]);
+        assert_eq!(diagnostics[0].message, "mapping values are not allowed in this context");
     }
 
     #[test]

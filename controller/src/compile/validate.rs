@@ -349,7 +349,7 @@ fn report_cycle(groups: &[Located<Group>], cycle: &[usize], out: &mut Vec<Diagno
     let mut diagnostic = Diagnostic::new(
         Code::GroupCycle,
         head.locate("spec.parent"),
-        format!("the group hierarchy has a cycle: {}", names.join(" → ")),
+        format!("the group hierarchy has a cycle: {} (each arrow points to the parent)", names.join(" → ")),
     );
     for &i in &ordered[1..] {
         let g = &groups[i];
@@ -1026,8 +1026,8 @@ spec: {parent: a}
         assert_eq!(
             out,
             [
-                "WG107 cycle.yaml:4:16 the group hierarchy has a cycle: a → c → b → a",
-                "WG107 cycle.yaml:19:16 the group hierarchy has a cycle: d → d",
+                "WG107 cycle.yaml:4:16 the group hierarchy has a cycle: a → c → b → a (each arrow points to the parent)",
+                "WG107 cycle.yaml:19:16 the group hierarchy has a cycle: d → d (each arrow points to the parent)",
             ]
         );
     }
