@@ -5,6 +5,7 @@
 //! database behind the device API will live here too.
 
 mod snapshot;
+pub mod store;
 
 pub use snapshot::{parse_snapshot, read_snapshot, InventoryError, SnapshotFormat};
 

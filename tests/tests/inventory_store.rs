@@ -1,0 +1,200 @@
+//! The inventory database, against both backends: SQLite in a temporary directory, and a
+//! real PostgreSQL server (started by `scripts/test`, found through
+//! `WAVEGUIDE_TEST_POSTGRES_URL`). Every scenario runs on both.
+
+use waveguide::inventory::store::{
+    Backend, DeclaredDevice, IncomingReport, RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord,
+    WaveState, HISTORY_PER_DEVICE,
+};
+use waveguide::inventory::{DeviceReport, UpdateState};
+
+/// A fresh, empty database of each backend. The guard keeps the SQLite directory alive.
+async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(dir.path().join("inventory.db").to_str().unwrap()).await.unwrap();
+    assert_eq!(sqlite.backend(), Backend::Sqlite);
+    let postgres = Store::open(&fresh_postgres_database().await).await.unwrap();
+    assert_eq!(postgres.backend(), Backend::Postgres);
+    vec![(sqlite, Some(dir)), (postgres, None)]
+}
+
+/// Creates a new database on the test server and returns its URL.
+async fn fresh_postgres_database() -> String {
+    let admin = std::env::var("WAVEGUIDE_TEST_POSTGRES_URL").expect(
+        "WAVEGUIDE_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts a throw-away PostgreSQL",
+    );
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("wg_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
+    format!("{base}/{name}")
+}
+
+fn declared(id: &str, group: &str, key: Option<&str>) -> DeclaredDevice {
+    DeclaredDevice { id: id.into(), group: group.into(), public_key: key.map(Into::into) }
+}
+
+fn report(device: &str, version: &str, state: UpdateState, at: i64) -> IncomingReport {
+    IncomingReport {
+        device_id: device.into(),
+        report: DeviceReport {
+            release: Some(format!("v{version}")),
+            version: version.parse().unwrap(),
+            state,
+            healthy: state != UpdateState::Failed,
+            last_seen: None,
+        },
+        detail: None,
+        reported_at: at,
+        received_at: at + 1,
+    }
+}
+
+#[tokio::test]
+async fn declared_devices_sync_writes_only_differences() {
+    for (store, _guard) in stores().await {
+        let fleet = vec![declared("a", "berlin", Some("KEYA")), declared("b", "berlin", None)];
+        let first = store.sync_declared(&fleet, 1).await.unwrap();
+        assert_eq!((first.added, first.updated, first.undeclared), (2, 0, 0));
+
+        let again = store.sync_declared(&fleet, 2).await.unwrap();
+        assert_eq!((again.added, again.updated, again.undeclared), (0, 0, 0), "{:?}", store.backend());
+
+        let moved = vec![declared("a", "munich", None), declared("c", "munich", None)];
+        let third = store.sync_declared(&moved, 3).await.unwrap();
+        assert_eq!((third.added, third.updated, third.undeclared), (1, 1, 1));
+
+        let devices = store.devices().await.unwrap();
+        let ids: Vec<_> = devices.iter().map(|d| (d.id.as_str(), d.group.as_str(), d.declared)).collect();
+        assert_eq!(ids, [("a", "munich", true), ("b", "berlin", false), ("c", "munich", true)]);
+        // A declaration without a key keeps the key the device already has.
+        assert_eq!(devices[0].public_key.as_deref(), Some("KEYA"));
+    }
+}
+
+#[tokio::test]
+async fn enrolled_device_keeps_its_key() {
+    for (store, _guard) in stores().await {
+        let record = store.enroll("new-1", "berlin", "PUB", 10).await.unwrap();
+        assert_eq!(record.public_key.as_deref(), Some("PUB"));
+        assert_eq!(record.enrolled_at, Some(10));
+        assert!(!record.declared);
+        assert_eq!(store.device("new-1").await.unwrap(), Some(record));
+        assert_eq!(store.device("nope").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn reports_keep_latest_and_bounded_history() {
+    for (store, _guard) in stores().await {
+        store.sync_declared(&[declared("a", "g", None), declared("b", "g", None)], 0).await.unwrap();
+        let mut batch = Vec::new();
+        for i in 0..(HISTORY_PER_DEVICE + 5) {
+            batch.push(report("a", "1.0.0", UpdateState::Idle, 100 + i));
+        }
+        batch.push(report("b", "1.0.0", UpdateState::Downloading, 100));
+        batch.push(report("b", "2.0.0", UpdateState::Installed, 200));
+        store.record_reports(&batch).await.unwrap();
+
+        let inventory = store.inventory().await.unwrap();
+        assert_eq!(inventory.len(), 2);
+        let b = inventory.get("b").unwrap();
+        assert_eq!(b.version.to_string(), "2.0.0");
+        assert_eq!(b.state, UpdateState::Installed);
+        assert_eq!(b.last_seen.as_deref(), Some("1970-01-01T00:00:00.2Z"));
+
+        let history = store.history("a", 100).await.unwrap();
+        assert_eq!(history.len() as i64, HISTORY_PER_DEVICE);
+        assert_eq!(history[0].seq, HISTORY_PER_DEVICE + 5);
+        assert_eq!(history[0].reported_at, 100 + HISTORY_PER_DEVICE + 4);
+        let b_history = store.history("b", 100).await.unwrap();
+        assert_eq!(b_history.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 1]);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_an_unknown_device_stores_nothing() {
+    for (store, _guard) in stores().await {
+        store.sync_declared(&[declared("a", "g", None)], 0).await.unwrap();
+        let batch =
+            vec![report("a", "1.0.0", UpdateState::Idle, 1), report("ghost", "1.0.0", UpdateState::Idle, 1)];
+        let err = store.record_reports(&batch).await.unwrap_err();
+        assert!(matches!(&err, StoreError::UnknownDevice(id) if id == "ghost"), "{err}");
+        assert!(store.inventory().await.unwrap().is_empty());
+        assert!(store.history("a", 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn rollout_state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_path = dir.path().join("inventory.db").to_str().unwrap().to_string();
+    let postgres_url = fresh_postgres_database().await;
+    for url in [sqlite_path, postgres_url] {
+        let store = Store::open(&url).await.unwrap();
+        let ids: Vec<DeclaredDevice> = (0..1200).map(|i| declared(&format!("d{i:04}"), "g", None)).collect();
+        store.sync_declared(&ids, 0).await.unwrap();
+        let mut rollout = RolloutRecord {
+            id: "stable-1".into(),
+            policy: "stable".into(),
+            release: "v2".into(),
+            version: "2.0.0".into(),
+            commit: Some("abc123".into()),
+            phase: RolloutPhase::Progressing,
+            paused: false,
+            message: None,
+            created_at: 5,
+            updated_at: 5,
+        };
+        let waves = vec![
+            WaveRecord {
+                index: 0,
+                name: "canary".into(),
+                state: WaveState::Pending,
+                size: 2,
+                published_at: None,
+                approved_at: None,
+                finished_at: None,
+            },
+            WaveRecord {
+                index: 1,
+                name: "rest".into(),
+                state: WaveState::Pending,
+                size: 1198,
+                published_at: None,
+                approved_at: None,
+                finished_at: None,
+            },
+        ];
+        let members = vec![
+            vec!["d0001".to_string(), "d0000".to_string()],
+            (2..1200).map(|i| format!("d{i:04}")).collect(),
+        ];
+        store.create_rollout(&rollout, &waves, &members).await.unwrap();
+        let mut first = waves[0].clone();
+        first.state = WaveState::Published;
+        first.published_at = Some(7);
+        store.update_wave("stable-1", &first).await.unwrap();
+        rollout.phase = RolloutPhase::Halted;
+        rollout.message = Some("failure threshold crossed".into());
+        rollout.updated_at = 9;
+        store.update_rollout(&rollout).await.unwrap();
+        drop(store);
+
+        let reopened = Store::open(&url).await.unwrap();
+        assert_eq!(reopened.rollouts().await.unwrap(), vec![rollout.clone()]);
+        let stored_waves = reopened.waves("stable-1").await.unwrap();
+        assert_eq!(stored_waves, vec![first, waves[1].clone()]);
+        assert_eq!(reopened.wave_members("stable-1", 0).await.unwrap(), ["d0000", "d0001"]);
+        assert_eq!(reopened.wave_members("stable-1", 1).await.unwrap().len(), 1198);
+    }
+}
+
+#[tokio::test]
+async fn unsupported_url_is_refused() {
+    let err = Store::open("mysql://localhost/x").await.unwrap_err();
+    assert!(err.to_string().contains("unsupported inventory database URL"), "{err}");
+}
