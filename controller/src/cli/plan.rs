@@ -134,7 +134,9 @@ fn plan(args: &PlanArgs) -> Result<(String, bool), String> {
 
     let mut extra_warnings = Vec::new();
     let (inventory, source) = match (&args.inventory, &base) {
-        (Some(file), _) => (inventory::read_snapshot(file).map_err(|e| e.to_string())?, DiscoveredSource::Inventory),
+        (Some(file), _) => {
+            (inventory::read_snapshot(file).map_err(|e| e.to_string())?, DiscoveredSource::Inventory)
+        }
         (None, Some((_, Compilation { fleet: Some(base_fleet), .. }))) => {
             (diff::assumed_inventory(base_fleet), DiscoveredSource::Base)
         }

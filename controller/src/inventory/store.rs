@@ -418,6 +418,15 @@ impl Store {
         row.map(|r| device_from_row(&r)).transpose()
     }
 
+    /// Number of known devices (also a cheap check that the database answers).
+    pub async fn devices_count(&self) -> Result<i64, StoreError> {
+        sqlx::query("SELECT COUNT(*) FROM devices")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(query_error("counting devices"))
+    }
+
     /// Every known device, sorted by id.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let rows =

@@ -1,0 +1,91 @@
+//! `POST /v1/enroll`: a device joins the group whose enrollment token it presents.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{now_ms, Api, ApiError};
+
+/// The JSON body of an enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The id the device will report with.
+    pub device_id: String,
+    /// The group's enrollment token (its SHA-256 is in the fleet repository).
+    pub token: String,
+    /// The device's base64 ed25519 public key.
+    pub public_key: String,
+}
+
+/// The answer to an enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollResponse {
+    /// The device id.
+    pub device_id: String,
+    /// The group it belongs to.
+    pub group: String,
+}
+
+pub(super) async fn enroll(
+    State(api): State<Arc<Api>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
+    let refuse = |e: ApiError| {
+        api.metrics.enrollments_refused.inc();
+        e
+    };
+    let request: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|e| refuse(ApiError::BadRequest(format!("invalid enrollment body: {e}"))))?;
+    if !valid_device_id(&request.device_id) {
+        return Err(refuse(ApiError::BadRequest(format!(
+            "invalid device id {:?}: letters, digits, '.', '_' and '-', at most 128",
+            request.device_id
+        ))));
+    }
+    match BASE64.decode(request.public_key.trim()) {
+        Ok(key) if key.len() == 32 => {}
+        _ => return Err(refuse(ApiError::BadRequest("publicKey must be a base64 ed25519 public key".into()))),
+    }
+    let token_hash = hex::encode(Sha256::digest(request.token.as_bytes()));
+    let group = api.tokens.read().expect("token lock").get(&token_hash).cloned();
+    let Some(group) = group else {
+        return Err(refuse(ApiError::Unauthorized("unknown enrollment token".into())));
+    };
+    if let Some(existing) = api.store.device(&request.device_id).await? {
+        // A device that already has a key keeps it: a token must not let anyone take
+        // over a known device. Enrolling again with the same key is harmless.
+        if let Some(key) = &existing.public_key {
+            if key != &request.public_key {
+                return Err(refuse(ApiError::Conflict(format!(
+                    "device {:?} already has a different key; remove it from the inventory to re-enroll",
+                    request.device_id
+                ))));
+            }
+        }
+        if existing.declared && existing.group != group {
+            return Err(refuse(ApiError::Conflict(format!(
+                "device {:?} is declared in group {:?}, not in the token's group {:?}",
+                request.device_id, existing.group, group
+            ))));
+        }
+    }
+    let record = api.store.enroll(&request.device_id, &group, &request.public_key, now_ms()).await?;
+    api.keys.write().expect("key lock").insert(record.id.clone(), request.public_key.clone());
+    api.metrics.enrollments.inc();
+    Ok((StatusCode::CREATED, Json(EnrollResponse { device_id: record.id, group: record.group })))
+}
+
+fn valid_device_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    id.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

@@ -1,0 +1,155 @@
+//! The device API (axum): enrollment, authenticated reports, health, metrics, and the
+//! TUF repository's files.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/enroll` | a device presents a group's enrollment token and its public key |
+//! | `POST /v1/devices/{id}/reports` | a signed report (see [`auth`]) |
+//! | `GET /healthz` | liveness and database reachability |
+//! | `GET /metrics` | Prometheus metrics |
+//! | `GET /tuf/...` | the TUF repository, as static files |
+//!
+//! Malformed requests get 400 with a JSON error; an unknown device, a bad signature or a
+//! replay gets 401 and nothing is stored. Reports are written in batches by one writer
+//! task: whatever arrived while the previous batch was being written goes into the next
+//! one, so the database sees few large transactions under load and no delay when idle.
+
+pub mod auth;
+mod enroll;
+mod error;
+mod metrics;
+mod reports;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::mpsc;
+
+pub use enroll::{EnrollRequest, EnrollResponse};
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use reports::ReportBody;
+
+use crate::inventory::store::Store;
+
+/// Settings of the device API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How far a report's timestamp may be from the server's clock.
+    pub replay_window: Duration,
+    /// The TUF repository served under `/tuf/`, if any.
+    pub tuf_dir: Option<PathBuf>,
+    /// Most reports written in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { replay_window: Duration::from_secs(300), tuf_dir: None, max_batch: 2000 }
+    }
+}
+
+/// Enrollment tokens of the fleet: hex SHA-256 of a token → the group it enrolls into.
+/// Set by the controller from each compiled fleet.
+pub type EnrollmentTokens = HashMap<String, String>;
+
+/// Shared state of the device API.
+#[derive(Debug)]
+pub struct Api {
+    store: Store,
+    config: ApiConfig,
+    metrics: Metrics,
+    writer: mpsc::Sender<reports::Pending>,
+    tokens: RwLock<Arc<EnrollmentTokens>>,
+    /// Public keys by device id, filled from the inventory on first use.
+    keys: RwLock<HashMap<String, String>>,
+    /// The newest report timestamp accepted per device: a report must be newer.
+    last_seen: Mutex<HashMap<String, i64>>,
+}
+
+impl Api {
+    /// The API over `store`, with its batch writer running on the current tokio runtime.
+    pub fn new(store: Store, config: ApiConfig) -> Arc<Api> {
+        let (tx, rx) = mpsc::channel(config.max_batch * 4);
+        let api = Arc::new(Api {
+            store,
+            config,
+            metrics: Metrics::default(),
+            writer: tx,
+            tokens: RwLock::default(),
+            keys: RwLock::default(),
+            last_seen: Mutex::default(),
+        });
+        tokio::spawn(reports::run_writer(Arc::downgrade(&api), rx));
+        api
+    }
+
+    /// Replaces the enrollment tokens (after a new fleet commit is compiled).
+    pub fn set_enrollment_tokens(&self, tokens: EnrollmentTokens) {
+        *self.tokens.write().expect("token lock") = Arc::new(tokens);
+    }
+
+    /// Drops cached device keys, so the next request reads them from the inventory again
+    /// (after the declared devices were synced).
+    pub fn forget_keys(&self) {
+        self.keys.write().expect("key lock").clear();
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The inventory.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The router serving every route of the device API.
+    pub fn router(self: &Arc<Api>) -> Router {
+        let mut router = Router::new()
+            .route("/v1/enroll", post(enroll::enroll))
+            .route("/v1/devices/{id}/reports", post(reports::report))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics_text));
+        if let Some(dir) = &self.config.tuf_dir {
+            router = router.nest_service("/tuf", tower_http::services::ServeDir::new(dir));
+        }
+        router.with_state(self.clone())
+    }
+
+    /// A device's public key, from the cache or the inventory.
+    async fn public_key(&self, device_id: &str) -> Result<Option<String>, ApiError> {
+        if let Some(key) = self.keys.read().expect("key lock").get(device_id) {
+            return Ok(Some(key.clone()));
+        }
+        let Some(record) = self.store.device(device_id).await? else { return Ok(None) };
+        let Some(key) = record.public_key else { return Ok(None) };
+        self.keys.write().expect("key lock").insert(device_id.to_string(), key.clone());
+        Ok(Some(key))
+    }
+}
+
+async fn healthz(State(api): State<Arc<Api>>) -> Result<&'static str, ApiError> {
+    api.store.devices_count().await?;
+    Ok("ok\n")
+}
+
+async fn metrics_text(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.metrics.encode())
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
