@@ -37,7 +37,7 @@ fn errors_exit_1_with_github_annotations() {
     assert!(
         lines.contains(
             &"::error file=examples/invalid/dangling-references/groups.yaml,line=19,col=11,\
-              title=WG104 A group's parent is not a declared group.::unknown parent group \"eu-west\""
+              title=WG104 A group's parent is not a declared group::unknown parent group \"eu-west\""
         ),
         "{text}"
     );

@@ -438,7 +438,18 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
             Ok(Header { kind: None }) => {
                 return fail(Code::NotAnObject, doc_location, "document has no `kind`".into());
             }
-            Err(e) => return Loaded::Failed(yaml_error(chunk, text, e)),
+            Err(e) => {
+                let diagnostic = yaml_error(chunk, text, e);
+                if diagnostic.code == Code::MalformedYaml {
+                    return Loaded::Failed(diagnostic);
+                }
+                // Valid YAML that is not a mapping (a scalar or a list).
+                return fail(
+                    Code::NotAnObject,
+                    doc_location,
+                    "a fleet document is a mapping with apiVersion, kind, metadata and spec".into(),
+                );
+            }
         },
     };
     let Some(kind) = Kind::parse(&kind) else {
@@ -718,6 +729,26 @@ spec: {}
         let (_, diagnostics) = load(&files(&[("m.yaml", "a: b: c\n")]));
         assert_eq!(codes(&diagnostics), ["WG002 m.yaml:1:5"]);
         assert_eq!(diagnostics[0].message, "mapping values are not allowed in this context");
+    }
+
+    #[test]
+    fn documents_that_are_not_objects() {
+        let (_, diagnostics) = load(&files(&[
+            ("a.yaml", "just text\n---\n- a list\n---\nmetadata: {name: x}\n"),
+            ("b.yaml", "kind: Group\nkind: Group\napiVersion: waveguide.dev/v1alpha1\nmetadata: {name: x}\nspec: {}\n"),
+            ("c.yaml", "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: x}\nspec:\n  labels: {a: b, a: c}\n"),
+        ]));
+        assert_eq!(
+            codes(&diagnostics),
+            [
+                "WG003 a.yaml:1:1",
+                "WG003 a.yaml:3:1",
+                "WG003 a.yaml:5:1",
+                "WG009 b.yaml:1:1",
+                "WG009 c.yaml:5:11"
+            ],
+            "{diagnostics:#?}"
+        );
     }
 
     #[test]
