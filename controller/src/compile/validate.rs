@@ -804,14 +804,17 @@ fn check_rollout(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) {
     let mut percent_sum = 0.0;
     for (i, wave) in waves.iter().enumerate() {
         let at = format!("spec.rollout.waves[{i}]");
-        let name = wave.name.clone().unwrap_or_else(|| format!("wave-{}", i + 1));
+        let name = wave.display_name(i);
         match (wave.count, wave.percent) {
             (Some(_), Some(_)) => out.push(Diagnostic::new(
                 Code::AmbiguousWave,
                 doc.locate(&at),
                 format!("wave {name:?} sets both count and percent; keep one"),
             )),
-            (None, None) if i + 1 < waves.len() => out.push(Diagnostic::new(
+            // A wave with a selector but no size takes every matching device (all the
+            // canaries), which later waves can follow; without a selector it takes all
+            // remaining devices, which leaves nothing for later waves.
+            (None, None) if wave.selector.is_none() && i + 1 < waves.len() => out.push(Diagnostic::new(
                 Code::OpenWaveNotLast,
                 doc.locate(&at),
                 format!(
@@ -1091,6 +1094,8 @@ spec:
       - {}
       - {percent: 50, bake: soon}
       - {percent: 0}
+      - {name: canaries, selector: {matchLabels: {tier: canary}}}
+      - {}
 ";
         let out = run(&[("base.yaml", BASE), ("p.yaml", policy)]);
         assert_eq!(
@@ -1101,7 +1106,7 @@ spec:
                 "WG206 p.yaml:12:7 the waves' percentages add up to 110, more than 100",
                 "WG207 p.yaml:12:31 wave \"canary\" has count 0 and would hold no device",
                 "WG209 p.yaml:13:9 wave \"wave-2\" sets both count and percent; keep one",
-                "WG208 p.yaml:14:9 wave \"wave-3\" has neither count nor percent, so it takes all remaining devices, but 2 more wave(s) follow it",
+                "WG208 p.yaml:14:9 wave \"wave-3\" has neither count nor percent, so it takes all remaining devices, but 4 more wave(s) follow it",
                 "WG203 p.yaml:15:29 invalid bake time \"soon\" of wave \"wave-4\": expected number at 0 (write e.g. 30m or 1h)",
                 "WG207 p.yaml:16:19 wave \"wave-5\" has percent 0 and would hold no device",
             ]

@@ -309,3 +309,11 @@ pub struct WaveSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<String>,
 }
+
+impl WaveSpec {
+    /// The wave's name for reports: its `name`, else `wave-<n>` with `index` counted
+    /// from 0.
+    pub fn display_name(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("wave-{}", index + 1))
+    }
+}
