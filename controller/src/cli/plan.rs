@@ -56,7 +56,7 @@ pub enum PlanFormat {
 /// Runs `waveguide plan`. Exit codes: 0 planned, 1 the head has errors, 2 the input
 /// could not be read.
 pub fn run(args: &PlanArgs) -> ExitCode {
-    match plan(args) {
+    match output(args) {
         Ok((output, ok)) => {
             print!("{output}");
             if ok {
@@ -106,8 +106,9 @@ impl Stopwatch {
     }
 }
 
-/// Returns the rendered output and whether the head compiled.
-fn plan(args: &PlanArgs) -> Result<(String, bool), String> {
+/// What `waveguide plan` prints, and whether the head compiled (exit code 0) or not (1).
+/// `Err` is a message for input that could not be read at all (exit code 2).
+pub fn output(args: &PlanArgs) -> Result<(String, bool), String> {
     let mut clock = Stopwatch::new();
     let head_files = read(&args.repo, args.head.as_deref(), &args.path)?;
     clock.lap("read");
@@ -142,7 +143,12 @@ fn plan(args: &PlanArgs) -> Result<(String, bool), String> {
     };
     clock.lap("inventory");
 
-    let plan = crate::plan::plan(fleet, &inventory);
+    let mut plan = crate::plan::plan(fleet, &inventory);
+    if source == DiscoveredSource::Base {
+        // The assumed inventory is base's fleet: its "unknown" devices are the devices the
+        // change removes, which the change report already lists.
+        plan.unknown_devices.clear();
+    }
     clock.lap("plan");
 
     let change: Option<(FleetDiff, &str)> = base.as_ref().map(|(rev, base)| match &base.fleet {

@@ -8,8 +8,8 @@
 
 pub mod diagnostic;
 pub mod load;
-pub mod validate;
 mod resolve;
+pub mod validate;
 
 use std::time::{Duration, Instant};
 

@@ -496,11 +496,11 @@ fn render_text(r: &PlanReport) -> String {
             let _ = writeln!(out, "  refused downgrades: {}", examples(&p.refused_downgrades));
         }
         if p.to_update > 0 {
-            let _ = writeln!(out, "  {:<12} {:>8} {:>7}  {:<40} {:<6} approval", "wave", "devices", "groups", "first groups", "bake");
+            let _ = writeln!(out, "  {:<12} {:>8} {:>7}  {:<48} {:<6} approval", "wave", "devices", "groups", "first groups", "bake");
             for w in &p.waves {
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:>8} {:>7}  {:<40} {:<6} {}",
+                    "  {:<12} {:>8} {:>7}  {:<48} {:<6} {}",
                     w.name,
                     w.devices,
                     w.groups,
