@@ -8,6 +8,7 @@ mod snapshot;
 
 pub use snapshot::{parse_snapshot, read_snapshot, InventoryError, SnapshotFormat};
 
+use rayon::slice::ParallelSliceMut;
 use serde::{Deserialize, Serialize};
 
 /// Where a device is in installing its desired release, as it last reported.
@@ -80,7 +81,7 @@ impl Inventory {
         captured_at: Option<String>,
         mut reports: Vec<(Box<str>, DeviceReport)>,
     ) -> Result<Inventory, Box<str>> {
-        reports.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        reports.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some(pair) = reports.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(pair[0].0.clone());
         }
