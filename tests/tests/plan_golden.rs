@@ -14,9 +14,22 @@ fn stdout(output: &Output) -> String {
 }
 
 fn plan_example(format: &str) -> String {
-    let output =
-        run_waveguide(&["plan", "--repo", "examples/fleet", "--inventory", "examples/inventory.yaml", "--format", format]);
-    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), String::from_utf8_lossy(&output.stderr));
+    let output = run_waveguide(&[
+        "plan",
+        "--repo",
+        "examples/fleet",
+        "--inventory",
+        "examples/inventory.yaml",
+        "--format",
+        format,
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
     stdout(&output)
 }
 
@@ -39,7 +52,10 @@ fn example_plan_json() {
     let n = |v: &serde_json::Value| v.as_u64().unwrap();
     assert_eq!(
         n(&summary["devices"]),
-        n(&summary["toUpdate"]) + n(&summary["upToDate"]) + n(&summary["refusedDowngrades"]) + n(&summary["uncovered"])
+        n(&summary["toUpdate"])
+            + n(&summary["upToDate"])
+            + n(&summary["refusedDowngrades"])
+            + n(&summary["uncovered"])
     );
     insta::assert_snapshot!("example_json", text);
 }
@@ -81,7 +97,17 @@ fn change_repository() -> tempfile::TempDir {
 }
 
 fn plan_change(repo: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["plan", "--repo", repo.to_str().unwrap(), "--path", "fleet", "--base", "HEAD~1", "--head", "HEAD"];
+    let mut args = vec![
+        "plan",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--path",
+        "fleet",
+        "--base",
+        "HEAD~1",
+        "--head",
+        "HEAD",
+    ];
     args.extend_from_slice(extra);
     waveguide().args(&args).output().expect("waveguide runs")
 }

@@ -75,8 +75,14 @@ impl Random {
 }
 
 const HEADER: &str = "apiVersion: waveguide.dev/v1alpha1\n";
-const TIME_ZONES: [&str; 6] =
-    ["Europe/Berlin", "America/Chicago", "Asia/Tokyo", "Australia/Sydney", "America/Sao_Paulo", "Africa/Lagos"];
+const TIME_ZONES: [&str; 6] = [
+    "Europe/Berlin",
+    "America/Chicago",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "America/Sao_Paulo",
+    "Africa/Lagos",
+];
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
@@ -130,11 +136,19 @@ fn generate(args: &GenFleetArgs) -> anyhow::Result<String> {
         write_file(&args.out.join("groups/sites.yaml"), &text)?;
     }
 
-    let releases = [("os-1-0-0", "1.0.0", None), ("os-1-1-0", "1.1.0", None), ("os-2-0-0", "2.0.0", Some("[rpi4, cm4]"))];
+    let releases = [
+        ("os-1-0-0", "1.0.0", None),
+        ("os-1-1-0", "1.1.0", None),
+        ("os-2-0-0", "2.0.0", Some("[rpi4, cm4]")),
+    ];
     for (name, version, compatible) in releases {
-        let mut doc = format!("{HEADER}kind: Release\nmetadata:\n  name: {name}\nspec:\n  version: {version}\n");
+        let mut doc =
+            format!("{HEADER}kind: Release\nmetadata:\n  name: {name}\nspec:\n  version: {version}\n");
         if let Some(values) = compatible {
-            let _ = write!(doc, "  compatible:\n    matchExpressions:\n      - {{key: hw, operator: In, values: {values}}}\n");
+            let _ = write!(
+                doc,
+                "  compatible:\n    matchExpressions:\n      - {{key: hw, operator: In, values: {values}}}\n"
+            );
         }
         let file = format!("os-{version}.img");
         let digest = hex::encode(sha2::Sha256::digest(file.as_bytes()));
@@ -221,7 +235,8 @@ fn generate(args: &GenFleetArgs) -> anyhow::Result<String> {
                 // Discovered state: 5% never reported, 60% on 1.0.0, 30% on 1.1.0, some failed.
                 let roll = random.next() % 100;
                 if roll >= 5 {
-                    let (release, version) = if roll < 65 { ("os-1-0-0", "1.0.0") } else { ("os-1-1-0", "1.1.0") };
+                    let (release, version) =
+                        if roll < 65 { ("os-1-0-0", "1.0.0") } else { ("os-1-1-0", "1.1.0") };
                     let state = if random.chance(10) { "failed" } else { "installed" };
                     write!(
                         inventory,

@@ -117,13 +117,18 @@ pub fn output(args: &PlanArgs) -> Result<(String, bool), String> {
                 (inventory::read_snapshot(file), started.elapsed())
             })
         });
-        output_with(args, move || snapshot.map(|thread| thread.join().expect("the inventory reader does not panic")))
+        output_with(args, move || {
+            snapshot.map(|thread| thread.join().expect("the inventory reader does not panic"))
+        })
     })
 }
 
 type Snapshot = (Result<Inventory, inventory::InventoryError>, Duration);
 
-fn output_with(args: &PlanArgs, snapshot: impl FnOnce() -> Option<Snapshot>) -> Result<(String, bool), String> {
+fn output_with(
+    args: &PlanArgs,
+    snapshot: impl FnOnce() -> Option<Snapshot>,
+) -> Result<(String, bool), String> {
     let mut clock = Stopwatch::new();
     let head_files = read(&args.repo, args.head.as_deref(), &args.path)?;
     clock.lap("read");

@@ -253,7 +253,7 @@ pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
     let (groups, group_ix) = resolve_groups(documents);
     let (releases, release_ix) = resolve_releases(documents, &mut diagnostics);
     let policies = resolve_policies(documents, &group_ix, &release_ix);
-    let (mut devices, label_sets, device_sources, pin_sources) =
+    let CollectedDevices { mut devices, label_sets, sources: device_sources, pin_sources } =
         collect_devices(documents, &group_ix, &release_ix);
 
     let mut fleet =
@@ -431,14 +431,15 @@ fn collect_devices(
     documents: &Documents,
     group_ix: &HashMap<&str, GroupIx>,
     release_ix: &HashMap<&str, ReleaseIx>,
-) -> (Vec<CompiledDevice>, Vec<Labels>, Vec<Location>, HashMap<Box<str>, PinSource>) {
+) -> CollectedDevices {
     let sources: Vec<Location> = documents
         .devices
         .iter()
         .map(|d| d.location.clone())
         .chain(documents.device_sets.iter().map(|d| d.location.clone()))
         .collect();
-    let release = |pin: &Option<String>| pin.as_deref().and_then(|p| release_ix.get(p).copied()).unwrap_or(NONE);
+    let release =
+        |pin: &Option<String>| pin.as_deref().and_then(|p| release_ix.get(p).copied()).unwrap_or(NONE);
     let device = |id: &str, group, labels, pin, source: usize| CompiledDevice {
         id: id.into(),
         order_key: 0,
@@ -529,7 +530,19 @@ fn collect_devices(
     }
     devices.par_iter_mut().for_each(|d| d.order_key = device_order_key(&d.id));
     devices.par_sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    (devices, interner.sets, sources, pin_sources)
+    CollectedDevices { devices, label_sets: interner.sets, sources, pin_sources }
+}
+
+/// What [`collect_devices`] gathers.
+struct CollectedDevices {
+    /// Every device, by id.
+    devices: Vec<CompiledDevice>,
+    /// Own-label sets, interned.
+    label_sets: Vec<Labels>,
+    /// Device and DeviceSet document locations.
+    sources: Vec<Location>,
+    /// Where each pinned device's pin was written.
+    pin_sources: HashMap<Box<str>, PinSource>,
 }
 
 /// Interns label sets: equal sets get one index. Empty sets are "no own labels".

@@ -345,12 +345,17 @@ pub fn build(
             .iter()
             .map(|p| {
                 let release = |r: &Option<ReleaseRef>| {
-                    r.as_ref().map(|r| ReleaseReport { release: r.name.clone(), version: r.version.to_string() })
+                    r.as_ref()
+                        .map(|r| ReleaseReport { release: r.name.clone(), version: r.version.to_string() })
                 };
                 PolicyChangeReport { policy: p.policy.clone(), from: release(&p.from), to: release(&p.to) }
             })
             .collect(),
-        groups: diff.groups.iter().map(|g| GroupReport { group: g.group.clone(), devices: g.devices }).collect(),
+        groups: diff
+            .groups
+            .iter()
+            .map(|g| GroupReport { group: g.group.clone(), devices: g.devices })
+            .collect(),
         devices_changed: diff.devices_changed,
         devices_added: diff.devices_added,
         devices_removed: diff.devices_removed,
@@ -463,7 +468,8 @@ fn render_text(r: &PlanReport) -> String {
             let _ = writeln!(out, "  {:<8} {} {} ({})", d.change, d.kind, d.name, d.file);
         }
         for p in &c.policies {
-            let _ = writeln!(out, "  policy {}: {} → {}", p.policy, release_text(&p.from), release_text(&p.to));
+            let _ =
+                writeln!(out, "  policy {}: {} → {}", p.policy, release_text(&p.from), release_text(&p.to));
         }
         let _ = writeln!(
             out,
@@ -490,13 +496,22 @@ fn render_text(r: &PlanReport) -> String {
         let _ = writeln!(
             out,
             "  {}: {} up to date, {} to update ({} never seen, {} failed), {} downgrades refused",
-            devices(p.devices), p.up_to_date, p.to_update, p.never_seen, p.failed, p.refused_downgrades.count
+            devices(p.devices),
+            p.up_to_date,
+            p.to_update,
+            p.never_seen,
+            p.failed,
+            p.refused_downgrades.count
         );
         if !p.refused_downgrades.examples.is_empty() {
             let _ = writeln!(out, "  refused downgrades: {}", examples(&p.refused_downgrades));
         }
         if p.to_update > 0 {
-            let _ = writeln!(out, "  {:<12} {:>8} {:>7}  {:<48} {:<6} approval", "wave", "devices", "groups", "first groups", "bake");
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>8} {:>7}  {:<48} {:<6} approval",
+                "wave", "devices", "groups", "first groups", "bake"
+            );
             for w in &p.waves {
                 let _ = writeln!(
                     out,
@@ -520,7 +535,11 @@ fn render_text(r: &PlanReport) -> String {
             r.pinned.up_to_date,
             r.pinned.to_update.count,
             r.pinned.never_seen,
-            if r.pinned.to_update.count > 0 { format!(": {}", examples(&r.pinned.to_update)) } else { String::new() }
+            if r.pinned.to_update.count > 0 {
+                format!(": {}", examples(&r.pinned.to_update))
+            } else {
+                String::new()
+            }
         );
     }
     if !r.warnings.is_empty() {
@@ -565,7 +584,10 @@ fn render_markdown(r: &PlanReport) -> String {
     let mut out = String::new();
     let s = &r.summary;
     let _ = writeln!(out, "### Waveguide plan\n");
-    let _ = writeln!(out, "| Devices | To update | Up to date | Never seen | Downgrades refused | Pinned | Uncovered |");
+    let _ = writeln!(
+        out,
+        "| Devices | To update | Up to date | Never seen | Downgrades refused | Pinned | Uncovered |"
+    );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(
         out,
@@ -600,12 +622,18 @@ fn render_markdown(r: &PlanReport) -> String {
             for d in &c.documents {
                 let _ = writeln!(table, "| {} | {} | `{}` | `{}` |", d.change, d.kind, d.name, cell(&d.file));
             }
-            collapsible(&mut out, &format!("{} documents changed", c.documents.len()), c.documents.len(), &table);
+            collapsible(
+                &mut out,
+                &format!("{} documents changed", c.documents.len()),
+                c.documents.len(),
+                &table,
+            );
         }
         if !c.policies.is_empty() {
             let _ = writeln!(out, "\n| Policy | From | To |\n|---|---|---|");
             for p in &c.policies {
-                let _ = writeln!(out, "| `{}` | {} | {} |", p.policy, release_text(&p.from), release_text(&p.to));
+                let _ =
+                    writeln!(out, "| `{}` | {} | {} |", p.policy, release_text(&p.from), release_text(&p.to));
             }
         }
         let _ = writeln!(
@@ -619,7 +647,12 @@ fn render_markdown(r: &PlanReport) -> String {
                 let _ = writeln!(table, "| `{}` | {} |", g.group, g.devices);
             }
             out.push('\n');
-            collapsible(&mut out, &format!("Affected devices in {} groups", c.groups.len()), c.groups.len(), &table);
+            collapsible(
+                &mut out,
+                &format!("Affected devices in {} groups", c.groups.len()),
+                c.groups.len(),
+                &table,
+            );
         }
     }
 
@@ -649,7 +682,9 @@ fn render_markdown(r: &PlanReport) -> String {
             let _ = writeln!(out, "\nRefused downgrades: {}.", examples(&p.refused_downgrades));
         }
         if p.to_update > 0 {
-            let mut table = String::from("| Wave | Devices | Groups | First groups | Bake | Approval |\n|---|---:|---:|---|---|---|\n");
+            let mut table = String::from(
+                "| Wave | Devices | Groups | First groups | Bake | Approval |\n|---|---:|---:|---|---|---|\n",
+            );
             for w in &p.waves {
                 let _ = writeln!(
                     table,
@@ -675,7 +710,11 @@ fn render_markdown(r: &PlanReport) -> String {
             r.pinned.up_to_date,
             r.pinned.to_update.count,
             r.pinned.never_seen,
-            if r.pinned.to_update.count > 0 { format!(": {}", examples(&r.pinned.to_update)) } else { String::new() }
+            if r.pinned.to_update.count > 0 {
+                format!(": {}", examples(&r.pinned.to_update))
+            } else {
+                String::new()
+            }
         );
     }
     if !r.warnings.is_empty() {

@@ -64,7 +64,10 @@ fn policy(order: &str, waves: &str, allow_downgrade: bool) -> String {
 }
 
 fn fleet(order: &str, waves: &str, allow_downgrade: bool) -> CompiledFleet {
-    let c = compile(&FleetFiles::from_pairs([("fleet.yaml", format!("{FLEET}{}", policy(order, waves, allow_downgrade)))]));
+    let c = compile(&FleetFiles::from_pairs([(
+        "fleet.yaml",
+        format!("{FLEET}{}", policy(order, waves, allow_downgrade)),
+    )]));
     assert!(!c.has_errors(), "{:?}", c.diagnostics);
     c.fleet.unwrap()
 }
@@ -132,7 +135,8 @@ fn hierarchy_goes_group_by_group_depth_first() {
     assert!(order[..20].iter().all(|id| id.starts_with('a')), "{order:?}");
     assert!(order[20..].iter().all(|id| id.starts_with('b') || id.starts_with('c')), "{order:?}");
     // Inside a group, by hash.
-    let keys: Vec<u64> = p.waves[0].devices[..20].iter().map(|&d| fleet.devices()[d as usize].order_key).collect();
+    let keys: Vec<u64> =
+        p.waves[0].devices[..20].iter().map(|&d| fleet.devices()[d as usize].order_key).collect();
     assert!(keys.windows(2).all(|w| w[0] <= w[1]));
 }
 
