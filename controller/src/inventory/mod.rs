@@ -60,9 +60,9 @@ pub struct DeviceReport {
     /// Whether the device's own health checks pass.
     #[serde(default)]
     pub healthy: bool,
-    /// When the device last reported (RFC 3339), as the device API recorded it.
+    /// When the device last reported (RFC 3339 in files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<String>,
+    pub last_seen: Option<jiff::Timestamp>,
 }
 
 /// The discovered state of a fleet: one report per device that has ever reported, sorted
@@ -70,7 +70,7 @@ pub struct DeviceReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// When the snapshot was taken, if it says.
-    pub captured_at: Option<String>,
+    pub captured_at: Option<jiff::Timestamp>,
     reports: Vec<(Box<str>, DeviceReport)>,
 }
 
@@ -78,7 +78,7 @@ impl Inventory {
     /// Builds an inventory from reports in any order. Returns the id of a device reported
     /// twice, if any.
     pub fn new(
-        captured_at: Option<String>,
+        captured_at: Option<jiff::Timestamp>,
         mut reports: Vec<(Box<str>, DeviceReport)>,
     ) -> Result<Inventory, Box<str>> {
         reports.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
