@@ -20,7 +20,9 @@ use super::{DeviceReport, Inventory, UpdateState};
 /// The encoding of a snapshot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotFormat {
+    /// JSON.
     Json,
+    /// YAML (of which JSON is a subset, but JSON parses faster as JSON).
     Yaml,
 }
 

@@ -11,8 +11,11 @@ use crate::model::{Kind, Object};
 /// How a document changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChangeKind {
+    /// In head only.
     Added,
+    /// In both, with a different content.
     Changed,
+    /// In base only.
     Removed,
 }
 
