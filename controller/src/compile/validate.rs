@@ -184,23 +184,26 @@ pub fn label_value_problem(value: &str) -> Option<String> {
     label_name_problem(value).map(|p| format!("a label value {p}"))
 }
 
-/// Problems of a label map, as `(path, message)`; `path` is the map's path.
-fn label_problems(path: &str, labels: &Labels) -> Vec<(String, String)> {
+/// Problems of a label map, as `(path, message)`. `path` gives the map's path; it is
+/// only called when there is a problem, since this runs once per device.
+fn label_problems(path: impl Fn() -> String, labels: &Labels) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     for (key, value) in labels {
         if let Some(p) = label_key_problem(key) {
-            problems.push((path.to_owned(), format!("invalid label key {key:?}: {p}")));
+            problems.push((path(), format!("invalid label key {key:?}: {p}")));
         }
         if let Some(p) = label_value_problem(value) {
-            problems
-                .push((format!("{path}.{key}"), format!("invalid value {value:?} of label {key:?}: {p}")));
+            problems.push((
+                format!("{}.{key}", path()),
+                format!("invalid value {value:?} of label {key:?}: {p}"),
+            ));
         }
     }
     problems
 }
 
 fn check_labels<T>(doc: &Located<T>, path: &str, labels: &Labels, out: &mut Vec<Diagnostic>) {
-    for (path, message) in label_problems(path, labels) {
+    for (path, message) in label_problems(|| path.to_owned(), labels) {
         out.push(Diagnostic::new(Code::InvalidLabel, doc.locate(&path), message));
     }
 }
@@ -301,10 +304,16 @@ pub fn sha256_problem(digest: &str) -> Option<&'static str> {
 
 /// Why `key` is not a base64 ed25519 public key, if it is not one.
 pub fn public_key_problem(key: &str) -> Option<String> {
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(bytes) if bytes.len() == 32 => None,
-        Ok(bytes) => Some(format!("an ed25519 public key is 32 bytes, this one is {}", bytes.len())),
-        Err(e) => Some(format!("not base64: {e}")),
+    use base64::DecodeSliceError;
+    // Decoded into a stack buffer: this runs once per device.
+    let mut buffer = [0u8; 64];
+    match base64::engine::general_purpose::STANDARD.decode_slice(key, &mut buffer) {
+        Ok(32) => None,
+        Ok(n) => Some(format!("an ed25519 public key is 32 bytes, this one is {n}")),
+        Err(DecodeSliceError::OutputSliceTooSmall) => {
+            Some("an ed25519 public key is 32 bytes, this one is more than 64".to_owned())
+        }
+        Err(DecodeSliceError::DecodeError(e)) => Some(format!("not base64: {e}")),
     }
 }
 
@@ -437,7 +446,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
             }
         }
         problems.extend(
-            label_problems("spec.labels", &spec.labels)
+            label_problems(|| "spec.labels".to_owned(), &spec.labels)
                 .into_iter()
                 .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
         );
@@ -453,7 +462,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
             problems.extend(group_problem(&spec.group));
             problems.extend(pin_problem("spec.pin", &spec.pin));
             problems.extend(
-                label_problems("spec.labels", &spec.labels)
+                label_problems(|| "spec.labels".to_owned(), &spec.labels)
                     .into_iter()
                     .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
             );
@@ -498,15 +507,15 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
                             ));
                         }
                     }
-                    problems.extend(pin_problem(&format!("spec.devices[{i}].pin"), &entry.pin));
-                    if !entry.labels.is_empty() {
-                        let path = format!("spec.devices[{i}].labels");
-                        problems.extend(
-                            label_problems(&path, &entry.labels)
-                                .into_iter()
-                                .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
-                        );
+                    if let Some(mut problem) = pin_problem("", &entry.pin) {
+                        problem.path = format!("spec.devices[{i}].pin");
+                        problems.push(problem);
                     }
+                    problems.extend(
+                        label_problems(|| format!("spec.devices[{i}].labels"), &entry.labels)
+                            .into_iter()
+                            .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
+                    );
                     problems
                 })
                 .collect();
