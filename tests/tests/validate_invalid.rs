@@ -8,8 +8,11 @@ mod common;
 use waveguide::compile::{self, diagnostic};
 use waveguide::source;
 
-/// `(scenario, [(code, file, line)])`, the diagnostics in report order.
-const SCENARIOS: &[(&str, &[(&str, &str, u32)])] = &[
+/// One expected diagnostic: code, file (relative to the scenario) and line.
+type Expected = (&'static str, &'static str, u32);
+
+/// `(scenario, diagnostics)`, the diagnostics in report order.
+const SCENARIOS: &[(&str, &[Expected])] = &[
     ("malformed-yaml", &[("WG002", "groups.yaml", 18), ("WG002", "releases.yaml", 11)]),
     (
         "schema-violations",
