@@ -143,6 +143,20 @@ pub struct Documents {
     pub device_sets: Vec<Located<DeviceSet>>,
     pub releases: Vec<Located<Release>>,
     pub policies: Vec<Located<Policy>>,
+    /// Documents that did not load (their errors are reported) but whose kind and name
+    /// could still be read: references to them are not reported as unknown as well.
+    pub unparsed: Vec<Unparsed>,
+}
+
+/// What can be read of a document that failed to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unparsed {
+    /// Its `kind`.
+    pub kind: Kind,
+    /// Its `metadata.name`.
+    pub name: String,
+    /// Where it starts.
+    pub location: Location,
 }
 
 impl Documents {
@@ -405,10 +419,18 @@ pub fn load(files: &FleetFiles) -> (Documents, Vec<Diagnostic>) {
     }
     let chunks: Vec<Chunk<'_>> =
         texts.par_iter().flat_map_iter(|(path, bytes, text)| split(path, bytes, text)).collect();
-    let loaded: Vec<Loaded> = chunks.par_iter().map(load_document).collect();
+    let loaded: Vec<(Loaded, Option<Unparsed>)> = chunks
+        .par_iter()
+        .map(|chunk| {
+            let loaded = load_document(chunk);
+            let unparsed = matches!(loaded, Loaded::Failed(_)).then(|| unparsed(chunk)).flatten();
+            (loaded, unparsed)
+        })
+        .collect();
 
     let mut documents = Documents::default();
-    for item in loaded {
+    for (item, unparsed) in loaded {
+        documents.unparsed.extend(unparsed);
         match item {
             Loaded::Group(d) => documents.groups.push(d),
             Loaded::Device(d) => documents.devices.push(d),
@@ -533,6 +555,26 @@ fn device_set(chunk: &Chunk<'_>, text: &str) -> Result<DeviceSet, Diagnostic> {
         }
     }
     typed(chunk, text)
+}
+
+/// The kind and name of a document that failed to load, when its YAML is well-formed
+/// enough to tell.
+fn unparsed(chunk: &Chunk<'_>) -> Option<Unparsed> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        kind: Option<String>,
+        metadata: Option<Metadata>,
+    }
+    #[derive(Deserialize)]
+    struct Metadata {
+        name: Option<String>,
+    }
+    let envelope: Envelope = serde_yaml::from_str(&chunk.file_text[chunk.start..chunk.end]).ok()?;
+    Some(Unparsed {
+        kind: Kind::parse(&envelope.kind?)?,
+        name: envelope.metadata?.name?,
+        location: chunk.location(),
+    })
 }
 
 /// The value of a top-level `kind:` line, if the document has one in block style: the

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::diagnostic::{self, Code, Diagnostic};
 use super::load::{Documents, Located, Location};
-use crate::model::{Group, Labels, Object, Operator, Policy, SelectorRequirement};
+use crate::model::{Group, Kind, Labels, Object, Operator, Policy, SelectorRequirement};
 
 /// At most this many diagnostics of one code are reported per document; the rest are
 /// counted in one summary diagnostic.
@@ -47,11 +47,21 @@ struct Names<'a> {
 
 impl<'a> Names<'a> {
     fn new(documents: &'a Documents, out: &mut Vec<Diagnostic>) -> Names<'a> {
-        let groups = unique_names(&documents.groups, "group", out);
+        let mut groups = unique_names(&documents.groups, "group", out);
         unique_names(&documents.devices, "device", out);
         unique_names(&documents.device_sets, "device set", out);
-        let releases = unique_names(&documents.releases, "release", out);
+        let mut releases = unique_names(&documents.releases, "release", out);
         unique_names(&documents.policies, "policy", out);
+        // A document that failed to load is reported already; what refers to it is not
+        // wrong as well. It maps to usize::MAX, which no lookup follows.
+        for unparsed in &documents.unparsed {
+            let names = match unparsed.kind {
+                Kind::Group => &mut groups,
+                Kind::Release => &mut releases,
+                _ => continue,
+            };
+            names.entry(unparsed.name.as_str()).or_insert(usize::MAX);
+        }
         Names { groups, releases }
     }
 
@@ -322,7 +332,11 @@ fn check_cycles(groups: &[Located<Group>], index: &HashMap<&str, usize>, out: &m
     const NEW: u8 = 0;
     const ON_PATH: u8 = 1;
     const DONE: u8 = 2;
-    let parent_of = |i: usize| groups[i].value.spec.parent.as_deref().and_then(|p| index.get(p).copied());
+    // Unparsed groups are in `index` as usize::MAX: the walk stops at them.
+    let parent_of = |i: usize| {
+        let parent = groups[i].value.spec.parent.as_deref()?;
+        index.get(parent).copied().filter(|&p| p < groups.len())
+    };
     let mut state = vec![NEW; groups.len()];
     for start in 0..groups.len() {
         let mut path = Vec::new();
@@ -1009,6 +1023,32 @@ spec:
                 "WG105 x.yaml:16:27 unknown group \"asia\"",
             ]
         );
+    }
+
+    #[test]
+    fn references_to_documents_that_failed_to_load_are_not_reported_again() {
+        let docs = "\
+kind: Group
+metadata: {name: eu}
+spec: {parnet: x}
+---
+kind: Group
+metadata: {name: berlin}
+spec: {parent: eu}
+---
+kind: Device
+metadata: {name: d1}
+spec: {group: eu}
+";
+        let fleet = FleetFiles::from_pairs([(
+            "g.yaml",
+            docs.split("---\n").map(|d| format!("{HEADER}{d}")).collect::<Vec<_>>().join("---\n"),
+        )]);
+        let (documents, load_errors) = load(&fleet);
+        assert_eq!(load_errors.len(), 1);
+        assert_eq!(documents.unparsed.len(), 1);
+        assert_eq!(documents.unparsed[0].name, "eu");
+        assert_eq!(check(&documents), Vec::new());
     }
 
     #[test]
