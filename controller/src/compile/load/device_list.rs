@@ -373,6 +373,105 @@ mod tests {
         assert!(read(HEAD).is_none(), "no list, nothing to read");
     }
 
+    /// Random device lists built from plain and tricky pieces: whenever the fast path
+    /// accepts one, serde_yaml reads the same document without error and to the same
+    /// entries.
+    #[test]
+    fn whatever_it_accepts_serde_yaml_reads_the_same() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let scalars = [
+            "a",
+            "dev-01",
+            "007",
+            "0x1F",
+            "null",
+            "~",
+            "true",
+            "a:b",
+            "a: b",
+            "a #b",
+            "a#b",
+            "#a",
+            "-a",
+            "- a",
+            "\"q\"",
+            "'q'",
+            "\"a,b\"",
+            "'it''s'",
+            "\"a\\nb\"",
+            "&x a",
+            "*x",
+            "!!str a",
+            "k+/=",
+            "{a}",
+            "[a]",
+            "a,b",
+            "a}",
+            "é",
+            "",
+            " a",
+            "|",
+            ">",
+            "%a",
+            "@a",
+            "`a",
+            "a  ",
+            "?a",
+        ];
+        let keys = ["id", "publicKey", "pin", "labels", "colour", "id "];
+        let mut accepted = 0;
+        for _ in 0..3000 {
+            let indent = ["  ", "    "][next(2)];
+            let mut doc = format!("{HEAD}  devices:\n");
+            for _ in 0..1 + next(3) {
+                let scalar = |i: usize| scalars[i];
+                match next(4) {
+                    0 => doc.push_str(&format!(
+                        "{indent}- {{id: {}, pin: {}}}\n",
+                        scalar(next(scalars.len())),
+                        scalar(next(scalars.len()))
+                    )),
+                    _ => {
+                        doc.push_str(&format!("{indent}- id: {}\n", scalar(next(scalars.len()))));
+                        for _ in 0..next(3) {
+                            let key = keys[next(keys.len())];
+                            match (key, next(3)) {
+                                ("labels", 0) => doc.push_str(&format!(
+                                    "{indent}  labels: {{k: {}, l: {}}}\n",
+                                    scalar(next(scalars.len())),
+                                    scalar(next(scalars.len()))
+                                )),
+                                ("labels", 1) => doc.push_str(&format!(
+                                    "{indent}  labels:\n{indent}    k: {}\n",
+                                    scalar(next(scalars.len()))
+                                )),
+                                (key, _) => doc
+                                    .push_str(&format!("{indent}  {key}: {}\n", scalar(next(scalars.len())))),
+                            }
+                            if next(5) == 0 {
+                                doc.push_str(&format!("{indent}# note\n"));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(list) = read(&doc) {
+                accepted += 1;
+                let expected: DeviceSet = serde_yaml::from_str(&doc)
+                    .unwrap_or_else(|e| panic!("fast path accepted what serde_yaml refuses ({e}):\n{doc}"));
+                assert_eq!(list.entries, expected.spec.devices, "{doc}");
+            }
+        }
+        // The generator is not all tricks: a good share goes the fast way.
+        assert!(accepted > 100, "only {accepted} accepted");
+    }
+
     #[test]
     fn a_large_list_matches_serde_yaml() {
         let mut doc = format!("{HEAD}  devices:\n");
