@@ -338,18 +338,20 @@ fn is_marker(line: &str) -> bool {
 /// are dropped: they are not documents.
 fn split<'a>(file: &'a Arc<str>, file_bytes: &'a Arc<[u8]>, file_text: &'a str) -> Vec<Chunk<'a>> {
     let mut chunks = Vec::new();
-    let mut start = 0;
+    // A byte order mark is not content; the YAML parser misreads it before CRLF lines.
+    let bom = if file_text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let mut start = bom;
     let mut first_line = 1;
     let mut content_line = None;
     let mut line_no = 0u32;
-    let mut offset = 0;
+    let mut offset = bom;
     let close =
         |chunks: &mut Vec<Chunk<'a>>, start: usize, end: usize, first_line: u32, content: Option<u32>| {
             if let Some(content_line) = content {
                 chunks.push(Chunk { file, file_text, file_bytes, start, end, first_line, content_line });
             }
         };
-    for line in file_text.split_inclusive('\n') {
+    for line in file_text[bom..].split_inclusive('\n') {
         line_no += 1;
         if is_marker(line) {
             // `--- ` may carry content on the same line (`--- {kind: Group, ...}`).
@@ -829,6 +831,17 @@ spec: {}
             ],
             "{diagnostics:#?}"
         );
+    }
+
+    #[test]
+    fn crlf_and_byte_order_mark() {
+        let text = "\u{feff}apiVersion: waveguide.dev/v1alpha1\r\nkind: Group\r\nmetadata: {name: eu}\r\nspec:\r\n  parent: world\r\n---\r\napiVersion: waveguide.dev/v1alpha1\r\nkind: DeviceSet\r\nmetadata: {name: s}\r\nspec:\r\n  group: eu\r\n  devices:\r\n    - id: a\r\n";
+        let (docs, diagnostics) = load(&files(&[("w.yaml", text)]));
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(docs.groups[0].locate("spec.parent").to_string(), "w.yaml:5:11");
+        assert_eq!(docs.device_sets[0].location.to_string(), "w.yaml:7:1");
+        assert_eq!(docs.device_sets[0].value.spec.devices[0].id, "a");
+        assert_eq!(docs.device_sets[0].locate("spec.devices[0].id").to_string(), "w.yaml:13:11");
     }
 
     #[test]
