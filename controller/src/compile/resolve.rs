@@ -194,7 +194,8 @@ impl CompiledFleet {
         self.devices.binary_search_by(|d| (*d.id).cmp(id)).ok().map(|i| &self.devices[i])
     }
 
-    /// A group by name.
+    /// A group by name. A linear scan (groups are in hierarchy order, not by name): for
+    /// occasional lookups; build a map to look many up.
     pub fn group_named(&self, name: &str) -> Option<GroupIx> {
         self.groups.iter().position(|g| g.name == name).map(|i| i as GroupIx)
     }
