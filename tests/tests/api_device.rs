@@ -92,7 +92,8 @@ async fn an_enrolled_device_reports_and_is_stored() {
 async fn a_declared_device_reports_with_its_declared_key() {
     let server = serve().await;
     let key = DeviceKey::generate();
-    let declared = DeclaredDevice { id: "gw-1".into(), group: "berlin".into(), public_key: Some(key.public_key_b64()) };
+    let declared =
+        DeclaredDevice { id: "gw-1".into(), group: "berlin".into(), public_key: Some(key.public_key_b64()) };
     server.api.store().sync_declared(&[declared], 0).await.unwrap();
     let (status, _) = server.report("gw-1", &key, &installed("1.0.0"), now_ms()).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -145,9 +146,13 @@ async fn refused_reports_store_nothing() {
 
     assert_eq!(server.stored_reports().await, 0, "nothing refused may be stored");
 
-    let metrics = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
     for reason in ["malformed", "unknown_device", "bad_signature", "stale_timestamp"] {
-        assert!(metrics.contains(&format!("waveguide_api_reports_refused_total{{reason=\"{reason}\"}}")), "{metrics}");
+        assert!(
+            metrics.contains(&format!("waveguide_api_reports_refused_total{{reason=\"{reason}\"}}")),
+            "{metrics}"
+        );
     }
 }
 
@@ -201,10 +206,15 @@ async fn health_metrics_and_tuf_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reports_are_all_stored_in_batches() {
     let server = Arc::new(serve().await);
-    let devices: Vec<(String, DeviceKey)> = (0..200).map(|i| (format!("d{i:03}"), DeviceKey::generate())).collect();
+    let devices: Vec<(String, DeviceKey)> =
+        (0..200).map(|i| (format!("d{i:03}"), DeviceKey::generate())).collect();
     let declared: Vec<DeclaredDevice> = devices
         .iter()
-        .map(|(id, k)| DeclaredDevice { id: id.clone(), group: "berlin".into(), public_key: Some(k.public_key_b64()) })
+        .map(|(id, k)| DeclaredDevice {
+            id: id.clone(),
+            group: "berlin".into(),
+            public_key: Some(k.public_key_b64()),
+        })
         .collect();
     server.api.store().sync_declared(&declared, 0).await.unwrap();
     let devices = Arc::new(devices);

@@ -3,10 +3,8 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
-use common::{run_waveguide, waveguide};
+use common::{copy_dir, git, run_waveguide, waveguide};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -37,7 +35,7 @@ fn errors_exit_1_with_github_annotations() {
     assert!(
         lines.contains(
             &"::error file=examples/invalid/dangling-references/groups.yaml,line=19,col=11,\
-              title=WG104 A group's parent is not a declared group.::unknown parent group \"eu-west\""
+              title=WG104 A group's parent is not a declared group::unknown parent group \"eu-west\""
         ),
         "{text}"
     );
@@ -88,24 +86,6 @@ fn unreadable_input_and_bad_usage_exit_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("examples/no-such-fleet"));
     let output = run_waveguide(&["validate", "--format", "yaml"]);
     assert_eq!(output.status.code(), Some(2));
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(["-c", "user.name=Fleet Operator", "-c", "user.email=ops@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }
 
 #[test]

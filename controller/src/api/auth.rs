@@ -47,7 +47,13 @@ pub enum SignatureError {
 }
 
 /// Checks a report's signature against the device's base64 public key.
-pub fn verify(public_key_b64: &str, device_id: &str, timestamp_ms: i64, body: &[u8], signature_b64: &str) -> Result<(), SignatureError> {
+pub fn verify(
+    public_key_b64: &str,
+    device_id: &str,
+    timestamp_ms: i64,
+    body: &[u8],
+    signature_b64: &str,
+) -> Result<(), SignatureError> {
     let key = BASE64.decode(public_key_b64.trim()).map_err(|_| SignatureError::BadPublicKey)?;
     if key.len() != 32 {
         return Err(SignatureError::BadPublicKey);

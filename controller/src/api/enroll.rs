@@ -52,7 +52,9 @@ pub(super) async fn enroll(
     }
     match BASE64.decode(request.public_key.trim()) {
         Ok(key) if key.len() == 32 => {}
-        _ => return Err(refuse(ApiError::BadRequest("publicKey must be a base64 ed25519 public key".into()))),
+        _ => {
+            return Err(refuse(ApiError::BadRequest("publicKey must be a base64 ed25519 public key".into())))
+        }
     }
     let token_hash = hex::encode(Sha256::digest(request.token.as_bytes()));
     let group = api.tokens.read().expect("token lock").get(&token_hash).cloned();

@@ -42,7 +42,14 @@ impl Default for Metrics {
         registry.register("enrollments", "Devices enrolled", enrollments.clone());
         registry.register("enrollments_refused", "Enrollments refused", enrollments_refused.clone());
         registry.register("report_batch_size", "Reports per inventory write", report_batch_size.clone());
-        Metrics { registry, reports_stored, reports_refused, enrollments, enrollments_refused, report_batch_size }
+        Metrics {
+            registry,
+            reports_stored,
+            reports_refused,
+            enrollments,
+            enrollments_refused,
+            report_batch_size,
+        }
     }
 }
 

@@ -52,19 +52,27 @@ pub(super) async fn report(
         api.metrics.refuse(reason);
         error
     };
-    let parsed: ReportBody = serde_json::from_slice(&body).map_err(|e| {
-        refuse("malformed", ApiError::BadRequest(format!("invalid report body: {e}")))
+    let parsed: ReportBody = serde_json::from_slice(&body)
+        .map_err(|e| refuse("malformed", ApiError::BadRequest(format!("invalid report body: {e}"))))?;
+    let timestamp =
+        header(&headers, TIMESTAMP_HEADER).and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| {
+            refuse(
+                "malformed",
+                ApiError::Unauthorized(format!("missing or invalid {TIMESTAMP_HEADER} header")),
+            )
+        })?;
+    let signature = header(&headers, SIGNATURE_HEADER).ok_or_else(|| {
+        refuse("malformed", ApiError::Unauthorized(format!("missing {SIGNATURE_HEADER} header")))
     })?;
-    let timestamp = header(&headers, TIMESTAMP_HEADER)
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| refuse("malformed", ApiError::Unauthorized(format!("missing or invalid {TIMESTAMP_HEADER} header"))))?;
-    let signature = header(&headers, SIGNATURE_HEADER)
-        .ok_or_else(|| refuse("malformed", ApiError::Unauthorized(format!("missing {SIGNATURE_HEADER} header"))))?;
     let Some(public_key) = api.public_key(&device_id).await? else {
-        return Err(refuse("unknown_device", ApiError::Unauthorized(format!("unknown device {device_id:?}"))));
+        return Err(refuse(
+            "unknown_device",
+            ApiError::Unauthorized(format!("unknown device {device_id:?}")),
+        ));
     };
-    auth::verify(&public_key, &device_id, timestamp, &body, signature)
-        .map_err(|e| refuse("bad_signature", ApiError::Unauthorized(format!("report of {device_id:?} refused: {e}"))))?;
+    auth::verify(&public_key, &device_id, timestamp, &body, signature).map_err(|e| {
+        refuse("bad_signature", ApiError::Unauthorized(format!("report of {device_id:?} refused: {e}")))
+    })?;
     let now = now_ms();
     let window = api.config.replay_window.as_millis() as i64;
     if (now - timestamp).abs() > window {

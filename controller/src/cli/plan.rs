@@ -56,7 +56,7 @@ pub enum PlanFormat {
 /// Runs `waveguide plan`. Exit codes: 0 planned, 1 the head has errors, 2 the input
 /// could not be read.
 pub fn run(args: &PlanArgs) -> ExitCode {
-    match plan(args) {
+    match output(args) {
         Ok((output, ok)) => {
             print!("{output}");
             if ok {
@@ -106,8 +106,29 @@ impl Stopwatch {
     }
 }
 
-/// Returns the rendered output and whether the head compiled.
-fn plan(args: &PlanArgs) -> Result<(String, bool), String> {
+/// What `waveguide plan` prints, and whether the head compiled (exit code 0) or not (1).
+/// `Err` is a message for input that could not be read at all (exit code 2).
+pub fn output(args: &PlanArgs) -> Result<(String, bool), String> {
+    // The snapshot does not depend on the fleet: read it while the fleet compiles.
+    std::thread::scope(|scope| {
+        let snapshot = args.inventory.as_deref().map(|file| {
+            scope.spawn(move || {
+                let started = Instant::now();
+                (inventory::read_snapshot(file), started.elapsed())
+            })
+        });
+        output_with(args, move || {
+            snapshot.map(|thread| thread.join().expect("the inventory reader does not panic"))
+        })
+    })
+}
+
+type Snapshot = (Result<Inventory, inventory::InventoryError>, Duration);
+
+fn output_with(
+    args: &PlanArgs,
+    snapshot: impl FnOnce() -> Option<Snapshot>,
+) -> Result<(String, bool), String> {
     let mut clock = Stopwatch::new();
     let head_files = read(&args.repo, args.head.as_deref(), &args.path)?;
     clock.lap("read");
@@ -133,18 +154,25 @@ fn plan(args: &PlanArgs) -> Result<(String, bool), String> {
     }
 
     let mut extra_warnings = Vec::new();
-    let (inventory, source) = match (&args.inventory, &base) {
-        (Some(file), _) => {
-            (inventory::read_snapshot(file).map_err(|e| e.to_string())?, DiscoveredSource::Inventory)
+    let (inventory, source) = match (snapshot(), &base) {
+        (Some((read, took)), _) => {
+            clock.lap("inventory wait");
+            clock.stages.push(("inventory read (concurrent)", took));
+            (read.map_err(|e| e.to_string())?, DiscoveredSource::Inventory)
         }
         (None, Some((_, Compilation { fleet: Some(base_fleet), .. }))) => {
             (diff::assumed_inventory(base_fleet), DiscoveredSource::Base)
         }
         (None, _) => (Inventory::default(), DiscoveredSource::None),
     };
-    clock.lap("inventory");
+    clock.last = Instant::now();
 
-    let plan = crate::plan::plan(fleet, &inventory);
+    let mut plan = crate::plan::plan(fleet, &inventory);
+    if source == DiscoveredSource::Base {
+        // The assumed inventory is base's fleet: its "unknown" devices are the devices the
+        // change removes, which the change report already lists.
+        plan.unknown_devices.clear();
+    }
     clock.lap("plan");
 
     let change: Option<(FleetDiff, &str)> = base.as_ref().map(|(rev, base)| match &base.fleet {
@@ -183,6 +211,13 @@ fn plan(args: &PlanArgs) -> Result<(String, bool), String> {
     if args.timings {
         clock.print();
     }
+    // The process ends right after printing: freeing millions of small allocations one
+    // by one would cost more than planning did, so the large values are left to the OS.
+    std::mem::forget(change);
+    std::mem::forget(plan);
+    std::mem::forget(inventory);
+    std::mem::forget(base);
+    std::mem::forget(head);
     Ok((output, true))
 }
 

@@ -339,7 +339,7 @@ fn render_github(diagnostics: &[Diagnostic]) -> String {
             escape_property(&d.location.file),
             d.location.line,
             d.location.column,
-            escape_property(&format!("{} {}", d.code, d.code.summary())),
+            escape_property(&format!("{} {}", d.code, d.code.summary().trim_end_matches('.'))),
             escape_data(&message)
         );
     }
@@ -398,7 +398,7 @@ mod tests {
         let out = render(&[d], Format::Github, "fleet");
         assert_eq!(
             out,
-            "::warning file=fleet/p%2C1.yaml,line=3,col=1,title=WG303 A policy selects no device.::50%25 of%0Anothing\n"
+            "::warning file=fleet/p%2C1.yaml,line=3,col=1,title=WG303 A policy selects no device::50%25 of%0Anothing\n"
         );
     }
 

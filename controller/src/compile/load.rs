@@ -10,6 +10,8 @@
 //! [`Located::locate`] instead re-reads the one document when a diagnostic needs the line
 //! of a field, which happens only on the error path.
 
+mod device_list;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -62,7 +64,8 @@ impl Serialize for Location {
 /// of its file) so that field positions can be found when they are needed.
 #[derive(Clone)]
 struct DocumentText {
-    file_text: Arc<str>,
+    /// The whole file, valid UTF-8 (checked when it was loaded).
+    file_bytes: Arc<[u8]>,
     start: usize,
     end: usize,
     /// The file line of the document text's first line.
@@ -102,7 +105,10 @@ impl<T> Located<T> {
     /// data.
     pub fn locate(&self, path: &str) -> Location {
         let Some(text) = &self.text else { return self.location.clone() };
-        let doc = &text.file_text[text.start..text.end];
+        // Chunks start and end at line breaks of valid UTF-8, so this always succeeds.
+        let Ok(doc) = std::str::from_utf8(&text.file_bytes[text.start..text.end]) else {
+            return self.location.clone();
+        };
         match locate_in(doc, &parse_path(path)) {
             Some((line, column)) => {
                 Location { file: self.location.file.clone(), line: text.first_line + line - 1, column }
@@ -137,6 +143,20 @@ pub struct Documents {
     pub device_sets: Vec<Located<DeviceSet>>,
     pub releases: Vec<Located<Release>>,
     pub policies: Vec<Located<Policy>>,
+    /// Documents that did not load (their errors are reported) but whose kind and name
+    /// could still be read: references to them are not reported as unknown as well.
+    pub unparsed: Vec<Unparsed>,
+}
+
+/// What can be read of a document that failed to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unparsed {
+    /// Its `kind`.
+    pub kind: Kind,
+    /// Its `metadata.name`.
+    pub name: String,
+    /// Where it starts.
+    pub location: Location,
 }
 
 impl Documents {
@@ -275,7 +295,9 @@ fn skip(events: &mut Events<'_>, event: Event<'_>) -> Result<(), ScanError> {
 /// One document of a file, found by splitting at document markers.
 struct Chunk<'a> {
     file: &'a Arc<str>,
-    file_text: &'a Arc<str>,
+    /// The whole file, as text and as the shared bytes documents keep.
+    file_text: &'a str,
+    file_bytes: &'a Arc<[u8]>,
     start: usize,
     end: usize,
     /// File line of the chunk's first line.
@@ -296,7 +318,7 @@ impl Chunk<'_> {
             value,
             location: self.location(),
             text: Some(DocumentText {
-                file_text: self.file_text.clone(),
+                file_bytes: self.file_bytes.clone(),
                 start: self.start,
                 end: self.end,
                 first_line: self.first_line,
@@ -314,20 +336,22 @@ fn is_marker(line: &str) -> bool {
 
 /// Splits a file into documents. Chunks holding only comments, blank lines and markers
 /// are dropped: they are not documents.
-fn split<'a>(file: &'a Arc<str>, file_text: &'a Arc<str>) -> Vec<Chunk<'a>> {
+fn split<'a>(file: &'a Arc<str>, file_bytes: &'a Arc<[u8]>, file_text: &'a str) -> Vec<Chunk<'a>> {
     let mut chunks = Vec::new();
-    let mut start = 0;
+    // A byte order mark is not content; the YAML parser misreads it before CRLF lines.
+    let bom = if file_text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let mut start = bom;
     let mut first_line = 1;
     let mut content_line = None;
     let mut line_no = 0u32;
-    let mut offset = 0;
+    let mut offset = bom;
     let close =
         |chunks: &mut Vec<Chunk<'a>>, start: usize, end: usize, first_line: u32, content: Option<u32>| {
             if let Some(content_line) = content {
-                chunks.push(Chunk { file, file_text, start, end, first_line, content_line });
+                chunks.push(Chunk { file, file_text, file_bytes, start, end, first_line, content_line });
             }
         };
-    for line in file_text.split_inclusive('\n') {
+    for line in file_text[bom..].split_inclusive('\n') {
         line_no += 1;
         if is_marker(line) {
             // `--- ` may carry content on the same line (`--- {kind: Group, ...}`).
@@ -371,26 +395,44 @@ enum Loaded {
 /// diagnostic per file or document that did not (malformed YAML, unknown kind, wrong
 /// `apiVersion`, schema violations); the diagnostics are sorted by file and line.
 pub fn load(files: &FleetFiles) -> (Documents, Vec<Diagnostic>) {
-    let mut diagnostics = Vec::new();
-    let mut texts: Vec<(&Arc<str>, Arc<str>)> = Vec::with_capacity(files.len());
-    for file in files.files() {
-        match std::str::from_utf8(&file.contents) {
-            Ok(text) => texts.push((&file.path, Arc::from(text))),
+    // Decoding and splitting run per file in parallel: a large fleet is ~100 MB of text.
+    let decoded: Vec<Result<FileText<'_>, Diagnostic>> = files
+        .files()
+        .par_iter()
+        .map(|file| match std::str::from_utf8(&file.contents) {
+            Ok(text) => Ok((&file.path, &file.contents, text)),
             Err(e) => {
                 let (line, column) = line_column(&file.contents, e.valid_up_to());
-                diagnostics.push(Diagnostic::new(
+                Err(Diagnostic::new(
                     Code::InvalidUtf8,
                     Location { file: file.path.clone(), line, column },
                     format!("file is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
-                ));
+                ))
             }
+        })
+        .collect();
+    let mut diagnostics = Vec::new();
+    let mut texts = Vec::with_capacity(decoded.len());
+    for result in decoded {
+        match result {
+            Ok(text) => texts.push(text),
+            Err(diagnostic) => diagnostics.push(diagnostic),
         }
     }
-    let chunks: Vec<Chunk<'_>> = texts.iter().flat_map(|(path, text)| split(path, text)).collect();
-    let loaded: Vec<Loaded> = chunks.par_iter().map(load_document).collect();
+    let chunks: Vec<Chunk<'_>> =
+        texts.par_iter().flat_map_iter(|(path, bytes, text)| split(path, bytes, text)).collect();
+    let loaded: Vec<(Loaded, Option<Unparsed>)> = chunks
+        .par_iter()
+        .map(|chunk| {
+            let loaded = load_document(chunk);
+            let unparsed = matches!(loaded, Loaded::Failed(_)).then(|| unparsed(chunk)).flatten();
+            (loaded, unparsed)
+        })
+        .collect();
 
     let mut documents = Documents::default();
-    for item in loaded {
+    for (item, unparsed) in loaded {
+        documents.unparsed.extend(unparsed);
         match item {
             Loaded::Group(d) => documents.groups.push(d),
             Loaded::Device(d) => documents.devices.push(d),
@@ -403,6 +445,9 @@ pub fn load(files: &FleetFiles) -> (Documents, Vec<Diagnostic>) {
     super::diagnostic::sort(&mut diagnostics);
     (documents, diagnostics)
 }
+
+/// A fleet file's path, shared bytes and text.
+type FileText<'a> = (&'a Arc<str>, &'a Arc<[u8]>, &'a str);
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(bytes: &[u8], offset: usize) -> (u32, u32) {
@@ -438,7 +483,18 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
             Ok(Header { kind: None }) => {
                 return fail(Code::NotAnObject, doc_location, "document has no `kind`".into());
             }
-            Err(e) => return Loaded::Failed(yaml_error(chunk, text, e)),
+            Err(e) => {
+                let diagnostic = yaml_error(chunk, text, e);
+                if diagnostic.code == Code::MalformedYaml {
+                    return Loaded::Failed(diagnostic);
+                }
+                // Valid YAML that is not a mapping (a scalar or a list).
+                return fail(
+                    Code::NotAnObject,
+                    doc_location,
+                    "a fleet document is a mapping with apiVersion, kind, metadata and spec".into(),
+                );
+            }
         },
     };
     let Some(kind) = Kind::parse(&kind) else {
@@ -447,13 +503,10 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
         return fail(Code::UnknownKind, location, format!("unknown kind {kind:?} (expected one of {known})"));
     };
 
-    fn typed<S: DeserializeOwned>(chunk: &Chunk<'_>, text: &str) -> Result<Object<S>, Diagnostic> {
-        serde_yaml::from_str::<Object<S>>(text).map_err(|e| yaml_error(chunk, text, e))
-    }
     let result = match kind {
         Kind::Group => typed(chunk, text).map(|v| Loaded::Group(chunk.located(v))),
         Kind::Device => typed(chunk, text).map(|v| Loaded::Device(chunk.located(v))),
-        Kind::DeviceSet => typed(chunk, text).map(|v| Loaded::DeviceSet(chunk.located(v))),
+        Kind::DeviceSet => device_set(chunk, text).map(|v| Loaded::DeviceSet(chunk.located(v))),
         Kind::Release => typed(chunk, text).map(|v| Loaded::Release(chunk.located(v))),
         Kind::Policy => typed(chunk, text).map(|v| Loaded::Policy(chunk.located(v))),
     };
@@ -484,6 +537,46 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
         );
     }
     loaded
+}
+
+fn typed<S: DeserializeOwned>(chunk: &Chunk<'_>, text: &str) -> Result<Object<S>, Diagnostic> {
+    serde_yaml::from_str::<Object<S>>(text).map_err(|e| yaml_error(chunk, text, e))
+}
+
+/// A DeviceSet, its device list read by the fast path when it has the common shape
+/// (see [`device_list`]) and the rest by serde_yaml; otherwise, and for every error, the
+/// whole document by serde_yaml.
+fn device_set(chunk: &Chunk<'_>, text: &str) -> Result<DeviceSet, Diagnostic> {
+    if let Some(list) = device_list::read(text) {
+        let rest = format!("{}{}", &text[..list.range.start], &text[list.range.end..]);
+        if let Ok(mut set) = serde_yaml::from_str::<DeviceSet>(&rest) {
+            if set.spec.devices.is_empty() {
+                set.spec.devices = list.entries;
+                return Ok(set);
+            }
+        }
+    }
+    typed(chunk, text)
+}
+
+/// The kind and name of a document that failed to load, when its YAML is well-formed
+/// enough to tell.
+fn unparsed(chunk: &Chunk<'_>) -> Option<Unparsed> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        kind: Option<String>,
+        metadata: Option<Metadata>,
+    }
+    #[derive(Deserialize)]
+    struct Metadata {
+        name: Option<String>,
+    }
+    let envelope: Envelope = serde_yaml::from_str(&chunk.file_text[chunk.start..chunk.end]).ok()?;
+    Some(Unparsed {
+        kind: Kind::parse(&envelope.kind?)?,
+        name: envelope.metadata?.name?,
+        location: chunk.location(),
+    })
 }
 
 /// The value of a top-level `kind:` line, if the document has one in block style: the
@@ -718,6 +811,37 @@ spec: {}
         let (_, diagnostics) = load(&files(&[("m.yaml", "a: b: c\n")]));
         assert_eq!(codes(&diagnostics), ["WG002 m.yaml:1:5"]);
         assert_eq!(diagnostics[0].message, "mapping values are not allowed in this context");
+    }
+
+    #[test]
+    fn documents_that_are_not_objects() {
+        let (_, diagnostics) = load(&files(&[
+            ("a.yaml", "just text\n---\n- a list\n---\nmetadata: {name: x}\n"),
+            ("b.yaml", "kind: Group\nkind: Group\napiVersion: waveguide.dev/v1alpha1\nmetadata: {name: x}\nspec: {}\n"),
+            ("c.yaml", "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: x}\nspec:\n  labels: {a: b, a: c}\n"),
+        ]));
+        assert_eq!(
+            codes(&diagnostics),
+            [
+                "WG003 a.yaml:1:1",
+                "WG003 a.yaml:3:1",
+                "WG003 a.yaml:5:1",
+                "WG009 b.yaml:1:1",
+                "WG009 c.yaml:5:11"
+            ],
+            "{diagnostics:#?}"
+        );
+    }
+
+    #[test]
+    fn crlf_and_byte_order_mark() {
+        let text = "\u{feff}apiVersion: waveguide.dev/v1alpha1\r\nkind: Group\r\nmetadata: {name: eu}\r\nspec:\r\n  parent: world\r\n---\r\napiVersion: waveguide.dev/v1alpha1\r\nkind: DeviceSet\r\nmetadata: {name: s}\r\nspec:\r\n  group: eu\r\n  devices:\r\n    - id: a\r\n";
+        let (docs, diagnostics) = load(&files(&[("w.yaml", text)]));
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(docs.groups[0].locate("spec.parent").to_string(), "w.yaml:5:11");
+        assert_eq!(docs.device_sets[0].location.to_string(), "w.yaml:7:1");
+        assert_eq!(docs.device_sets[0].value.spec.devices[0].id, "a");
+        assert_eq!(docs.device_sets[0].locate("spec.devices[0].id").to_string(), "w.yaml:13:11");
     }
 
     #[test]

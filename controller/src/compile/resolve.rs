@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 
 use super::diagnostic::{Code, Diagnostic};
 use super::load::{Documents, Located, Location};
@@ -193,7 +194,8 @@ impl CompiledFleet {
         self.devices.binary_search_by(|d| (*d.id).cmp(id)).ok().map(|i| &self.devices[i])
     }
 
-    /// A group by name.
+    /// A group by name. A linear scan (groups are in hierarchy order, not by name): for
+    /// occasional lookups; build a map to look many up.
     pub fn group_named(&self, name: &str) -> Option<GroupIx> {
         self.groups.iter().position(|g| g.name == name).map(|i| i as GroupIx)
     }
@@ -252,7 +254,7 @@ pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
     let (groups, group_ix) = resolve_groups(documents);
     let (releases, release_ix) = resolve_releases(documents, &mut diagnostics);
     let policies = resolve_policies(documents, &group_ix, &release_ix);
-    let (mut devices, label_sets, device_sources, pin_sources) =
+    let CollectedDevices { mut devices, label_sets, sources: device_sources, pin_sources } =
         collect_devices(documents, &group_ix, &release_ix);
 
     let mut fleet =
@@ -420,28 +422,26 @@ enum PinSource {
 }
 
 /// Devices from Device and DeviceSet documents, sorted by id, with own labels interned.
-/// Also returns each document's location (indexed by `CompiledDevice::source`) and, per
-/// pinned device, where its pin was written.
+/// Also returns each document's location (indexed by `CompiledDevice::source`: Device
+/// documents first, then DeviceSets, in document order) and, per pinned device, where its
+/// pin was written.
+///
+/// DeviceSets are expanded in parallel, each interning its own label sets; the per-set
+/// tables are then merged into one.
 fn collect_devices(
     documents: &Documents,
     group_ix: &HashMap<&str, GroupIx>,
     release_ix: &HashMap<&str, ReleaseIx>,
-) -> (Vec<CompiledDevice>, Vec<Labels>, Vec<Location>, HashMap<Box<str>, PinSource>) {
-    let mut sources = Vec::with_capacity(documents.devices.len() + documents.device_sets.len());
-    let mut interned: HashMap<Labels, u32> = HashMap::new();
-    let mut label_sets: Vec<Labels> = Vec::new();
-    let mut intern = |labels: Labels| -> u32 {
-        if labels.is_empty() {
-            return NONE;
-        }
-        *interned.entry(labels).or_insert_with_key(|l| {
-            label_sets.push(l.clone());
-            (label_sets.len() - 1) as u32
-        })
-    };
+) -> CollectedDevices {
+    let sources: Vec<Location> = documents
+        .devices
+        .iter()
+        .map(|d| d.location.clone())
+        .chain(documents.device_sets.iter().map(|d| d.location.clone()))
+        .collect();
     let release =
         |pin: &Option<String>| pin.as_deref().and_then(|p| release_ix.get(p).copied()).unwrap_or(NONE);
-    let device = |id: &str, group, labels, pin, source| CompiledDevice {
+    let device = |id: &str, group, labels, pin, source: usize| CompiledDevice {
         id: id.into(),
         order_key: 0,
         group,
@@ -449,66 +449,123 @@ fn collect_devices(
         pin,
         policy: NONE,
         desired: NONE,
-        source,
+        source: source as u32,
     };
 
-    let total: usize = documents.devices.len()
-        + documents
-            .device_sets
-            .iter()
-            .map(|s| s.value.spec.devices.len() + range_len(&s.value.spec))
-            .sum::<usize>();
-    let mut devices = Vec::with_capacity(total);
-    let mut pin_sources = HashMap::new();
-
-    for (doc_ix, doc) in documents.devices.iter().enumerate() {
-        let spec = &doc.value.spec;
-        let Some(&group) = group_ix.get(spec.group.as_str()) else { continue };
-        let source = sources.len() as u32;
-        sources.push(doc.location.clone());
-        let id = spec.id.as_deref().unwrap_or(doc.name());
-        let pin = release(&spec.pin);
-        if pin != NONE {
-            pin_sources.insert(Box::from(id), PinSource::Device(doc_ix));
-        }
-        devices.push(device(id, group, intern(spec.labels.clone()), pin, source));
-    }
-    for (set_ix, doc) in documents.device_sets.iter().enumerate() {
-        let spec = &doc.value.spec;
-        let Some(&group) = group_ix.get(spec.group.as_str()) else { continue };
-        let source = sources.len() as u32;
-        sources.push(doc.location.clone());
-        let set_labels = intern(spec.labels.clone());
-        let set_pin = release(&spec.pin);
-        for (entry_ix, entry) in spec.devices.iter().enumerate() {
-            let labels = if entry.labels.is_empty() {
-                set_labels
-            } else {
-                let mut own = spec.labels.clone();
-                own.extend(entry.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                intern(own)
-            };
-            let (pin, pin_source) = match &entry.pin {
-                Some(_) => (release(&entry.pin), PinSource::SetEntry(set_ix, entry_ix)),
-                None => (set_pin, PinSource::Set(set_ix)),
-            };
+    // Each part: its devices (labels as indices into the part's own table), that table,
+    // and where its pins were written.
+    type Part = (Vec<CompiledDevice>, Vec<Labels>, Vec<(Box<str>, PinSource)>);
+    let single_devices: Part = {
+        let mut part: Part = Default::default();
+        let mut interner = Interner::default();
+        for (doc_ix, doc) in documents.devices.iter().enumerate() {
+            let spec = &doc.value.spec;
+            let Some(&group) = group_ix.get(spec.group.as_str()) else { continue };
+            let id = spec.id.as_deref().unwrap_or(doc.name());
+            let pin = release(&spec.pin);
             if pin != NONE {
-                pin_sources.insert(Box::from(entry.id.as_str()), pin_source);
+                part.2.push((Box::from(id), PinSource::Device(doc_ix)));
             }
-            devices.push(device(&entry.id, group, labels, pin, source));
+            part.0.push(device(id, group, interner.intern(spec.labels.clone()), pin, doc_ix));
         }
-        if let Some(range) = &spec.range {
-            if set_pin != NONE {
+        part.1 = interner.sets;
+        part
+    };
+    let set_parts: Vec<Part> = documents
+        .device_sets
+        .par_iter()
+        .enumerate()
+        .map(|(set_ix, doc)| {
+            let mut part: Part = Default::default();
+            let spec = &doc.value.spec;
+            let Some(&group) = group_ix.get(spec.group.as_str()) else { return part };
+            let source = documents.devices.len() + set_ix;
+            let mut interner = Interner::default();
+            let set_labels = interner.intern(spec.labels.clone());
+            let set_pin = release(&spec.pin);
+            part.0.reserve(spec.devices.len() + range_len(spec));
+            for (entry_ix, entry) in spec.devices.iter().enumerate() {
+                let labels = if entry.labels.is_empty() {
+                    set_labels
+                } else {
+                    let mut own = spec.labels.clone();
+                    own.extend(entry.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    interner.intern(own)
+                };
+                let (pin, pin_source) = match &entry.pin {
+                    Some(_) => (release(&entry.pin), PinSource::SetEntry(set_ix, entry_ix)),
+                    None => (set_pin, PinSource::Set(set_ix)),
+                };
+                if pin != NONE {
+                    part.2.push((Box::from(entry.id.as_str()), pin_source));
+                }
+                part.0.push(device(&entry.id, group, labels, pin, source));
+            }
+            if let Some(range) = &spec.range {
                 for id in range.ids() {
-                    pin_sources.insert(id.clone().into_boxed_str(), PinSource::Set(set_ix));
+                    if set_pin != NONE {
+                        part.2.push((id.clone().into_boxed_str(), PinSource::Set(set_ix)));
+                    }
+                    part.0.push(device(&id, group, set_labels, set_pin, source));
                 }
             }
-            devices.extend(range.ids().map(|id| device(&id, group, set_labels, set_pin, source)));
+            part.1 = interner.sets;
+            part
+        })
+        .collect();
+
+    // Merge the parts: one label table, label indices remapped.
+    let total = single_devices.0.len() + set_parts.iter().map(|p| p.0.len()).sum::<usize>();
+    let mut devices = Vec::with_capacity(total);
+    let mut interner = Interner::default();
+    let mut pin_sources = HashMap::new();
+    for (mut part_devices, part_labels, part_pins) in std::iter::once(single_devices).chain(set_parts) {
+        let remap: Vec<u32> = part_labels.into_iter().map(|l| interner.intern(l)).collect();
+        for d in &mut part_devices {
+            if d.labels != NONE {
+                d.labels = remap[d.labels as usize];
+            }
         }
+        devices.append(&mut part_devices);
+        pin_sources.extend(part_pins);
     }
     devices.par_iter_mut().for_each(|d| d.order_key = device_order_key(&d.id));
     devices.par_sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    (devices, label_sets, sources, pin_sources)
+    CollectedDevices { devices, label_sets: interner.sets, sources, pin_sources }
+}
+
+/// What [`collect_devices`] gathers.
+struct CollectedDevices {
+    /// Every device, by id.
+    devices: Vec<CompiledDevice>,
+    /// Own-label sets, interned.
+    label_sets: Vec<Labels>,
+    /// Device and DeviceSet document locations.
+    sources: Vec<Location>,
+    /// Where each pinned device's pin was written.
+    pin_sources: HashMap<Box<str>, PinSource>,
+}
+
+/// Interns label sets: equal sets get one index. Empty sets are "no own labels".
+#[derive(Default)]
+struct Interner {
+    index: FxHashMap<Labels, u32>,
+    sets: Vec<Labels>,
+}
+
+impl Interner {
+    fn intern(&mut self, labels: Labels) -> u32 {
+        if labels.is_empty() {
+            return NONE;
+        }
+        if let Some(&ix) = self.index.get(&labels) {
+            return ix;
+        }
+        let ix = self.sets.len() as u32;
+        self.sets.push(labels.clone());
+        self.index.insert(labels, ix);
+        ix
+    }
 }
 
 fn range_len(spec: &crate::model::DeviceSetSpec) -> usize {
@@ -549,7 +606,7 @@ fn assign_desired_state(
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     // Group devices into classes of equal (group, own labels).
-    let mut class_of: HashMap<(GroupIx, u32), u32> = HashMap::new();
+    let mut class_of: FxHashMap<(GroupIx, u32), u32> = FxHashMap::default();
     let mut classes: Vec<Class> = Vec::new();
     let mut device_class: Vec<u32> = Vec::with_capacity(devices.len());
     for (ix, d) in devices.iter().enumerate() {

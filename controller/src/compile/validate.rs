@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::diagnostic::{self, Code, Diagnostic};
 use super::load::{Documents, Located, Location};
-use crate::model::{Group, Labels, Object, Operator, Policy, SelectorRequirement};
+use crate::model::{Group, Kind, Labels, Object, Operator, Policy, SelectorRequirement};
 
 /// At most this many diagnostics of one code are reported per document; the rest are
 /// counted in one summary diagnostic.
@@ -47,11 +47,21 @@ struct Names<'a> {
 
 impl<'a> Names<'a> {
     fn new(documents: &'a Documents, out: &mut Vec<Diagnostic>) -> Names<'a> {
-        let groups = unique_names(&documents.groups, "group", out);
+        let mut groups = unique_names(&documents.groups, "group", out);
         unique_names(&documents.devices, "device", out);
         unique_names(&documents.device_sets, "device set", out);
-        let releases = unique_names(&documents.releases, "release", out);
+        let mut releases = unique_names(&documents.releases, "release", out);
         unique_names(&documents.policies, "policy", out);
+        // A document that failed to load is reported already; what refers to it is not
+        // wrong as well. It maps to usize::MAX, which no lookup follows.
+        for unparsed in &documents.unparsed {
+            let names = match unparsed.kind {
+                Kind::Group => &mut groups,
+                Kind::Release => &mut releases,
+                _ => continue,
+            };
+            names.entry(unparsed.name.as_str()).or_insert(usize::MAX);
+        }
         Names { groups, releases }
     }
 
@@ -184,23 +194,26 @@ pub fn label_value_problem(value: &str) -> Option<String> {
     label_name_problem(value).map(|p| format!("a label value {p}"))
 }
 
-/// Problems of a label map, as `(path, message)`; `path` is the map's path.
-fn label_problems(path: &str, labels: &Labels) -> Vec<(String, String)> {
+/// Problems of a label map, as `(path, message)`. `path` gives the map's path; it is
+/// only called when there is a problem, since this runs once per device.
+fn label_problems(path: impl Fn() -> String, labels: &Labels) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     for (key, value) in labels {
         if let Some(p) = label_key_problem(key) {
-            problems.push((path.to_owned(), format!("invalid label key {key:?}: {p}")));
+            problems.push((path(), format!("invalid label key {key:?}: {p}")));
         }
         if let Some(p) = label_value_problem(value) {
-            problems
-                .push((format!("{path}.{key}"), format!("invalid value {value:?} of label {key:?}: {p}")));
+            problems.push((
+                format!("{}.{key}", path()),
+                format!("invalid value {value:?} of label {key:?}: {p}"),
+            ));
         }
     }
     problems
 }
 
 fn check_labels<T>(doc: &Located<T>, path: &str, labels: &Labels, out: &mut Vec<Diagnostic>) {
-    for (path, message) in label_problems(path, labels) {
+    for (path, message) in label_problems(|| path.to_owned(), labels) {
         out.push(Diagnostic::new(Code::InvalidLabel, doc.locate(&path), message));
     }
 }
@@ -301,10 +314,16 @@ pub fn sha256_problem(digest: &str) -> Option<&'static str> {
 
 /// Why `key` is not a base64 ed25519 public key, if it is not one.
 pub fn public_key_problem(key: &str) -> Option<String> {
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(bytes) if bytes.len() == 32 => None,
-        Ok(bytes) => Some(format!("an ed25519 public key is 32 bytes, this one is {}", bytes.len())),
-        Err(e) => Some(format!("not base64: {e}")),
+    use base64::DecodeSliceError;
+    // Decoded into a stack buffer: this runs once per device.
+    let mut buffer = [0u8; 64];
+    match base64::engine::general_purpose::STANDARD.decode_slice(key, &mut buffer) {
+        Ok(32) => None,
+        Ok(n) => Some(format!("an ed25519 public key is 32 bytes, this one is {n}")),
+        Err(DecodeSliceError::OutputSliceTooSmall) => {
+            Some("an ed25519 public key is 32 bytes, this one is more than 64".to_owned())
+        }
+        Err(DecodeSliceError::DecodeError(e)) => Some(format!("not base64: {e}")),
     }
 }
 
@@ -313,7 +332,11 @@ fn check_cycles(groups: &[Located<Group>], index: &HashMap<&str, usize>, out: &m
     const NEW: u8 = 0;
     const ON_PATH: u8 = 1;
     const DONE: u8 = 2;
-    let parent_of = |i: usize| groups[i].value.spec.parent.as_deref().and_then(|p| index.get(p).copied());
+    // Unparsed groups are in `index` as usize::MAX: the walk stops at them.
+    let parent_of = |i: usize| {
+        let parent = groups[i].value.spec.parent.as_deref()?;
+        index.get(parent).copied().filter(|&p| p < groups.len())
+    };
     let mut state = vec![NEW; groups.len()];
     for start in 0..groups.len() {
         let mut path = Vec::new();
@@ -437,7 +460,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
             }
         }
         problems.extend(
-            label_problems("spec.labels", &spec.labels)
+            label_problems(|| "spec.labels".to_owned(), &spec.labels)
                 .into_iter()
                 .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
         );
@@ -453,7 +476,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
             problems.extend(group_problem(&spec.group));
             problems.extend(pin_problem("spec.pin", &spec.pin));
             problems.extend(
-                label_problems("spec.labels", &spec.labels)
+                label_problems(|| "spec.labels".to_owned(), &spec.labels)
                     .into_iter()
                     .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
             );
@@ -498,15 +521,15 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
                             ));
                         }
                     }
-                    problems.extend(pin_problem(&format!("spec.devices[{i}].pin"), &entry.pin));
-                    if !entry.labels.is_empty() {
-                        let path = format!("spec.devices[{i}].labels");
-                        problems.extend(
-                            label_problems(&path, &entry.labels)
-                                .into_iter()
-                                .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
-                        );
+                    if let Some(mut problem) = pin_problem("", &entry.pin) {
+                        problem.path = format!("spec.devices[{i}].pin");
+                        problems.push(problem);
                     }
+                    problems.extend(
+                        label_problems(|| format!("spec.devices[{i}].labels"), &entry.labels)
+                            .into_iter()
+                            .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
+                    );
                     problems
                 })
                 .collect();
@@ -804,14 +827,17 @@ fn check_rollout(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) {
     let mut percent_sum = 0.0;
     for (i, wave) in waves.iter().enumerate() {
         let at = format!("spec.rollout.waves[{i}]");
-        let name = wave.name.clone().unwrap_or_else(|| format!("wave-{}", i + 1));
+        let name = wave.display_name(i);
         match (wave.count, wave.percent) {
             (Some(_), Some(_)) => out.push(Diagnostic::new(
                 Code::AmbiguousWave,
                 doc.locate(&at),
                 format!("wave {name:?} sets both count and percent; keep one"),
             )),
-            (None, None) if i + 1 < waves.len() => out.push(Diagnostic::new(
+            // A wave with a selector but no size takes every matching device (all the
+            // canaries), which later waves can follow; without a selector it takes all
+            // remaining devices, which leaves nothing for later waves.
+            (None, None) if wave.selector.is_none() && i + 1 < waves.len() => out.push(Diagnostic::new(
                 Code::OpenWaveNotLast,
                 doc.locate(&at),
                 format!(
@@ -1000,6 +1026,32 @@ spec:
     }
 
     #[test]
+    fn references_to_documents_that_failed_to_load_are_not_reported_again() {
+        let docs = "\
+kind: Group
+metadata: {name: eu}
+spec: {parnet: x}
+---
+kind: Group
+metadata: {name: berlin}
+spec: {parent: eu}
+---
+kind: Device
+metadata: {name: d1}
+spec: {group: eu}
+";
+        let fleet = FleetFiles::from_pairs([(
+            "g.yaml",
+            docs.split("---\n").map(|d| format!("{HEADER}{d}")).collect::<Vec<_>>().join("---\n"),
+        )]);
+        let (documents, load_errors) = load(&fleet);
+        assert_eq!(load_errors.len(), 1);
+        assert_eq!(documents.unparsed.len(), 1);
+        assert_eq!(documents.unparsed[0].name, "eu");
+        assert_eq!(check(&documents), Vec::new());
+    }
+
+    #[test]
     fn cycles_are_named_once() {
         let docs = "\
 kind: Group
@@ -1091,6 +1143,8 @@ spec:
       - {}
       - {percent: 50, bake: soon}
       - {percent: 0}
+      - {name: canaries, selector: {matchLabels: {tier: canary}}}
+      - {}
 ";
         let out = run(&[("base.yaml", BASE), ("p.yaml", policy)]);
         assert_eq!(
@@ -1101,7 +1155,7 @@ spec:
                 "WG206 p.yaml:12:7 the waves' percentages add up to 110, more than 100",
                 "WG207 p.yaml:12:31 wave \"canary\" has count 0 and would hold no device",
                 "WG209 p.yaml:13:9 wave \"wave-2\" sets both count and percent; keep one",
-                "WG208 p.yaml:14:9 wave \"wave-3\" has neither count nor percent, so it takes all remaining devices, but 2 more wave(s) follow it",
+                "WG208 p.yaml:14:9 wave \"wave-3\" has neither count nor percent, so it takes all remaining devices, but 4 more wave(s) follow it",
                 "WG203 p.yaml:15:29 invalid bake time \"soon\" of wave \"wave-4\": expected number at 0 (write e.g. 30m or 1h)",
                 "WG207 p.yaml:16:19 wave \"wave-5\" has percent 0 and would hold no device",
             ]

@@ -9,6 +9,7 @@ pub mod store;
 
 pub use snapshot::{parse_snapshot, read_snapshot, InventoryError, SnapshotFormat};
 
+use rayon::slice::ParallelSliceMut;
 use serde::{Deserialize, Serialize};
 
 /// Where a device is in installing its desired release, as it last reported.
@@ -60,9 +61,9 @@ pub struct DeviceReport {
     /// Whether the device's own health checks pass.
     #[serde(default)]
     pub healthy: bool,
-    /// When the device last reported (RFC 3339), as the device API recorded it.
+    /// When the device last reported (RFC 3339 in files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<String>,
+    pub last_seen: Option<jiff::Timestamp>,
 }
 
 /// The discovered state of a fleet: one report per device that has ever reported, sorted
@@ -70,7 +71,7 @@ pub struct DeviceReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// When the snapshot was taken, if it says.
-    pub captured_at: Option<String>,
+    pub captured_at: Option<jiff::Timestamp>,
     reports: Vec<(Box<str>, DeviceReport)>,
 }
 
@@ -78,10 +79,10 @@ impl Inventory {
     /// Builds an inventory from reports in any order. Returns the id of a device reported
     /// twice, if any.
     pub fn new(
-        captured_at: Option<String>,
+        captured_at: Option<jiff::Timestamp>,
         mut reports: Vec<(Box<str>, DeviceReport)>,
     ) -> Result<Inventory, Box<str>> {
-        reports.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        reports.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some(pair) = reports.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(pair[0].0.clone());
         }

@@ -20,7 +20,9 @@ use super::{DeviceReport, Inventory, UpdateState};
 /// The encoding of a snapshot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotFormat {
+    /// JSON.
     Json,
+    /// YAML (of which JSON is a subset, but JSON parses faster as JSON).
     Yaml,
 }
 
@@ -95,7 +97,7 @@ fn strip_position(message: &str) -> String {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Snapshot {
     #[serde(default)]
-    captured_at: Option<String>,
+    captured_at: Option<jiff::Timestamp>,
     devices: Reports,
 }
 
@@ -115,7 +117,7 @@ struct ListedReport {
     #[serde(default)]
     healthy: bool,
     #[serde(default)]
-    last_seen: Option<String>,
+    last_seen: Option<jiff::Timestamp>,
 }
 
 impl<'de> Deserialize<'de> for Reports {
@@ -178,7 +180,8 @@ mod tests {
         assert_eq!(inv.get("a").unwrap().state, UpdateState::Failed);
         assert!(!inv.get("a").unwrap().healthy);
         assert_eq!(inv.get("b").unwrap().version, semver::Version::new(1, 5, 0));
-        assert_eq!(inv.captured_at.as_deref(), Some("2026-11-20T09:00:00Z"));
+        assert_eq!(inv.captured_at.unwrap().to_string(), "2026-11-20T09:00:00Z");
+        assert_eq!(inv.get("a").unwrap().last_seen.unwrap().as_second(), 1_795_161_600);
     }
 
     #[test]
@@ -207,6 +210,12 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, InventoryError::Parse { line: 2, .. }), "{err}");
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn timestamps_are_checked() {
+        let err = yaml("devices:\n  a: {version: 1.0.0, state: idle, lastSeen: yesterday}\n").unwrap_err();
+        assert!(matches!(err, InventoryError::Parse { line: 2, .. }), "{err}");
     }
 
     #[test]

@@ -788,7 +788,10 @@ fn report_from_row(row: &sqlx::any::AnyRow, device: &str, first: usize) -> Resul
         version: version.parse().map_err(|_| corrupt("version", &version))?,
         state: parse_update_state(&state).ok_or_else(|| corrupt("update state", &state))?,
         healthy,
-        last_seen: Some(rfc3339_millis(reported_at)),
+        last_seen: Some(
+            jiff::Timestamp::from_millisecond(reported_at)
+                .map_err(|_| corrupt("report time", &reported_at.to_string()))?,
+        ),
     })
 }
 
@@ -812,9 +815,4 @@ fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRecord, StoreError
         updated_at: row.try_get(9).map_err(query_error(action))?,
         id,
     })
-}
-
-/// Unix milliseconds as RFC 3339 (UTC), the form inventory snapshots use.
-fn rfc3339_millis(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
 }

@@ -24,6 +24,29 @@ pub const API_VERSION: &str = "waveguide.dev/v1alpha1";
 /// Labels and annotations: string keys to string values, ordered for deterministic output.
 pub type Labels = BTreeMap<String, String>;
 
+/// Reads a [`Labels`] map, refusing a key written twice: a plain map would keep the last
+/// value silently, and other YAML tools might keep the first.
+pub(crate) fn unique_labels<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Labels;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of string keys to string values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+            let mut labels = Labels::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if labels.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format_args!("duplicate entry with key `{key}`")));
+                }
+                labels.insert(key, value);
+            }
+            Ok(labels)
+        }
+    }
+    deserializer.deserialize_map(Visitor)
+}
+
 /// The `metadata` block of every document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -32,10 +55,10 @@ pub struct Metadata {
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
     pub name: String,
     /// Free-form labels on the document itself (not inherited; see `spec.labels`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_labels")]
     pub labels: Labels,
     /// Free-form annotations, ignored by Waveguide.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_labels")]
     pub annotations: Labels,
 }
 

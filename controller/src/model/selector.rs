@@ -12,7 +12,7 @@ use super::Labels;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     /// Labels that must be present with exactly these values.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty", deserialize_with = "super::unique_labels")]
     pub match_labels: Labels,
     /// Set-based requirements.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -14,7 +14,7 @@ pub struct GroupSpec {
     pub parent: Option<String>,
     /// Labels inherited by descendant groups and their devices. A descendant's own label
     /// overrides an inherited one with the same key.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty", deserialize_with = "super::unique_labels")]
     pub labels: Labels,
     /// When devices of this subtree may install updates. Inherited by descendants unless
     /// they set their own list (an empty list means "any time").
@@ -62,7 +62,7 @@ pub struct DeviceSpec {
     /// The group the device belongs to.
     pub group: String,
     /// The device's own labels, on top of those it inherits from its group.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty", deserialize_with = "super::unique_labels")]
     pub labels: Labels,
     /// Base64 ed25519 public key that authenticates the device's reports. Devices without
     /// one get theirs through enrollment.
@@ -80,7 +80,7 @@ pub struct DeviceSetSpec {
     /// The group every device of the set belongs to.
     pub group: String,
     /// Labels every device of the set carries, on top of inherited ones.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty", deserialize_with = "super::unique_labels")]
     pub labels: Labels,
     /// Pins every device of the set to this release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +105,7 @@ pub struct DeviceSetEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     /// Labels of this device only.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty", deserialize_with = "super::unique_labels")]
     pub labels: Labels,
     /// Pins this device to a release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,7 +199,7 @@ pub struct PolicySelector {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
     /// Labels the devices (own and inherited labels) must have with exactly these values.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty", deserialize_with = "super::unique_labels")]
     pub match_labels: Labels,
     /// Set-based label requirements on the devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -308,4 +308,12 @@ pub struct WaveSpec {
     /// How long the wave must stay healthy before the next one, e.g. `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<String>,
+}
+
+impl WaveSpec {
+    /// The wave's name for reports: its `name`, else `wave-<n>` with `index` counted
+    /// from 0.
+    pub fn display_name(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("wave-{}", index + 1))
+    }
 }

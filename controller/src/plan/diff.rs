@@ -1,7 +1,7 @@
 //! What a change to the fleet repository does: documents added, changed and removed,
 //! each policy's release change, and the devices whose desired release changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::compile::{CompiledDevice, CompiledFleet, Documents, Located};
@@ -11,8 +11,11 @@ use crate::model::{Kind, Object};
 /// How a document changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChangeKind {
+    /// In head only.
     Added,
+    /// In both, with a different content.
     Changed,
+    /// In base only.
     Removed,
 }
 
@@ -121,6 +124,8 @@ pub fn diff(
         })
     }
     let mut head_counts = vec![0usize; head.groups().len()];
+    let head_groups: HashMap<&str, usize> =
+        head.groups().iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
     let mut base_only_counts: BTreeMap<&str, usize> = BTreeMap::new();
     let (mut changed, mut added, mut removed) = (0, 0, 0);
     let (bd, hd) = (base.devices(), head.devices());
@@ -137,8 +142,8 @@ pub fn diff(
                 removed += 1;
                 changed += 1;
                 let group = &base.group(b.group).name;
-                match head.group_named(group) {
-                    Some(g) => head_counts[g as usize] += 1,
+                match head_groups.get(group.as_str()) {
+                    Some(&g) => head_counts[g] += 1,
                     None => *base_only_counts.entry(group).or_default() += 1,
                 }
                 i += 1;
@@ -237,4 +242,102 @@ pub fn assumed_inventory(base: &CompiledFleet) -> Inventory {
         })
         .collect();
     Inventory::new(None, reports).expect("compiled device ids are unique")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, Compilation};
+    use crate::source::FleetFiles;
+
+    const BASE: &str = "\
+apiVersion: waveguide.dev/v1alpha1
+kind: Group
+metadata: {name: eu}
+spec: {}
+---
+apiVersion: waveguide.dev/v1alpha1
+kind: Group
+metadata: {name: berlin}
+spec: {parent: eu}
+---
+apiVersion: waveguide.dev/v1alpha1
+kind: DeviceSet
+metadata: {name: berlin}
+spec: {group: berlin, devices: [{id: b1}, {id: b2}, {id: b3, pin: r1}]}
+---
+apiVersion: waveguide.dev/v1alpha1
+kind: Release
+metadata: {name: r1}
+spec: {version: 1.0.0}
+---
+apiVersion: waveguide.dev/v1alpha1
+kind: Release
+metadata: {name: r2}
+spec: {version: 2.0.0}
+---
+apiVersion: waveguide.dev/v1alpha1
+kind: Policy
+metadata: {name: all}
+spec: {selector: {}, release: r1}
+";
+
+    fn compiled(text: &str) -> Compilation {
+        let c = compile(&FleetFiles::from_pairs([("fleet.yaml", text)]));
+        assert!(!c.has_errors(), "{:?}", c.diagnostics);
+        c
+    }
+
+    #[test]
+    fn reports_documents_policies_and_affected_groups() {
+        let head_text = BASE
+            .replace("spec: {selector: {}, release: r1}", "spec: {selector: {}, release: r2}")
+            .replace("{id: b1}, {id: b2}", "{id: b2}, {id: b4}")
+            .replace("metadata: {name: eu}\nspec: {}", "metadata: {name: eu}\nspec: {labels: {region: eu}}");
+        let (base, head) = (compiled(BASE), compiled(&head_text));
+        let d = diff(
+            &base.documents,
+            base.fleet.as_ref().unwrap(),
+            &head.documents,
+            head.fleet.as_ref().unwrap(),
+        );
+        let docs: Vec<(ChangeKind, Kind, &str)> =
+            d.documents.iter().map(|c| (c.change, c.kind, c.name.as_str())).collect();
+        assert_eq!(
+            docs,
+            [
+                (ChangeKind::Changed, Kind::Group, "eu"),
+                (ChangeKind::Changed, Kind::DeviceSet, "berlin"),
+                (ChangeKind::Changed, Kind::Policy, "all"),
+            ]
+        );
+        let r = |name: &str, v: u64| {
+            Some(ReleaseRef { name: name.into(), version: semver::Version::new(v, 0, 0) })
+        };
+        assert_eq!(d.policies, [PolicyChange { policy: "all".into(), from: r("r1", 1), to: r("r2", 2) }]);
+        // b1 removed, b2 moves to r2, b4 added; b3 stays on its pin.
+        assert_eq!((d.devices_changed, d.devices_added, d.devices_removed), (3, 1, 1));
+        assert_eq!(d.groups, [GroupImpact { group: "berlin".into(), devices: 3 }]);
+    }
+
+    #[test]
+    fn no_change_means_an_empty_diff() {
+        let (base, head) = (compiled(BASE), compiled(BASE));
+        let d = diff(
+            &base.documents,
+            base.fleet.as_ref().unwrap(),
+            &head.documents,
+            head.fleet.as_ref().unwrap(),
+        );
+        assert_eq!(d, FleetDiff::default());
+    }
+
+    #[test]
+    fn assumed_inventory_reports_the_base_desired_state() {
+        let base = compiled(BASE);
+        let inventory = assumed_inventory(base.fleet.as_ref().unwrap());
+        assert_eq!(inventory.len(), 3);
+        let b3 = inventory.get("b3").unwrap();
+        assert_eq!((b3.release.as_deref(), b3.state), (Some("r1"), UpdateState::Installed));
+    }
 }

@@ -242,3 +242,6 @@ pub fn sort_for_rollout(fleet: &CompiledFleet, order: Order, devices: &mut [Devi
     };
     devices.par_sort_unstable_by(|a, b| key(a).cmp(&key(b)));
 }
+
+#[cfg(test)]
+mod tests;

@@ -493,29 +493,20 @@ fn render_text(r: &PlanReport) -> String {
             approval_name(p.approval),
             if p.paused { ", PAUSED" } else { "" }
         );
-        let _ = writeln!(
-            out,
-            "  {}: {} up to date, {} to update ({} never seen, {} failed), {} downgrades refused",
-            devices(p.devices),
-            p.up_to_date,
-            p.to_update,
-            p.never_seen,
-            p.failed,
-            p.refused_downgrades.count
-        );
+        let _ = writeln!(out, "  {}", policy_counts(p, false));
         if !p.refused_downgrades.examples.is_empty() {
             let _ = writeln!(out, "  refused downgrades: {}", examples(&p.refused_downgrades));
         }
         if p.to_update > 0 {
             let _ = writeln!(
                 out,
-                "  {:<12} {:>8} {:>7}  {:<40} {:<6} approval",
+                "  {:<12} {:>8} {:>7}  {:<48} {:<6} approval",
                 "wave", "devices", "groups", "first groups", "bake"
             );
             for w in &p.waves {
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:>8} {:>7}  {:<40} {:<6} {}",
+                    "  {:<12} {:>8} {:>7}  {:<48} {:<6} {}",
                     w.name,
                     w.devices,
                     w.groups,
@@ -528,19 +519,7 @@ fn render_text(r: &PlanReport) -> String {
     }
 
     if r.pinned.devices > 0 {
-        let _ = writeln!(
-            out,
-            "\nPinned: {}, {} up to date, {} to update ({} never seen){}",
-            devices(r.pinned.devices),
-            r.pinned.up_to_date,
-            r.pinned.to_update.count,
-            r.pinned.never_seen,
-            if r.pinned.to_update.count > 0 {
-                format!(": {}", examples(&r.pinned.to_update))
-            } else {
-                String::new()
-            }
-        );
+        let _ = writeln!(out, "\nPinned: {}", pinned_counts(&r.pinned));
     }
     if !r.warnings.is_empty() {
         let _ = writeln!(out, "\nWarnings:");
@@ -549,6 +528,40 @@ fn render_text(r: &PlanReport) -> String {
         }
     }
     out
+}
+
+/// `556 devices: 212 up to date, 344 to update (55 never seen, 0 failed), 0 downgrades
+/// refused`, the to-update count in bold for Markdown.
+fn policy_counts(p: &PolicyReport, markdown: bool) -> String {
+    let to_update = if markdown {
+        format!("**{} to update**", p.to_update)
+    } else {
+        format!("{} to update", p.to_update)
+    };
+    format!(
+        "{}: {} up to date, {to_update} ({} never seen, {} failed), {} downgrades refused",
+        devices(p.devices),
+        p.up_to_date,
+        p.never_seen,
+        p.failed,
+        p.refused_downgrades.count
+    )
+}
+
+/// `1 device, 1 up to date, 0 to update (0 never seen)`, with examples when some are to
+/// update.
+fn pinned_counts(p: &PinnedReport) -> String {
+    let mut text = format!(
+        "{}, {} up to date, {} to update ({} never seen)",
+        devices(p.devices),
+        p.up_to_date,
+        p.to_update.count,
+        p.never_seen
+    );
+    if p.to_update.count > 0 {
+        let _ = write!(text, ": {}", examples(&p.to_update));
+    }
+    text
 }
 
 /// `1 device`, `2 devices`.
@@ -667,13 +680,8 @@ fn render_markdown(r: &PlanReport) -> String {
         );
         let _ = writeln!(
             out,
-            "{}: {} up to date, **{} to update** ({} never seen, {} failed), {} downgrades refused. Order `{}`, priority {}, approval {}.",
-            devices(p.devices),
-            p.up_to_date,
-            p.to_update,
-            p.never_seen,
-            p.failed,
-            p.refused_downgrades.count,
+            "{}. Order `{}`, priority {}, approval {}.",
+            policy_counts(p, true),
             order_name(p.order),
             p.priority,
             approval_name(p.approval)
@@ -703,19 +711,7 @@ fn render_markdown(r: &PlanReport) -> String {
     }
 
     if r.pinned.devices > 0 {
-        let _ = writeln!(
-            out,
-            "\n#### Pinned devices\n\n{} pinned: {} up to date, {} to update ({} never seen){}.",
-            r.pinned.devices,
-            r.pinned.up_to_date,
-            r.pinned.to_update.count,
-            r.pinned.never_seen,
-            if r.pinned.to_update.count > 0 {
-                format!(": {}", examples(&r.pinned.to_update))
-            } else {
-                String::new()
-            }
-        );
+        let _ = writeln!(out, "\n#### Pinned devices\n\n{}.", pinned_counts(&r.pinned));
     }
     if !r.warnings.is_empty() {
         let mut list = String::new();

@@ -103,7 +103,7 @@ fn read_tree(
     let mut files = Vec::with_capacity(blobs.len());
     for (path, id) in blobs {
         let blob = repo.find_blob(id).map_err(git_error(&path))?;
-        files.push(FleetFile { path: path.into(), contents: blob.content().to_vec() });
+        files.push(FleetFile { path: path.into(), contents: blob.content().into() });
     }
     Ok(FleetFiles::new(files))
 }
@@ -146,7 +146,7 @@ mod tests {
         files
             .files()
             .iter()
-            .map(|f| (f.path.to_string(), String::from_utf8(f.contents.clone()).unwrap()))
+            .map(|f| (f.path.to_string(), String::from_utf8(f.contents.to_vec()).unwrap()))
             .collect()
     }
 

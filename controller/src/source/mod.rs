@@ -20,8 +20,9 @@ use std::sync::Arc;
 pub struct FleetFile {
     /// Path relative to the fleet root, with `/` separators (`groups/eu.yaml`).
     pub path: Arc<str>,
-    /// The file's bytes, not yet decoded.
-    pub contents: Vec<u8>,
+    /// The file's bytes, not yet decoded. Shared, so that documents loaded from the file
+    /// can keep its text without a copy.
+    pub contents: Arc<[u8]>,
 }
 
 /// The fleet files, sorted by path so that everything built from them is deterministic.
@@ -44,7 +45,7 @@ impl FleetFiles {
         FleetFiles::new(
             pairs
                 .into_iter()
-                .map(|(p, c)| FleetFile { path: p.as_ref().into(), contents: c.into() })
+                .map(|(p, c)| FleetFile { path: p.as_ref().into(), contents: c.into().into() })
                 .collect(),
         )
     }

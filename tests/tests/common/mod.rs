@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test crate uses only some of these.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -40,4 +41,36 @@ pub fn waveguide() -> Command {
 /// Runs `waveguide` with `args` from the checkout's root.
 pub fn run_waveguide(args: &[&str]) -> Output {
     waveguide().args(args).output().expect("waveguide runs")
+}
+
+/// Runs `git` in `dir` with a fixed identity and no signing; panics when it fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Fleet Operator",
+            "-c",
+            "user.email=ops@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?}");
+}
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
