@@ -17,5 +17,6 @@ pub mod compile;
 pub mod inventory;
 pub mod model;
 pub mod plan;
+pub mod rollout;
 pub mod source;
 pub mod target;

@@ -1,0 +1,11 @@
+//! The rollout stage: one policy moving its devices to one release, wave by wave.
+//!
+//! This module holds the rules, as pure functions: [`gate`] decides when the next wave
+//! may be published (bake time, success and failure thresholds, approval, pause),
+//! [`admission`] decides which devices of a wave get their instructions now (maintenance
+//! windows, policy and group `maxConcurrent`), and [`window`] evaluates maintenance
+//! windows.
+
+pub mod admission;
+pub mod gate;
+pub mod window;
