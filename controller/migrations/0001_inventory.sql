@@ -63,6 +63,8 @@ CREATE TABLE waves (
     state        TEXT NOT NULL,
     size         BIGINT NOT NULL,
     published_at BIGINT,
+    -- When the wave first met its success threshold: its bake time counts from here.
+    healthy_at   BIGINT,
     approved_at  BIGINT,
     finished_at  BIGINT,
     PRIMARY KEY (rollout_id, idx)

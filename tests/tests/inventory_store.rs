@@ -156,6 +156,7 @@ async fn rollout_state_survives_reopening() {
                 state: WaveState::Pending,
                 size: 2,
                 published_at: None,
+                healthy_at: None,
                 approved_at: None,
                 finished_at: None,
             },
@@ -165,6 +166,7 @@ async fn rollout_state_survives_reopening() {
                 state: WaveState::Pending,
                 size: 1198,
                 published_at: None,
+                healthy_at: None,
                 approved_at: None,
                 finished_at: None,
             },
@@ -177,6 +179,7 @@ async fn rollout_state_survives_reopening() {
         let mut first = waves[0].clone();
         first.state = WaveState::Published;
         first.published_at = Some(7);
+        first.healthy_at = Some(8);
         store.update_wave("stable-1", &first).await.unwrap();
         rollout.phase = RolloutPhase::Halted;
         rollout.message = Some("failure threshold crossed".into());

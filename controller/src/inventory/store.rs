@@ -240,6 +240,9 @@ pub struct WaveRecord {
     pub size: u64,
     /// Unix milliseconds.
     pub published_at: Option<i64>,
+    /// When the wave first met its success threshold (its bake counts from here), Unix
+    /// milliseconds.
+    pub healthy_at: Option<i64>,
     /// Unix milliseconds.
     pub approved_at: Option<i64>,
     /// Unix milliseconds.
@@ -597,8 +600,8 @@ impl Store {
         .map_err(query_error(action))?;
         for wave in waves {
             sqlx::query(
-                "INSERT INTO waves (rollout_id, idx, name, state, size, published_at, approved_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO waves (rollout_id, idx, name, state, size, published_at, healthy_at, approved_at, \
+                 finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(&rollout.id)
             .bind(i64::from(wave.index))
@@ -606,6 +609,7 @@ impl Store {
             .bind(wave.state.as_str())
             .bind(wave.size as i64)
             .bind(wave.published_at)
+            .bind(wave.healthy_at)
             .bind(wave.approved_at)
             .bind(wave.finished_at)
             .execute(&mut *tx)
@@ -649,11 +653,12 @@ impl Store {
     /// Updates one wave's state and times.
     pub async fn update_wave(&self, rollout_id: &str, wave: &WaveRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE waves SET state = $1, published_at = $2, approved_at = $3, finished_at = $4 \
-             WHERE rollout_id = $5 AND idx = $6",
+            "UPDATE waves SET state = $1, published_at = $2, healthy_at = $3, approved_at = $4, finished_at = $5 \
+             WHERE rollout_id = $6 AND idx = $7",
         )
         .bind(wave.state.as_str())
         .bind(wave.published_at)
+        .bind(wave.healthy_at)
         .bind(wave.approved_at)
         .bind(wave.finished_at)
         .bind(rollout_id)
@@ -680,7 +685,7 @@ impl Store {
     pub async fn waves(&self, rollout_id: &str) -> Result<Vec<WaveRecord>, StoreError> {
         let action = "reading waves";
         let rows = sqlx::query(
-            "SELECT idx, name, state, size, published_at, approved_at, finished_at FROM waves \
+            "SELECT idx, name, state, size, published_at, healthy_at, approved_at, finished_at FROM waves \
              WHERE rollout_id = $1 ORDER BY idx",
         )
         .bind(rollout_id)
@@ -700,8 +705,9 @@ impl Store {
                     })?,
                     size: row.try_get::<i64, _>(3).map_err(query_error(action))? as u64,
                     published_at: row.try_get(4).map_err(query_error(action))?,
-                    approved_at: row.try_get(5).map_err(query_error(action))?,
-                    finished_at: row.try_get(6).map_err(query_error(action))?,
+                    healthy_at: row.try_get(5).map_err(query_error(action))?,
+                    approved_at: row.try_get(6).map_err(query_error(action))?,
+                    finished_at: row.try_get(7).map_err(query_error(action))?,
                 })
             })
             .collect()
