@@ -22,7 +22,7 @@ pub mod report;
 
 mod waves;
 
-pub use waves::{cut_waves, percent_of, wave_capacity, wave_name};
+pub use waves::{cut_waves, percent_of, wave_capacity};
 
 use std::cmp::Ordering;
 
@@ -214,7 +214,7 @@ pub fn plan(fleet: &CompiledFleet, inventory: &Inventory) -> Plan {
             .map(|(i, devices)| {
                 let spec = policy.rollout.waves.get(i);
                 WavePlan {
-                    name: spec.map_or_else(|| "all".to_owned(), |w| wave_name(w, i)),
+                    name: spec.map_or_else(|| "all".to_owned(), |w| w.display_name(i)),
                     devices,
                     bake: spec.and_then(|w| w.bake.clone()),
                     needs_approval: manual && i > 0,

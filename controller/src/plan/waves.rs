@@ -32,11 +32,6 @@ pub fn percent_of(total: usize, percent: f64) -> usize {
     n.min(total)
 }
 
-/// The display name of the `index`-th wave (0-based): its `name`, else `wave-<n>`.
-pub fn wave_name(wave: &WaveSpec, index: usize) -> String {
-    wave.name.clone().unwrap_or_else(|| format!("wave-{}", index + 1))
-}
-
 /// Splits `ordered` (the devices to update, already in the rollout order) into one list
 /// per wave of `waves`. `matches(selector, device)` says whether a device satisfies a wave
 /// selector. With no waves defined, every device goes into a single wave.
@@ -188,6 +183,6 @@ mod tests {
 
     #[test]
     fn default_names_count_from_one() {
-        assert_eq!(wave_name(&wave(None, None, false), 1), "wave-2");
+        assert_eq!(wave(None, None, false).display_name(1), "wave-2");
     }
 }
