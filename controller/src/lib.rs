@@ -12,4 +12,5 @@
 //! `model` holds the fleet repository's document types, shared by every stage.
 
 pub mod cli;
+pub mod publish;
 pub mod target;

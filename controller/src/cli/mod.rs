@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod keys;
+pub mod tuf;
+
 /// Declarative GitOps reconciler for fleets of edge devices.
 #[derive(Debug, Parser)]
 #[command(name = "waveguide", version, about, propagate_version = true)]
@@ -14,18 +17,30 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Manage the TUF signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Manage the published TUF repository.
+    #[command(subcommand)]
+    Tuf(tuf::TufCommand),
+}
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
-    match cli.command {}
+    match cli.command {
+        Command::Keys(c) => keys::run(c),
+        Command::Tuf(c) => tuf::run(c),
+    }
 }
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .try_init();
 }
