@@ -33,6 +33,10 @@ pub struct RepoArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not flush to disk before the timestamp (only where the storage is made durable
+    /// some other way; a killed process is safe either way).
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 /// Expiry periods (`1d`, `12h`, `30m`, `90s`; negative values sign already-expired
@@ -148,6 +152,7 @@ fn open(args: &RepoArgs, expiry: &ExpiryArgs) -> Result<Repository, PublishError
     let mut repo = Repository::open(&args.repo, &keys)?;
     let expiries = expiry.apply(repo.config().expiries);
     repo.set_expiries(expiries);
+    repo.set_sync(!args.no_sync);
     Ok(repo)
 }
 

@@ -74,6 +74,8 @@ pub struct Repository {
     /// The snapshot currently published (its signed part).
     snapshot: Snapshot,
     timestamp_version: u64,
+    /// Flush to disk before the commit point (see [`Repository::set_sync`]).
+    sync: bool,
     #[cfg(test)]
     pub(crate) fault: Option<CommitStep>,
 }
@@ -128,6 +130,7 @@ impl Repository {
             _lock: lock,
             snapshot: Snapshot::new(SPEC_VERSION.into(), NonZeroU64::MIN, Timestamp::UNIX_EPOCH),
             timestamp_version: 0,
+            sync: true,
             #[cfg(test)]
             fault: None,
         };
@@ -218,6 +221,7 @@ impl Repository {
             _lock: lock,
             snapshot: snapshot.signed,
             timestamp_version: timestamp.signed.version.get(),
+            sync: true,
             #[cfg(test)]
             fault: None,
         })
@@ -232,6 +236,14 @@ impl Repository {
     /// stored configuration is unchanged).
     pub fn set_expiries(&mut self, expiries: Expiries) {
         self.config.expiries = expiries;
+    }
+
+    /// Whether commits flush their files to disk before the timestamp (the default), so
+    /// that a power loss never leaves a timestamp naming files that were not written. Turn
+    /// it off only where the storage is made durable some other way; a killed process is
+    /// safe either way.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
     }
 
     /// The directory clients fetch metadata from (`<repo>/metadata`).
@@ -282,9 +294,6 @@ impl Repository {
         self.fault_point(CommitStep::TargetFiles)?;
         if files.is_empty() {
             return Ok(report);
-        }
-        if report.target_files > 0 {
-            sync_filesystem(&self.dir.join(TARGETS))?;
         }
         self.publish(files, &mut report, false)?;
         Ok(report)
@@ -467,12 +476,11 @@ impl Repository {
                         hex::encode(hash),
                         instruction.device
                     ));
-                    if !file.exists() {
-                        if result.target_files == 0 {
-                            fs::create_dir_all(&devices_dir)
-                                .map_err(PublishError::io("create", &devices_dir))?;
-                        }
-                        write_atomic(&file, &content, false)?;
+                    if result.target_files == 0 {
+                        fs::create_dir_all(&devices_dir)
+                            .map_err(PublishError::io("create", &devices_dir))?;
+                    }
+                    if write_target_file(&file, &content)? {
                         result.target_files += 1;
                         result.target_bytes += content.len() as u64;
                     }
@@ -542,9 +550,8 @@ impl Repository {
                     .join(RELEASES_ROLE)
                     .join(&artifact.release);
                 let dest = dir.join(format!("{}.{}", artifact.sha256, artifact.name));
-                if !dest.exists() {
-                    fs::create_dir_all(&dir).map_err(PublishError::io("create", &dir))?;
-                    write_atomic(&dest, &content, false)?;
+                fs::create_dir_all(&dir).map_err(PublishError::io("create", &dir))?;
+                if write_target_file(&dest, &content)? {
                     report.target_files += 1;
                     report.target_bytes += content.len() as u64;
                 }
@@ -720,17 +727,17 @@ impl Repository {
         let meta = self.metadata_dir();
         let first_written = std::sync::atomic::AtomicBool::new(false);
         files.par_iter().try_for_each(|f| {
+            // Flushed together with the snapshot, by one syncfs before the timestamp.
             write_atomic(
                 &meta.join(format!("{}.{}.json", f.version, f.role)),
                 &f.bytes,
-                true,
+                false,
             )?;
             if !first_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 self.fault_point(CommitStep::FirstRole)?;
             }
             Ok::<_, PublishError>(())
         })?;
-        sync_dir(&meta)?;
         self.fault_point(CommitStep::Roles)?;
         for f in files {
             report.roles.push(RoleWrite {
@@ -771,8 +778,13 @@ impl Repository {
         write_atomic(
             &self.metadata_dir().join(format!("{version}.snapshot.json")),
             &bytes,
-            true,
+            false,
         )?;
+        // Everything the new timestamp will name (target files, roles, snapshot) reaches
+        // the disk before it does: one syncfs instead of an fsync per file.
+        if self.sync {
+            sync_filesystem(&self.dir)?;
+        }
         report.roles.push(RoleWrite {
             role: "snapshot".into(),
             version,
@@ -821,8 +833,10 @@ impl Repository {
         );
         let bytes = sign_metadata("timestamp", &timestamp, &[&self.online])?;
         let meta = self.metadata_dir();
-        write_atomic(&meta.join("timestamp.json"), &bytes, true)?;
-        sync_dir(&meta)?;
+        write_atomic(&meta.join("timestamp.json"), &bytes, self.sync)?;
+        if self.sync {
+            sync_dir(&meta)?;
+        }
         self.timestamp_version = version;
         report.roles.push(RoleWrite {
             role: "timestamp".into(),
@@ -1051,6 +1065,36 @@ fn lock(dir: &Path) -> Result<File, PublishError> {
     file.rewind().map_err(PublishError::io("write", &path))?;
     write!(file, "{}", std::process::id()).map_err(PublishError::io("write", &path))?;
     Ok(file)
+}
+
+/// Writes a content-addressed target file unless it is already there. The name is the
+/// content's hash, so an existing file of the right length is this content; a shorter one
+/// is what a crash mid-write leaves, and is written again. Written in place, without a
+/// temporary file: no client can have been told about a file before it is complete.
+fn write_target_file(path: &Path, content: &[u8]) -> Result<bool, PublishError> {
+    // Try to create first: on a first publish every file is new, and this saves a lookup.
+    let mut file = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let len = fs::metadata(path)
+                .map_err(PublishError::io("read", path))?
+                .len();
+            if len == content.len() as u64 {
+                return Ok(false);
+            }
+            File::create(path).map_err(PublishError::io("create", path))?
+        }
+        Err(e) => {
+            return Err(PublishError::Io {
+                action: "create",
+                path: path.to_owned(),
+                source: e,
+            })
+        }
+    };
+    file.write_all(content)
+        .map_err(PublishError::io("write", path))?;
+    Ok(true)
 }
 
 /// Flushes the file system holding `dir`: one call covers every target file of a commit
