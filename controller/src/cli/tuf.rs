@@ -111,7 +111,7 @@ pub fn run(command: TufCommand) -> ExitCode {
                 };
                 Repository::create(&a.repo.repo, &keys, config).map(|repo| {
                     let l = repo.config().layout;
-                    eprintln!(
+                    println!(
                         "created {} with {} device bins under {} parent roles",
                         a.repo.repo.display(),
                         l.leaves(),
@@ -185,18 +185,23 @@ fn print_report(report: &CommitReport, json: bool) {
         println!("{value}");
         return;
     }
-    if report.roles.is_empty() {
+    if report.roles.is_empty() && report.timestamp_version.is_none() {
         println!("nothing changed; nothing written");
         return;
     }
-    println!(
-        "wrote {} metadata files ({} bytes) and {} target files ({} bytes) for {} devices",
-        report.roles.len(),
-        report.metadata_bytes(),
-        report.target_files,
-        report.target_bytes,
-        report.devices_changed
-    );
+    if report.roles.is_empty() {
+        // A new repository: its first state was written by `create`.
+        println!("published the empty repository");
+    } else {
+        println!(
+            "wrote {} metadata files ({} bytes) and {} target files ({} bytes) for {} devices",
+            report.roles.len(),
+            report.metadata_bytes(),
+            report.target_files,
+            report.target_bytes,
+            report.devices_changed
+        );
+    }
     if let Some(v) = report.snapshot_version {
         println!("snapshot version {v}");
     }
