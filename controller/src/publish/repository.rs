@@ -141,7 +141,7 @@ impl Repository {
             .map(|&leaf| {
                 repo.sign_targets(
                     &repo.config.layout.leaf_name(leaf),
-                    Targets_::empty(),
+                    empty_targets(),
                     1,
                     repo.config.expiries.snapshot,
                 )
@@ -446,7 +446,7 @@ impl Repository {
         let role = self.config.layout.leaf_name(leaf);
         let version = self.role_version(&role);
         let mut targets = if version == 0 {
-            Targets_::empty()
+            empty_targets()
         } else {
             let path = self.metadata_dir().join(format!("{version}.{role}.json"));
             parse::<Signed<Targets>>(&role, &path, &read(&path)?)?.signed
@@ -578,9 +578,9 @@ impl Repository {
         )?))
     }
 
-    /// `targets`, `releases` (empty unless present in `versions`... re-signed as they are)
-    /// and the parent roles: everything above the leaves. `versions` holds the current
-    /// version of each role (absent for a new repository).
+    /// The roles above the leaves, signed at their next versions: `targets`, the parent
+    /// roles, and an empty `releases` when the repository has none yet. `versions` holds
+    /// the published version of each role (empty for a new repository).
     fn all_delegating_roles(
         &self,
         versions: &BTreeMap<String, u64>,
@@ -618,7 +618,7 @@ impl Repository {
         if !versions.contains_key(RELEASES_ROLE) {
             files.push(self.sign_targets(
                 RELEASES_ROLE,
-                Targets_::empty(),
+                empty_targets(),
                 1,
                 self.config.expiries.targets,
             )?);
@@ -650,7 +650,7 @@ impl Repository {
     }
 
     fn delegating(&self, roles: Vec<DelegatedRole>) -> Targets {
-        let mut targets = Targets_::empty();
+        let mut targets = empty_targets();
         targets.delegations = Some(Delegations {
             keys: HashMap::from([(self.online.keyid().clone(), self.online.key().clone())]),
             roles,
@@ -862,17 +862,13 @@ impl Repository {
     }
 }
 
-/// Constructors tough's `Targets` lacks.
-struct Targets_;
-
-impl Targets_ {
-    fn empty() -> Targets {
-        Targets::new(
-            SPEC_VERSION.to_owned(),
-            NonZeroU64::MIN,
-            Timestamp::UNIX_EPOCH,
-        )
-    }
+/// An empty targets role (version and expiry are set when it is signed).
+fn empty_targets() -> Targets {
+    Targets::new(
+        SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        Timestamp::UNIX_EPOCH,
+    )
 }
 
 enum Change {
