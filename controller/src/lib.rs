@@ -17,6 +17,7 @@ pub mod compile;
 pub mod inventory;
 pub mod model;
 pub mod plan;
+pub mod publish;
 pub mod rollout;
 pub mod source;
 pub mod target;

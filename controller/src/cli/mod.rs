@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 mod gen_fleet;
 mod plan;
 mod schemas;
+pub mod keys;
 mod validate;
+pub mod tuf;
 
 /// Declarative GitOps reconciler for fleets of edge devices.
 #[derive(Debug, Parser)]
@@ -28,6 +30,12 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Write a large deterministic fleet and inventory snapshot (for benchmarks).
     GenFleet(gen_fleet::GenFleetArgs),
+    /// Manage the TUF signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Manage the published TUF repository.
+    #[command(subcommand)]
+    Tuf(tuf::TufCommand),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -38,13 +46,17 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Schemas(args) => schemas::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::GenFleet(args) => gen_fleet::run(&args),
+        Command::Keys(c) => keys::run(c),
+        Command::Tuf(c) => tuf::run(c),
     }
 }
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .try_init();
 }

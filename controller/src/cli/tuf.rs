@@ -1,0 +1,255 @@
+//! `waveguide tuf`: create the TUF repository, publish a batch, refresh expiring roles.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use jiff::SignedDuration;
+
+use crate::publish::{
+    Batch, BinLayout, CommitReport, Expiries, KeyDir, PublishError, RepoConfig, Repository,
+};
+
+/// Manage the published TUF repository.
+#[derive(Debug, Subcommand)]
+pub enum TufCommand {
+    /// Create a repository sized for a fleet and publish its first, empty state.
+    Init(InitArgs),
+    /// Publish one batch of device instructions and release artifacts as one commit.
+    Publish(PublishArgs),
+    /// Re-sign roles close to expiry (usually just the timestamp).
+    Refresh(RefreshArgs),
+}
+
+/// Where the repository and keys are.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// Repository directory (clients fetch `metadata/` and `targets/` under it).
+    #[arg(long, env = "WAVEGUIDE_TUF_REPO")]
+    pub repo: PathBuf,
+    /// Key directory made by `waveguide keys init`.
+    #[arg(long, env = "WAVEGUIDE_TUF_KEYS")]
+    pub keys: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not flush to disk before the timestamp (only where the storage is made durable
+    /// some other way; a killed process is safe either way).
+    #[arg(long)]
+    pub no_sync: bool,
+}
+
+/// Expiry periods (`1d`, `12h`, `30m`, `90s`; negative values sign already-expired
+/// metadata, which only tests want).
+#[derive(Debug, Args, Default)]
+pub struct ExpiryArgs {
+    /// Timestamp expiry [stored default: 1d].
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    pub timestamp_expiry: Option<SignedDuration>,
+    /// Snapshot and bin expiry [stored default: 7d].
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    pub snapshot_expiry: Option<SignedDuration>,
+    /// Targets and releases expiry [stored default: 90d].
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    pub targets_expiry: Option<SignedDuration>,
+}
+
+impl ExpiryArgs {
+    fn apply(&self, mut e: Expiries) -> Expiries {
+        e.timestamp = self.timestamp_expiry.unwrap_or(e.timestamp);
+        e.snapshot = self.snapshot_expiry.unwrap_or(e.snapshot);
+        e.targets = self.targets_expiry.unwrap_or(e.targets);
+        e
+    }
+}
+
+/// Arguments of `tuf init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Expected fleet size; fixes the number of hashed bins.
+    #[arg(long)]
+    pub devices: u64,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
+/// Arguments of `tuf publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Batch file (JSON or YAML): `upserts` (device instructions), `removals` (device
+    /// ids), `releases` (artifacts).
+    #[arg(long)]
+    pub batch: PathBuf,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
+/// Arguments of `tuf refresh`.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Re-sign roles that expire within this margin.
+    #[arg(long, default_value = "6h", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub margin: SignedDuration,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
+/// Runs a `tuf` subcommand.
+pub fn run(command: TufCommand) -> ExitCode {
+    let (args, result) = match command {
+        TufCommand::Init(a) => {
+            let r = KeyDir::open(&a.repo.keys).and_then(|keys| {
+                let config = RepoConfig {
+                    layout: BinLayout::for_fleet(a.devices),
+                    expiries: a.expiry.apply(Expiries::default()),
+                };
+                Repository::create(&a.repo.repo, &keys, config).map(|repo| {
+                    let l = repo.config().layout;
+                    println!(
+                        "created {} with {} device bins under {} parent roles",
+                        a.repo.repo.display(),
+                        l.leaves(),
+                        l.parents()
+                    );
+                    CommitReport {
+                        snapshot_version: Some(repo.snapshot_version()),
+                        timestamp_version: Some(repo.timestamp_version()),
+                        ..CommitReport::default()
+                    }
+                })
+            });
+            (a.repo, r)
+        }
+        TufCommand::Publish(a) => {
+            let r = read_batch(&a.batch).and_then(|batch| {
+                let mut repo = open(&a.repo, &a.expiry)?;
+                repo.commit(batch)
+            });
+            (a.repo, r)
+        }
+        TufCommand::Refresh(a) => {
+            let r = open(&a.repo, &a.expiry).and_then(|mut repo| repo.refresh(a.margin));
+            (a.repo, r)
+        }
+    };
+    match result {
+        Ok(report) => {
+            print_report(&report, args.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => report_error(&e),
+    }
+}
+
+fn open(args: &RepoArgs, expiry: &ExpiryArgs) -> Result<Repository, PublishError> {
+    let keys = KeyDir::open(&args.keys)?;
+    let mut repo = Repository::open(&args.repo, &keys)?;
+    let expiries = expiry.apply(repo.config().expiries);
+    repo.set_expiries(expiries);
+    repo.set_sync(!args.no_sync);
+    Ok(repo)
+}
+
+fn read_batch(path: &Path) -> Result<Batch, PublishError> {
+    let bytes = std::fs::read(path).map_err(|source| PublishError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    // JSON is YAML, but the JSON parser is much faster on the large batches of a first
+    // publish.
+    serde_json::from_slice(&bytes).or_else(|_| {
+        serde_yaml::from_slice(&bytes)
+            .map_err(|e| PublishError::Config(format!("batch {}: {e}", path.display())))
+    })
+}
+
+fn print_report(report: &CommitReport, json: bool) {
+    if json {
+        let value = serde_json::json!({
+            "roles": report.roles,
+            "devices_changed": report.devices_changed,
+            "target_files": report.target_files,
+            "target_bytes": report.target_bytes,
+            "metadata_bytes": report.metadata_bytes(),
+            "bytes_written": report.bytes_written(),
+            "snapshot_version": report.snapshot_version,
+            "timestamp_version": report.timestamp_version,
+        });
+        println!("{value}");
+        return;
+    }
+    if report.roles.is_empty() && report.timestamp_version.is_none() {
+        println!("nothing changed; nothing written");
+        return;
+    }
+    if report.roles.is_empty() {
+        // A new repository: its first state was written by `create`.
+        println!("published the empty repository");
+    } else {
+        println!(
+            "wrote {} metadata files ({} bytes) and {} target files ({} bytes) for {} devices",
+            report.roles.len(),
+            report.metadata_bytes(),
+            report.target_files,
+            report.target_bytes,
+            report.devices_changed
+        );
+    }
+    if let Some(v) = report.snapshot_version {
+        println!("snapshot version {v}");
+    }
+    if let Some(v) = report.timestamp_version {
+        println!("timestamp version {v}");
+    }
+}
+
+/// Prints an error with its causes and returns the failure exit code.
+pub(crate) fn report_error(e: &dyn std::error::Error) -> ExitCode {
+    let mut message = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    eprintln!("{message}");
+    ExitCode::FAILURE
+}
+
+/// Parses `<n><unit>` with unit `s`, `m`, `h` or `d`, optionally negative: `1d`, `-1h`.
+pub(crate) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
+    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: expected a number followed by s, m, h or d")),
+    };
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
+    n.checked_mul(secs)
+        .map(SignedDuration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_sign() {
+        assert_eq!(parse_duration("1d"), Ok(SignedDuration::from_secs(86_400)));
+        assert_eq!(parse_duration("-1h"), Ok(SignedDuration::from_secs(-3600)));
+        assert_eq!(parse_duration("90s"), Ok(SignedDuration::from_secs(90)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("d").is_err());
+    }
+}

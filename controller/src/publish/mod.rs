@@ -1,0 +1,189 @@
+//! Publish: turns device instructions into a signed TUF repository, one metadata commit
+//! per batch (wave).
+//!
+//! Layout (see `docs/tuf.md`): `root` (offline keys) → `targets` → a `releases` role for
+//! artifact targets `releases/<release>/<file>` and hashed bins (`path_hash_prefixes`)
+//! for one target per device, `devices/<device-id>.json`; then `snapshot` and
+//! `timestamp`. Consistent snapshots throughout, so every file except `timestamp.json` is
+//! written once under a new versioned name and never changed; `timestamp.json` is renamed
+//! into place last and is the commit point.
+//!
+//! The published files are the source of truth: [`Repository::open`] reads the current
+//! versions from `timestamp.json` and the snapshot it names, so whatever a crashed commit
+//! left behind is never referenced and never reused.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), waveguide::publish::PublishError> {
+//! use waveguide::publish::{Batch, KeyDir, Repository};
+//! let keys = KeyDir::open("keys".as_ref())?;
+//! let mut repo = Repository::open("repo".as_ref(), &keys)?;
+//! let report = repo.commit(Batch::default())?; // an empty batch writes nothing
+//! assert!(report.roles.is_empty());
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod error;
+mod keys;
+mod layout;
+mod repository;
+mod signing;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+pub use client::SpecTargetPaths;
+pub use error::PublishError;
+pub use keys::{KeyDir, KeysCreated};
+pub use layout::BinLayout;
+pub use repository::{RepoConfig, Repository};
+
+/// The TUF specification version written into every role.
+pub const SPEC_VERSION: &str = "1.0.0";
+
+/// How long each role stays valid after it is signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiries {
+    /// `timestamp.json`; re-signed by [`Repository::refresh`] well before this runs out.
+    pub timestamp: SignedDuration,
+    /// The snapshot and the device bins (parents and leaves).
+    pub snapshot: SignedDuration,
+    /// `targets` and `releases`.
+    pub targets: SignedDuration,
+    /// Root versions signed by `keys init` and `keys rotate-online`.
+    pub root: SignedDuration,
+}
+
+impl Default for Expiries {
+    fn default() -> Self {
+        const DAY: i64 = 24 * 3600;
+        Expiries {
+            timestamp: SignedDuration::from_secs(DAY),
+            snapshot: SignedDuration::from_secs(7 * DAY),
+            targets: SignedDuration::from_secs(90 * DAY),
+            root: SignedDuration::from_secs(365 * DAY),
+        }
+    }
+}
+
+/// The expiry `period` from now, in whole seconds (the TUF date format has no fraction).
+pub(crate) fn expiry_after(period: SignedDuration) -> Timestamp {
+    let t = Timestamp::now()
+        .saturating_add(period)
+        .expect("signed durations never fail to add");
+    Timestamp::from_second(t.as_second()).expect("whole seconds of a valid timestamp are valid")
+}
+
+/// What one device should run: the content of its target `devices/<device-id>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInstruction {
+    /// The device id.
+    pub device: String,
+    /// The release the device should run.
+    pub release: String,
+    /// That release's version.
+    pub version: String,
+    /// The artifacts to install, as targets of the `releases` role.
+    pub artifacts: Vec<ArtifactRef>,
+    /// The rollout that published this instruction.
+    pub rollout: String,
+    /// The wave of that rollout, from 0.
+    pub wave: u32,
+}
+
+/// An artifact a device instruction points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Target path, `releases/<release>/<file>`.
+    pub target: String,
+    /// Hex SHA-256 of the artifact.
+    pub sha256: String,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// An artifact of a release, published as target `releases/<release>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseArtifact {
+    /// The release name.
+    pub release: String,
+    /// The artifact's file name.
+    pub name: String,
+    /// Where devices download it (recorded in the target's `custom.url`).
+    pub url: String,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// Length in bytes.
+    pub length: u64,
+    /// A local copy to publish into the repository's targets, checked against `sha256`
+    /// and `length`. Without it only the signed record is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+impl ReleaseArtifact {
+    /// The TUF target path, `releases/<release>/<name>`.
+    pub fn target_path(&self) -> String {
+        format!("releases/{}/{}", self.release, self.name)
+    }
+}
+
+/// One metadata commit: device instructions added or changed, devices removed, and
+/// release artifacts added or changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Instructions to publish; a device already holding the same instruction is untouched.
+    #[serde(default)]
+    pub upserts: Vec<DeviceInstruction>,
+    /// Device ids whose targets are withdrawn.
+    #[serde(default)]
+    pub removals: Vec<String>,
+    /// Release artifacts to publish in the `releases` role.
+    #[serde(default)]
+    pub releases: Vec<ReleaseArtifact>,
+}
+
+/// One metadata file written by a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoleWrite {
+    /// Role name (`timestamp`, `snapshot`, `targets`, `releases`, `p-0a`, `d-0a3`, ...).
+    pub role: String,
+    /// The version written.
+    pub version: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// What a commit or refresh wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CommitReport {
+    /// Metadata files written, in write order (timestamp last).
+    pub roles: Vec<RoleWrite>,
+    /// Devices whose target was added, changed or removed.
+    pub devices_changed: usize,
+    /// Target files written (device instructions, release artifacts).
+    pub target_files: u64,
+    /// Bytes of those target files.
+    pub target_bytes: u64,
+    /// The new snapshot version, if one was written.
+    pub snapshot_version: Option<u64>,
+    /// The new timestamp version, if one was written.
+    pub timestamp_version: Option<u64>,
+}
+
+impl CommitReport {
+    /// Bytes of metadata written.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.roles.iter().map(|r| r.bytes).sum()
+    }
+
+    /// All bytes written: metadata and target files.
+    pub fn bytes_written(&self) -> u64 {
+        self.metadata_bytes() + self.target_bytes
+    }
+}

@@ -1,0 +1,1117 @@
+//! The published repository: open, commit a batch, refresh expiring roles, rotate the
+//! online key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use fs4::fs_std::FileExt;
+use jiff::{SignedDuration, Timestamp};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::{
+    DelegatedRole, Delegations, Hashes, Metafile, PathHashPrefix, PathPattern, PathSet, RoleType,
+    Root, Signed, Snapshot, Target, Targets, Timestamp as TimestampRole,
+};
+use tough::TargetName;
+
+use super::keys::KeyDir;
+use super::layout::BinLayout;
+use super::signing::{sha256, sign_metadata, sync_dir, write_atomic, Signer};
+use super::{
+    expiry_after, Batch, CommitReport, DeviceInstruction, Expiries, PublishError, ReleaseArtifact,
+    RoleWrite, SPEC_VERSION,
+};
+use crate::target::{device_path_hash, device_target_path};
+
+const CONFIG_FILE: &str = "waveguide-tuf.json";
+const LOCK_FILE: &str = ".lock";
+const METADATA: &str = "metadata";
+const TARGETS: &str = "targets";
+const RELEASES_ROLE: &str = "releases";
+/// Glob of the `releases` role. One `*` per path segment, because the Python client
+/// matches segment by segment.
+const RELEASES_PATHS: &str = "releases/*/*";
+
+/// Settings fixed when the repository is created (`waveguide-tuf.json` in its directory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// The hashed-bin partition of device targets.
+    pub layout: BinLayout,
+    /// Expiry periods; a command may override them for one run.
+    pub expiries: Expiries,
+}
+
+/// Steps of a commit, for the crash-safety tests that fail between them.
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitStep {
+    /// Target files are written, no metadata yet.
+    TargetFiles,
+    /// One new role file is written.
+    FirstRole,
+    /// Every new role file is written.
+    Roles,
+    /// The new snapshot is written; the timestamp is not.
+    Snapshot,
+}
+
+/// A published TUF repository, held open by its one writer.
+///
+/// Holding a `Repository` holds the repository's writer lock; a second `open` of the
+/// same directory, from this or another process, fails at once with
+/// [`PublishError::Locked`].
+#[derive(Debug)]
+pub struct Repository {
+    dir: PathBuf,
+    config: RepoConfig,
+    online: Signer,
+    /// Open for as long as the repository is; the advisory lock lives with it.
+    _lock: File,
+    /// The snapshot currently published (its signed part).
+    snapshot: Snapshot,
+    timestamp_version: u64,
+    /// Flush to disk before the commit point (see [`Repository::set_sync`]).
+    sync: bool,
+    #[cfg(test)]
+    pub(crate) fault: Option<CommitStep>,
+}
+
+/// A role file ready to be written.
+#[derive(Default)]
+struct RoleFile {
+    role: String,
+    version: u64,
+    bytes: Vec<u8>,
+}
+
+impl Repository {
+    /// Creates a repository in `dir` (empty or absent) trusting the roots in `keys`, with
+    /// the given partition and expiries, and publishes its first, empty state.
+    pub fn create(
+        dir: &Path,
+        keys: &KeyDir,
+        config: RepoConfig,
+    ) -> Result<Repository, PublishError> {
+        config.layout.validate()?;
+        let config_path = dir.join(CONFIG_FILE);
+        if config_path.exists() {
+            return Err(PublishError::Repository {
+                repo: dir.to_owned(),
+                reason: "already exists".into(),
+            });
+        }
+        for sub in [METADATA, TARGETS] {
+            fs::create_dir_all(dir.join(sub)).map_err(PublishError::io("create", dir.join(sub)))?;
+        }
+        let lock = lock(dir)?;
+        let roots = keys.roots()?;
+        let (root_version, root_bytes) = roots.last().cloned().expect("roots() is never empty");
+        for (version, bytes) in &roots {
+            write_atomic(
+                &dir.join(METADATA).join(format!("{version}.root.json")),
+                bytes,
+                true,
+            )?;
+        }
+        let root = parse::<Signed<Root>>(
+            "root",
+            &dir.join(METADATA).join(format!("{root_version}.root.json")),
+            &root_bytes,
+        )?;
+        let online = keys.online_signer(Some(timestamp_keyid(&root.signed)))?;
+        let mut repo = Repository {
+            dir: dir.to_owned(),
+            config,
+            online,
+            _lock: lock,
+            snapshot: Snapshot::new(SPEC_VERSION.into(), NonZeroU64::MIN, Timestamp::UNIX_EPOCH),
+            timestamp_version: 0,
+            sync: true,
+            #[cfg(test)]
+            fault: None,
+        };
+        let roles = repo.all_delegating_roles(&BTreeMap::new())?;
+        let leaves: Vec<u32> = (0..config.layout.leaves()).collect();
+        let leaf_roles = leaves
+            .par_iter()
+            .map(|&leaf| {
+                repo.sign_targets(
+                    &repo.config.layout.leaf_name(leaf),
+                    empty_targets(),
+                    1,
+                    repo.config.expiries.snapshot,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut report = CommitReport::default();
+        repo.publish(
+            roles.into_iter().chain(leaf_roles).collect(),
+            &mut report,
+            true,
+        )?;
+        // root.json last: its presence marks a complete repository for `open`.
+        write_atomic(&dir.join(METADATA).join("root.json"), &root_bytes, true)?;
+        let config_bytes =
+            serde_json::to_vec_pretty(&config).map_err(|source| PublishError::Serialise {
+                role: "configuration".into(),
+                source,
+            })?;
+        write_atomic(&config_path, &config_bytes, true)?;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository, taking its writer lock, with the online key from
+    /// `keys`.
+    pub fn open(dir: &Path, keys: &KeyDir) -> Result<Repository, PublishError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let bytes = fs::read(&config_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PublishError::Repository {
+                repo: dir.to_owned(),
+                reason: format!(
+                    "no {CONFIG_FILE}: create the repository with `waveguide tuf init`"
+                ),
+            },
+            _ => PublishError::Io {
+                action: "read",
+                path: config_path.clone(),
+                source: e,
+            },
+        })?;
+        let config: RepoConfig =
+            serde_json::from_slice(&bytes).map_err(|source| PublishError::ParseMetadata {
+                role: "configuration".into(),
+                path: config_path,
+                source,
+            })?;
+        config.layout.validate()?;
+        let lock = lock(dir)?;
+        let meta = dir.join(METADATA);
+        let root_path = meta.join("root.json");
+        let root: Signed<Root> = parse("root", &root_path, &read(&root_path)?)?;
+        let online = keys.online_signer(Some(timestamp_keyid(&root.signed)))?;
+        let ts_path = meta.join("timestamp.json");
+        let timestamp: Signed<TimestampRole> = parse("timestamp", &ts_path, &read(&ts_path)?)?;
+        let snap_meta = timestamp.signed.meta.get("snapshot.json").ok_or_else(|| {
+            PublishError::Inconsistent {
+                role: "timestamp".into(),
+                path: ts_path.clone(),
+                reason: "no snapshot.json entry".into(),
+            }
+        })?;
+        let snap_path = meta.join(format!("{}.snapshot.json", snap_meta.version));
+        let snap_bytes = read(&snap_path)?;
+        if let Some(hashes) = &snap_meta.hashes {
+            if sha256(&snap_bytes)[..] != hashes.sha256[..] {
+                return Err(PublishError::Inconsistent {
+                    role: "snapshot".into(),
+                    path: snap_path,
+                    reason: "content does not match the hash in timestamp.json".into(),
+                });
+            }
+        }
+        let snapshot: Signed<Snapshot> = parse("snapshot", &snap_path, &snap_bytes)?;
+        Ok(Repository {
+            dir: dir.to_owned(),
+            config,
+            online,
+            _lock: lock,
+            snapshot: snapshot.signed,
+            timestamp_version: timestamp.signed.version.get(),
+            sync: true,
+            #[cfg(test)]
+            fault: None,
+        })
+    }
+
+    /// The repository's settings.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Overrides the expiry periods for roles signed from now on by this handle (the
+    /// stored configuration is unchanged).
+    pub fn set_expiries(&mut self, expiries: Expiries) {
+        self.config.expiries = expiries;
+    }
+
+    /// Whether commits flush their files to disk before the timestamp (the default), so
+    /// that a power loss never leaves a timestamp naming files that were not written. Turn
+    /// it off only where the storage is made durable some other way; a killed process is
+    /// safe either way.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
+    }
+
+    /// The directory clients fetch metadata from (`<repo>/metadata`).
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join(METADATA)
+    }
+
+    /// The directory clients fetch targets from (`<repo>/targets`).
+    pub fn targets_dir(&self) -> PathBuf {
+        self.dir.join(TARGETS)
+    }
+
+    /// The published snapshot version.
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot.version.get()
+    }
+
+    /// The published timestamp version.
+    pub fn timestamp_version(&self) -> u64 {
+        self.timestamp_version
+    }
+
+    /// Publishes a batch as one metadata commit: the target files, new versions of only
+    /// the bins (and `releases`) whose content changed, then one snapshot, then the
+    /// timestamp. Bins are read, changed, serialised and signed in parallel. A batch that
+    /// changes nothing writes nothing.
+    pub fn commit(&mut self, batch: Batch) -> Result<CommitReport, PublishError> {
+        let by_leaf = self.group_by_leaf(batch.upserts, batch.removals)?;
+        let mut report = CommitReport::default();
+
+        // Read, change and sign each touched leaf; write its device files on the way.
+        let results = by_leaf
+            .into_par_iter()
+            .map(|(leaf, changes)| self.apply_to_leaf(leaf, changes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut files = Vec::new();
+        for r in results.into_iter().flatten() {
+            report.devices_changed += r.devices_changed;
+            report.target_files += r.target_files;
+            report.target_bytes += r.target_bytes;
+            files.push(r.role);
+        }
+        if !batch.releases.is_empty() {
+            if let Some(r) = self.apply_releases(&batch.releases, &mut report)? {
+                files.push(r);
+            }
+        }
+        self.fault_point(CommitStep::TargetFiles)?;
+        if files.is_empty() {
+            return Ok(report);
+        }
+        self.publish(files, &mut report, false)?;
+        Ok(report)
+    }
+
+    /// Re-signs every role that expires within `margin` (with a new version), then the
+    /// snapshot if anything it lists changed or it expires within `margin` itself, then the
+    /// timestamp. When only the timestamp is near its expiry, only `timestamp.json` is
+    /// rewritten. The controller calls this on a timer.
+    pub fn refresh(&mut self, margin: SignedDuration) -> Result<CommitReport, PublishError> {
+        let deadline = Timestamp::now()
+            .saturating_add(margin)
+            .expect("signed durations never fail to add");
+        let meta = self.metadata_dir();
+        let names: Vec<(String, u64)> = self
+            .snapshot
+            .meta
+            .iter()
+            .filter_map(|(file, m)| {
+                file.strip_suffix(".json")
+                    .map(|role| (role.to_owned(), m.version.get()))
+            })
+            .collect();
+        let stale = names
+            .par_iter()
+            .map(|(role, version)| {
+                let path = meta.join(format!("{version}.{role}.json"));
+                Ok((read_expires(&path)? <= deadline).then(|| (role.clone(), *version)))
+            })
+            .collect::<Result<Vec<_>, PublishError>>()?;
+        let files = stale
+            .into_par_iter()
+            .flatten()
+            .map(|(role, version)| {
+                let path = meta.join(format!("{version}.{role}.json"));
+                let signed: Signed<Targets> = parse(&role, &path, &read(&path)?)?;
+                self.sign_targets(&role, signed.signed, version + 1, self.expiry_of(&role))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut report = CommitReport::default();
+        if !files.is_empty() || self.snapshot.expires <= deadline {
+            self.publish(files, &mut report, false)?;
+            return Ok(report);
+        }
+        let ts_path = meta.join("timestamp.json");
+        let timestamp: Signed<TimestampRole> = parse("timestamp", &ts_path, &read(&ts_path)?)?;
+        if timestamp.signed.expires <= deadline {
+            let snap_path = meta.join(format!("{}.snapshot.json", self.snapshot.version));
+            let snap_bytes = read(&snap_path)?;
+            self.write_timestamp(&snap_bytes, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Makes the repository trust a new online key: signs root `v+1` with the offline root
+    /// keys from `keys`, re-signs every role with the new key, then publishes the new
+    /// root and the timestamp. A rotation interrupted at any point is finished by running
+    /// it again.
+    pub fn rotate_online_key(
+        &mut self,
+        keys: &KeyDir,
+        root_expiry: SignedDuration,
+    ) -> Result<CommitReport, PublishError> {
+        let next = keys.prepare_rotation(root_expiry)?;
+        let (root_version, _) = keys.latest_root()?;
+        self.online = next;
+        // Every role names the online key (targets via root, bins via delegations), so
+        // every role gets a new version signed by the new key.
+        let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+        for (file, m) in &self.snapshot.meta {
+            if let Some(role) = file.strip_suffix(".json") {
+                versions.insert(role.to_owned(), m.version.get());
+            }
+        }
+        let mut files = self.all_delegating_roles(&versions)?;
+        let meta = self.metadata_dir();
+        let leaves: Vec<u32> = (0..self.config.layout.leaves()).collect();
+        let leaf_files = leaves
+            .par_iter()
+            .map(|&leaf| {
+                let role = self.config.layout.leaf_name(leaf);
+                let version = versions.get(&role).copied().unwrap_or(0);
+                let path = meta.join(format!("{version}.{role}.json"));
+                let signed: Signed<Targets> = parse(&role, &path, &read(&path)?)?;
+                self.sign_targets(
+                    &role,
+                    signed.signed,
+                    version + 1,
+                    self.config.expiries.snapshot,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        files.extend(leaf_files);
+        if let Some(&version) = versions.get(RELEASES_ROLE) {
+            let path = meta.join(format!("{version}.{RELEASES_ROLE}.json"));
+            let signed: Signed<Targets> = parse(RELEASES_ROLE, &path, &read(&path)?)?;
+            files.push(self.sign_targets(
+                RELEASES_ROLE,
+                signed.signed,
+                version + 1,
+                self.config.expiries.targets,
+            )?);
+        }
+        let mut report = CommitReport::default();
+        self.write_roles(files, &mut report)?;
+        // The new root goes out just before the timestamp that needs it: a client that
+        // fetches it early still finds the current snapshot signed by the new key.
+        for (version, bytes) in keys.roots()? {
+            let path = meta.join(format!("{version}.root.json"));
+            if !path.exists() {
+                write_atomic(&path, &bytes, true)?;
+            }
+        }
+        let (_, latest) = keys.roots()?.pop().expect("roots() is never empty");
+        write_atomic(&meta.join("root.json"), &latest, true)?;
+        self.write_snapshot_and_timestamp(&mut report)?;
+        keys.finish_rotation()?;
+        tracing::info!(root_version, "online key rotated");
+        Ok(report)
+    }
+
+    /// Groups device changes by leaf, refusing malformed or repeated device ids.
+    fn group_by_leaf(
+        &self,
+        upserts: Vec<DeviceInstruction>,
+        removals: Vec<String>,
+    ) -> Result<BTreeMap<u32, Vec<Change>>, PublishError> {
+        let mut seen = std::collections::HashSet::with_capacity(upserts.len() + removals.len());
+        let mut by_leaf: BTreeMap<u32, Vec<Change>> = BTreeMap::new();
+        let upserts = upserts.into_iter().map(Change::Upsert);
+        let removals = removals.into_iter().map(Change::Remove);
+        for change in upserts.chain(removals) {
+            let id = change.device();
+            check_device_id(id)?;
+            if !seen.insert(id.to_owned()) {
+                return Err(PublishError::DuplicateDevice { id: id.to_owned() });
+            }
+            let leaf = self.config.layout.leaf_of(&device_path_hash(id));
+            by_leaf.entry(leaf).or_default().push(change);
+        }
+        Ok(by_leaf)
+    }
+
+    /// Applies one leaf's changes. Returns `None` when its content would not change.
+    fn apply_to_leaf(
+        &self,
+        leaf: u32,
+        changes: Vec<Change>,
+    ) -> Result<Option<LeafResult>, PublishError> {
+        let role = self.config.layout.leaf_name(leaf);
+        let version = self.role_version(&role);
+        let mut targets = if version == 0 {
+            empty_targets()
+        } else {
+            let path = self.metadata_dir().join(format!("{version}.{role}.json"));
+            parse::<Signed<Targets>>(&role, &path, &read(&path)?)?.signed
+        };
+        let mut result = LeafResult::default();
+        let devices_dir = self.targets_dir().join("devices");
+        for change in changes {
+            match change {
+                Change::Upsert(instruction) => {
+                    let content = serde_json::to_vec(&instruction).map_err(|source| {
+                        PublishError::Serialise {
+                            role: role.clone(),
+                            source,
+                        }
+                    })?;
+                    let hash = sha256(&content);
+                    let name = target_name(device_target_path(&instruction.device))?;
+                    if let Some(existing) = targets.targets.get(&name) {
+                        if existing.length == content.len() as u64
+                            && existing.hashes.sha256[..] == hash[..]
+                        {
+                            continue; // read before write: the device already has this instruction
+                        }
+                    }
+                    let file = devices_dir.join(format!(
+                        "{}.{}.json",
+                        hex::encode(hash),
+                        instruction.device
+                    ));
+                    if result.target_files == 0 {
+                        fs::create_dir_all(&devices_dir)
+                            .map_err(PublishError::io("create", &devices_dir))?;
+                    }
+                    if write_target_file(&file, &content)? {
+                        result.target_files += 1;
+                        result.target_bytes += content.len() as u64;
+                    }
+                    targets
+                        .targets
+                        .insert(name, new_target(content.len() as u64, hash, HashMap::new()));
+                    result.devices_changed += 1;
+                }
+                Change::Remove(id) => {
+                    if targets
+                        .targets
+                        .remove(&target_name(device_target_path(&id))?)
+                        .is_some()
+                    {
+                        result.devices_changed += 1;
+                    }
+                }
+            }
+        }
+        if result.devices_changed == 0 {
+            return Ok(None);
+        }
+        result.role =
+            self.sign_targets(&role, targets, version + 1, self.config.expiries.snapshot)?;
+        Ok(Some(result))
+    }
+
+    /// Records release artifacts in the `releases` role, copying in local files.
+    fn apply_releases(
+        &self,
+        artifacts: &[ReleaseArtifact],
+        report: &mut CommitReport,
+    ) -> Result<Option<RoleFile>, PublishError> {
+        let version = self.role_version(RELEASES_ROLE);
+        let path = self
+            .metadata_dir()
+            .join(format!("{version}.{RELEASES_ROLE}.json"));
+        let mut targets = parse::<Signed<Targets>>(RELEASES_ROLE, &path, &read(&path)?)?.signed;
+        let mut changed = false;
+        for artifact in artifacts {
+            let target = artifact.target_path();
+            let invalid = |reason: String| PublishError::InvalidArtifact {
+                target: target.clone(),
+                reason,
+            };
+            for part in [&artifact.release, &artifact.name] {
+                if part.is_empty() || part.contains(['/', '\\']) || part == "." || part == ".." {
+                    return Err(invalid(format!("{part:?} cannot be a path segment")));
+                }
+            }
+            let hash: [u8; 32] = hex::decode(&artifact.sha256)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| {
+                    invalid(format!("sha256 {:?} is not 64 hex digits", artifact.sha256))
+                })?;
+            if let Some(file) = &artifact.file {
+                let content = fs::read(file).map_err(PublishError::io("read", file))?;
+                if content.len() as u64 != artifact.length || sha256(&content) != hash {
+                    return Err(invalid(format!(
+                        "{} does not match the declared sha256 and length",
+                        file.display()
+                    )));
+                }
+                let dir = self
+                    .targets_dir()
+                    .join(RELEASES_ROLE)
+                    .join(&artifact.release);
+                let dest = dir.join(format!("{}.{}", artifact.sha256, artifact.name));
+                fs::create_dir_all(&dir).map_err(PublishError::io("create", &dir))?;
+                if write_target_file(&dest, &content)? {
+                    report.target_files += 1;
+                    report.target_bytes += content.len() as u64;
+                }
+            }
+            let custom = HashMap::from([(
+                "url".to_owned(),
+                serde_json::Value::String(artifact.url.clone()),
+            )]);
+            let new = new_target(artifact.length, hash, custom);
+            let name = target_name(target.clone())?;
+            if targets.targets.get(&name) != Some(&new) {
+                targets.targets.insert(name, new);
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        Ok(Some(self.sign_targets(
+            RELEASES_ROLE,
+            targets,
+            version + 1,
+            self.config.expiries.targets,
+        )?))
+    }
+
+    /// The roles above the leaves, signed at their next versions: `targets`, the parent
+    /// roles, and an empty `releases` when the repository has none yet. `versions` holds
+    /// the published version of each role (empty for a new repository).
+    fn all_delegating_roles(
+        &self,
+        versions: &BTreeMap<String, u64>,
+    ) -> Result<Vec<RoleFile>, PublishError> {
+        let layout = self.config.layout;
+        let next = |role: &str| versions.get(role).copied().unwrap_or(0) + 1;
+        let mut top = vec![delegated(
+            RELEASES_ROLE,
+            PathSet::Paths(vec![pattern(RELEASES_PATHS)?]),
+            &self.online,
+        )];
+        if layout.parents() == 0 {
+            for leaf in 0..layout.leaves() {
+                top.push(delegated(
+                    &layout.leaf_name(leaf),
+                    prefixes(layout.leaf_prefixes(leaf))?,
+                    &self.online,
+                ));
+            }
+        } else {
+            for parent in 0..layout.parents() {
+                top.push(delegated(
+                    &layout.parent_name(parent),
+                    prefixes(layout.parent_prefixes(parent))?,
+                    &self.online,
+                ));
+            }
+        }
+        let mut files = vec![self.sign_targets(
+            "targets",
+            self.delegating(top),
+            next("targets"),
+            self.config.expiries.targets,
+        )?];
+        if !versions.contains_key(RELEASES_ROLE) {
+            files.push(self.sign_targets(
+                RELEASES_ROLE,
+                empty_targets(),
+                1,
+                self.config.expiries.targets,
+            )?);
+        }
+        let parents = (0..layout.parents())
+            .into_par_iter()
+            .map(|parent| {
+                let roles = layout
+                    .leaves_of(parent)
+                    .map(|leaf| {
+                        Ok(delegated(
+                            &layout.leaf_name(leaf),
+                            prefixes(layout.leaf_prefixes(leaf))?,
+                            &self.online,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, PublishError>>()?;
+                let name = layout.parent_name(parent);
+                self.sign_targets(
+                    &name,
+                    self.delegating(roles),
+                    next(&name),
+                    self.config.expiries.snapshot,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        files.extend(parents);
+        Ok(files)
+    }
+
+    fn delegating(&self, roles: Vec<DelegatedRole>) -> Targets {
+        let mut targets = empty_targets();
+        targets.delegations = Some(Delegations {
+            keys: HashMap::from([(self.online.keyid().clone(), self.online.key().clone())]),
+            roles,
+        });
+        targets
+    }
+
+    /// Signs `targets` as `role` at the first unused version ≥ `version`, expiring after
+    /// `period`.
+    fn sign_targets(
+        &self,
+        role: &str,
+        mut targets: Targets,
+        version: u64,
+        period: SignedDuration,
+    ) -> Result<RoleFile, PublishError> {
+        let version = self.unused_version(role, version);
+        targets.version = NonZeroU64::new(version).expect("versions start at 1");
+        targets.expires = expiry_after(period);
+        targets.spec_version = SPEC_VERSION.to_owned();
+        let bytes = sign_metadata(role, &targets, &[&self.online])?;
+        Ok(RoleFile {
+            role: role.to_owned(),
+            version,
+            bytes,
+        })
+    }
+
+    /// The first version ≥ `from` with no file on disk. A crashed commit may have left
+    /// `<v>.<role>.json` behind without publishing it; that number is never reused with
+    /// other content, so no cache or mirror can hold two files under one name.
+    fn unused_version(&self, role: &str, from: u64) -> u64 {
+        let meta = self.metadata_dir();
+        let mut version = from.max(1);
+        while meta.join(format!("{version}.{role}.json")).exists() {
+            version += 1;
+        }
+        version
+    }
+
+    fn role_version(&self, role: &str) -> u64 {
+        self.snapshot
+            .meta
+            .get(&format!("{role}.json"))
+            .map_or(0, |m| m.version.get())
+    }
+
+    fn expiry_of(&self, role: &str) -> SignedDuration {
+        match role {
+            "targets" | RELEASES_ROLE => self.config.expiries.targets,
+            _ => self.config.expiries.snapshot,
+        }
+    }
+
+    /// Writes role files, then a snapshot listing them, then the timestamp.
+    fn publish(
+        &mut self,
+        files: Vec<RoleFile>,
+        report: &mut CommitReport,
+        initial: bool,
+    ) -> Result<(), PublishError> {
+        if initial {
+            self.snapshot.meta.clear();
+        }
+        self.write_roles(files, report)?;
+        self.write_snapshot_and_timestamp(report)
+    }
+
+    fn write_roles(
+        &mut self,
+        files: Vec<RoleFile>,
+        report: &mut CommitReport,
+    ) -> Result<(), PublishError> {
+        let meta = self.metadata_dir();
+        let first_written = std::sync::atomic::AtomicBool::new(false);
+        files.par_iter().try_for_each(|f| {
+            // Flushed together with the snapshot, by one syncfs before the timestamp.
+            write_atomic(
+                &meta.join(format!("{}.{}.json", f.version, f.role)),
+                &f.bytes,
+                false,
+            )?;
+            if !first_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.fault_point(CommitStep::FirstRole)?;
+            }
+            Ok::<_, PublishError>(())
+        })?;
+        self.fault_point(CommitStep::Roles)?;
+        for f in files {
+            report.roles.push(RoleWrite {
+                role: f.role.clone(),
+                version: f.version,
+                bytes: f.bytes.len() as u64,
+            });
+            self.snapshot.meta.insert(
+                format!("{}.json", f.role),
+                Metafile {
+                    length: None,
+                    hashes: None,
+                    version: NonZeroU64::new(f.version).expect("non-zero"),
+                    _extra: HashMap::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the next snapshot (from `self.snapshot.meta`) and then the timestamp.
+    fn write_snapshot_and_timestamp(
+        &mut self,
+        report: &mut CommitReport,
+    ) -> Result<(), PublishError> {
+        let mut snapshot = self.snapshot.clone();
+        // A new repository (no timestamp yet) starts at snapshot version 1.
+        let from = if self.timestamp_version == 0 {
+            1
+        } else {
+            self.snapshot.version.get() + 1
+        };
+        let version = self.unused_version("snapshot", from);
+        snapshot.version = NonZeroU64::new(version).expect("non-zero");
+        snapshot.expires = expiry_after(self.config.expiries.snapshot);
+        snapshot.spec_version = SPEC_VERSION.to_owned();
+        let bytes = sign_metadata("snapshot", &snapshot, &[&self.online])?;
+        write_atomic(
+            &self.metadata_dir().join(format!("{version}.snapshot.json")),
+            &bytes,
+            false,
+        )?;
+        // Everything the new timestamp will name (target files, roles, snapshot) reaches
+        // the disk before it does: one syncfs instead of an fsync per file.
+        if self.sync {
+            sync_filesystem(&self.dir)?;
+        }
+        report.roles.push(RoleWrite {
+            role: "snapshot".into(),
+            version,
+            bytes: bytes.len() as u64,
+        });
+        report.snapshot_version = Some(version);
+        self.fault_point(CommitStep::Snapshot)?;
+        self.write_timestamp_for(&snapshot, &bytes, report)?;
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    fn write_timestamp(
+        &mut self,
+        snapshot_bytes: &[u8],
+        report: &mut CommitReport,
+    ) -> Result<(), PublishError> {
+        let snapshot = self.snapshot.clone();
+        self.write_timestamp_for(&snapshot, snapshot_bytes, report)
+    }
+
+    /// The commit point: `timestamp.json`, renamed into place.
+    fn write_timestamp_for(
+        &mut self,
+        snapshot: &Snapshot,
+        snapshot_bytes: &[u8],
+        report: &mut CommitReport,
+    ) -> Result<(), PublishError> {
+        let version = self.timestamp_version + 1;
+        let mut timestamp = TimestampRole::new(
+            SPEC_VERSION.to_owned(),
+            NonZeroU64::new(version).expect("non-zero"),
+            expiry_after(self.config.expiries.timestamp),
+        );
+        timestamp.meta.insert(
+            "snapshot.json".to_owned(),
+            Metafile {
+                length: Some(snapshot_bytes.len() as u64),
+                hashes: Some(Hashes {
+                    sha256: sha256(snapshot_bytes).to_vec().into(),
+                    _extra: HashMap::new(),
+                }),
+                version: snapshot.version,
+                _extra: HashMap::new(),
+            },
+        );
+        let bytes = sign_metadata("timestamp", &timestamp, &[&self.online])?;
+        let meta = self.metadata_dir();
+        write_atomic(&meta.join("timestamp.json"), &bytes, self.sync)?;
+        if self.sync {
+            sync_dir(&meta)?;
+        }
+        self.timestamp_version = version;
+        report.roles.push(RoleWrite {
+            role: "timestamp".into(),
+            version,
+            bytes: bytes.len() as u64,
+        });
+        report.timestamp_version = Some(version);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn fault_point(&self, step: CommitStep) -> Result<(), PublishError> {
+        if self.fault == Some(step) {
+            return Err(PublishError::InjectedFault(step));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn fault_point(&self, _step: CommitStep) -> Result<(), PublishError> {
+        Ok(())
+    }
+}
+
+/// An empty targets role (version and expiry are set when it is signed).
+fn empty_targets() -> Targets {
+    Targets::new(
+        SPEC_VERSION.to_owned(),
+        NonZeroU64::MIN,
+        Timestamp::UNIX_EPOCH,
+    )
+}
+
+enum Change {
+    Upsert(DeviceInstruction),
+    Remove(String),
+}
+
+impl Change {
+    fn device(&self) -> &str {
+        match self {
+            Change::Upsert(i) => &i.device,
+            Change::Remove(id) => id,
+        }
+    }
+}
+
+#[derive(Default)]
+struct LeafResult {
+    role: RoleFile,
+    devices_changed: usize,
+    target_files: u64,
+    target_bytes: u64,
+}
+
+fn delegated(name: &str, paths: PathSet, online: &Signer) -> DelegatedRole {
+    DelegatedRole {
+        name: name.to_owned(),
+        keyids: vec![online.keyid().clone()],
+        threshold: NonZeroU64::MIN,
+        paths,
+        // A target belongs to exactly one bin; once its bin is searched, stop.
+        terminating: true,
+        targets: None,
+    }
+}
+
+fn prefixes(list: Vec<String>) -> Result<PathSet, PublishError> {
+    Ok(PathSet::PathHashPrefixes(
+        list.into_iter()
+            .map(|p| {
+                PathHashPrefix::new(p).map_err(|source| PublishError::ToughSchema {
+                    what: "invalid hash prefix".into(),
+                    source: Box::new(source),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+fn pattern(p: &str) -> Result<PathPattern, PublishError> {
+    PathPattern::new(p).map_err(|source| PublishError::ToughSchema {
+        what: format!("invalid path pattern {p}"),
+        source: Box::new(source),
+    })
+}
+
+fn target_name(path: String) -> Result<TargetName, PublishError> {
+    TargetName::new(path.clone()).map_err(|source| PublishError::Tough {
+        what: format!("invalid target name {path}"),
+        source: Box::new(source),
+    })
+}
+
+fn new_target(length: u64, sha256: [u8; 32], custom: HashMap<String, serde_json::Value>) -> Target {
+    Target {
+        length,
+        hashes: Hashes {
+            sha256: Decoded::<Hex>::from(sha256.to_vec()),
+            _extra: HashMap::new(),
+        },
+        custom,
+        _extra: HashMap::new(),
+    }
+}
+
+/// Refuses ids that would not stay one path segment of `devices/<id>.json`.
+fn check_device_id(id: &str) -> Result<(), PublishError> {
+    let reason = if id.is_empty() {
+        "it is empty"
+    } else if id == "." || id == ".." {
+        "it is a relative path"
+    } else if id.contains(['/', '\\']) {
+        "it contains a path separator"
+    } else if id.chars().any(char::is_control) {
+        "it contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(PublishError::InvalidDevice {
+        id: id.to_owned(),
+        reason,
+    })
+}
+
+fn timestamp_keyid(root: &Root) -> &[u8] {
+    root.roles
+        .get(&RoleType::Timestamp)
+        .and_then(|r| r.keyids.first())
+        .map_or(&[], |k| k.as_ref())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PublishError> {
+    fs::read(path).map_err(PublishError::io("read", path))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    role: &str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<T, PublishError> {
+    serde_json::from_slice(bytes).map_err(|source| PublishError::ParseMetadata {
+        role: role.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The `expires` of a role file, read from the start of the file where canonical JSON
+/// puts it for bins (`_type` < `expires` < `spec_version` < `targets`), so a refresh scan
+/// of thousands of bins reads a few hundred bytes of each. Falls back to a full parse.
+fn read_expires(path: &Path) -> Result<Timestamp, PublishError> {
+    let mut head = vec![0u8; 1024];
+    let mut file = File::open(path).map_err(PublishError::io("read", path))?;
+    let n = file
+        .read(&mut head)
+        .map_err(PublishError::io("read", path))?;
+    head.truncate(n);
+    const KEY: &[u8] = b"\"expires\":\"";
+    if let Some(signed) = find(&head, b"\"signed\":{") {
+        if let Some(at) = find(&head[signed..], KEY) {
+            let start = signed + at + KEY.len();
+            if let Some(len) = head[start..].iter().position(|&b| b == b'"') {
+                if let Some(t) = std::str::from_utf8(&head[start..start + len])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                {
+                    return Ok(t);
+                }
+            }
+        }
+    }
+    #[derive(Deserialize)]
+    struct Expiring {
+        signed: ExpiringSigned,
+    }
+    #[derive(Deserialize)]
+    struct ExpiringSigned {
+        expires: Timestamp,
+    }
+    file.rewind().map_err(PublishError::io("read", path))?;
+    let mut all = Vec::new();
+    file.read_to_end(&mut all)
+        .map_err(PublishError::io("read", path))?;
+    Ok(parse::<Expiring>("role", path, &all)?.signed.expires)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Takes the repository's writer lock without waiting, and records our pid in it.
+fn lock(dir: &Path) -> Result<File, PublishError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(PublishError::io("open", &path))?;
+    match file.try_lock_exclusive() {
+        Ok(true) => {}
+        Ok(false) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(PublishError::Locked {
+                repo: dir.to_owned(),
+                holder: pid.trim().parse().ok(),
+            });
+        }
+        Err(e) => {
+            return Err(PublishError::Io {
+                action: "lock",
+                path,
+                source: e,
+            })
+        }
+    }
+    file.set_len(0).map_err(PublishError::io("write", &path))?;
+    file.rewind().map_err(PublishError::io("write", &path))?;
+    write!(file, "{}", std::process::id()).map_err(PublishError::io("write", &path))?;
+    Ok(file)
+}
+
+/// Writes a content-addressed target file unless it is already there. The name is the
+/// content's hash, so an existing file of the right length is this content; a shorter one
+/// is what a crash mid-write leaves, and is written again. Written in place, without a
+/// temporary file: no client can have been told about a file before it is complete.
+fn write_target_file(path: &Path, content: &[u8]) -> Result<bool, PublishError> {
+    // Try to create first: on a first publish every file is new, and this saves a lookup.
+    let mut file = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let len = fs::metadata(path)
+                .map_err(PublishError::io("read", path))?
+                .len();
+            if len == content.len() as u64 {
+                return Ok(false);
+            }
+            File::create(path).map_err(PublishError::io("create", path))?
+        }
+        Err(e) => {
+            return Err(PublishError::Io {
+                action: "create",
+                path: path.to_owned(),
+                source: e,
+            })
+        }
+    };
+    file.write_all(content)
+        .map_err(PublishError::io("write", path))?;
+    Ok(true)
+}
+
+/// Flushes the file system holding `dir`: one call covers every target file of a commit
+/// before the metadata that names them, instead of one fsync per file.
+fn sync_filesystem(dir: &Path) -> Result<(), PublishError> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let d = File::open(dir).map_err(PublishError::io("open", dir))?;
+        // SAFETY: syncfs takes a valid open file descriptor and has no other preconditions.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(PublishError::Io {
+                action: "sync",
+                path: dir.to_owned(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+    }
+    Ok(())
+}
