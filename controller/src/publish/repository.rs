@@ -18,9 +18,12 @@ use tough::schema::{
 };
 use tough::TargetName;
 
+use super::canonical::leaf_canonical_json;
 use super::keys::KeyDir;
 use super::layout::BinLayout;
-use super::signing::{sha256, sign_metadata, sync_dir, write_atomic, Signer};
+use super::signing::{
+    canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, Signer,
+};
 use super::{
     expiry_after, Batch, CommitReport, DeviceInstruction, Expiries, PublishError, ReleaseArtifact,
     RoleWrite, SPEC_VERSION,
@@ -671,7 +674,11 @@ impl Repository {
         targets.version = NonZeroU64::new(version).expect("versions start at 1");
         targets.expires = expiry_after(period);
         targets.spec_version = SPEC_VERSION.to_owned();
-        let bytes = sign_metadata(role, &targets, &[&self.online])?;
+        let body = match leaf_canonical_json(role, &targets)? {
+            Some(body) => body,
+            None => canonical_json(role, &targets)?,
+        };
+        let bytes = sign_canonical(role, body, &[&self.online])?;
         Ok(RoleFile {
             role: role.to_owned(),
             version,
