@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod canonical;
 mod client;
 mod error;
 mod keys;

@@ -18,9 +18,12 @@ use tough::schema::{
 };
 use tough::TargetName;
 
+use super::canonical::leaf_canonical_json;
 use super::keys::KeyDir;
 use super::layout::BinLayout;
-use super::signing::{sha256, sign_metadata, sync_dir, write_atomic, Signer};
+use super::signing::{
+    canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, Signer,
+};
 use super::{
     expiry_after, Batch, CommitReport, DeviceInstruction, Expiries, PublishError, ReleaseArtifact,
     RoleWrite, SPEC_VERSION,
@@ -453,10 +456,17 @@ impl Repository {
         };
         let mut result = LeafResult::default();
         let devices_dir = self.targets_dir().join("devices");
+        // Opened once per leaf: files are created relative to it, without walking the path.
+        let mut devices: Option<File> = None;
+        // One buffer per leaf for the instruction documents and one for file names.
+        let mut content = Vec::with_capacity(512);
+        let mut file_name = String::with_capacity(128);
+        targets.targets.reserve(changes.len());
         for change in changes {
             match change {
                 Change::Upsert(instruction) => {
-                    let content = serde_json::to_vec(&instruction).map_err(|source| {
+                    content.clear();
+                    serde_json::to_writer(&mut content, &instruction).map_err(|source| {
                         PublishError::Serialise {
                             role: role.clone(),
                             source,
@@ -471,16 +481,25 @@ impl Repository {
                             continue; // read before write: the device already has this instruction
                         }
                     }
-                    let file = devices_dir.join(format!(
-                        "{}.{}.json",
-                        hex::encode(hash),
-                        instruction.device
-                    ));
-                    if result.target_files == 0 {
-                        fs::create_dir_all(&devices_dir)
-                            .map_err(PublishError::io("create", &devices_dir))?;
-                    }
-                    if write_target_file(&file, &content)? {
+                    file_name.clear();
+                    let mut hex_hash = [0u8; 64];
+                    hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
+                    file_name.push_str(std::str::from_utf8(&hex_hash).expect("hex is ASCII"));
+                    file_name.push('.');
+                    file_name.push_str(&instruction.device);
+                    file_name.push_str(".json");
+                    let dir = match &devices {
+                        Some(dir) => dir,
+                        None => {
+                            fs::create_dir_all(&devices_dir)
+                                .map_err(PublishError::io("create", &devices_dir))?;
+                            devices.insert(
+                                File::open(&devices_dir)
+                                    .map_err(PublishError::io("open", &devices_dir))?,
+                            )
+                        }
+                    };
+                    if write_target_file(dir, &devices_dir, &file_name, &content)? {
                         result.target_files += 1;
                         result.target_bytes += content.len() as u64;
                     }
@@ -549,9 +568,10 @@ impl Repository {
                     .targets_dir()
                     .join(RELEASES_ROLE)
                     .join(&artifact.release);
-                let dest = dir.join(format!("{}.{}", artifact.sha256, artifact.name));
+                let name = format!("{}.{}", artifact.sha256, artifact.name);
                 fs::create_dir_all(&dir).map_err(PublishError::io("create", &dir))?;
-                if write_target_file(&dest, &content)? {
+                let handle = File::open(&dir).map_err(PublishError::io("open", &dir))?;
+                if write_target_file(&handle, &dir, &name, &content)? {
                     report.target_files += 1;
                     report.target_bytes += content.len() as u64;
                 }
@@ -671,7 +691,11 @@ impl Repository {
         targets.version = NonZeroU64::new(version).expect("versions start at 1");
         targets.expires = expiry_after(period);
         targets.spec_version = SPEC_VERSION.to_owned();
-        let bytes = sign_metadata(role, &targets, &[&self.online])?;
+        let body = match leaf_canonical_json(role, &targets)? {
+            Some(body) => body,
+            None => canonical_json(role, &targets)?,
+        };
+        let bytes = sign_canonical(role, body, &[&self.online])?;
         Ok(RoleFile {
             role: role.to_owned(),
             version,
@@ -1067,11 +1091,17 @@ fn lock(dir: &Path) -> Result<File, PublishError> {
 /// content's hash, so an existing file of the right length is this content; a shorter one
 /// is what a crash mid-write leaves, and is written again. Written in place, without a
 /// temporary file: no client can have been told about a file before it is complete.
-fn write_target_file(path: &Path, content: &[u8]) -> Result<bool, PublishError> {
+fn write_target_file(
+    dir: &File,
+    dir_path: &Path,
+    name: &str,
+    content: &[u8],
+) -> Result<bool, PublishError> {
     // Try to create first: on a first publish every file is new, and this saves a lookup.
-    let mut file = match OpenOptions::new().write(true).create_new(true).open(path) {
+    let mut file = match create_new_in(dir, dir_path, name) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let path = &dir_path.join(name);
             let len = fs::metadata(path)
                 .map_err(PublishError::io("read", path))?
                 .len();
@@ -1083,14 +1113,45 @@ fn write_target_file(path: &Path, content: &[u8]) -> Result<bool, PublishError> 
         Err(e) => {
             return Err(PublishError::Io {
                 action: "create",
-                path: path.to_owned(),
+                path: dir_path.join(name),
                 source: e,
             })
         }
     };
     file.write_all(content)
-        .map_err(PublishError::io("write", path))?;
+        .map_err(PublishError::io("write", &dir_path.join(name)))?;
     Ok(true)
+}
+
+/// Creates `name` in the open directory `dir` (which is `dir_path`), failing if it exists.
+#[cfg(target_os = "linux")]
+fn create_new_in(dir: &File, _dir_path: &Path, name: &str) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `dir` is an open directory and `name` a NUL-terminated string; the returned
+    // descriptor is new and owned by the File built from it.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a valid descriptor nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn create_new_in(_dir: &File, dir_path: &Path, name: &str) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir_path.join(name))
 }
 
 /// Flushes the file system holding `dir`: one call covers every target file of a commit

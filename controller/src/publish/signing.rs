@@ -89,6 +89,15 @@ pub(crate) fn sign_metadata<T: Serialize>(
     signers: &[&Signer],
 ) -> Result<Vec<u8>, PublishError> {
     let body = canonical_json(role, signed)?;
+    sign_canonical(role, body, signers)
+}
+
+/// Signs an already canonical `signed` body and wraps it in the signed-metadata envelope.
+pub(crate) fn sign_canonical(
+    role: &str,
+    body: Vec<u8>,
+    signers: &[&Signer],
+) -> Result<Vec<u8>, PublishError> {
     let signatures = signers
         .iter()
         .map(|s| s.sign(role, &body))
