@@ -36,10 +36,7 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
 }
 
 fn batch(devices: &[String], release: &str) -> Batch {
-    Batch {
-        upserts: devices.iter().map(|d| instruction(d, release)).collect(),
-        ..Batch::default()
-    }
+    Batch { upserts: devices.iter().map(|d| instruction(d, release)).collect(), ..Batch::default() }
 }
 
 struct Served {
@@ -66,9 +63,7 @@ impl Served {
             self.base.join("metadata/").unwrap(),
             self.base.join("targets/").unwrap(),
         )
-        .transport(SpecTargetPaths(
-            tough::HttpTransportBuilder::new().tries(1).build(),
-        ))
+        .transport(SpecTargetPaths(tough::HttpTransportBuilder::new().tries(1).build()))
         .datastore(cache)
         .load()
         .await
@@ -80,21 +75,12 @@ impl Served {
 /// layout would only make the test slow) and serves it over HTTP on 127.0.0.1.
 async fn serve() -> Served {
     let tmp = TempDir::new().unwrap();
-    let (keys, _) = KeyDir::init(
-        &tmp.path().join("keys"),
-        3,
-        2,
-        SignedDuration::from_hours(24),
-    )
-    .unwrap();
-    let config = RepoConfig {
-        layout: BinLayout::for_fleet(10_000),
-        expiries: Expiries::default(),
-    };
+    let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 3, 2, SignedDuration::from_hours(24)).unwrap();
+    let config = RepoConfig { layout: BinLayout::for_fleet(10_000), expiries: Expiries::default() };
     assert_eq!(config.layout.parents(), 16);
     Repository::create(&tmp.path().join("repo"), &keys, config).unwrap();
-    let app = axum::Router::new()
-        .fallback_service(tower_http::services::ServeDir::new(tmp.path().join("repo")));
+    let app =
+        axum::Router::new().fallback_service(tower_http::services::ServeDir::new(tmp.path().join("repo")));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -125,63 +111,36 @@ async fn tough_reads_device_instructions_through_the_bins_over_http() {
     let cache = served.tmp.path().join("cache");
     let repo = served.load(&cache).await.unwrap();
     for id in ["store-0000", "store-0150", "store-0299"] {
-        assert_eq!(
-            read_instruction(&repo, id).await,
-            Some(instruction(id, "r1"))
-        );
+        assert_eq!(read_instruction(&repo, id).await, Some(instruction(id, "r1")));
     }
     assert_eq!(read_instruction(&repo, "store-9999").await, None);
     // The target sits in a leaf two delegations below targets.
     let name = TargetName::new(device_target_path("store-0000")).unwrap();
     let role = repo.targets().signed.find_target(&name, false).is_ok();
-    assert!(
-        role,
-        "tough resolves the target through the delegation tree"
-    );
+    assert!(role, "tough resolves the target through the delegation tree");
 
     // A second wave is visible to the same client after it reloads.
     publish(&served, batch(&ids[..10], "r2"));
     let repo = served.load(&cache).await.unwrap();
-    assert_eq!(
-        read_instruction(&repo, "store-0000").await.unwrap().release,
-        "r2"
-    );
-    assert_eq!(
-        read_instruction(&repo, "store-0299").await.unwrap().release,
-        "r1"
-    );
+    assert_eq!(read_instruction(&repo, "store-0000").await.unwrap().release, "r2");
+    assert_eq!(read_instruction(&repo, "store-0299").await.unwrap().release, "r1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tough_rejects_a_tampered_bin() {
     let served = serve().await;
     let report = publish(&served, batch(&devices(20), "r1"));
-    let leaf = report
-        .roles
-        .iter()
-        .find(|r| r.role.starts_with("d-"))
-        .unwrap();
-    let path = served
-        .metadata()
-        .join(format!("{}.{}.json", leaf.version, leaf.role));
+    let leaf = report.roles.iter().find(|r| r.role.starts_with("d-")).unwrap();
+    let path = served.metadata().join(format!("{}.{}.json", leaf.version, leaf.role));
     let text = std::fs::read_to_string(&path).unwrap();
     // Point a device at another instruction: still valid JSON, same length, bad signature.
     let at = text.find("\"sha256\":\"").unwrap() + 10;
     let flipped = if &text[at..at + 1] == "0" { "1" } else { "0" };
     let tampered = format!("{}{}{}", &text[..at], flipped, &text[at + 1..]);
     std::fs::write(&path, tampered).unwrap();
-    let err = served
-        .load(&served.tmp.path().join("cache"))
-        .await
-        .unwrap_err();
+    let err = served.load(&served.tmp.path().join("cache")).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            ToughError::VerifyMetadata {
-                role: RoleType::Targets,
-                ..
-            }
-        ),
+        matches!(err, ToughError::VerifyMetadata { role: RoleType::Targets, .. }),
         "expected a signature failure on the bin, got {err}"
     );
 }
@@ -190,24 +149,12 @@ async fn tough_rejects_a_tampered_bin() {
 async fn tough_rejects_an_expired_timestamp() {
     let served = serve().await;
     let mut repo = Repository::open(&served.repo(), &served.keys).unwrap();
-    repo.set_expiries(Expiries {
-        timestamp: SignedDuration::from_secs(-60),
-        ..Expiries::default()
-    });
+    repo.set_expiries(Expiries { timestamp: SignedDuration::from_secs(-60), ..Expiries::default() });
     repo.commit(batch(&devices(5), "r1")).unwrap();
     drop(repo);
-    let err = served
-        .load(&served.tmp.path().join("cache"))
-        .await
-        .unwrap_err();
+    let err = served.load(&served.tmp.path().join("cache")).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            ToughError::ExpiredMetadata {
-                role: RoleType::Timestamp,
-                ..
-            }
-        ),
+        matches!(err, ToughError::ExpiredMetadata { role: RoleType::Timestamp, .. }),
         "expected an expired timestamp, got {err}"
     );
 }
@@ -216,21 +163,14 @@ async fn tough_rejects_an_expired_timestamp() {
 async fn tough_rejects_a_rolled_back_snapshot() {
     let served = serve().await;
     publish(&served, batch(&devices(5), "r1"));
-    let old_snapshot = Repository::open(&served.repo(), &served.keys)
-        .unwrap()
-        .snapshot_version();
+    let old_snapshot = Repository::open(&served.repo(), &served.keys).unwrap().snapshot_version();
     let report = publish(&served, batch(&devices(5), "r2"));
     let cache = served.tmp.path().join("cache");
     served.load(&cache).await.unwrap(); // the client now trusts the newer snapshot
 
     // An attacker holding the timestamp key serves a fresh timestamp that points at the
     // older snapshot.
-    let old = std::fs::read(
-        served
-            .metadata()
-            .join(format!("{old_snapshot}.snapshot.json")),
-    )
-    .unwrap();
+    let old = std::fs::read(served.metadata().join(format!("{old_snapshot}.snapshot.json"))).unwrap();
     let forged = sign_timestamp(
         &served.keys.dir().join("online.pk8"),
         report.timestamp_version.unwrap() + 1,
@@ -254,31 +194,12 @@ async fn tough_rejects_a_rolled_back_snapshot() {
     served.load(&cache).await.unwrap();
     std::fs::write(served.metadata().join("timestamp.json"), genuine).unwrap();
     let err = served.load(&cache).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ToughError::OlderMetadata {
-                role: RoleType::Timestamp,
-                ..
-            }
-        ),
-        "got {err}"
-    );
+    assert!(matches!(err, ToughError::OlderMetadata { role: RoleType::Timestamp, .. }), "got {err}");
 }
 
 /// Signs a timestamp with the online key, as a holder of that key could.
-async fn sign_timestamp(
-    key: &Path,
-    version: u64,
-    snapshot_version: u64,
-    snapshot: &[u8],
-) -> Vec<u8> {
-    let signer = LocalKeySource {
-        path: key.to_owned(),
-    }
-    .as_sign()
-    .await
-    .unwrap();
+async fn sign_timestamp(key: &Path, version: u64, snapshot_version: u64, snapshot: &[u8]) -> Vec<u8> {
+    let signer = LocalKeySource { path: key.to_owned() }.as_sign().await.unwrap();
     let mut ts = Timestamp::new(
         "1.0.0".into(),
         NonZeroU64::new(version).unwrap(),
@@ -289,31 +210,17 @@ async fn sign_timestamp(
         "snapshot.json".into(),
         Metafile {
             length: Some(snapshot.len() as u64),
-            hashes: Some(Hashes {
-                sha256: sha.into(),
-                _extra: HashMap::new(),
-            }),
+            hashes: Some(Hashes { sha256: sha.into(), _extra: HashMap::new() }),
             version: NonZeroU64::new(snapshot_version).unwrap(),
             _extra: HashMap::new(),
         },
     );
     let mut canonical = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(
-        &mut canonical,
-        olpc_cjson::CanonicalFormatter::new(),
-    );
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut canonical, olpc_cjson::CanonicalFormatter::new());
     serde::Serialize::serialize(&ts, &mut ser).unwrap();
-    let sig = signer
-        .sign(&canonical, &aws_lc_rs::rand::SystemRandom::new())
-        .await
-        .unwrap();
+    let sig = signer.sign(&canonical, &aws_lc_rs::rand::SystemRandom::new()).await.unwrap();
     let keyid = signer.tuf_key().key_id().unwrap();
-    serde_json::to_vec(&Signed {
-        signed: ts,
-        signatures: vec![Signature {
-            keyid,
-            sig: sig.into(),
-        }],
-    })
-    .unwrap()
+    serde_json::to_vec(&Signed { signed: ts, signatures: vec![Signature { keyid, sig: sig.into() }] })
+        .unwrap()
 }

@@ -52,27 +52,21 @@ pub struct RotateArgs {
 /// Runs a `keys` subcommand.
 pub fn run(command: KeysCommand) -> ExitCode {
     let result = match command {
-        KeysCommand::Init(args) => KeyDir::init(
-            &args.dir,
-            args.root_keys,
-            args.root_threshold,
-            args.root_expiry,
-        )
-        .map(|(_, created)| {
-            println!("created keys in {}", args.dir.display());
-            for id in &created.root_keyids {
-                println!("  root key    {id}");
-            }
-            println!(
-                "  threshold   {} of {}",
-                created.root_threshold,
-                created.root_keyids.len()
-            );
-            println!("  online key  {}", created.online_keyid);
-            println!(
-                "move root-keys/ offline once the repository is created (see docs/operations.md)"
-            );
-        }),
+        KeysCommand::Init(args) => {
+            KeyDir::init(&args.dir, args.root_keys, args.root_threshold, args.root_expiry).map(
+                |(_, created)| {
+                    println!("created keys in {}", args.dir.display());
+                    for id in &created.root_keyids {
+                        println!("  root key    {id}");
+                    }
+                    println!("  threshold   {} of {}", created.root_threshold, created.root_keyids.len());
+                    println!("  online key  {}", created.online_keyid);
+                    println!(
+                        "move root-keys/ offline once the repository is created (see docs/operations.md)"
+                    );
+                },
+            )
+        }
         KeysCommand::RotateOnline(args) => KeyDir::open(&args.dir)
             .and_then(|keys| {
                 let mut repo = Repository::open(&args.repo, &keys)?;

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod gen_fleet;
+pub mod keys;
 mod plan;
 mod schemas;
-pub mod keys;
-mod validate;
 pub mod tuf;
+mod validate;
 
 /// Declarative GitOps reconciler for fleets of edge devices.
 #[derive(Debug, Parser)]
@@ -54,9 +54,7 @@ pub fn main(cli: Cli) -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -232,12 +232,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
         "d" => 86_400,
         _ => return Err(format!("{s:?}: expected a number followed by s, m, h or d")),
     };
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
-    n.checked_mul(secs)
-        .map(SignedDuration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    let n: i64 = digits.parse().map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
+    n.checked_mul(secs).map(SignedDuration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[cfg(test)]

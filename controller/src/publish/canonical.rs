@@ -26,10 +26,7 @@ const EMPTY_TARGETS: &[u8] = b"\"targets\":{}";
 
 /// The canonical JSON of a leaf bin's `signed` object, or `None` when it needs the
 /// generic path.
-pub(crate) fn leaf_canonical_json(
-    role: &str,
-    targets: &Targets,
-) -> Result<Option<Vec<u8>>, PublishError> {
+pub(crate) fn leaf_canonical_json(role: &str, targets: &Targets) -> Result<Option<Vec<u8>>, PublishError> {
     let mut entries: Vec<(&str, &Target)> = Vec::with_capacity(targets.targets.len());
     let mut size = 0;
     for (name, target) in &targets.targets {
@@ -72,12 +69,8 @@ pub(crate) fn leaf_canonical_json(
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\":{\"hashes\":{\"sha256\":");
         // The hash as it was read or created (a hex string: nothing to escape).
-        serde_json::to_writer(&mut out, &target.hashes.sha256).map_err(|source| {
-            PublishError::Serialise {
-                role: role.to_owned(),
-                source,
-            }
-        })?;
+        serde_json::to_writer(&mut out, &target.hashes.sha256)
+            .map_err(|source| PublishError::Serialise { role: role.to_owned(), source })?;
         out.extend_from_slice(b"},\"length\":");
         write!(out, "{}", target.length).expect("writing to a Vec cannot fail");
         out.push(b'}');
@@ -88,17 +81,12 @@ pub(crate) fn leaf_canonical_json(
 
 /// Printable ASCII with nothing canonical JSON escapes.
 fn plain(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// The position of the only occurrence of `needle`, if it occurs exactly once.
 fn find_once(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let mut hits = haystack
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(i, _)| i);
+    let mut hits = haystack.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i);
     let first = hits.next()?;
     hits.next().is_none().then_some(first)
 }
@@ -142,42 +130,25 @@ mod tests {
     fn the_leaf_writer_matches_the_generic_path_byte_for_byte() {
         let mut ids: Vec<String> = (0..3000).map(|i| format!("dev-{i:07}")).collect();
         ids.extend(
-            [
-                "a", "A", "z.Z_9-", "x y", "~tilde", "{brace}", "a,b:c", "0", "dev-10", "dev-9",
-            ]
-            .map(String::from),
+            ["a", "A", "z.Z_9-", "x y", "~tilde", "{brace}", "a,b:c", "0", "dev-10", "dev-9"]
+                .map(String::from),
         );
         let names: Vec<String> = ids.iter().map(|i| format!("devices/{i}.json")).collect();
         for n in [0, 1, 2, names.len()] {
             let t = leaf(&names[..n]);
-            let fast = leaf_canonical_json("d-00-00", &t)
-                .unwrap()
-                .expect("fast path");
+            let fast = leaf_canonical_json("d-00-00", &t).unwrap().expect("fast path");
             assert_eq!(fast, canonical_json("d-00-00", &t).unwrap(), "{n} targets");
         }
         // Sub-second expiries go through the same envelope.
         let mut t = leaf(&names[..5]);
         t.expires = "2030-01-02T03:04:05.250Z".parse().unwrap();
-        assert_eq!(
-            leaf_canonical_json("d", &t).unwrap().unwrap(),
-            canonical_json("d", &t).unwrap()
-        );
+        assert_eq!(leaf_canonical_json("d", &t).unwrap().unwrap(), canonical_json("d", &t).unwrap());
     }
 
     #[test]
     fn names_needing_escapes_or_normalisation_take_the_generic_path() {
-        for odd in [
-            "quo\"te",
-            "back\\slash",
-            "caf\u{e9}",
-            "cafe\u{301}",
-            "\u{1f600}",
-            "del\u{7f}",
-        ] {
-            let names = vec![
-                format!("devices/{odd}.json"),
-                "devices/plain.json".to_owned(),
-            ];
+        for odd in ["quo\"te", "back\\slash", "caf\u{e9}", "cafe\u{301}", "\u{1f600}", "del\u{7f}"] {
+            let names = vec![format!("devices/{odd}.json"), "devices/plain.json".to_owned()];
             let t = leaf(&names);
             assert!(leaf_canonical_json("d", &t).unwrap().is_none(), "{odd:?}");
         }

@@ -45,9 +45,7 @@ fn spec_target_url(mut url: Url) -> Url {
 fn is_hash_prefixed(segment: &str) -> bool {
     segment.len() > 65
         && segment.as_bytes()[64] == b'.'
-        && segment.as_bytes()[..64]
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && segment.as_bytes()[..64].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 #[cfg(test)]
@@ -58,23 +56,14 @@ mod tests {
     fn the_hash_moves_from_the_directory_to_the_file_name() {
         let h = "ab".repeat(32);
         let url = Url::parse(&format!("http://h/tuf/targets/{h}.devices/store-1.json")).unwrap();
-        assert_eq!(
-            spec_target_url(url).as_str(),
-            format!("http://h/tuf/targets/devices/{h}.store-1.json")
-        );
+        assert_eq!(spec_target_url(url).as_str(), format!("http://h/tuf/targets/devices/{h}.store-1.json"));
         let url = Url::parse(&format!("http://h/targets/{h}.releases/r1/image.raucb")).unwrap();
-        assert_eq!(
-            spec_target_url(url).as_str(),
-            format!("http://h/targets/releases/r1/{h}.image.raucb")
-        );
+        assert_eq!(spec_target_url(url).as_str(), format!("http://h/targets/releases/r1/{h}.image.raucb"));
     }
 
     #[test]
     fn metadata_and_flat_targets_are_untouched() {
-        for u in [
-            "http://h/metadata/3.d-0a3.json",
-            &format!("http://h/targets/{}.file", "cd".repeat(32)),
-        ] {
+        for u in ["http://h/metadata/3.d-0a3.json", &format!("http://h/targets/{}.file", "cd".repeat(32))] {
             let url = Url::parse(u).unwrap();
             assert_eq!(spec_target_url(url.clone()), url);
         }

@@ -156,15 +156,8 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| PublishError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| PublishError::Io { action, path, source }
     }
 }

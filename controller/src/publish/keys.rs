@@ -61,14 +61,9 @@ impl KeyDir {
                 "root threshold must be between 1 and the number of root keys ({root_keys}), got {root_threshold}"
             )));
         }
-        let keys = KeyDir {
-            dir: dir.to_owned(),
-        };
+        let keys = KeyDir { dir: dir.to_owned() };
         if keys.online_path().exists() || dir.join(ROOT_KEYS).exists() {
-            return Err(PublishError::KeyDir {
-                dir: dir.to_owned(),
-                reason: "already holds keys".into(),
-            });
+            return Err(PublishError::KeyDir { dir: dir.to_owned(), reason: "already holds keys".into() });
         }
         for sub in [ROOT_KEYS, ROOTS] {
             fs::create_dir_all(dir.join(sub)).map_err(PublishError::io("create", dir.join(sub)))?;
@@ -81,19 +76,10 @@ impl KeyDir {
         }
         generate_key(&keys.online_path())?;
         let online = load_key(&keys.online_path())?;
-        let root = build_root(
-            1,
-            expiry_after(root_expiry),
-            &root_signers,
-            root_threshold,
-            &online,
-        );
+        let root = build_root(1, expiry_after(root_expiry), &root_signers, root_threshold, &online);
         keys.write_root(&root, &root_signers)?;
         let created = KeysCreated {
-            root_keyids: root_signers
-                .iter()
-                .map(|s| hex::encode(s.keyid()))
-                .collect(),
+            root_keyids: root_signers.iter().map(|s| hex::encode(s.keyid())).collect(),
             root_threshold,
             online_keyid: hex::encode(online.keyid()),
         };
@@ -102,9 +88,7 @@ impl KeyDir {
 
     /// Opens an existing key directory.
     pub fn open(dir: &Path) -> Result<KeyDir, PublishError> {
-        let keys = KeyDir {
-            dir: dir.to_owned(),
-        };
+        let keys = KeyDir { dir: dir.to_owned() };
         if !dir.join(ROOTS).is_dir() {
             return Err(PublishError::KeyDir {
                 dir: dir.to_owned(),
@@ -129,10 +113,7 @@ impl KeyDir {
 
     /// Loads the online key. While a rotation is under way, `trusted_keyid` (the key the
     /// published root trusts for timestamps) decides between the current and next key.
-    pub(crate) fn online_signer(
-        &self,
-        trusted_keyid: Option<&[u8]>,
-    ) -> Result<Signer, PublishError> {
+    pub(crate) fn online_signer(&self, trusted_keyid: Option<&[u8]>) -> Result<Signer, PublishError> {
         let current = load_key(&self.online_path())?;
         match trusted_keyid {
             Some(id) if current.keyid().as_ref() != id => {
@@ -169,7 +150,8 @@ impl KeyDir {
         if paths.is_empty() {
             return Err(PublishError::KeyDir {
                 dir: self.dir.clone(),
-                reason: "no root keys in root-keys/ (bring the offline root keys back for this operation)".into(),
+                reason: "no root keys in root-keys/ (bring the offline root keys back for this operation)"
+                    .into(),
             });
         }
         paths.iter().map(|p| load_key(p)).collect()
@@ -189,10 +171,7 @@ impl KeyDir {
             else {
                 continue;
             };
-            roots.push((
-                version,
-                fs::read(&path).map_err(PublishError::io("read", &path))?,
-            ));
+            roots.push((version, fs::read(&path).map_err(PublishError::io("read", &path))?));
         }
         roots.sort_by_key(|(v, _)| *v);
         if roots.is_empty() {
@@ -208,32 +187,25 @@ impl KeyDir {
     pub(crate) fn latest_root(&self) -> Result<(u64, Signed<Root>), PublishError> {
         let (version, bytes) = self.roots()?.pop().expect("roots() is never empty");
         let path = self.dir.join(ROOTS).join(format!("{version}.root.json"));
-        let root =
-            serde_json::from_slice(&bytes).map_err(|source| PublishError::ParseMetadata {
-                role: "root".into(),
-                path,
-                source,
-            })?;
+        let root = serde_json::from_slice(&bytes).map_err(|source| PublishError::ParseMetadata {
+            role: "root".into(),
+            path,
+            source,
+        })?;
         Ok((version, root))
     }
 
     fn write_root(&self, root: &Root, signers: &[Signer]) -> Result<(), PublishError> {
         let refs: Vec<&Signer> = signers.iter().collect();
         let bytes = sign_metadata("root", root, &refs)?;
-        let path = self
-            .dir
-            .join(ROOTS)
-            .join(format!("{}.root.json", root.version));
+        let path = self.dir.join(ROOTS).join(format!("{}.root.json", root.version));
         write_atomic(&path, &bytes, true)
     }
 
     /// First half of an online-key rotation: generates the next online key and signs root
     /// `v+1` that trusts it. Resumes a rotation that stopped half way instead of starting
     /// another. Returns the next online key.
-    pub(crate) fn prepare_rotation(
-        &self,
-        root_expiry: SignedDuration,
-    ) -> Result<Signer, PublishError> {
+    pub(crate) fn prepare_rotation(&self, root_expiry: SignedDuration) -> Result<Signer, PublishError> {
         let (version, current) = self.latest_root()?;
         let timestamp_keys = &current.signed.roles[&RoleType::Timestamp].keyids;
         if self.next_online_path().exists() {
@@ -247,13 +219,7 @@ impl KeyDir {
         let next = load_key(&self.next_online_path())?;
         let root_signers = self.root_signers()?;
         let threshold = current.signed.roles[&RoleType::Root].threshold.get() as usize;
-        let root = build_root(
-            version + 1,
-            expiry_after(root_expiry),
-            &root_signers,
-            threshold,
-            &next,
-        );
+        let root = build_root(version + 1, expiry_after(root_expiry), &root_signers, threshold, &next);
         self.write_root(&root, &root_signers)?;
         Ok(next)
     }
@@ -285,13 +251,7 @@ fn build_root(
         _extra: HashMap::new(),
     };
     let mut roles = HashMap::new();
-    roles.insert(
-        RoleType::Root,
-        role(
-            root_signers.iter().map(|s| s.keyid().clone()).collect(),
-            threshold,
-        ),
-    );
+    roles.insert(RoleType::Root, role(root_signers.iter().map(|s| s.keyid().clone()).collect(), threshold));
     for r in [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp] {
         roles.insert(r, role(vec![online.keyid().clone()], 1));
     }
@@ -308,11 +268,8 @@ fn build_root(
 
 /// Writes a fresh ed25519 key as PKCS#8 DER, readable by its owner only.
 fn generate_key(path: &Path) -> Result<(), PublishError> {
-    let doc =
-        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|e| PublishError::Key {
-            path: path.to_owned(),
-            source: e.to_string().into(),
-        })?;
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|e| PublishError::Key { path: path.to_owned(), source: e.to_string().into() })?;
     write_atomic(path, doc.as_ref(), true)?;
     #[cfg(unix)]
     {
@@ -327,9 +284,7 @@ fn generate_key(path: &Path) -> Result<(), PublishError> {
 /// the load on its own small runtime in a scoped thread, so it works whether or not the
 /// caller is inside an async runtime.
 fn load_key(path: &Path) -> Result<Signer, PublishError> {
-    let source = LocalKeySource {
-        path: path.to_owned(),
-    };
+    let source = LocalKeySource { path: path.to_owned() };
     let sign = std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -341,9 +296,6 @@ fn load_key(path: &Path) -> Result<Signer, PublishError> {
         .join()
         .expect("key loading thread panicked")
     })
-    .map_err(|source| PublishError::Key {
-        path: path.to_owned(),
-        source,
-    })?;
+    .map_err(|source| PublishError::Key { path: path.to_owned(), source })?;
     Signer::new(sign)
 }

@@ -37,18 +37,10 @@ pub struct BinLayout {
 impl BinLayout {
     /// The layout that keeps one update check smallest for a fleet of about `devices`.
     pub fn for_fleet(devices: u64) -> Self {
-        let ideal_leaves =
-            (TARGET_ENTRY_BYTES * devices.max(1) as f64 / SNAPSHOT_ENTRY_BYTES).sqrt();
+        let ideal_leaves = (TARGET_ENTRY_BYTES * devices.max(1) as f64 / SNAPSHOT_ENTRY_BYTES).sqrt();
         let leaf_bits = (ideal_leaves.log2().round() as i64).clamp(1, MAX_LEAF_BITS as i64) as u8;
-        let parent_bits = if leaf_bits <= MAX_FLAT_BITS {
-            0
-        } else {
-            leaf_bits.div_ceil(2)
-        };
-        BinLayout {
-            leaf_bits,
-            parent_bits,
-        }
+        let parent_bits = if leaf_bits <= MAX_FLAT_BITS { 0 } else { leaf_bits.div_ceil(2) };
+        BinLayout { leaf_bits, parent_bits }
     }
 
     /// Checks the bit counts, as read from a configuration file.
@@ -121,9 +113,7 @@ impl BinLayout {
 
     /// Every delegated device role name (parents, then leaves).
     pub fn role_names(&self) -> impl Iterator<Item = String> + '_ {
-        (0..self.parents())
-            .map(|p| self.parent_name(p))
-            .chain((0..self.leaves()).map(|l| self.leaf_name(l)))
+        (0..self.parents()).map(|p| self.parent_name(p)).chain((0..self.leaves()).map(|l| self.leaf_name(l)))
     }
 }
 
@@ -137,9 +127,7 @@ fn hex_digits(bits: u8) -> usize {
 fn hash_prefixes(index: u32, bits: u8) -> Vec<String> {
     let digits = hex_digits(bits);
     let spare = digits as u32 * 4 - u32::from(bits);
-    (0..1u32 << spare)
-        .map(|j| format!("{:0w$x}", (index << spare) | j, w = digits))
-        .collect()
+    (0..1u32 << spare).map(|j| format!("{:0w$x}", (index << spare) | j, w = digits)).collect()
 }
 
 #[cfg(test)]
@@ -151,13 +139,7 @@ mod tests {
     #[test]
     fn a_million_devices_get_two_levels_of_2048_leaves() {
         let layout = BinLayout::for_fleet(1_000_000);
-        assert_eq!(
-            layout,
-            BinLayout {
-                leaf_bits: 11,
-                parent_bits: 6
-            }
-        );
+        assert_eq!(layout, BinLayout { leaf_bits: 11, parent_bits: 6 });
         assert_eq!(layout.leaf_prefixes(0x0a3), vec!["146", "147"]);
         assert_eq!(layout.parent_prefixes(0x0a), vec!["28", "29", "2a", "2b"]);
         assert_eq!(layout.leaf_name(0x0a3), "d-0a3");
@@ -179,15 +161,9 @@ mod tests {
         for id in ["a", "store-0001", "x-99"] {
             let leaf = layout.leaf_of(&device_path_hash(id));
             let hex = hex::encode(Sha256::digest(format!("devices/{id}.json")));
-            assert!(layout
-                .leaf_prefixes(leaf)
-                .iter()
-                .any(|p| hex.starts_with(p.as_str())));
+            assert!(layout.leaf_prefixes(leaf).iter().any(|p| hex.starts_with(p.as_str())));
             let parent = layout.parent_of(leaf);
-            assert!(layout
-                .parent_prefixes(parent)
-                .iter()
-                .any(|p| hex.starts_with(p.as_str())));
+            assert!(layout.parent_prefixes(parent).iter().any(|p| hex.starts_with(p.as_str())));
             assert!(layout.leaves_of(parent).contains(&leaf));
         }
     }

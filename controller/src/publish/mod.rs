@@ -74,9 +74,7 @@ impl Default for Expiries {
 
 /// The expiry `period` from now, in whole seconds (the TUF date format has no fraction).
 pub(crate) fn expiry_after(period: SignedDuration) -> Timestamp {
-    let t = Timestamp::now()
-        .saturating_add(period)
-        .expect("signed durations never fail to add");
+    let t = Timestamp::now().saturating_add(period).expect("signed durations never fail to add");
     Timestamp::from_second(t.as_second()).expect("whole seconds of a valid timestamp are valid")
 }
 

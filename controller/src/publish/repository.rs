@@ -13,20 +13,18 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{
-    DelegatedRole, Delegations, Hashes, Metafile, PathHashPrefix, PathPattern, PathSet, RoleType,
-    Root, Signed, Snapshot, Target, Targets, Timestamp as TimestampRole,
+    DelegatedRole, Delegations, Hashes, Metafile, PathHashPrefix, PathPattern, PathSet, RoleType, Root,
+    Signed, Snapshot, Target, Targets, Timestamp as TimestampRole,
 };
 use tough::TargetName;
 
 use super::canonical::leaf_canonical_json;
 use super::keys::KeyDir;
 use super::layout::BinLayout;
-use super::signing::{
-    canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, Signer,
-};
+use super::signing::{canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, Signer};
 use super::{
-    expiry_after, Batch, CommitReport, DeviceInstruction, Expiries, PublishError, ReleaseArtifact,
-    RoleWrite, SPEC_VERSION,
+    expiry_after, Batch, CommitReport, DeviceInstruction, Expiries, PublishError, ReleaseArtifact, RoleWrite,
+    SPEC_VERSION,
 };
 use crate::target::{device_path_hash, device_target_path};
 
@@ -94,18 +92,11 @@ struct RoleFile {
 impl Repository {
     /// Creates a repository in `dir` (empty or absent) trusting the roots in `keys`, with
     /// the given partition and expiries, and publishes its first, empty state.
-    pub fn create(
-        dir: &Path,
-        keys: &KeyDir,
-        config: RepoConfig,
-    ) -> Result<Repository, PublishError> {
+    pub fn create(dir: &Path, keys: &KeyDir, config: RepoConfig) -> Result<Repository, PublishError> {
         config.layout.validate()?;
         let config_path = dir.join(CONFIG_FILE);
         if config_path.exists() {
-            return Err(PublishError::Repository {
-                repo: dir.to_owned(),
-                reason: "already exists".into(),
-            });
+            return Err(PublishError::Repository { repo: dir.to_owned(), reason: "already exists".into() });
         }
         for sub in [METADATA, TARGETS] {
             fs::create_dir_all(dir.join(sub)).map_err(PublishError::io("create", dir.join(sub)))?;
@@ -114,11 +105,7 @@ impl Repository {
         let roots = keys.roots()?;
         let (root_version, root_bytes) = roots.last().cloned().expect("roots() is never empty");
         for (version, bytes) in &roots {
-            write_atomic(
-                &dir.join(METADATA).join(format!("{version}.root.json")),
-                bytes,
-                true,
-            )?;
+            write_atomic(&dir.join(METADATA).join(format!("{version}.root.json")), bytes, true)?;
         }
         let root = parse::<Signed<Root>>(
             "root",
@@ -151,18 +138,11 @@ impl Repository {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut report = CommitReport::default();
-        repo.publish(
-            roles.into_iter().chain(leaf_roles).collect(),
-            &mut report,
-            true,
-        )?;
+        repo.publish(roles.into_iter().chain(leaf_roles).collect(), &mut report, true)?;
         // root.json last: its presence marks a complete repository for `open`.
         write_atomic(&dir.join(METADATA).join("root.json"), &root_bytes, true)?;
-        let config_bytes =
-            serde_json::to_vec_pretty(&config).map_err(|source| PublishError::Serialise {
-                role: "configuration".into(),
-                source,
-            })?;
+        let config_bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|source| PublishError::Serialise { role: "configuration".into(), source })?;
         write_atomic(&config_path, &config_bytes, true)?;
         Ok(repo)
     }
@@ -174,22 +154,13 @@ impl Repository {
         let bytes = fs::read(&config_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => PublishError::Repository {
                 repo: dir.to_owned(),
-                reason: format!(
-                    "no {CONFIG_FILE}: create the repository with `waveguide tuf init`"
-                ),
+                reason: format!("no {CONFIG_FILE}: create the repository with `waveguide tuf init`"),
             },
-            _ => PublishError::Io {
-                action: "read",
-                path: config_path.clone(),
-                source: e,
-            },
+            _ => PublishError::Io { action: "read", path: config_path.clone(), source: e },
         })?;
-        let config: RepoConfig =
-            serde_json::from_slice(&bytes).map_err(|source| PublishError::ParseMetadata {
-                role: "configuration".into(),
-                path: config_path,
-                source,
-            })?;
+        let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|source| {
+            PublishError::ParseMetadata { role: "configuration".into(), path: config_path, source }
+        })?;
         config.layout.validate()?;
         let lock = lock(dir)?;
         let meta = dir.join(METADATA);
@@ -198,13 +169,12 @@ impl Repository {
         let online = keys.online_signer(Some(timestamp_keyid(&root.signed)))?;
         let ts_path = meta.join("timestamp.json");
         let timestamp: Signed<TimestampRole> = parse("timestamp", &ts_path, &read(&ts_path)?)?;
-        let snap_meta = timestamp.signed.meta.get("snapshot.json").ok_or_else(|| {
-            PublishError::Inconsistent {
+        let snap_meta =
+            timestamp.signed.meta.get("snapshot.json").ok_or_else(|| PublishError::Inconsistent {
                 role: "timestamp".into(),
                 path: ts_path.clone(),
                 reason: "no snapshot.json entry".into(),
-            }
-        })?;
+            })?;
         let snap_path = meta.join(format!("{}.snapshot.json", snap_meta.version));
         let snap_bytes = read(&snap_path)?;
         if let Some(hashes) = &snap_meta.hashes {
@@ -307,18 +277,13 @@ impl Repository {
     /// timestamp. When only the timestamp is near its expiry, only `timestamp.json` is
     /// rewritten. The controller calls this on a timer.
     pub fn refresh(&mut self, margin: SignedDuration) -> Result<CommitReport, PublishError> {
-        let deadline = Timestamp::now()
-            .saturating_add(margin)
-            .expect("signed durations never fail to add");
+        let deadline = Timestamp::now().saturating_add(margin).expect("signed durations never fail to add");
         let meta = self.metadata_dir();
         let names: Vec<(String, u64)> = self
             .snapshot
             .meta
             .iter()
-            .filter_map(|(file, m)| {
-                file.strip_suffix(".json")
-                    .map(|role| (role.to_owned(), m.version.get()))
-            })
+            .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
             .collect();
         let stale = names
             .par_iter()
@@ -381,12 +346,7 @@ impl Repository {
                 let version = versions.get(&role).copied().unwrap_or(0);
                 let path = meta.join(format!("{version}.{role}.json"));
                 let signed: Signed<Targets> = parse(&role, &path, &read(&path)?)?;
-                self.sign_targets(
-                    &role,
-                    signed.signed,
-                    version + 1,
-                    self.config.expiries.snapshot,
-                )
+                self.sign_targets(&role, signed.signed, version + 1, self.config.expiries.snapshot)
             })
             .collect::<Result<Vec<_>, _>>()?;
         files.extend(leaf_files);
@@ -441,11 +401,7 @@ impl Repository {
     }
 
     /// Applies one leaf's changes. Returns `None` when its content would not change.
-    fn apply_to_leaf(
-        &self,
-        leaf: u32,
-        changes: Vec<Change>,
-    ) -> Result<Option<LeafResult>, PublishError> {
+    fn apply_to_leaf(&self, leaf: u32, changes: Vec<Change>) -> Result<Option<LeafResult>, PublishError> {
         let role = self.config.layout.leaf_name(leaf);
         let version = self.role_version(&role);
         let mut targets = if version == 0 {
@@ -466,18 +422,12 @@ impl Repository {
             match change {
                 Change::Upsert(instruction) => {
                     content.clear();
-                    serde_json::to_writer(&mut content, &instruction).map_err(|source| {
-                        PublishError::Serialise {
-                            role: role.clone(),
-                            source,
-                        }
-                    })?;
+                    serde_json::to_writer(&mut content, &instruction)
+                        .map_err(|source| PublishError::Serialise { role: role.clone(), source })?;
                     let hash = sha256(&content);
                     let name = target_name(device_target_path(&instruction.device))?;
                     if let Some(existing) = targets.targets.get(&name) {
-                        if existing.length == content.len() as u64
-                            && existing.hashes.sha256[..] == hash[..]
-                        {
+                        if existing.length == content.len() as u64 && existing.hashes.sha256[..] == hash[..] {
                             continue; // read before write: the device already has this instruction
                         }
                     }
@@ -494,8 +444,7 @@ impl Repository {
                             fs::create_dir_all(&devices_dir)
                                 .map_err(PublishError::io("create", &devices_dir))?;
                             devices.insert(
-                                File::open(&devices_dir)
-                                    .map_err(PublishError::io("open", &devices_dir))?,
+                                File::open(&devices_dir).map_err(PublishError::io("open", &devices_dir))?,
                             )
                         }
                     };
@@ -503,17 +452,11 @@ impl Repository {
                         result.target_files += 1;
                         result.target_bytes += content.len() as u64;
                     }
-                    targets
-                        .targets
-                        .insert(name, new_target(content.len() as u64, hash, HashMap::new()));
+                    targets.targets.insert(name, new_target(content.len() as u64, hash, HashMap::new()));
                     result.devices_changed += 1;
                 }
                 Change::Remove(id) => {
-                    if targets
-                        .targets
-                        .remove(&target_name(device_target_path(&id))?)
-                        .is_some()
-                    {
+                    if targets.targets.remove(&target_name(device_target_path(&id))?).is_some() {
                         result.devices_changed += 1;
                     }
                 }
@@ -522,8 +465,7 @@ impl Repository {
         if result.devices_changed == 0 {
             return Ok(None);
         }
-        result.role =
-            self.sign_targets(&role, targets, version + 1, self.config.expiries.snapshot)?;
+        result.role = self.sign_targets(&role, targets, version + 1, self.config.expiries.snapshot)?;
         Ok(Some(result))
     }
 
@@ -534,17 +476,12 @@ impl Repository {
         report: &mut CommitReport,
     ) -> Result<Option<RoleFile>, PublishError> {
         let version = self.role_version(RELEASES_ROLE);
-        let path = self
-            .metadata_dir()
-            .join(format!("{version}.{RELEASES_ROLE}.json"));
+        let path = self.metadata_dir().join(format!("{version}.{RELEASES_ROLE}.json"));
         let mut targets = parse::<Signed<Targets>>(RELEASES_ROLE, &path, &read(&path)?)?.signed;
         let mut changed = false;
         for artifact in artifacts {
             let target = artifact.target_path();
-            let invalid = |reason: String| PublishError::InvalidArtifact {
-                target: target.clone(),
-                reason,
-            };
+            let invalid = |reason: String| PublishError::InvalidArtifact { target: target.clone(), reason };
             for part in [&artifact.release, &artifact.name] {
                 if part.is_empty() || part.contains(['/', '\\']) || part == "." || part == ".." {
                     return Err(invalid(format!("{part:?} cannot be a path segment")));
@@ -553,9 +490,7 @@ impl Repository {
             let hash: [u8; 32] = hex::decode(&artifact.sha256)
                 .ok()
                 .and_then(|h| h.try_into().ok())
-                .ok_or_else(|| {
-                    invalid(format!("sha256 {:?} is not 64 hex digits", artifact.sha256))
-                })?;
+                .ok_or_else(|| invalid(format!("sha256 {:?} is not 64 hex digits", artifact.sha256)))?;
             if let Some(file) = &artifact.file {
                 let content = fs::read(file).map_err(PublishError::io("read", file))?;
                 if content.len() as u64 != artifact.length || sha256(&content) != hash {
@@ -564,10 +499,7 @@ impl Repository {
                         file.display()
                     )));
                 }
-                let dir = self
-                    .targets_dir()
-                    .join(RELEASES_ROLE)
-                    .join(&artifact.release);
+                let dir = self.targets_dir().join(RELEASES_ROLE).join(&artifact.release);
                 let name = format!("{}.{}", artifact.sha256, artifact.name);
                 fs::create_dir_all(&dir).map_err(PublishError::io("create", &dir))?;
                 let handle = File::open(&dir).map_err(PublishError::io("open", &dir))?;
@@ -576,10 +508,7 @@ impl Repository {
                     report.target_bytes += content.len() as u64;
                 }
             }
-            let custom = HashMap::from([(
-                "url".to_owned(),
-                serde_json::Value::String(artifact.url.clone()),
-            )]);
+            let custom = HashMap::from([("url".to_owned(), serde_json::Value::String(artifact.url.clone()))]);
             let new = new_target(artifact.length, hash, custom);
             let name = target_name(target.clone())?;
             if targets.targets.get(&name) != Some(&new) {
@@ -590,28 +519,17 @@ impl Repository {
         if !changed {
             return Ok(None);
         }
-        Ok(Some(self.sign_targets(
-            RELEASES_ROLE,
-            targets,
-            version + 1,
-            self.config.expiries.targets,
-        )?))
+        Ok(Some(self.sign_targets(RELEASES_ROLE, targets, version + 1, self.config.expiries.targets)?))
     }
 
     /// The roles above the leaves, signed at their next versions: `targets`, the parent
     /// roles, and an empty `releases` when the repository has none yet. `versions` holds
     /// the published version of each role (empty for a new repository).
-    fn all_delegating_roles(
-        &self,
-        versions: &BTreeMap<String, u64>,
-    ) -> Result<Vec<RoleFile>, PublishError> {
+    fn all_delegating_roles(&self, versions: &BTreeMap<String, u64>) -> Result<Vec<RoleFile>, PublishError> {
         let layout = self.config.layout;
         let next = |role: &str| versions.get(role).copied().unwrap_or(0) + 1;
-        let mut top = vec![delegated(
-            RELEASES_ROLE,
-            PathSet::Paths(vec![pattern(RELEASES_PATHS)?]),
-            &self.online,
-        )];
+        let mut top =
+            vec![delegated(RELEASES_ROLE, PathSet::Paths(vec![pattern(RELEASES_PATHS)?]), &self.online)];
         if layout.parents() == 0 {
             for leaf in 0..layout.leaves() {
                 top.push(delegated(
@@ -636,12 +554,7 @@ impl Repository {
             self.config.expiries.targets,
         )?];
         if !versions.contains_key(RELEASES_ROLE) {
-            files.push(self.sign_targets(
-                RELEASES_ROLE,
-                empty_targets(),
-                1,
-                self.config.expiries.targets,
-            )?);
+            files.push(self.sign_targets(RELEASES_ROLE, empty_targets(), 1, self.config.expiries.targets)?);
         }
         let parents = (0..layout.parents())
             .into_par_iter()
@@ -657,12 +570,7 @@ impl Repository {
                     })
                     .collect::<Result<Vec<_>, PublishError>>()?;
                 let name = layout.parent_name(parent);
-                self.sign_targets(
-                    &name,
-                    self.delegating(roles),
-                    next(&name),
-                    self.config.expiries.snapshot,
-                )
+                self.sign_targets(&name, self.delegating(roles), next(&name), self.config.expiries.snapshot)
             })
             .collect::<Result<Vec<_>, _>>()?;
         files.extend(parents);
@@ -696,11 +604,7 @@ impl Repository {
             None => canonical_json(role, &targets)?,
         };
         let bytes = sign_canonical(role, body, &[&self.online])?;
-        Ok(RoleFile {
-            role: role.to_owned(),
-            version,
-            bytes,
-        })
+        Ok(RoleFile { role: role.to_owned(), version, bytes })
     }
 
     /// The first version ≥ `from` with no file on disk. A crashed commit may have left
@@ -716,10 +620,7 @@ impl Repository {
     }
 
     fn role_version(&self, role: &str) -> u64 {
-        self.snapshot
-            .meta
-            .get(&format!("{role}.json"))
-            .map_or(0, |m| m.version.get())
+        self.snapshot.meta.get(&format!("{role}.json")).map_or(0, |m| m.version.get())
     }
 
     fn expiry_of(&self, role: &str) -> SignedDuration {
@@ -743,20 +644,12 @@ impl Repository {
         self.write_snapshot_and_timestamp(report)
     }
 
-    fn write_roles(
-        &mut self,
-        files: Vec<RoleFile>,
-        report: &mut CommitReport,
-    ) -> Result<(), PublishError> {
+    fn write_roles(&mut self, files: Vec<RoleFile>, report: &mut CommitReport) -> Result<(), PublishError> {
         let meta = self.metadata_dir();
         let first_written = std::sync::atomic::AtomicBool::new(false);
         files.par_iter().try_for_each(|f| {
             // Flushed together with the snapshot, by one syncfs before the timestamp.
-            write_atomic(
-                &meta.join(format!("{}.{}.json", f.version, f.role)),
-                &f.bytes,
-                false,
-            )?;
+            write_atomic(&meta.join(format!("{}.{}.json", f.version, f.role)), &f.bytes, false)?;
             if !first_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 self.fault_point(CommitStep::FirstRole)?;
             }
@@ -783,37 +676,22 @@ impl Repository {
     }
 
     /// Writes the next snapshot (from `self.snapshot.meta`) and then the timestamp.
-    fn write_snapshot_and_timestamp(
-        &mut self,
-        report: &mut CommitReport,
-    ) -> Result<(), PublishError> {
+    fn write_snapshot_and_timestamp(&mut self, report: &mut CommitReport) -> Result<(), PublishError> {
         let mut snapshot = self.snapshot.clone();
         // A new repository (no timestamp yet) starts at snapshot version 1.
-        let from = if self.timestamp_version == 0 {
-            1
-        } else {
-            self.snapshot.version.get() + 1
-        };
+        let from = if self.timestamp_version == 0 { 1 } else { self.snapshot.version.get() + 1 };
         let version = self.unused_version("snapshot", from);
         snapshot.version = NonZeroU64::new(version).expect("non-zero");
         snapshot.expires = expiry_after(self.config.expiries.snapshot);
         snapshot.spec_version = SPEC_VERSION.to_owned();
         let bytes = sign_metadata("snapshot", &snapshot, &[&self.online])?;
-        write_atomic(
-            &self.metadata_dir().join(format!("{version}.snapshot.json")),
-            &bytes,
-            false,
-        )?;
+        write_atomic(&self.metadata_dir().join(format!("{version}.snapshot.json")), &bytes, false)?;
         // Everything the new timestamp will name (target files, roles, snapshot) reaches
         // the disk before it does: one syncfs instead of an fsync per file.
         if self.sync {
             sync_filesystem(&self.dir)?;
         }
-        report.roles.push(RoleWrite {
-            role: "snapshot".into(),
-            version,
-            bytes: bytes.len() as u64,
-        });
+        report.roles.push(RoleWrite { role: "snapshot".into(), version, bytes: bytes.len() as u64 });
         report.snapshot_version = Some(version);
         self.fault_point(CommitStep::Snapshot)?;
         self.write_timestamp_for(&snapshot, &bytes, report)?;
@@ -862,11 +740,7 @@ impl Repository {
             sync_dir(&meta)?;
         }
         self.timestamp_version = version;
-        report.roles.push(RoleWrite {
-            role: "timestamp".into(),
-            version,
-            bytes: bytes.len() as u64,
-        });
+        report.roles.push(RoleWrite { role: "timestamp".into(), version, bytes: bytes.len() as u64 });
         report.timestamp_version = Some(version);
         Ok(())
     }
@@ -888,11 +762,7 @@ impl Repository {
 
 /// An empty targets role (version and expiry are set when it is signed).
 fn empty_targets() -> Targets {
-    Targets::new(
-        SPEC_VERSION.to_owned(),
-        NonZeroU64::MIN,
-        Timestamp::UNIX_EPOCH,
-    )
+    Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, Timestamp::UNIX_EPOCH)
 }
 
 enum Change {
@@ -959,10 +829,7 @@ fn target_name(path: String) -> Result<TargetName, PublishError> {
 fn new_target(length: u64, sha256: [u8; 32], custom: HashMap<String, serde_json::Value>) -> Target {
     Target {
         length,
-        hashes: Hashes {
-            sha256: Decoded::<Hex>::from(sha256.to_vec()),
-            _extra: HashMap::new(),
-        },
+        hashes: Hashes { sha256: Decoded::<Hex>::from(sha256.to_vec()), _extra: HashMap::new() },
         custom,
         _extra: HashMap::new(),
     }
@@ -981,28 +848,18 @@ fn check_device_id(id: &str) -> Result<(), PublishError> {
     } else {
         return Ok(());
     };
-    Err(PublishError::InvalidDevice {
-        id: id.to_owned(),
-        reason,
-    })
+    Err(PublishError::InvalidDevice { id: id.to_owned(), reason })
 }
 
 fn timestamp_keyid(root: &Root) -> &[u8] {
-    root.roles
-        .get(&RoleType::Timestamp)
-        .and_then(|r| r.keyids.first())
-        .map_or(&[], |k| k.as_ref())
+    root.roles.get(&RoleType::Timestamp).and_then(|r| r.keyids.first()).map_or(&[], |k| k.as_ref())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PublishError> {
     fs::read(path).map_err(PublishError::io("read", path))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    role: &str,
-    path: &Path,
-    bytes: &[u8],
-) -> Result<T, PublishError> {
+fn parse<T: serde::de::DeserializeOwned>(role: &str, path: &Path, bytes: &[u8]) -> Result<T, PublishError> {
     serde_json::from_slice(bytes).map_err(|source| PublishError::ParseMetadata {
         role: role.to_owned(),
         path: path.to_owned(),
@@ -1016,18 +873,15 @@ fn parse<T: serde::de::DeserializeOwned>(
 fn read_expires(path: &Path) -> Result<Timestamp, PublishError> {
     let mut head = vec![0u8; 1024];
     let mut file = File::open(path).map_err(PublishError::io("read", path))?;
-    let n = file
-        .read(&mut head)
-        .map_err(PublishError::io("read", path))?;
+    let n = file.read(&mut head).map_err(PublishError::io("read", path))?;
     head.truncate(n);
     const KEY: &[u8] = b"\"expires\":\"";
     if let Some(signed) = find(&head, b"\"signed\":{") {
         if let Some(at) = find(&head[signed..], KEY) {
             let start = signed + at + KEY.len();
             if let Some(len) = head[start..].iter().position(|&b| b == b'"') {
-                if let Some(t) = std::str::from_utf8(&head[start..start + len])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
+                if let Some(t) =
+                    std::str::from_utf8(&head[start..start + len]).ok().and_then(|s| s.parse().ok())
                 {
                     return Ok(t);
                 }
@@ -1044,8 +898,7 @@ fn read_expires(path: &Path) -> Result<Timestamp, PublishError> {
     }
     file.rewind().map_err(PublishError::io("read", path))?;
     let mut all = Vec::new();
-    file.read_to_end(&mut all)
-        .map_err(PublishError::io("read", path))?;
+    file.read_to_end(&mut all).map_err(PublishError::io("read", path))?;
     Ok(parse::<Expiring>("role", path, &all)?.signed.expires)
 }
 
@@ -1068,18 +921,9 @@ fn lock(dir: &Path) -> Result<File, PublishError> {
         Ok(false) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            return Err(PublishError::Locked {
-                repo: dir.to_owned(),
-                holder: pid.trim().parse().ok(),
-            });
+            return Err(PublishError::Locked { repo: dir.to_owned(), holder: pid.trim().parse().ok() });
         }
-        Err(e) => {
-            return Err(PublishError::Io {
-                action: "lock",
-                path,
-                source: e,
-            })
-        }
+        Err(e) => return Err(PublishError::Io { action: "lock", path, source: e }),
     }
     file.set_len(0).map_err(PublishError::io("write", &path))?;
     file.rewind().map_err(PublishError::io("write", &path))?;
@@ -1091,35 +935,21 @@ fn lock(dir: &Path) -> Result<File, PublishError> {
 /// content's hash, so an existing file of the right length is this content; a shorter one
 /// is what a crash mid-write leaves, and is written again. Written in place, without a
 /// temporary file: no client can have been told about a file before it is complete.
-fn write_target_file(
-    dir: &File,
-    dir_path: &Path,
-    name: &str,
-    content: &[u8],
-) -> Result<bool, PublishError> {
+fn write_target_file(dir: &File, dir_path: &Path, name: &str, content: &[u8]) -> Result<bool, PublishError> {
     // Try to create first: on a first publish every file is new, and this saves a lookup.
     let mut file = match create_new_in(dir, dir_path, name) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let path = &dir_path.join(name);
-            let len = fs::metadata(path)
-                .map_err(PublishError::io("read", path))?
-                .len();
+            let len = fs::metadata(path).map_err(PublishError::io("read", path))?.len();
             if len == content.len() as u64 {
                 return Ok(false);
             }
             File::create(path).map_err(PublishError::io("create", path))?
         }
-        Err(e) => {
-            return Err(PublishError::Io {
-                action: "create",
-                path: dir_path.join(name),
-                source: e,
-            })
-        }
+        Err(e) => return Err(PublishError::Io { action: "create", path: dir_path.join(name), source: e }),
     };
-    file.write_all(content)
-        .map_err(PublishError::io("write", &dir_path.join(name)))?;
+    file.write_all(content).map_err(PublishError::io("write", &dir_path.join(name)))?;
     Ok(true)
 }
 
@@ -1127,8 +957,8 @@ fn write_target_file(
 #[cfg(target_os = "linux")]
 fn create_new_in(dir: &File, _dir_path: &Path, name: &str) -> std::io::Result<File> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    let name = std::ffi::CString::new(name)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let name =
+        std::ffi::CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: `dir` is an open directory and `name` a NUL-terminated string; the returned
     // descriptor is new and owned by the File built from it.
     let fd = unsafe {
@@ -1148,10 +978,7 @@ fn create_new_in(dir: &File, _dir_path: &Path, name: &str) -> std::io::Result<Fi
 
 #[cfg(not(target_os = "linux"))]
 fn create_new_in(_dir: &File, dir_path: &Path, name: &str) -> std::io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dir_path.join(name))
+    OpenOptions::new().write(true).create_new(true).open(dir_path.join(name))
 }
 
 /// Flushes the file system holding `dir`: one call covers every target file of a commit

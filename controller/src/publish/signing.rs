@@ -25,9 +25,7 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("keyid", &hex::encode(&self.keyid))
-            .finish()
+        f.debug_struct("Signer").field("keyid", &hex::encode(&self.keyid)).finish()
     }
 }
 
@@ -54,16 +52,9 @@ impl Signer {
     fn sign(&self, role: &str, msg: &[u8]) -> Result<Signature, PublishError> {
         // tough's signers are async so that remote key stores fit; local keys finish at
         // once, so polling the future on the calling (rayon) thread costs nothing.
-        let sig = futures::executor::block_on(self.sign.sign(msg, &SystemRandom::new())).map_err(
-            |source| PublishError::Sign {
-                role: role.to_owned(),
-                source,
-            },
-        )?;
-        Ok(Signature {
-            keyid: self.keyid.clone(),
-            sig: sig.into(),
-        })
+        let sig = futures::executor::block_on(self.sign.sign(msg, &SystemRandom::new()))
+            .map_err(|source| PublishError::Sign { role: role.to_owned(), source })?;
+        Ok(Signature { keyid: self.keyid.clone(), sig: sig.into() })
     }
 }
 
@@ -71,12 +62,7 @@ impl Signer {
 pub(crate) fn canonical_json<T: Serialize>(role: &str, value: &T) -> Result<Vec<u8>, PublishError> {
     let mut out = Vec::with_capacity(4096);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, CanonicalFormatter::new());
-    value
-        .serialize(&mut ser)
-        .map_err(|source| PublishError::Serialise {
-            role: role.to_owned(),
-            source,
-        })?;
+    value.serialize(&mut ser).map_err(|source| PublishError::Serialise { role: role.to_owned(), source })?;
     Ok(out)
 }
 
@@ -98,10 +84,7 @@ pub(crate) fn sign_canonical(
     body: Vec<u8>,
     signers: &[&Signer],
 ) -> Result<Vec<u8>, PublishError> {
-    let signatures = signers
-        .iter()
-        .map(|s| s.sign(role, &body))
-        .collect::<Result<Vec<_>, _>>()?;
+    let signatures = signers.iter().map(|s| s.sign(role, &body)).collect::<Result<Vec<_>, _>>()?;
     let sigs = canonical_json(role, &signatures)?;
     let mut file = Vec::with_capacity(body.len() + sigs.len() + 32);
     file.extend_from_slice(b"{\"signatures\":");
@@ -134,8 +117,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(
     ));
     let result = (|| {
         let mut file = File::create(&tmp).map_err(PublishError::io("create", &tmp))?;
-        file.write_all(bytes)
-            .map_err(PublishError::io("write", &tmp))?;
+        file.write_all(bytes).map_err(PublishError::io("write", &tmp))?;
         if durable {
             file.sync_all().map_err(PublishError::io("sync", &tmp))?;
         }
@@ -149,7 +131,5 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(
 
 /// Flushes a directory, so that renames into it survive a power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), PublishError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(PublishError::io("sync", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(PublishError::io("sync", dir))
 }

@@ -30,13 +30,7 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
 }
 
 fn batch(devices: impl IntoIterator<Item = String>, release: &str) -> Batch {
-    Batch {
-        upserts: devices
-            .into_iter()
-            .map(|d| instruction(&d, release))
-            .collect(),
-        ..Batch::default()
-    }
+    Batch { upserts: devices.into_iter().map(|d| instruction(&d, release)).collect(), ..Batch::default() }
 }
 
 struct Fixture {
@@ -47,27 +41,11 @@ struct Fixture {
 
 fn fixture(devices: u64) -> (Fixture, Repository) {
     let tmp = TempDir::new().unwrap();
-    let (keys, _) = KeyDir::init(
-        &tmp.path().join("keys"),
-        1,
-        1,
-        SignedDuration::from_hours(24),
-    )
-    .unwrap();
+    let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
     let repo_dir = tmp.path().join("repo");
-    let config = RepoConfig {
-        layout: BinLayout::for_fleet(devices),
-        expiries: Expiries::default(),
-    };
+    let config = RepoConfig { layout: BinLayout::for_fleet(devices), expiries: Expiries::default() };
     let repo = Repository::create(&repo_dir, &keys, config).unwrap();
-    (
-        Fixture {
-            _tmp: tmp,
-            keys,
-            repo_dir,
-        },
-        repo,
-    )
+    (Fixture { _tmp: tmp, keys, repo_dir }, repo)
 }
 
 /// Loads the repository with tough's client and returns each device's instruction (or
@@ -76,10 +54,7 @@ fn client_view(
     repo_dir: &Path,
     devices: &[&str],
 ) -> Result<Vec<Option<DeviceInstruction>>, Box<tough::error::Error>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let root = std::fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
         let meta = url::Url::from_directory_path(repo_dir.join("metadata")).unwrap();
@@ -109,9 +84,7 @@ fn client_view(
 fn tough_reads_a_device_instruction_through_two_levels_of_bins() {
     let (fx, mut repo) = fixture(1_000_000);
     assert_eq!(repo.config().layout.parents(), 64);
-    let report = repo
-        .commit(batch(["store-1".to_owned(), "store-2".to_owned()], "r1"))
-        .unwrap();
+    let report = repo.commit(batch(["store-1".to_owned(), "store-2".to_owned()], "r1")).unwrap();
     assert_eq!(report.devices_changed, 2);
     assert_eq!(report.roles.last().unwrap().role, "timestamp");
     let view = client_view(&fx.repo_dir, &["store-1", "store-2", "store-3"]).unwrap();
@@ -128,18 +101,11 @@ fn an_unchanged_batch_writes_nothing_and_removal_withdraws_the_target() {
     let again = repo.commit(b).unwrap();
     assert!(again.roles.is_empty(), "{again:?}");
     assert_eq!(again.bytes_written(), 0);
-    let removed = repo
-        .commit(Batch {
-            removals: vec!["a".into(), "never-there".into()],
-            ..Batch::default()
-        })
-        .unwrap();
+    let removed =
+        repo.commit(Batch { removals: vec!["a".into(), "never-there".into()], ..Batch::default() }).unwrap();
     assert_eq!(removed.devices_changed, 1);
     drop(repo);
-    assert_eq!(
-        client_view(&fx.repo_dir, &["a", "b"]).unwrap(),
-        vec![None, Some(instruction("b", "r1"))]
-    );
+    assert_eq!(client_view(&fx.repo_dir, &["a", "b"]).unwrap(), vec![None, Some(instruction("b", "r1"))]);
 }
 
 #[test]
@@ -153,18 +119,9 @@ fn a_wave_cut_in_hash_order_rewrites_few_bins() {
     let wave: Vec<String> = ids[1000..1040].to_vec();
     let report = repo.commit(batch(wave, "r2")).unwrap();
     // 40 of 4k devices in 2048 leaves: a contiguous ~1% of the hash space.
-    let bins = report
-        .roles
-        .iter()
-        .filter(|r| r.role.starts_with("d-"))
-        .count();
+    let bins = report.roles.iter().filter(|r| r.role.starts_with("d-")).count();
     assert!((1..=25).contains(&bins), "{bins} bins rewritten");
-    assert_eq!(
-        report.roles.len(),
-        bins + 2,
-        "only bins, snapshot and timestamp: {:?}",
-        report.roles
-    );
+    assert_eq!(report.roles.len(), bins + 2, "only bins, snapshot and timestamp: {:?}", report.roles);
 }
 
 #[test]
@@ -187,9 +144,7 @@ fn bad_device_ids_and_duplicates_are_refused() {
         let err = repo.commit(batch([bad.to_owned()], "r1")).unwrap_err();
         assert!(matches!(err, PublishError::InvalidDevice { .. }), "{err}");
     }
-    let err = repo
-        .commit(batch(["x".to_owned(), "x".to_owned()], "r1"))
-        .unwrap_err();
+    let err = repo.commit(batch(["x".to_owned(), "x".to_owned()], "r1")).unwrap_err();
     assert!(matches!(err, PublishError::DuplicateDevice { .. }), "{err}");
 }
 
@@ -208,25 +163,12 @@ fn release_artifacts_are_recorded_and_local_files_checked() {
         length: content.len() as u64,
         file: Some(file.clone()),
     };
-    let report = repo
-        .commit(Batch {
-            releases: vec![artifact.clone()],
-            ..Batch::default()
-        })
-        .unwrap();
+    let report = repo.commit(Batch { releases: vec![artifact.clone()], ..Batch::default() }).unwrap();
     assert_eq!(report.target_files, 1);
-    assert!(fx
-        .repo_dir
-        .join(format!("targets/releases/r1/{sha}.fw.bin"))
-        .exists());
+    assert!(fx.repo_dir.join(format!("targets/releases/r1/{sha}.fw.bin")).exists());
     let mut wrong = artifact;
     wrong.length += 1;
-    let err = repo
-        .commit(Batch {
-            releases: vec![wrong],
-            ..Batch::default()
-        })
-        .unwrap_err();
+    let err = repo.commit(Batch { releases: vec![wrong], ..Batch::default() }).unwrap_err();
     assert!(matches!(err, PublishError::InvalidArtifact { .. }), "{err}");
 }
 
@@ -235,10 +177,7 @@ fn metadata_files(repo_dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_str().unwrap().to_owned(),
-                std::fs::read(&p).unwrap(),
-            )
+            (p.file_name().unwrap().to_str().unwrap().to_owned(), std::fs::read(&p).unwrap())
         })
         .collect()
 }
@@ -249,26 +188,12 @@ fn a_timestamp_only_refresh_rewrites_nothing_else() {
     repo.commit(batch(["a".to_owned()], "r1")).unwrap();
     let before = metadata_files(&fx.repo_dir);
     // Nothing is near expiry: nothing is written.
-    assert!(repo
-        .refresh(SignedDuration::from_hours(1))
-        .unwrap()
-        .roles
-        .is_empty());
+    assert!(repo.refresh(SignedDuration::from_hours(1)).unwrap().roles.is_empty());
     // Within two days, only the timestamp (1 day) expires.
     let report = repo.refresh(SignedDuration::from_hours(48)).unwrap();
-    assert_eq!(
-        report
-            .roles
-            .iter()
-            .map(|r| r.role.as_str())
-            .collect::<Vec<_>>(),
-        ["timestamp"]
-    );
+    assert_eq!(report.roles.iter().map(|r| r.role.as_str()).collect::<Vec<_>>(), ["timestamp"]);
     let after = metadata_files(&fx.repo_dir);
-    let changed: Vec<&String> = after
-        .keys()
-        .filter(|k| before.get(*k) != after.get(*k))
-        .collect();
+    let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
     assert_eq!(changed, ["timestamp.json"]);
     drop(repo);
     assert!(client_view(&fx.repo_dir, &["a"]).unwrap()[0].is_some());
@@ -281,61 +206,35 @@ fn a_refresh_near_bin_expiry_re_signs_bins_snapshot_and_timestamp() {
     let leaves = repo.config().layout.leaves() as usize;
     // Within eight days, bins, parents and snapshot (7 days) expire, targets (90) do not.
     let report = repo.refresh(SignedDuration::from_hours(8 * 24)).unwrap();
-    let bins = report
-        .roles
-        .iter()
-        .filter(|r| r.role.starts_with("d-"))
-        .count();
+    let bins = report.roles.iter().filter(|r| r.role.starts_with("d-")).count();
     assert_eq!(bins, leaves);
-    assert!(report
-        .roles
-        .iter()
-        .all(|r| r.role != "targets" && r.role != "releases"));
+    assert!(report.roles.iter().all(|r| r.role != "targets" && r.role != "releases"));
     assert_eq!(report.roles.last().unwrap().role, "timestamp");
     drop(repo);
-    assert_eq!(
-        client_view(&fx.repo_dir, &["a"]).unwrap()[0],
-        Some(instruction("a", "r1"))
-    );
+    assert_eq!(client_view(&fx.repo_dir, &["a"]).unwrap()[0], Some(instruction("a", "r1")));
 }
 
 #[test]
 fn a_version_left_on_disk_by_a_crash_is_never_reused() {
     let (fx, mut repo) = fixture(10);
     repo.commit(batch(["a".to_owned()], "r1")).unwrap();
-    let leaf = repo.config().layout.leaf_name(
-        repo.config()
-            .layout
-            .leaf_of(&crate::target::device_path_hash("a")),
-    );
+    let leaf =
+        repo.config().layout.leaf_name(repo.config().layout.leaf_of(&crate::target::device_path_hash("a")));
     let current = repo.snapshot_version();
     // Leftovers of a commit that never reached its timestamp.
     std::fs::write(fx.repo_dir.join(format!("metadata/3.{leaf}.json")), b"half").unwrap();
-    std::fs::write(
-        fx.repo_dir
-            .join(format!("metadata/{}.snapshot.json", current + 1)),
-        b"half",
-    )
-    .unwrap();
+    std::fs::write(fx.repo_dir.join(format!("metadata/{}.snapshot.json", current + 1)), b"half").unwrap();
     let report = repo.commit(batch(["a".to_owned()], "r2")).unwrap();
     let written = report.roles.iter().find(|r| r.role == leaf).unwrap();
     assert_eq!(written.version, 4);
     assert_eq!(report.snapshot_version, Some(current + 2));
     drop(repo);
-    assert_eq!(
-        client_view(&fx.repo_dir, &["a"]).unwrap()[0],
-        Some(instruction("a", "r2"))
-    );
+    assert_eq!(client_view(&fx.repo_dir, &["a"]).unwrap()[0], Some(instruction("a", "r2")));
 }
 
 #[test]
 fn a_commit_failing_between_any_two_steps_leaves_the_previous_state_and_the_next_commit_succeeds() {
-    for step in [
-        CommitStep::TargetFiles,
-        CommitStep::FirstRole,
-        CommitStep::Roles,
-        CommitStep::Snapshot,
-    ] {
+    for step in [CommitStep::TargetFiles, CommitStep::FirstRole, CommitStep::Roles, CommitStep::Snapshot] {
         let (fx, mut repo) = fixture(1_000);
         let devices: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
         let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
@@ -344,17 +243,11 @@ fn a_commit_failing_between_any_two_steps_leaves_the_previous_state_and_the_next
 
         repo.fault = Some(step);
         let err = repo.commit(batch(devices.clone(), "r2")).unwrap_err();
-        assert!(
-            matches!(err, PublishError::InjectedFault(s) if s == step),
-            "{step:?}: {err}"
-        );
+        assert!(matches!(err, PublishError::InjectedFault(s) if s == step), "{step:?}: {err}");
         drop(repo); // as if the process died here
 
         let view = client_view(&fx.repo_dir, &ids).unwrap();
-        assert!(
-            view.iter().all(|i| i.as_ref().unwrap().release == "r1"),
-            "{step:?}: clients still see r1"
-        );
+        assert!(view.iter().all(|i| i.as_ref().unwrap().release == "r1"), "{step:?}: clients still see r1");
 
         let mut repo = Repository::open(&fx.repo_dir, &fx.keys).unwrap();
         assert_eq!(repo.timestamp_version(), timestamp_before, "{step:?}");
@@ -362,10 +255,7 @@ fn a_commit_failing_between_any_two_steps_leaves_the_previous_state_and_the_next
         assert!(report.timestamp_version.unwrap() > timestamp_before);
         drop(repo);
         let view = client_view(&fx.repo_dir, &ids).unwrap();
-        assert!(
-            view.iter().all(|i| i.as_ref().unwrap().release == "r2"),
-            "{step:?}: clients see r2"
-        );
+        assert!(view.iter().all(|i| i.as_ref().unwrap().release == "r2"), "{step:?}: clients see r2");
     }
 }
 
@@ -374,23 +264,15 @@ fn rotating_the_online_key_keeps_clients_working() {
     let (fx, mut repo) = fixture(1_000);
     repo.commit(batch(["a".to_owned()], "r1")).unwrap();
     let old = std::fs::read(fx.keys.dir().join("online.pk8")).unwrap();
-    let report = repo
-        .rotate_online_key(&fx.keys, SignedDuration::from_hours(24))
-        .unwrap();
+    let report = repo.rotate_online_key(&fx.keys, SignedDuration::from_hours(24)).unwrap();
     assert!(report.roles.iter().any(|r| r.role == "targets"));
-    assert_ne!(
-        std::fs::read(fx.keys.dir().join("online.pk8")).unwrap(),
-        old
-    );
+    assert_ne!(std::fs::read(fx.keys.dir().join("online.pk8")).unwrap(), old);
     assert!(fx.repo_dir.join("metadata/2.root.json").exists());
     repo.commit(batch(["b".to_owned()], "r1")).unwrap();
     drop(repo);
     // The client starts from root 1 and follows the chain to root 2.
     let view = client_view(&fx.repo_dir, &["a", "b"]).unwrap();
-    assert_eq!(
-        view,
-        vec![Some(instruction("a", "r1")), Some(instruction("b", "r1"))]
-    );
+    assert_eq!(view, vec![Some(instruction("a", "r1")), Some(instruction("b", "r1"))]);
     // And the key directory opens the repository again with the new key.
     Repository::open(&fx.repo_dir, &fx.keys).unwrap();
 }
