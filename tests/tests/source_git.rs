@@ -102,14 +102,20 @@ fn follows_a_branch_skips_unchanged_trees_and_survives_force_pushes() {
     assert_eq!(source.status().consecutive_failures, 0);
 }
 
-#[test]
-fn keeps_the_last_good_commit_while_the_repository_is_gone_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (work, data) = (dir.path().join("origin"), dir.path().join("data"));
+/// A repository under `dir`, and a source following its `main` that applied its head.
+fn following_main(dir: &Path) -> (std::path::PathBuf, GitSource, Revision) {
+    let (work, data) = (dir.join("origin"), dir.join("data"));
     origin(&work);
     let mut source =
         GitSource::new(spec(work.to_str().unwrap(), GitReference::Branch("main".into())), &data).unwrap();
     let good = poll_and_apply(&mut source).revision;
+    (work, source, good)
+}
+
+#[test]
+fn keeps_the_last_good_commit_while_the_repository_is_gone_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (work, mut source, good) = following_main(dir.path());
 
     let moved = dir.path().join("elsewhere");
     fs::rename(&work, &moved).unwrap();
@@ -145,11 +151,7 @@ fn keeps_the_last_good_commit_while_the_repository_is_gone_and_recovers() {
 #[test]
 fn an_invalid_commit_is_not_applied_nor_compiled_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let (work, data) = (dir.path().join("origin"), dir.path().join("data"));
-    origin(&work);
-    let mut source =
-        GitSource::new(spec(work.to_str().unwrap(), GitReference::Branch("main".into())), &data).unwrap();
-    let good = poll_and_apply(&mut source).revision;
+    let (work, mut source, good) = following_main(dir.path());
 
     commit(&work, "fleet/groups.yaml", "not: [valid");
     let bad = changed(source.poll()).revision;

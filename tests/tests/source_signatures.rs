@@ -97,6 +97,18 @@ fn tamper_with_head(work: &Path) -> String {
     id
 }
 
+/// Resets `work`'s branch to `good`, tampers with it, and checks that the source refuses
+/// the result as a bad signature by the allowed signer.
+fn refuses_a_tampered_copy_of(good: &str, work: &Path, source: &mut GitSource) {
+    git(work, &["reset", "-q", "--hard", good]);
+    let tampered = tamper_with_head(work);
+    let reason = refusal(source.poll(), &tampered);
+    assert!(
+        matches!(&reason, Refusal::BadSignature { signer, .. } if signer.contains("ops@example.com")),
+        "{reason}"
+    );
+}
+
 #[test]
 fn ssh_signatures() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,13 +140,7 @@ fn ssh_signatures() {
     let error = status.last_error.as_deref().unwrap();
     assert!(error.contains(&unknown) && error.contains("not an allowed signer"), "{error}");
 
-    git(&work, &["reset", "-q", "--hard", &good]);
-    let tampered = tamper_with_head(&work);
-    let reason = refusal(source.poll(), &tampered);
-    assert!(
-        matches!(&reason, Refusal::BadSignature { signer, .. } if signer.contains("ops@example.com")),
-        "{reason}"
-    );
+    refuses_a_tampered_copy_of(&good, &work, &mut source);
 
     // A new good commit is applied again.
     git(&work, &["reset", "-q", "--hard", &good]);
@@ -220,13 +226,7 @@ fn openpgp_signatures() {
     assert!(matches!(&reason, Refusal::UnknownKey { key } if key.starts_with("OpenPGP key ")), "{reason}");
     assert!(reason.to_string().contains(&stranger.fingerprint), "{reason}");
 
-    git(&work, &["reset", "-q", "--hard", &good]);
-    let tampered = tamper_with_head(&work);
-    let reason = refusal(source.poll(), &tampered);
-    assert!(
-        matches!(&reason, Refusal::BadSignature { signer, .. } if signer.contains("ops@example.com")),
-        "{reason}"
-    );
+    refuses_a_tampered_copy_of(&good, &work, &mut source);
     assert_eq!(source.status().last_applied.as_ref().unwrap().commit.to_string(), good);
 
     // Both kinds of signer in one list: an SSH-signed commit is checked against SSH keys.
