@@ -272,10 +272,29 @@ async fn fetches_over_smart_http_with_basic_auth() {
     let update = changed(poll(basic).await.unwrap());
     assert_eq!(text(&update), [("groups.yaml".to_owned(), "v1".to_owned())]);
 
-    for auth in [Auth::None, Auth::Basic { user: "fleet-bot".into(), password: "guess".into() }] {
+    for auth in [
+        Auth::None,
+        Auth::Basic { user: "fleet-bot".into(), password: "guess".into() },
+        Auth::Token("s3cret".into()),
+    ] {
         let Poll::Failed(error) = poll(auth.clone()).await.unwrap() else {
             panic!("{auth:?} must be refused")
         };
         assert!(matches!(error, SourceError::Fetch { .. }), "{error}");
     }
+
+    // A token is the password of the user name token-accepting servers expect.
+    let port = common::serve_git_http(&served, "x-access-token", "t0ken").await;
+    let url = format!("http://127.0.0.1:{port}/fleet.git");
+    let data = dir.path().join("data-token");
+    let update = tokio::task::spawn_blocking(move || {
+        let spec = SourceSpec {
+            auth: Auth::Token("t0ken".into()),
+            ..spec(&url, GitReference::Branch("main".into()))
+        };
+        GitSource::new(spec, &data).unwrap().poll()
+    })
+    .await
+    .unwrap();
+    assert_eq!(text(&changed(update)), [("groups.yaml".to_owned(), "v1".to_owned())]);
 }
