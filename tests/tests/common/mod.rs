@@ -100,8 +100,12 @@ impl GitDaemon {
     pub fn start(base: &Path) -> GitDaemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let base = base.to_str().unwrap();
-        let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        // `git-daemon` itself, not the `git daemon` wrapper: killing the wrapper would leave
+        // the server running.
+        let exec_path = Command::new("git").arg("--exec-path").output().expect("git runs").stdout;
+        let exec_path = PathBuf::from(String::from_utf8(exec_path).unwrap().trim());
+        let child = Command::new(exec_path.join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={base}"))
             .arg(base)
