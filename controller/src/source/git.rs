@@ -45,14 +45,6 @@ fn read_tree(
     rev: &str,
     subdir: &str,
 ) -> Result<FleetFiles, SourceError> {
-    let git_error = |what: &str| {
-        let what = what.to_owned();
-        move |e: git2::Error| SourceError::Git {
-            repository: repository.to_owned(),
-            what,
-            message: e.message().to_owned(),
-        }
-    };
     let commit = repo.revparse_single(rev).and_then(|object| object.peel_to_commit()).map_err(|e| {
         SourceError::UnknownRevision {
             repository: repository.to_owned(),
@@ -60,28 +52,53 @@ fn read_tree(
             message: e.message().to_owned(),
         }
     })?;
+    let tree = fleet_tree(repo, repository, &commit, rev, subdir)?;
+    read_blobs(repo, repository, &tree)
+}
+
+/// A `git2` error as a [`SourceError::Git`] about reading `what` from `repository`.
+pub(super) fn git_error(repository: &Path, what: &str) -> impl FnOnce(git2::Error) -> SourceError {
+    let (repository, what) = (repository.to_owned(), what.to_owned());
+    move |e| SourceError::Git { repository, what, message: e.message().to_owned() }
+}
+
+/// The tree of the fleet path `subdir` (`""` or `"."` for the root) in `commit`; `rev` is
+/// how the caller named the commit, for errors.
+pub(super) fn fleet_tree<'r>(
+    repo: &'r Repository,
+    repository: &Path,
+    commit: &git2::Commit<'r>,
+    rev: &str,
+    subdir: &str,
+) -> Result<git2::Tree<'r>, SourceError> {
     let commit_id = commit.id().to_string();
-    let root = commit.tree().map_err(git_error("the commit's tree"))?;
-
+    let root = commit.tree().map_err(git_error(repository, "the commit's tree"))?;
     let subdir = subdir.trim_matches('/');
-    let tree = if subdir.is_empty() || subdir == "." {
-        root
-    } else {
-        let entry = root.get_path(Path::new(subdir)).map_err(|_| SourceError::PathNotInCommit {
+    if subdir.is_empty() || subdir == "." {
+        return Ok(root);
+    }
+    let entry = root.get_path(Path::new(subdir)).map_err(|_| SourceError::PathNotInCommit {
+        rev: rev.to_owned(),
+        commit: commit_id.clone(),
+        path: subdir.to_owned(),
+    })?;
+    if entry.kind() != Some(ObjectType::Tree) {
+        return Err(SourceError::PathNotADirectory {
             rev: rev.to_owned(),
-            commit: commit_id.clone(),
+            commit: commit_id,
             path: subdir.to_owned(),
-        })?;
-        if entry.kind() != Some(ObjectType::Tree) {
-            return Err(SourceError::PathNotADirectory {
-                rev: rev.to_owned(),
-                commit: commit_id,
-                path: subdir.to_owned(),
-            });
-        }
-        repo.find_tree(entry.id()).map_err(git_error(subdir))?
-    };
+        });
+    }
+    repo.find_tree(entry.id()).map_err(git_error(repository, subdir))
+}
 
+/// Reads the fleet files of `tree` from the object database. Hidden entries, symbolic
+/// links and submodules are skipped.
+pub(super) fn read_blobs(
+    repo: &Repository,
+    repository: &Path,
+    tree: &git2::Tree<'_>,
+) -> Result<FleetFiles, SourceError> {
     // Collect the blob ids first: reading blobs inside the walk callback could not report
     // errors with context.
     let mut blobs = Vec::new();
@@ -98,11 +115,11 @@ fn read_tree(
         }
         TreeWalkResult::Ok
     })
-    .map_err(git_error("the commit's tree"))?;
+    .map_err(git_error(repository, "the commit's tree"))?;
 
     let mut files = Vec::with_capacity(blobs.len());
     for (path, id) in blobs {
-        let blob = repo.find_blob(id).map_err(git_error(&path))?;
+        let blob = repo.find_blob(id).map_err(git_error(repository, &path))?;
         files.push(FleetFile { path: path.into(), contents: blob.content().into() });
     }
     Ok(FleetFiles::new(files))

@@ -5,12 +5,30 @@
 //! the compiler's job; keeping the two apart lets the same compiler run on a working
 //! tree, on any commit of a repository (for `plan --base --head`) and, later, on what the
 //! Git source fetched.
+//!
+//! [`GitSource`] follows a branch, tag or commit of a remote repository: it keeps a bare
+//! mirror up to date, verifies the head commit's signature when asked to, and hands the
+//! caller the fleet files only when the fleet path's tree changed. Its [`SourceStatus`]
+//! keeps the last good commit in force through fetch failures, refused signatures and
+//! invalid commits, and spaces retries with exponential backoff. [`webhook`] and
+//! [`LocalWatcher`] wake the source loop early; polling alone is enough for correctness.
 
 mod dir;
+mod fetch;
 mod git;
+mod spec;
+mod status;
+mod verify;
+mod watch;
+pub mod webhook;
 
 pub use dir::read_dir;
+pub use fetch::{GitSource, Poll, Revision, Update};
 pub use git::{read_commit, read_commit_of_dir};
+pub use spec::{Auth, GitReference, Retry, SourceSpec, VerifyMode, VerifySpec};
+pub use status::SourceStatus;
+pub use verify::{Refusal, Signer, Verifier};
+pub use watch::LocalWatcher;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,4 +123,25 @@ pub enum SourceError {
     /// Reading objects from the repository failed.
     #[error("cannot read {what} from {repository}: {message}")]
     Git { repository: PathBuf, what: String, message: String },
+    /// Cloning or fetching the remote repository failed (unreachable, gone, refused the
+    /// credentials...).
+    #[error("cannot fetch {url}: {message}")]
+    Fetch { url: String, message: String },
+    /// The branch or tag does not exist in the remote repository, or the commit is not
+    /// reachable from any of its branches and tags.
+    #[error("{reference} not found in {url}")]
+    MissingReference { url: String, reference: String },
+    /// Signature verification refused the commit the reference points to.
+    #[error("commit {commit} refused: {reason}")]
+    Refused { commit: String, reason: Refusal },
+    /// The verification settings could not be used (a malformed allowed signers file or
+    /// OpenPGP key).
+    #[error("invalid {what}: {message}")]
+    InvalidVerifySettings { what: String, message: String },
+    /// The webhook receiver was given an empty secret.
+    #[error("the webhook secret is empty")]
+    EmptyWebhookSecret,
+    /// Watching a local repository for changes failed.
+    #[error("cannot watch {path}: {message}")]
+    Watch { path: PathBuf, message: String },
 }

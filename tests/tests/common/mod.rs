@@ -61,6 +61,18 @@ pub fn git(dir: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
+/// Runs `git` in `dir` like [`git`] and returns its standard output, trimmed.
+pub fn git_stdout(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(["-c", "user.name=Fleet Operator", "-c", "user.email=ops@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// Copies the directory tree `from` to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
@@ -73,4 +85,135 @@ pub fn copy_dir(from: &Path, to: &Path) {
             fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// A `git daemon` serving every repository under a directory over git:// on 127.0.0.1,
+/// stopped when dropped.
+pub struct GitDaemon {
+    /// The port it listens on.
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl GitDaemon {
+    /// Starts the daemon on a free port and waits until it accepts connections.
+    pub fn start(base: &Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let base = base.to_str().unwrap();
+        // `git-daemon` itself, not the `git daemon` wrapper: killing the wrapper would leave
+        // the server running.
+        let exec_path = Command::new("git").arg("--exec-path").output().expect("git runs").stdout;
+        let exec_path = PathBuf::from(String::from_utf8(exec_path).unwrap().trim());
+        let child = Command::new(exec_path.join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={base}"))
+            .arg(base)
+            .spawn()
+            .expect("git daemon runs");
+        let daemon = GitDaemon { port, child };
+        wait_for_port(port);
+        daemon
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to 10 s until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Serves the repositories under `root` over smart HTTP on 127.0.0.1 through
+/// `git http-backend` (run as a CGI program per request), requiring HTTP basic
+/// authentication as `user`/`password`. Returns the port; the server lives as long as the
+/// test's runtime.
+pub async fn serve_git_http(root: &Path, user: &str, password: &str) -> u16 {
+    use base64::Engine;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let expected = format!("Basic {credentials}");
+    let root = root.to_owned();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: axum::body::Bytes| {
+            let (root, expected) = (root.clone(), expected.clone());
+            async move { git_http_backend(&root, &expected, method, uri, headers, body).await }
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+async fn git_http_backend(
+    root: &Path,
+    expected_authorization: &str,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use tokio::io::AsyncWriteExt;
+
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if header("authorization") != expected_authorization {
+        return (StatusCode::UNAUTHORIZED, [("www-authenticate", "Basic realm=\"fleet\"")], "")
+            .into_response();
+    }
+    let mut child = tokio::process::Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", uri.path())
+        .env("QUERY_STRING", uri.query().unwrap_or(""))
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_USER", "fleet")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git http-backend runs");
+    let mut stdin = child.stdin.take().unwrap();
+    // Written from another task: the backend may answer before it has read everything.
+    tokio::spawn(async move {
+        let _ = stdin.write_all(&body).await;
+    });
+    let output = child.wait_with_output().await.unwrap();
+    let out = output.stdout;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let split = split.or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let (end, skip) = split.expect("a CGI response has headers");
+    let mut response = axum::response::Response::new(axum::body::Body::from(out[end + skip..].to_vec()));
+    for line in String::from_utf8_lossy(&out[..end]).lines() {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().unwrap().parse().unwrap();
+            *response.status_mut() = StatusCode::from_u16(code).unwrap();
+        } else {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+    }
+    response
 }
