@@ -32,6 +32,7 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
         }],
         rollout: "spring".to_owned(),
         wave: 1,
+        maintenance_windows: Vec::new(),
     }
 }
 

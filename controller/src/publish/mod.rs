@@ -93,6 +93,10 @@ pub struct DeviceInstruction {
     pub rollout: String,
     /// The wave of that rollout, from 0.
     pub wave: u32,
+    /// When the device may install: its group's maintenance windows (inherited), empty
+    /// for "any time". The agent checks them against its own clock before installing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_windows: Vec<crate::model::MaintenanceWindow>,
 }
 
 /// An artifact a device instruction points at.

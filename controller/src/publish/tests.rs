@@ -26,6 +26,7 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
         }],
         rollout: "rollout-a".to_owned(),
         wave: 0,
+        maintenance_windows: Vec::new(),
     }
 }
 
