@@ -14,10 +14,12 @@
 pub mod api;
 pub mod cli;
 pub mod compile;
+pub mod demo;
 pub mod inventory;
 pub mod model;
 pub mod plan;
 pub mod publish;
+pub mod reconcile;
 pub mod rollout;
 pub mod source;
 pub mod target;

@@ -8,29 +8,16 @@ use waveguide::inventory::store::{
 };
 use waveguide::inventory::{DeviceReport, UpdateState};
 
+mod common;
+
 /// A fresh, empty database of each backend. The guard keeps the SQLite directory alive.
 async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open(dir.path().join("inventory.db").to_str().unwrap()).await.unwrap();
     assert_eq!(sqlite.backend(), Backend::Sqlite);
-    let postgres = Store::open(&fresh_postgres_database().await).await.unwrap();
+    let postgres = Store::open(&common::fresh_postgres_database().await).await.unwrap();
     assert_eq!(postgres.backend(), Backend::Postgres);
     vec![(sqlite, Some(dir)), (postgres, None)]
-}
-
-/// Creates a new database on the test server and returns its URL.
-async fn fresh_postgres_database() -> String {
-    let admin = std::env::var("WAVEGUIDE_TEST_POSTGRES_URL").expect(
-        "WAVEGUIDE_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts a throw-away PostgreSQL",
-    );
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!("wg_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
-    format!("{base}/{name}")
 }
 
 fn declared(id: &str, group: &str, key: Option<&str>) -> DeclaredDevice {
@@ -132,7 +119,7 @@ async fn a_batch_with_an_unknown_device_stores_nothing() {
 async fn rollout_state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite_path = dir.path().join("inventory.db").to_str().unwrap().to_string();
-    let postgres_url = fresh_postgres_database().await;
+    let postgres_url = common::fresh_postgres_database().await;
     for url in [sqlite_path, postgres_url] {
         let store = Store::open(&url).await.unwrap();
         let ids: Vec<DeclaredDevice> = (0..1200).map(|i| declared(&format!("d{i:04}"), "g", None)).collect();
@@ -159,6 +146,7 @@ async fn rollout_state_survives_reopening() {
                 healthy_at: None,
                 approved_at: None,
                 finished_at: None,
+                bake_ms: Some(60_000),
             },
             WaveRecord {
                 index: 1,
@@ -169,6 +157,7 @@ async fn rollout_state_survives_reopening() {
                 healthy_at: None,
                 approved_at: None,
                 finished_at: None,
+                bake_ms: None,
             },
         ];
         let members = vec![
@@ -185,14 +174,33 @@ async fn rollout_state_survives_reopening() {
         rollout.message = Some("failure threshold crossed".into());
         rollout.updated_at = 9;
         store.update_rollout(&rollout).await.unwrap();
+        store.mark_published("stable-1", &["d0001".to_string(), "d0002".to_string()], 10).await.unwrap();
+        // Marking again keeps the first publication time.
+        store.mark_published("stable-1", &["d0001".to_string()], 11).await.unwrap();
+        store.approve_wave("stable-1", 1, Some(12)).await.unwrap();
         drop(store);
 
         let reopened = Store::open(&url).await.unwrap();
         assert_eq!(reopened.rollouts().await.unwrap(), vec![rollout.clone()]);
         let stored_waves = reopened.waves("stable-1").await.unwrap();
-        assert_eq!(stored_waves, vec![first, waves[1].clone()]);
+        let mut second = waves[1].clone();
+        second.approved_at = Some(12);
+        assert_eq!(stored_waves, vec![first, second]);
         assert_eq!(reopened.wave_members("stable-1", 0).await.unwrap(), ["d0000", "d0001"]);
         assert_eq!(reopened.wave_members("stable-1", 1).await.unwrap().len(), 1198);
+        assert_eq!(reopened.rollout("stable-1").await.unwrap(), Some(rollout.clone()));
+        assert_eq!(reopened.rollout("nope").await.unwrap(), None);
+
+        // Members keep the rollout order they were created in, across waves.
+        let members = reopened.rollout_members("stable-1").await.unwrap();
+        assert_eq!(members.len(), 1200);
+        let ids: Vec<&str> = members.iter().take(3).map(|m| m.device_id.as_str()).collect();
+        assert_eq!(ids, ["d0001", "d0000", "d0002"]);
+        assert_eq!(members.iter().map(|m| m.position).collect::<Vec<_>>(), (0..1200).collect::<Vec<u64>>());
+        assert_eq!((members[0].wave, members[2].wave), (0, 1));
+        let published: Vec<(&str, i64)> =
+            members.iter().filter_map(|m| Some((m.device_id.as_str(), m.published_at?))).collect();
+        assert_eq!(published, [("d0001", 10), ("d0002", 10)]);
     }
 }
 

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// replay: 401. Nothing is stored.
     #[error("{0}")]
     Unauthorized(String),
+    /// No such resource: 404.
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with what is stored (e.g. enrolling a device that already
     /// has another key): 409.
     #[error("{0}")]
@@ -30,6 +33,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -14,6 +14,7 @@
 //! task: whatever arrived while the previous batch was being written goes into the next
 //! one, so the database sees few large transactions under load and no delay when idle.
 
+pub mod admin;
 pub mod auth;
 mod enroll;
 mod error;

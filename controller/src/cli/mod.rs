@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 mod gen_fleet;
 pub mod keys;
 mod plan;
+pub mod rollout;
+mod run;
 mod schemas;
 pub mod tuf;
 mod validate;
@@ -36,11 +38,19 @@ pub enum Command {
     /// Manage the published TUF repository.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
+    /// Run the controller: follow the fleet repository, roll out, publish, serve devices.
+    Run(run::RunArgs),
+    /// Watch and steer rollouts (list, show, pause, resume, approve, abort).
+    Rollout(rollout::RolloutArgs),
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    init_tracing();
+    // Long-running commands log their progress; one-shot commands only warnings.
+    init_tracing(match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    });
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Schemas(args) => schemas::run(&args),
@@ -48,13 +58,15 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::GenFleet(args) => gen_fleet::run(&args),
         Command::Keys(c) => keys::run(c),
         Command::Tuf(c) => tuf::run(c),
+        Command::Run(args) => run::run(&args),
+        Command::Rollout(args) => rollout::run(&args),
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -191,7 +191,12 @@ impl CompiledFleet {
 
     /// A device by id.
     pub fn device(&self, id: &str) -> Option<&CompiledDevice> {
-        self.devices.binary_search_by(|d| (*d.id).cmp(id)).ok().map(|i| &self.devices[i])
+        self.device_index(id).map(|i| &self.devices[i as usize])
+    }
+
+    /// A device's index in [`CompiledFleet::devices`], by id.
+    pub fn device_index(&self, id: &str) -> Option<DeviceIx> {
+        self.devices.binary_search_by(|d| (*d.id).cmp(id)).ok().map(|i| i as DeviceIx)
     }
 
     /// A group by name. A linear scan (groups are in hierarchy order, not by name): for

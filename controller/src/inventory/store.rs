@@ -247,6 +247,21 @@ pub struct WaveRecord {
     pub approved_at: Option<i64>,
     /// Unix milliseconds.
     pub finished_at: Option<i64>,
+    /// How long the wave must stay healthy before the next one, milliseconds.
+    pub bake_ms: Option<i64>,
+}
+
+/// One device of a rollout, as pinned when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// The wave it belongs to.
+    pub wave: u32,
+    /// Its place in the rollout order.
+    pub position: u64,
+    /// The device id.
+    pub device_id: String,
+    /// When its instruction was published, Unix milliseconds.
+    pub published_at: Option<i64>,
 }
 
 /// The inventory database.
@@ -601,7 +616,7 @@ impl Store {
         for wave in waves {
             sqlx::query(
                 "INSERT INTO waves (rollout_id, idx, name, state, size, published_at, healthy_at, approved_at, \
-                 finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 finished_at, bake_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(&rollout.id)
             .bind(i64::from(wave.index))
@@ -612,21 +627,24 @@ impl Store {
             .bind(wave.healthy_at)
             .bind(wave.approved_at)
             .bind(wave.finished_at)
+            .bind(wave.bake_ms)
             .execute(&mut *tx)
             .await
             .map_err(query_error(action))?;
         }
+        let mut position = 0i64;
         for (index, ids) in members.iter().enumerate() {
             for chunk in ids.chunks(ROWS_PER_STATEMENT) {
                 let sql = multi_row(
-                    "INSERT INTO wave_devices (rollout_id, idx, device_id) VALUES ",
-                    3,
+                    "INSERT INTO wave_devices (rollout_id, idx, device_id, position) VALUES ",
+                    4,
                     chunk.len(),
                     "",
                 );
                 let mut query = sqlx::query(&sql);
                 for id in chunk {
-                    query = query.bind(&rollout.id).bind(index as i64).bind(id);
+                    query = query.bind(&rollout.id).bind(index as i64).bind(id).bind(position);
+                    position += 1;
                 }
                 query.execute(&mut *tx).await.map_err(query_error(action))?;
             }
@@ -685,7 +703,7 @@ impl Store {
     pub async fn waves(&self, rollout_id: &str) -> Result<Vec<WaveRecord>, StoreError> {
         let action = "reading waves";
         let rows = sqlx::query(
-            "SELECT idx, name, state, size, published_at, healthy_at, approved_at, finished_at FROM waves \
+            "SELECT idx, name, state, size, published_at, healthy_at, approved_at, finished_at, bake_ms FROM waves \
              WHERE rollout_id = $1 ORDER BY idx",
         )
         .bind(rollout_id)
@@ -708,6 +726,7 @@ impl Store {
                     healthy_at: row.try_get(5).map_err(query_error(action))?,
                     approved_at: row.try_get(6).map_err(query_error(action))?,
                     finished_at: row.try_get(7).map_err(query_error(action))?,
+                    bake_ms: row.try_get(8).map_err(query_error(action))?,
                 })
             })
             .collect()
@@ -724,6 +743,73 @@ impl Store {
         .await
         .map_err(query_error("reading wave members"))?;
         rows.iter().map(|r| r.try_get(0).map_err(query_error("reading wave members"))).collect()
+    }
+
+    /// Every member of a rollout, in rollout order.
+    pub async fn rollout_members(&self, rollout_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
+        let action = "reading rollout members";
+        let rows = sqlx::query(
+            "SELECT idx, position, device_id, published_at FROM wave_devices WHERE rollout_id = $1 \
+             ORDER BY position, device_id",
+        )
+        .bind(rollout_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(action))?;
+        rows.iter()
+            .map(|row| {
+                Ok(MemberRecord {
+                    wave: row.try_get::<i64, _>(0).map_err(query_error(action))? as u32,
+                    position: row.try_get::<i64, _>(1).map_err(query_error(action))? as u64,
+                    device_id: row.try_get(2).map_err(query_error(action))?,
+                    published_at: row.try_get(3).map_err(query_error(action))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records that the instructions of `device_ids`, members of a rollout, were published.
+    pub async fn mark_published(&self, rollout_id: &str, device_ids: &[String], at: i64) -> Result<(), StoreError> {
+        let action = "recording published devices";
+        let mut tx = self.pool.begin().await.map_err(query_error(action))?;
+        for chunk in device_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE wave_devices SET published_at = $1 WHERE rollout_id = $2 AND published_at IS NULL \
+                 AND device_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(at).bind(rollout_id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await.map_err(query_error(action))?;
+        }
+        tx.commit().await.map_err(query_error(action))
+    }
+
+    /// One rollout.
+    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at \
+             FROM rollouts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("reading a rollout"))?;
+        row.as_ref().map(rollout_from_row).transpose()
+    }
+
+    /// Sets when one wave was approved; `None` withdraws the approval.
+    pub async fn approve_wave(&self, rollout_id: &str, index: u32, at: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE waves SET approved_at = $1 WHERE rollout_id = $2 AND idx = $3")
+            .bind(at)
+            .bind(rollout_id)
+            .bind(i64::from(index))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("approving a wave"))?;
+        Ok(())
     }
 }
 

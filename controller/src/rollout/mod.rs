@@ -7,5 +7,8 @@
 //! windows.
 
 pub mod admission;
+pub mod control;
+pub mod engine;
 pub mod gate;
+pub mod progress;
 pub mod window;

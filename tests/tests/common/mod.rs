@@ -217,3 +217,18 @@ async fn git_http_backend(
     }
     response
 }
+
+/// Creates a new database on the test server and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin = std::env::var("WAVEGUIDE_TEST_POSTGRES_URL").expect(
+        "WAVEGUIDE_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts a throw-away PostgreSQL",
+    );
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("wg_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
+    format!("{base}/{name}")
+}

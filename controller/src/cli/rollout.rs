@@ -1,0 +1,210 @@
+//! `waveguide rollout`: watch and steer rollouts through a running controller's
+//! operators' API.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::rollout::control::RolloutStatus;
+
+/// Where the controller is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The controller's address.
+    #[arg(long, env = "WAVEGUIDE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// The operators' bearer token. Also read from `WAVEGUIDE_TOKEN`, or from
+    /// `<data>/admin-token` with `--data`.
+    #[arg(long, env = "WAVEGUIDE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The controller's data directory, to read the token from.
+    #[arg(long, global = true)]
+    pub data: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    pub format: OutputFormat,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Text,
+    /// The API's JSON.
+    Json,
+}
+
+/// `waveguide rollout ...`
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Every rollout with its phase and progress.
+    List,
+    /// One rollout, wave by wave.
+    Show { id: String },
+    /// Stop publishing new instructions.
+    Pause { id: String },
+    /// Go on after a pause (a halted rollout is re-evaluated).
+    Resume { id: String },
+    /// Approve the next wave that waits for approval.
+    Approve {
+        id: String,
+        /// Approve this wave (its number as shown, from 1) instead of the next one.
+        #[arg(long)]
+        wave: Option<u32>,
+    },
+    /// Give the rollout up: nothing more is published.
+    Abort { id: String },
+}
+
+pub fn run(args: &RolloutArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(call(args)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(args: &RolloutArgs) -> Result<String, String> {
+    let c = &args.connection;
+    let token = match (&c.token, &c.data) {
+        (Some(t), _) => t.clone(),
+        (None, Some(data)) => std::fs::read_to_string(data.join("admin-token"))
+            .map_err(|e| format!("cannot read {}: {e}", data.join("admin-token").display()))?
+            .trim()
+            .to_string(),
+        (None, None) => return Err("give the operators' token with --token, WAVEGUIDE_TOKEN or --data".into()),
+    };
+    let base = c.server.trim_end_matches('/');
+    let http = reqwest::Client::new();
+    let (method, path, body) = match &args.command {
+        RolloutCommand::List => (reqwest::Method::GET, "/v1/rollouts".to_string(), None),
+        RolloutCommand::Show { id } => (reqwest::Method::GET, format!("/v1/rollouts/{id}"), None),
+        RolloutCommand::Pause { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/pause"), None),
+        RolloutCommand::Resume { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/resume"), None),
+        RolloutCommand::Abort { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/abort"), None),
+        RolloutCommand::Approve { id, wave } => {
+            let body = match wave {
+                Some(0) => return Err("waves are numbered from 1".into()),
+                Some(n) => serde_json::json!({"wave": n - 1}),
+                None => serde_json::json!({}),
+            };
+            (reqwest::Method::POST, format!("/v1/rollouts/{id}/approve"), Some(body))
+        }
+    };
+    let mut request = http.request(method, format!("{base}{path}")).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| format!("reading the answer of {base}: {e}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return Err(format!("{status}: {message}"));
+    }
+    if c.format == OutputFormat::Json {
+        return Ok(format!("{text}\n"));
+    }
+    match &args.command {
+        RolloutCommand::List => {
+            let list: Vec<RolloutStatus> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            Ok(table(&list))
+        }
+        _ => {
+            let one: RolloutStatus = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            Ok(detail(&one))
+        }
+    }
+}
+
+/// `rollout list` as a table.
+pub fn table(list: &[RolloutStatus]) -> String {
+    let mut rows = vec![["ROLLOUT", "POLICY", "RELEASE", "PHASE", "WAVE", "UPDATED", "FAILED", "STALE", "MESSAGE"]
+        .map(String::from)
+        .to_vec()];
+    for r in list {
+        let wave = r.waves.get(r.current_wave as usize).map_or("-".to_string(), |w| {
+            format!("{}/{} {}", r.current_wave + 1, r.waves.len(), w.name)
+        });
+        rows.push(vec![
+            r.id.clone(),
+            r.policy.clone(),
+            r.release.clone(),
+            r.phase.clone(),
+            wave,
+            format!("{}/{}", r.total.healthy, r.total.size),
+            r.total.failed.to_string(),
+            r.total.stale.to_string(),
+            r.message.clone().unwrap_or_default(),
+        ]);
+    }
+    render(&rows)
+}
+
+/// `rollout show` for one rollout.
+pub fn detail(r: &RolloutStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rollout {}: policy {} → {} {}", r.id, r.policy, r.release, r.version);
+    let _ = writeln!(out, "phase:   {}{}", r.phase, if r.paused { " (paused)" } else { "" });
+    if let Some(commit) = &r.commit {
+        let _ = writeln!(out, "commit:  {commit}");
+    }
+    if let Some(message) = &r.message {
+        let _ = writeln!(out, "message: {message}");
+    }
+    out.push('\n');
+    let mut rows = vec![["WAVE", "NAME", "STATE", "DEVICES", "PUBLISHED", "HEALTHY", "FAILED", "STALE", "BAKE", "APPROVED"]
+        .map(String::from)
+        .to_vec()];
+    for w in &r.waves {
+        rows.push(vec![
+            (w.index + 1).to_string(),
+            w.name.clone(),
+            w.state.clone(),
+            w.progress.size.to_string(),
+            w.progress.published().to_string(),
+            w.progress.healthy.to_string(),
+            w.progress.failed.to_string(),
+            w.progress.stale.to_string(),
+            w.bake.clone().unwrap_or_else(|| "-".into()),
+            w.approved_at.map_or("-".into(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        ]);
+    }
+    out.push_str(&render(&rows));
+    out
+}
+
+fn render(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| if c + 1 == columns { cell.clone() } else { format!("{cell:<w$}", w = widths[c]) })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}

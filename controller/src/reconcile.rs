@@ -1,0 +1,392 @@
+//! The standalone controller behind `waveguide run` and `waveguide demo`: the whole loop
+//! in one process.
+//!
+//! ```text
+//! GitSource ──► compile ──► sync declared devices ──► Engine::step ──► TUF repository
+//!     ▲            (a commit that does not compile is refused;       (served under /tuf/
+//!     │             the last good one stays in force)                 with the device API)
+//!  poll / notify / webhook / operator action
+//! ```
+//!
+//! Everything lives under one data directory: `keys/` (created on first start when no key
+//! directory is given), `tuf/` (the repository, sized for the fleet at its first commit),
+//! `inventory.sqlite` (unless a database URL is given), `source/` (the Git mirror) and
+//! `admin-token` (the operators' bearer token).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::{watch, Notify};
+
+use crate::api::admin::{self, AdminConfig};
+use crate::api::{Api, ApiConfig, EnrollmentTokens};
+use crate::compile::{self, Documents, Severity};
+use crate::inventory::store::{DeclaredDevice, Store};
+use crate::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
+use crate::rollout::engine::{Desired, Engine, EngineConfig, Event};
+use crate::source::{GitReference, GitSource, LocalWatcher, Poll, SourceSpec};
+
+/// How to run the standalone controller.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The fleet repository: a local path or a Git URL.
+    pub repo: String,
+    /// The reference to follow.
+    pub reference: GitReference,
+    /// The fleet path inside the repository.
+    pub path: String,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Where the device API, the TUF files and the operators' API listen.
+    pub listen: SocketAddr,
+    /// The inventory database URL; default `<data>/inventory.sqlite`.
+    pub database: Option<String>,
+    /// The TUF key directory; default `<data>/keys`, created when missing.
+    pub keys: Option<PathBuf>,
+    /// How often the Git source is polled when nothing wakes it.
+    pub poll_interval: Duration,
+    /// How often the engine makes a pass when nothing wakes it.
+    pub step_interval: Duration,
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// Expiries of new TUF metadata.
+    pub expiries: Expiries,
+    /// Secret of the Git webhook (`POST /v1/hooks/git`); no webhook without it.
+    pub webhook_secret: Option<String>,
+}
+
+impl RunConfig {
+    /// Defaults for a repository and a data directory.
+    pub fn new(repo: impl Into<String>, data: impl Into<PathBuf>) -> RunConfig {
+        RunConfig {
+            repo: repo.into(),
+            reference: GitReference::Branch("main".into()),
+            path: String::new(),
+            data: data.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: None,
+            keys: None,
+            poll_interval: Duration::from_secs(30),
+            step_interval: Duration::from_secs(2),
+            engine: EngineConfig::default(),
+            expiries: Expiries::default(),
+            webhook_secret: None,
+        }
+    }
+
+    /// The key directory in use.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys.clone().unwrap_or_else(|| self.data.join("keys"))
+    }
+
+    /// The TUF repository directory.
+    pub fn tuf_dir(&self) -> PathBuf {
+        self.data.join("tuf")
+    }
+
+    /// The inventory database URL in use.
+    pub fn database_url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| self.data.join("inventory.sqlite").display().to_string())
+    }
+}
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(pub String);
+
+fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> RunError + '_ {
+    move |e| RunError(format!("{context}: {e}"))
+}
+
+/// What the controller shows of itself while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunStatus {
+    /// The address it listens on.
+    pub listening: Option<SocketAddr>,
+    /// The commit in force.
+    pub commit: Option<String>,
+    /// The last refused commit and why.
+    pub refused: Option<(String, String)>,
+    /// Devices in the fleet in force.
+    pub devices: usize,
+    /// Events of the engine so far, in order.
+    pub events: Vec<Event>,
+    /// The last engine error, if the last pass failed.
+    pub error: Option<String>,
+}
+
+/// A running controller.
+#[derive(Debug)]
+pub struct Controller {
+    /// Its status, updated after every pass.
+    pub status: watch::Receiver<RunStatus>,
+    /// The operators' bearer token.
+    pub admin_token: String,
+    /// The inventory.
+    pub store: Store,
+    /// Wakes the loop (an operator's action, a test).
+    pub wake: Arc<Notify>,
+}
+
+/// Starts the controller: opens the data directory, binds `listen`, and spawns the loop
+/// and the server on the current runtime. They stop when `shutdown` completes.
+pub async fn start(
+    config: RunConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Controller, tokio::task::JoinHandle<Result<(), RunError>>), RunError> {
+    std::fs::create_dir_all(&config.data).map_err(|e| err("cannot create the data directory")(&e))?;
+    let keys_dir = config.keys_dir();
+    let keys = if keys_dir.join("roots").is_dir() {
+        KeyDir::open(&keys_dir).map_err(|e| err("cannot open the TUF keys")(&e))?
+    } else {
+        tracing::warn!(
+            dir = %keys_dir.display(),
+            "creating TUF keys with the root key next to the online key; for production, create the \
+             root keys offline with `waveguide keys init` and pass --keys"
+        );
+        KeyDir::init(&keys_dir, 1, 1, SignedDuration::from_hours(24 * 365))
+            .map_err(|e| err("cannot create TUF keys")(&e))?
+            .0
+    };
+    let store = Store::open(&config.database_url()).await.map_err(|e| err("cannot open the inventory")(&e))?;
+    let admin_token = admin_token(&config.data)?;
+
+    let wake = Arc::new(Notify::new());
+    let api = Api::new(store.clone(), ApiConfig { tuf_dir: Some(config.tuf_dir()), ..ApiConfig::default() });
+    let mut router = api.router().merge(admin::router(
+        store.clone(),
+        AdminConfig { token: admin_token.clone(), stale_after: config.engine.stale_after, wake: wake.clone() },
+    ));
+    if let Some(secret) = &config.webhook_secret {
+        let hook = crate::source::webhook::Webhook::new(secret.as_bytes().to_vec(), wake.clone())
+            .map_err(|e| err("invalid webhook settings")(&e))?;
+        router = router.merge(hook.router());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| err(&format!("cannot listen on {}", config.listen))(&e))?;
+    let listening = listener.local_addr().ok();
+    let (status_tx, status) = watch::channel(RunStatus { listening, ..RunStatus::default() });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let controller = Controller { status, admin_token, store: store.clone(), wake: wake.clone() };
+    let loop_task = tokio::spawn(async move {
+        let result = run_loop(config, keys, store, api, wake, status_tx, stop_rx).await;
+        let _ = server.await;
+        result
+    });
+    Ok((controller, loop_task))
+}
+
+/// Reads or creates `<data>/admin-token`.
+fn admin_token(data: &Path) -> Result<String, RunError> {
+    let path = data.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    let token = hex::encode(rand::random::<[u8; 24]>());
+    write_private(&path, token.as_bytes()).map_err(|e| err("cannot write the admin token")(&e))?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+async fn run_loop(
+    config: RunConfig,
+    keys: KeyDir,
+    store: Store,
+    api: Arc<Api>,
+    wake: Arc<Notify>,
+    status: watch::Sender<RunStatus>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let mut spec = SourceSpec::new(config.repo.clone(), config.reference.clone());
+    spec.path = config.path.clone();
+    spec.interval = config.poll_interval;
+    spec.jitter = Duration::ZERO;
+    let mut source = GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
+    let _watcher = match source.local_path() {
+        Some(path) => LocalWatcher::new(&path, wake.clone())
+            .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))
+            .ok(),
+        None => None,
+    };
+
+    let mut engine: Option<Engine> = None;
+    let mut desired: Option<Desired> = None;
+    let mut next_poll = Instant::now();
+    let mut next_refresh = Instant::now();
+    let mut woken = true;
+    loop {
+        if woken || Instant::now() >= next_poll {
+            let (polled, back) = tokio::task::spawn_blocking(move || {
+                let poll = source.poll();
+                (poll, source)
+            })
+            .await
+            .map_err(|e| err("the source task failed")(&e))?;
+            source = back;
+            next_poll = Instant::now() + source.status().wait(std::time::SystemTime::now());
+            match polled {
+                Poll::Changed(update) => {
+                    let commit = update.revision.commit.to_string();
+                    let compilation = tokio::task::spawn_blocking(move || compile::compile(&update.files))
+                        .await
+                        .map_err(|e| err("the compiler failed")(&e))?;
+                    match compilation.fleet {
+                        None => {
+                            let errors: Vec<String> = compilation
+                                .diagnostics
+                                .iter()
+                                .filter(|d| d.severity == Severity::Error)
+                                .map(|d| {
+                                    format!(
+                                        "{}:{}:{}: {} {}",
+                                        d.location.file, d.location.line, d.location.column, d.code, d.message
+                                    )
+                                })
+                                .collect();
+                            let summary = format!("{} errors, first: {}", errors.len(), errors[0]);
+                            tracing::error!(%commit, "commit refused: {summary}");
+                            source.rejected(&update.revision, &summary);
+                            status.send_modify(|s| s.refused = Some((commit.clone(), summary)));
+                        }
+                        Some(fleet) => {
+                            let declared = declared_devices(&compilation.documents);
+                            store
+                                .sync_declared(&declared, Timestamp::now().as_millisecond())
+                                .await
+                                .map_err(|e| err("cannot record the declared devices")(&e))?;
+                            api.forget_keys();
+                            api.set_enrollment_tokens(enrollment_tokens(&compilation.documents));
+                            if engine.is_none() {
+                                let repo = open_repository(&config, &keys, fleet.devices().len())?;
+                                engine = Some(Engine::new(store.clone(), repo, config.engine));
+                            }
+                            tracing::info!(%commit, devices = fleet.devices().len(), "commit applied");
+                            source.applied(&update.revision);
+                            status.send_modify(|s| {
+                                s.commit = Some(commit.clone());
+                                s.devices = fleet.devices().len();
+                            });
+                            desired = Some(Desired { fleet: Arc::new(fleet), commit: Some(commit) });
+                        }
+                    }
+                }
+                Poll::Unchanged(_) => {}
+                Poll::Failed(e) => tracing::warn!("fleet source: {e}"),
+            }
+        }
+        if let (Some(engine), Some(desired)) = (engine.as_mut(), desired.as_ref()) {
+            match engine.step(desired, Timestamp::now()).await {
+                Ok(report) => {
+                    for event in &report.events {
+                        tracing::info!(event = %serde_json::to_string(event).unwrap_or_default(), "rollout");
+                    }
+                    status.send_modify(|s| {
+                        s.events.extend(report.events);
+                        s.error = None;
+                    });
+                }
+                Err(e) => {
+                    tracing::error!("reconcile pass failed: {e}");
+                    status.send_modify(|s| s.error = Some(e.to_string()));
+                }
+            }
+            if Instant::now() >= next_refresh {
+                // Re-sign what expires within a day; a no-op most hours.
+                let repo = engine.repository();
+                if let Err(e) = tokio::task::block_in_place(|| repo.refresh(SignedDuration::from_hours(24))) {
+                    tracing::error!("refreshing TUF expiries failed: {e}");
+                }
+                next_refresh = Instant::now() + Duration::from_secs(3600);
+            }
+        }
+        let until_poll = next_poll.saturating_duration_since(Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep(config.step_interval.min(until_poll)) => woken = false,
+            _ = wake.notified() => woken = true,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+fn open_repository(config: &RunConfig, keys: &KeyDir, devices: usize) -> Result<Repository, RunError> {
+    let dir = config.tuf_dir();
+    let mut repo = if dir.join("waveguide-tuf.json").exists() {
+        Repository::open(&dir, keys).map_err(|e| err("cannot open the TUF repository")(&e))?
+    } else {
+        // Sized for the fleet at its first commit, with room to grow.
+        let layout = BinLayout::for_fleet(devices as u64 * 2);
+        Repository::create(&dir, keys, RepoConfig { layout, expiries: config.expiries })
+            .map_err(|e| err("cannot create the TUF repository")(&e))?
+    };
+    repo.set_expiries(config.expiries);
+    Ok(repo)
+}
+
+/// The devices a fleet declares, with their keys, for the inventory.
+pub fn declared_devices(documents: &Documents) -> Vec<DeclaredDevice> {
+    let mut out = Vec::new();
+    for d in &documents.devices {
+        let spec = &d.value.spec;
+        out.push(DeclaredDevice {
+            id: spec.id.clone().unwrap_or_else(|| d.value.metadata.name.clone()),
+            group: spec.group.clone(),
+            public_key: spec.public_key.clone(),
+        });
+    }
+    for set in &documents.device_sets {
+        let spec = &set.value.spec;
+        for entry in &spec.devices {
+            out.push(DeclaredDevice {
+                id: entry.id.clone(),
+                group: spec.group.clone(),
+                public_key: entry.public_key.clone(),
+            });
+        }
+        if let Some(range) = &spec.range {
+            out.extend(range.ids().map(|id| DeclaredDevice { id, group: spec.group.clone(), public_key: None }));
+        }
+    }
+    out
+}
+
+/// The groups' enrollment tokens (their SHA-256), for the device API.
+pub fn enrollment_tokens(documents: &Documents) -> EnrollmentTokens {
+    documents
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let enrollment = g.value.spec.enrollment.as_ref()?;
+            Some((enrollment.token_sha256.clone(), g.value.metadata.name.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,226 @@
+//! What operators see of rollouts and how they steer them: status with per-wave progress,
+//! and pause, resume, approve and abort. The CLI, the HTTP API and the Kubernetes
+//! controller all go through here; the engine picks the change up at its next pass.
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::progress::{classify, Progress, Target};
+use crate::inventory::store::{RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord, WaveState};
+use crate::inventory::Inventory;
+
+/// An operator's action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop publishing; devices already told keep going.
+    Pause,
+    /// Undo a pause. A halted rollout is re-evaluated: it goes on when its wave is back
+    /// under the failure threshold (failed devices fixed and reporting healthy), and halts
+    /// again otherwise.
+    Resume,
+    /// Approve a wave that waits for manual approval: the given one, or the next one.
+    Approve(Option<u32>),
+    /// Give the rollout up. Published instructions stay; nothing more is published.
+    Abort,
+}
+
+/// Why an action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such rollout.
+    #[error("no rollout {0:?}")]
+    NotFound(String),
+    /// The action makes no sense in the rollout's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The inventory failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies an operator's action and returns the rollout as it now is.
+pub async fn act(store: &Store, id: &str, action: Action, now: Timestamp) -> Result<RolloutRecord, ControlError> {
+    let mut rollout = store.rollout(id).await?.ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+    let now_ms = now.as_millisecond();
+    if matches!(rollout.phase, RolloutPhase::Completed | RolloutPhase::Aborted) {
+        return Err(ControlError::Conflict(format!(
+            "rollout {id} is {}; nothing to change",
+            rollout.phase.as_str()
+        )));
+    }
+    match action {
+        Action::Pause => {
+            rollout.paused = true;
+            if rollout.phase == RolloutPhase::Progressing {
+                rollout.phase = RolloutPhase::Paused;
+            }
+            rollout.message = Some("paused by an operator".into());
+        }
+        Action::Resume => {
+            rollout.paused = false;
+            rollout.phase = RolloutPhase::Progressing;
+            rollout.message = Some("resumed by an operator".into());
+        }
+        Action::Approve(wave) => {
+            let waves = store.waves(id).await?;
+            let next = waves.iter().find(|w| w.state == WaveState::Pending).map(|w| w.index);
+            let index = match (wave, next) {
+                (Some(w), _) if (w as usize) < waves.len() => w,
+                (Some(w), _) => {
+                    return Err(ControlError::Conflict(format!(
+                        "rollout {id} has {} waves; there is no wave {}",
+                        waves.len(),
+                        w + 1
+                    )))
+                }
+                (None, Some(n)) => n,
+                (None, None) => {
+                    return Err(ControlError::Conflict(format!("every wave of rollout {id} has started")))
+                }
+            };
+            store.approve_wave(id, index, Some(now_ms)).await?;
+            rollout.message = Some(format!("wave {} ({}) approved", index + 1, waves[index as usize].name));
+        }
+        Action::Abort => {
+            rollout.phase = RolloutPhase::Aborted;
+            rollout.message = Some("aborted by an operator".into());
+        }
+    }
+    rollout.updated_at = now_ms;
+    store.update_rollout(&rollout).await?;
+    Ok(rollout)
+}
+
+/// A rollout as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The rollout id.
+    pub id: String,
+    /// Its policy.
+    pub policy: String,
+    /// The release it moves to.
+    pub release: String,
+    /// That release's version.
+    pub version: String,
+    /// The commit that started it.
+    pub commit: Option<String>,
+    /// `progressing`, `paused`, `halted`, `completed` or `aborted`.
+    pub phase: String,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Why it is where it is.
+    pub message: Option<String>,
+    /// The wave in progress (the last one started), from 0.
+    pub current_wave: u32,
+    /// Started.
+    pub created_at: Option<Timestamp>,
+    /// Last changed.
+    pub updated_at: Option<Timestamp>,
+    /// Every wave, in order.
+    pub waves: Vec<WaveStatus>,
+    /// All waves together.
+    pub total: Progress,
+}
+
+/// One wave as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveStatus {
+    /// Position, from 0.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// `pending`, `published`, `succeeded` or `failed`.
+    pub state: String,
+    /// Bake time, as written.
+    pub bake: Option<String>,
+    /// When it started.
+    pub published_at: Option<Timestamp>,
+    /// When it first met its success threshold.
+    pub healthy_at: Option<Timestamp>,
+    /// When it was approved.
+    pub approved_at: Option<Timestamp>,
+    /// When it passed or failed.
+    pub finished_at: Option<Timestamp>,
+    /// Its devices by state.
+    pub progress: Progress,
+}
+
+fn ts(ms: Option<i64>) -> Option<Timestamp> {
+    ms.and_then(|ms| Timestamp::from_millisecond(ms).ok())
+}
+
+/// The status of one rollout, with its devices' progress from the inventory.
+pub async fn status(
+    store: &Store,
+    id: &str,
+    stale_after: SignedDuration,
+    now: Timestamp,
+) -> Result<Option<RolloutStatus>, StoreError> {
+    let Some(rollout) = store.rollout(id).await? else { return Ok(None) };
+    let inventory = store.inventory().await?;
+    describe(store, &inventory, rollout, stale_after, now).await.map(Some)
+}
+
+/// Every rollout, oldest first, with progress.
+pub async fn list(store: &Store, stale_after: SignedDuration, now: Timestamp) -> Result<Vec<RolloutStatus>, StoreError> {
+    let inventory = store.inventory().await?;
+    let mut out = Vec::new();
+    for rollout in store.rollouts().await? {
+        out.push(describe(store, &inventory, rollout, stale_after, now).await?);
+    }
+    Ok(out)
+}
+
+async fn describe(
+    store: &Store,
+    inventory: &Inventory,
+    rollout: RolloutRecord,
+    stale_after: SignedDuration,
+    now: Timestamp,
+) -> Result<RolloutStatus, StoreError> {
+    let waves: Vec<WaveRecord> = store.waves(&rollout.id).await?;
+    let members = store.rollout_members(&rollout.id).await?;
+    let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
+    let target = Target { release: &rollout.release, version: &version, stale_after, now_ms: now.as_millisecond() };
+    let mut progress = vec![Progress::default(); waves.len()];
+    let mut total = Progress::default();
+    for m in &members {
+        let state = classify(&target, m.published_at, true, inventory.get(&m.device_id));
+        if let Some(p) = progress.get_mut(m.wave as usize) {
+            p.add(state);
+        }
+        total.add(state);
+    }
+    let current_wave = waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0) as u32;
+    Ok(RolloutStatus {
+        phase: rollout.phase.as_str().to_string(),
+        paused: rollout.paused,
+        message: rollout.message,
+        current_wave,
+        created_at: ts(Some(rollout.created_at)),
+        updated_at: ts(Some(rollout.updated_at)),
+        waves: waves
+            .iter()
+            .zip(progress)
+            .map(|(w, progress)| WaveStatus {
+                index: w.index,
+                name: w.name.clone(),
+                state: w.state.as_str().to_string(),
+                bake: w.bake_ms.map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()),
+                published_at: ts(w.published_at),
+                healthy_at: ts(w.healthy_at),
+                approved_at: ts(w.approved_at),
+                finished_at: ts(w.finished_at),
+                progress,
+            })
+            .collect(),
+        total,
+        id: rollout.id,
+        policy: rollout.policy,
+        release: rollout.release,
+        version: rollout.version,
+        commit: rollout.commit,
+    })
+}

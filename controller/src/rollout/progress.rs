@@ -1,0 +1,184 @@
+//! Where each device of a rollout stands, from what it reported: the tally the gates
+//! decide on, and the per-wave progress operators see.
+
+use jiff::SignedDuration;
+use serde::{Deserialize, Serialize};
+
+use super::gate::WaveTally;
+use crate::inventory::{DeviceReport, UpdateState};
+
+/// Where one member of a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MemberState {
+    /// Its instruction is not published yet (maintenance window, concurrency cap, or its
+    /// wave has not started).
+    Unpublished,
+    /// Published; the device has not reported a result yet.
+    InFlight,
+    /// Runs the rollout's release, settled and healthy.
+    Healthy,
+    /// Reported the update failed, or runs the release but is unhealthy.
+    Failed,
+    /// Silent for longer than the stale timeout since its instruction was published (or
+    /// no longer in the fleet): counted apart, never blocks, never fails a wave.
+    Stale,
+}
+
+/// What a member is measured against.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The rollout's release.
+    pub release: &'a str,
+    /// Its version.
+    pub version: &'a semver::Version,
+    /// How long a published device may stay silent before it counts as stale.
+    pub stale_after: SignedDuration,
+    /// Now, Unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// Classifies one member. `published_at` is when its instruction was published;
+/// `in_fleet` is false for a device the fleet no longer declares.
+pub fn classify(
+    target: &Target<'_>,
+    published_at: Option<i64>,
+    in_fleet: bool,
+    report: Option<&DeviceReport>,
+) -> MemberState {
+    if !in_fleet {
+        return MemberState::Stale;
+    }
+    let Some(published_at) = published_at else { return MemberState::Unpublished };
+    let last_seen = report.and_then(|r| r.last_seen).map(|t| t.as_millisecond());
+    if let Some(report) = report {
+        let on_target =
+            report.release.as_deref() == Some(target.release) && &report.version == target.version;
+        if on_target && report.state.is_settled() {
+            return if report.healthy { MemberState::Healthy } else { MemberState::Failed };
+        }
+        // A failure counts when it was reported after the instruction was published: an
+        // older one is about an earlier update.
+        if report.state == UpdateState::Failed && last_seen.is_some_and(|seen| seen >= published_at) {
+            return MemberState::Failed;
+        }
+    }
+    let last_activity = last_seen.map_or(published_at, |seen| seen.max(published_at));
+    if target.now_ms - last_activity > target.stale_after.as_millis() as i64 {
+        MemberState::Stale
+    } else {
+        MemberState::InFlight
+    }
+}
+
+/// Counts of a wave's members by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Members of the wave.
+    pub size: u64,
+    /// Not published yet.
+    pub unpublished: u64,
+    /// Published, no result yet.
+    pub in_flight: u64,
+    /// Healthy on the release.
+    pub healthy: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Silent past the stale timeout.
+    pub stale: u64,
+}
+
+impl Progress {
+    /// Adds one member.
+    pub fn add(&mut self, state: MemberState) {
+        self.size += 1;
+        match state {
+            MemberState::Unpublished => self.unpublished += 1,
+            MemberState::InFlight => self.in_flight += 1,
+            MemberState::Healthy => self.healthy += 1,
+            MemberState::Failed => self.failed += 1,
+            MemberState::Stale => self.stale += 1,
+        }
+    }
+
+    /// Members whose instructions are published.
+    pub fn published(&self) -> u64 {
+        self.size - self.unpublished
+    }
+
+    /// The tally the gates decide on.
+    pub fn tally(&self) -> WaveTally {
+        WaveTally {
+            size: self.size,
+            unpublished: self.unpublished,
+            healthy: self.healthy,
+            failed: self.failed,
+            stale: self.stale,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn target(version: &semver::Version) -> Target<'_> {
+        Target { release: "v2", version, stale_after: SignedDuration::from_mins(10), now_ms: 100 * MIN }
+    }
+
+    fn report(release: &str, version: &str, state: UpdateState, healthy: bool, seen: i64) -> DeviceReport {
+        DeviceReport {
+            release: Some(release.into()),
+            version: version.parse().unwrap(),
+            state,
+            healthy,
+            last_seen: Some(jiff::Timestamp::from_millisecond(seen).unwrap()),
+        }
+    }
+
+    #[test]
+    fn members_are_classified_by_what_they_last_reported() {
+        let v2: semver::Version = "2.0.0".parse().unwrap();
+        let t = target(&v2);
+        let published = Some(95 * MIN);
+        let c = |r: Option<&DeviceReport>| classify(&t, published, true, r);
+        assert_eq!(classify(&t, None, true, None), MemberState::Unpublished);
+        assert_eq!(c(None), MemberState::InFlight, "published five minutes ago, not stale yet");
+        assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Installed, true, 99 * MIN))), MemberState::Healthy);
+        assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Idle, true, 99 * MIN))), MemberState::Healthy);
+        assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Installed, false, 99 * MIN))), MemberState::Failed);
+        assert_eq!(c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 99 * MIN))), MemberState::Failed);
+        assert_eq!(
+            c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 90 * MIN))),
+            MemberState::InFlight,
+            "a failure reported before the instruction was published is about an older update"
+        );
+        assert_eq!(c(Some(&report("v1", "1.0.0", UpdateState::Installing, true, 99 * MIN))), MemberState::InFlight);
+        assert_eq!(classify(&t, Some(MIN), true, None), MemberState::Stale, "silent since publication");
+        assert_eq!(
+            classify(&t, Some(MIN), true, Some(&report("v1", "1.0.0", UpdateState::Downloading, true, 2 * MIN))),
+            MemberState::Stale
+        );
+        assert_eq!(
+            classify(&t, Some(MIN), true, Some(&report("v2", "2.0.0", UpdateState::Installed, true, 2 * MIN))),
+            MemberState::Healthy,
+            "a healthy device that went quiet afterwards stays healthy"
+        );
+        assert_eq!(classify(&t, published, false, None), MemberState::Stale, "removed from the fleet");
+    }
+
+    #[test]
+    fn progress_counts_and_tallies() {
+        let mut p = Progress::default();
+        for s in [MemberState::Unpublished, MemberState::InFlight, MemberState::Healthy, MemberState::Healthy] {
+            p.add(s);
+        }
+        p.add(MemberState::Failed);
+        p.add(MemberState::Stale);
+        assert_eq!(p.published(), 5);
+        assert_eq!(p.tally(), WaveTally { size: 6, unpublished: 1, healthy: 2, failed: 1, stale: 1 });
+    }
+}
