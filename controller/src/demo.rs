@@ -156,7 +156,8 @@ pub fn prepare(
 pub fn commit_change(fleet: &DemoFleet) -> Result<String, String> {
     let policies = [("stable", "edge-os-1-5-0"), ("gateways", "edge-os-2-0-0"), ("apac", BETA_RELEASE)];
     // The beta is 1.5.0 rebuilt as 1.6.0-beta.1.
-    let base = std::fs::read_to_string(fleet.repo.join("releases/edge-os-1-5-0.yaml")).map_err(|e| e.to_string())?;
+    let base =
+        std::fs::read_to_string(fleet.repo.join("releases/edge-os-1-5-0.yaml")).map_err(|e| e.to_string())?;
     let mut beta: Release = serde_yaml::from_str(&base).map_err(|e| e.to_string())?;
     beta.metadata.name = BETA_RELEASE.to_string();
     beta.spec.version = "1.6.0-beta.1".to_string();

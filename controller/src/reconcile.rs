@@ -153,14 +153,19 @@ pub async fn start(
             .map_err(|e| err("cannot create TUF keys")(&e))?
             .0
     };
-    let store = Store::open(&config.database_url()).await.map_err(|e| err("cannot open the inventory")(&e))?;
+    let store =
+        Store::open(&config.database_url()).await.map_err(|e| err("cannot open the inventory")(&e))?;
     let admin_token = admin_token(&config.data)?;
 
     let wake = Arc::new(Notify::new());
     let api = Api::new(store.clone(), ApiConfig { tuf_dir: Some(config.tuf_dir()), ..ApiConfig::default() });
     let mut router = api.router().merge(admin::router(
         store.clone(),
-        AdminConfig { token: admin_token.clone(), stale_after: config.engine.stale_after, wake: wake.clone() },
+        AdminConfig {
+            token: admin_token.clone(),
+            stale_after: config.engine.stale_after,
+            wake: wake.clone(),
+        },
     ));
     if let Some(secret) = &config.webhook_secret {
         let hook = crate::source::webhook::Webhook::new(secret.as_bytes().to_vec(), wake.clone())
@@ -231,7 +236,8 @@ async fn run_loop(
     spec.path = config.path.clone();
     spec.interval = config.poll_interval;
     spec.jitter = Duration::ZERO;
-    let mut source = GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
+    let mut source =
+        GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
     let _watcher = match source.local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
             .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))
@@ -269,7 +275,11 @@ async fn run_loop(
                                 .map(|d| {
                                     format!(
                                         "{}:{}:{}: {} {}",
-                                        d.location.file, d.location.line, d.location.column, d.code, d.message
+                                        d.location.file,
+                                        d.location.line,
+                                        d.location.column,
+                                        d.code,
+                                        d.message
                                     )
                                 })
                                 .collect();
@@ -373,7 +383,11 @@ pub fn declared_devices(documents: &Documents) -> Vec<DeclaredDevice> {
             });
         }
         if let Some(range) = &spec.range {
-            out.extend(range.ids().map(|id| DeclaredDevice { id, group: spec.group.clone(), public_key: None }));
+            out.extend(range.ids().map(|id| DeclaredDevice {
+                id,
+                group: spec.group.clone(),
+                public_key: None,
+            }));
         }
     }
     out

@@ -119,7 +119,8 @@ async fn harness(store: Store, extra: &str) -> Harness {
     let (desired, files) = fleet("v2", extra);
     let declared = declared_devices(&compile(&files).documents);
     store.sync_declared(&declared, 0).await.unwrap();
-    let engine = Engine::new(store.clone(), repo, EngineConfig { stale_after: SignedDuration::from_mins(10) });
+    let engine =
+        Engine::new(store.clone(), repo, EngineConfig { stale_after: SignedDuration::from_mins(10) });
     let h = Harness { dir, store, engine: Some(engine), desired, now: Timestamp::now() };
     let all: Vec<String> = h.ids();
     h.report(&all, "v1", "1.0.0", UpdateState::Idle, true).await;
@@ -165,8 +166,11 @@ impl Harness {
         drop(self.engine.take());
         let keys = KeyDir::open(&self.dir.path().join("keys")).unwrap();
         let repo = Repository::open(&self.dir.path().join("tuf"), &keys).unwrap();
-        self.engine =
-            Some(Engine::new(self.store.clone(), repo, EngineConfig { stale_after: SignedDuration::from_mins(10) }));
+        self.engine = Some(Engine::new(
+            self.store.clone(),
+            repo,
+            EngineConfig { stale_after: SignedDuration::from_mins(10) },
+        ));
     }
 
     /// What the TUF repository publishes for each device, read from its files the way
@@ -186,7 +190,8 @@ impl Harness {
 }
 
 fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap()
 }
 
 /// Every device instruction the repository serves, by device id.
@@ -263,7 +268,10 @@ async fn waves_advance_in_order_on_health_and_bake_then_halt_on_failures() {
         h.step().await;
         h.advance(SignedDuration::from_secs(30));
         assert!(published_wave(&h.step().await).is_empty(), "still baking");
-        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now).await.unwrap().unwrap();
+        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(status.message.as_deref().unwrap().starts_with("baking until"), "{:?}", status.message);
         h.advance(SignedDuration::from_secs(31));
         let events = h.step().await;
@@ -351,7 +359,8 @@ async fn caps_split_a_wave_and_stale_devices_do_not_block() {
     // other, healthy one carries the wave.
     h.report(&["b00".to_string()], "v2", "2.0.0", UpdateState::Installed, true).await;
     h.step().await;
-    let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now).await.unwrap().unwrap();
+    let status =
+        control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now).await.unwrap().unwrap();
     assert!(status.message.as_deref().unwrap().contains("waiting for health"), "{:?}", status.message);
     h.advance(SignedDuration::from_mins(11));
     h.report(&["b00".to_string()], "v2", "2.0.0", UpdateState::Installed, true).await;
@@ -361,12 +370,14 @@ async fn caps_split_a_wave_and_stale_devices_do_not_block() {
     // The half wave is published three devices at a time (the policy's maxConcurrent)...
     assert_eq!(published_wave(&events), [(1, 3)], "{events:?}");
     assert!(published_wave(&h.step().await).is_empty(), "three in flight: the cap is full");
-    let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now).await.unwrap().unwrap();
+    let status =
+        control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now).await.unwrap().unwrap();
     assert_eq!(status.waves[0].progress.stale, 1);
     assert_eq!(status.waves[1].progress.in_flight, 3);
     assert_eq!(status.waves[1].progress.unpublished, 7);
     // ...and the next three once those report a result.
-    let first: Vec<String> = h.published().keys().filter(|d| d.as_str() != "b00" && d.as_str() != "b01").cloned().collect();
+    let first: Vec<String> =
+        h.published().keys().filter(|d| d.as_str() != "b00" && d.as_str() != "b01").cloned().collect();
     assert_eq!(first.len(), 3);
     h.report(&first, "v2", "2.0.0", UpdateState::Installed, true).await;
     assert_eq!(published_wave(&h.step().await), [(1, 3)]);
@@ -394,7 +405,9 @@ async fn a_later_commit_supersedes_a_rollout_and_pause_holds_publishing() {
     // own canaries, including devices that already run v2.
     h.desired = fleet("v3", "").0;
     let events = h.step().await;
-    assert!(events.iter().any(|e| matches!(e, Event::RolloutAborted { rollout, .. } if rollout == "stable-1")));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::RolloutAborted { rollout, .. } if rollout == "stable-1")));
     assert_eq!(started(&events), ["stable-2"]);
     assert_eq!(h.store.rollout("stable-1").await.unwrap().unwrap().phase, RolloutPhase::Aborted);
     let published = h.published();

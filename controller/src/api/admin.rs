@@ -77,7 +77,10 @@ impl Admin {
     }
 }
 
-async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Json<Vec<RolloutStatus>>, ApiError> {
+async fn list(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<RolloutStatus>>, ApiError> {
     admin.authorize(&headers)?;
     Ok(Json(control::list(&admin.store, admin.stale_after, Timestamp::now()).await?))
 }

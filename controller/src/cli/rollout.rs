@@ -88,7 +88,9 @@ async fn call(args: &RolloutArgs) -> Result<String, String> {
             .map_err(|e| format!("cannot read {}: {e}", data.join("admin-token").display()))?
             .trim()
             .to_string(),
-        (None, None) => return Err("give the operators' token with --token, WAVEGUIDE_TOKEN or --data".into()),
+        (None, None) => {
+            return Err("give the operators' token with --token, WAVEGUIDE_TOKEN or --data".into())
+        }
     };
     let base = c.server.trim_end_matches('/');
     let http = reqwest::Client::new();
@@ -138,13 +140,15 @@ async fn call(args: &RolloutArgs) -> Result<String, String> {
 
 /// `rollout list` as a table.
 pub fn table(list: &[RolloutStatus]) -> String {
-    let mut rows = vec![["ROLLOUT", "POLICY", "RELEASE", "PHASE", "WAVE", "UPDATED", "FAILED", "STALE", "MESSAGE"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows =
+        vec![["ROLLOUT", "POLICY", "RELEASE", "PHASE", "WAVE", "UPDATED", "FAILED", "STALE", "MESSAGE"]
+            .map(String::from)
+            .to_vec()];
     for r in list {
-        let wave = r.waves.get(r.current_wave as usize).map_or("-".to_string(), |w| {
-            format!("{}/{} {}", r.current_wave + 1, r.waves.len(), w.name)
-        });
+        let wave = r
+            .waves
+            .get(r.current_wave as usize)
+            .map_or("-".to_string(), |w| format!("{}/{} {}", r.current_wave + 1, r.waves.len(), w.name));
         rows.push(vec![
             r.id.clone(),
             r.policy.clone(),
@@ -172,9 +176,20 @@ pub fn detail(r: &RolloutStatus) -> String {
         let _ = writeln!(out, "message: {message}");
     }
     out.push('\n');
-    let mut rows = vec![["WAVE", "NAME", "STATE", "DEVICES", "PUBLISHED", "HEALTHY", "FAILED", "STALE", "BAKE", "APPROVED"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "WAVE",
+        "NAME",
+        "STATE",
+        "DEVICES",
+        "PUBLISHED",
+        "HEALTHY",
+        "FAILED",
+        "STALE",
+        "BAKE",
+        "APPROVED",
+    ]
+    .map(String::from)
+    .to_vec()];
     for w in &r.waves {
         rows.push(vec![
             (w.index + 1).to_string(),
@@ -202,7 +217,15 @@ fn render(rows: &[Vec<String>]) -> String {
         let line: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, cell)| if c + 1 == columns { cell.clone() } else { format!("{cell:<w$}", w = widths[c]) })
+            .map(
+                |(c, cell)| {
+                    if c + 1 == columns {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<w$}", w = widths[c])
+                    }
+                },
+            )
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }

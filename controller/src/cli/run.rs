@@ -75,7 +75,8 @@ impl RunArgs {
         config.poll_interval = self.poll_interval;
         config.step_interval = self.step_interval;
         config.engine = EngineConfig {
-            stale_after: jiff::SignedDuration::try_from(self.stale_after).unwrap_or(jiff::SignedDuration::MAX),
+            stale_after: jiff::SignedDuration::try_from(self.stale_after)
+                .unwrap_or(jiff::SignedDuration::MAX),
         };
         config.webhook_secret = self.webhook_secret.clone();
         config
@@ -99,7 +100,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
         };
         let addr = controller.status.borrow().listening.unwrap_or(config.listen);
         eprintln!("waveguide: serving the device API on http://{addr}/v1/, TUF files on http://{addr}/tuf/");
-        eprintln!("waveguide: data in {}, admin token in {}", config.data.display(), config.data.join("admin-token").display());
+        eprintln!(
+            "waveguide: data in {}, admin token in {}",
+            config.data.display(),
+            config.data.join("admin-token").display()
+        );
         match task.await {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) => {

@@ -325,6 +325,16 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later
+    /// fails with `SQLITE_BUSY` without waiting when another connection wrote meanwhile.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// The database behind this store.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -368,7 +378,7 @@ impl Store {
         if upserts.is_empty() && undeclare.is_empty() {
             return Ok(summary);
         }
-        let mut tx = self.pool.begin().await.map_err(query_error("syncing declared devices"))?;
+        let mut tx = self.begin_write().await.map_err(query_error("syncing declared devices"))?;
         for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
             let sql = multi_row(
                 "INSERT INTO devices (id, group_name, public_key, declared, updated_at) VALUES ",
@@ -463,7 +473,7 @@ impl Store {
         if reports.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(query_error("storing reports"))?;
+        let mut tx = self.begin_write().await.map_err(query_error("storing reports"))?;
         // The current sequence number of every device in the batch, in one query per chunk.
         let mut ids: Vec<&str> = reports.iter().map(|r| r.device_id.as_str()).collect();
         ids.sort_unstable();
@@ -595,7 +605,7 @@ impl Store {
         members: &[Vec<String>],
     ) -> Result<(), StoreError> {
         let action = "creating a rollout";
-        let mut tx = self.pool.begin().await.map_err(query_error(action))?;
+        let mut tx = self.begin_write().await.map_err(query_error(action))?;
         sqlx::query(
             "INSERT INTO rollouts (id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -769,9 +779,14 @@ impl Store {
     }
 
     /// Records that the instructions of `device_ids`, members of a rollout, were published.
-    pub async fn mark_published(&self, rollout_id: &str, device_ids: &[String], at: i64) -> Result<(), StoreError> {
+    pub async fn mark_published(
+        &self,
+        rollout_id: &str,
+        device_ids: &[String],
+        at: i64,
+    ) -> Result<(), StoreError> {
         let action = "recording published devices";
-        let mut tx = self.pool.begin().await.map_err(query_error(action))?;
+        let mut tx = self.begin_write().await.map_err(query_error(action))?;
         for chunk in device_ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE wave_devices SET published_at = $1 WHERE rollout_id = $2 AND published_at IS NULL \
@@ -801,7 +816,12 @@ impl Store {
     }
 
     /// Sets when one wave was approved; `None` withdraws the approval.
-    pub async fn approve_wave(&self, rollout_id: &str, index: u32, at: Option<i64>) -> Result<(), StoreError> {
+    pub async fn approve_wave(
+        &self,
+        rollout_id: &str,
+        index: u32,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE waves SET approved_at = $1 WHERE rollout_id = $2 AND idx = $3")
             .bind(at)
             .bind(rollout_id)

@@ -39,7 +39,12 @@ pub enum ControlError {
 }
 
 /// Applies an operator's action and returns the rollout as it now is.
-pub async fn act(store: &Store, id: &str, action: Action, now: Timestamp) -> Result<RolloutRecord, ControlError> {
+pub async fn act(
+    store: &Store,
+    id: &str,
+    action: Action,
+    now: Timestamp,
+) -> Result<RolloutRecord, ControlError> {
     let mut rollout = store.rollout(id).await?.ok_or_else(|| ControlError::NotFound(id.to_string()))?;
     let now_ms = now.as_millisecond();
     if matches!(rollout.phase, RolloutPhase::Completed | RolloutPhase::Aborted) {
@@ -164,7 +169,11 @@ pub async fn status(
 }
 
 /// Every rollout, oldest first, with progress.
-pub async fn list(store: &Store, stale_after: SignedDuration, now: Timestamp) -> Result<Vec<RolloutStatus>, StoreError> {
+pub async fn list(
+    store: &Store,
+    stale_after: SignedDuration,
+    now: Timestamp,
+) -> Result<Vec<RolloutStatus>, StoreError> {
     let inventory = store.inventory().await?;
     let mut out = Vec::new();
     for rollout in store.rollouts().await? {
@@ -183,7 +192,8 @@ async fn describe(
     let waves: Vec<WaveRecord> = store.waves(&rollout.id).await?;
     let members = store.rollout_members(&rollout.id).await?;
     let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
-    let target = Target { release: &rollout.release, version: &version, stale_after, now_ms: now.as_millisecond() };
+    let target =
+        Target { release: &rollout.release, version: &version, stale_after, now_ms: now.as_millisecond() };
     let mut progress = vec![Progress::default(); waves.len()];
     let mut total = Progress::default();
     for m in &members {
@@ -208,7 +218,9 @@ async fn describe(
                 index: w.index,
                 name: w.name.clone(),
                 state: w.state.as_str().to_string(),
-                bake: w.bake_ms.map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()),
+                bake: w.bake_ms.map(|ms| {
+                    humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()
+                }),
                 published_at: ts(w.published_at),
                 healthy_at: ts(w.healthy_at),
                 approved_at: ts(w.approved_at),

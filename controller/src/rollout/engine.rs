@@ -1,9 +1,9 @@
 //! The rollout engine: the stateful part of the rollout stage.
 //!
 //! One [`Engine::step`] is one level-based pass over the fleet in force: it plans the
-//! compiled fleet against the inventory, starts a rollout for each policy that has devices
-//! to move to a release no rollout has taken on yet (pinning the release and the wave
-//! membership), supersedes rollouts whose policy now targets another release, asks the
+//! compiled fleet against the inventory, starts a rollout for each policy whose reporting
+//! devices must move to a release no rollout has taken on yet (pinning the release and the
+//! wave membership, never-seen devices included in their place), supersedes rollouts whose policy now targets another release, asks the
 //! [gates](super::gate) what each active rollout may do, admits devices of the current wave
 //! through [admission](super::admission), and publishes every admitted instruction in one
 //! publisher commit. Then it records what it published and the rollouts' new state in the
@@ -31,7 +31,9 @@ use crate::inventory::store::{
 };
 use crate::inventory::Inventory;
 use crate::plan;
-use crate::publish::{ArtifactRef, Batch, CommitReport, DeviceInstruction, PublishError, ReleaseArtifact, Repository};
+use crate::publish::{
+    ArtifactRef, Batch, CommitReport, DeviceInstruction, PublishError, ReleaseArtifact, Repository,
+};
 
 /// The rollout id written into the instructions of pinned devices.
 pub const PIN_ROLLOUT: &str = "pin";
@@ -199,7 +201,11 @@ impl Engine {
             let policy = fleet.policy(policy_plan.policy);
             let release = fleet.release(policy.release);
             let latest = rollouts.iter().rev().find(|r| r.policy == policy.name);
-            if latest.is_some_and(|r| same_release(r, release)) || policy_plan.to_update() == 0 {
+            // Devices never seen are scheduled in their place, but do not start a rollout
+            // on their own: a fleet whose devices have not reported yet has nothing to
+            // measure a wave by.
+            let reported_to_update = policy_plan.to_update() - policy_plan.never_seen;
+            if latest.is_some_and(|r| same_release(r, release)) || reported_to_update == 0 {
                 continue;
             }
             let rollout = self.start(fleet, policy_plan, desired.commit.clone(), &rollouts, now_ms).await?;
@@ -226,7 +232,8 @@ impl Engine {
             let target = self.target(rollout, &version, now_ms);
             for member in &self.members[&rollout.id] {
                 let ix = fleet.device_index(&member.device);
-                let state = classify(&target, member.published_at, ix.is_some(), inventory.get(&member.device));
+                let state =
+                    classify(&target, member.published_at, ix.is_some(), inventory.get(&member.device));
                 if state == MemberState::InFlight {
                     in_flight_devices.extend(ix);
                     *policy_in_flight.entry(*policy).or_default() += 1;
@@ -250,8 +257,7 @@ impl Engine {
                 now,
                 stale_after: self.config.stale_after,
             };
-            let admitted =
-                step.run(&mut rollout, &mut pending, &mut in_flight, &policy_in_flight, &windows);
+            let admitted = step.run(&mut rollout, &mut pending, &mut in_flight, &policy_in_flight, &windows);
             if let Some((wave, devices)) = admitted {
                 self.publish(fleet, &rollout, wave, &devices, &mut pending);
             }
@@ -263,7 +269,9 @@ impl Engine {
             let policy = fleet.policy(policy_plan.policy);
             let release = fleet.release(policy.release);
             let Some(done) = rollouts.iter().rev().find(|r| r.policy == policy.name) else { continue };
-            if done.phase != RolloutPhase::Completed || !same_release(done, release) || policy_plan.to_update() == 0
+            if done.phase != RolloutPhase::Completed
+                || !same_release(done, release)
+                || policy_plan.to_update() == 0
             {
                 continue;
             }
@@ -279,7 +287,13 @@ impl Engine {
                 let last = self.members[&done.id].last().map_or(0, |m| m.wave);
                 let done = done.clone();
                 for d in joined {
-                    pending.batch.upserts.push(instruction(fleet, &fleet.devices()[d as usize], release, &done.id, last));
+                    pending.batch.upserts.push(instruction(
+                        fleet,
+                        &fleet.devices()[d as usize],
+                        release,
+                        &done.id,
+                        last,
+                    ));
                 }
                 pending.releases.insert(release.name.clone());
             }
@@ -374,7 +388,12 @@ impl Engine {
         Ok(())
     }
 
-    fn target<'a>(&self, rollout: &'a RolloutRecord, version: &'a semver::Version, now_ms: i64) -> Target<'a> {
+    fn target<'a>(
+        &self,
+        rollout: &'a RolloutRecord,
+        version: &'a semver::Version,
+        now_ms: i64,
+    ) -> Target<'a> {
         Target { release: &rollout.release, version, stale_after: self.config.stale_after, now_ms }
     }
 
@@ -500,7 +519,9 @@ impl RolloutStep<'_> {
                 self.finish_wave(rollout, current, WaveState::Failed, now_ms, pending);
                 rollout.phase = RolloutPhase::Halted;
                 rollout.message = Some(reason.clone());
-                pending.events.push(Event::RolloutHalted { rollout: rollout.id.clone(), reason: reason.clone() });
+                pending
+                    .events
+                    .push(Event::RolloutHalted { rollout: rollout.id.clone(), reason: reason.clone() });
                 tracing::warn!(rollout = %rollout.id, %reason, "rollout halted");
             }
             Verdict::Complete => {

@@ -147,23 +147,42 @@ mod tests {
         let c = |r: Option<&DeviceReport>| classify(&t, published, true, r);
         assert_eq!(classify(&t, None, true, None), MemberState::Unpublished);
         assert_eq!(c(None), MemberState::InFlight, "published five minutes ago, not stale yet");
-        assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Installed, true, 99 * MIN))), MemberState::Healthy);
+        assert_eq!(
+            c(Some(&report("v2", "2.0.0", UpdateState::Installed, true, 99 * MIN))),
+            MemberState::Healthy
+        );
         assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Idle, true, 99 * MIN))), MemberState::Healthy);
-        assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Installed, false, 99 * MIN))), MemberState::Failed);
+        assert_eq!(
+            c(Some(&report("v2", "2.0.0", UpdateState::Installed, false, 99 * MIN))),
+            MemberState::Failed
+        );
         assert_eq!(c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 99 * MIN))), MemberState::Failed);
         assert_eq!(
             c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 90 * MIN))),
             MemberState::InFlight,
             "a failure reported before the instruction was published is about an older update"
         );
-        assert_eq!(c(Some(&report("v1", "1.0.0", UpdateState::Installing, true, 99 * MIN))), MemberState::InFlight);
+        assert_eq!(
+            c(Some(&report("v1", "1.0.0", UpdateState::Installing, true, 99 * MIN))),
+            MemberState::InFlight
+        );
         assert_eq!(classify(&t, Some(MIN), true, None), MemberState::Stale, "silent since publication");
         assert_eq!(
-            classify(&t, Some(MIN), true, Some(&report("v1", "1.0.0", UpdateState::Downloading, true, 2 * MIN))),
+            classify(
+                &t,
+                Some(MIN),
+                true,
+                Some(&report("v1", "1.0.0", UpdateState::Downloading, true, 2 * MIN))
+            ),
             MemberState::Stale
         );
         assert_eq!(
-            classify(&t, Some(MIN), true, Some(&report("v2", "2.0.0", UpdateState::Installed, true, 2 * MIN))),
+            classify(
+                &t,
+                Some(MIN),
+                true,
+                Some(&report("v2", "2.0.0", UpdateState::Installed, true, 2 * MIN))
+            ),
             MemberState::Healthy,
             "a healthy device that went quiet afterwards stays healthy"
         );
@@ -173,7 +192,8 @@ mod tests {
     #[test]
     fn progress_counts_and_tallies() {
         let mut p = Progress::default();
-        for s in [MemberState::Unpublished, MemberState::InFlight, MemberState::Healthy, MemberState::Healthy] {
+        for s in [MemberState::Unpublished, MemberState::InFlight, MemberState::Healthy, MemberState::Healthy]
+        {
             p.add(s);
         }
         p.add(MemberState::Failed);
