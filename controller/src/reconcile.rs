@@ -27,7 +27,7 @@ use crate::api::{Api, ApiConfig, EnrollmentTokens};
 use crate::compile::{self, Documents, Severity};
 use crate::inventory::store::{DeclaredDevice, Store};
 use crate::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
-use crate::rollout::engine::{Desired, Engine, EngineConfig, Event};
+use crate::rollout::engine::{Desired, Engine, EngineConfig, EngineError, Event, StepReport};
 use crate::source::{GitReference, GitSource, LocalWatcher, Poll, SourceSpec};
 
 /// How to run the standalone controller.
@@ -223,6 +223,158 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(bytes)
 }
 
+/// What syncing the source found.
+#[derive(Debug)]
+pub enum SourceOutcome {
+    /// A new commit compiled and is now in force.
+    Applied {
+        /// The commit.
+        commit: String,
+        /// Devices it declares.
+        devices: usize,
+    },
+    /// A new commit does not compile; the last good one stays in force.
+    Refused {
+        /// The commit.
+        commit: String,
+        /// Its errors, each naming file and line.
+        errors: Vec<String>,
+    },
+    /// Nothing new.
+    Unchanged,
+    /// The source could not be read (fetch, signature); the last good commit stays.
+    Failed(String),
+}
+
+/// The engine of one fleet: its source, the fleet in force, the inventory and the TUF
+/// repository. `waveguide run` drives it from a loop; the Kubernetes controller from its
+/// reconciler. Each call does one level-based step and can be repeated safely.
+pub struct Reconciler {
+    config: RunConfig,
+    keys: KeyDir,
+    store: Store,
+    api: Option<Arc<Api>>,
+    source: Option<GitSource>,
+    engine: Option<Engine>,
+    desired: Option<Desired>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler").field("repo", &self.config.repo).finish_non_exhaustive()
+    }
+}
+
+impl Reconciler {
+    /// A reconciler for `config`, over `keys` and `store`. `api`, when given, learns the
+    /// fleet's enrollment tokens and device keys at every applied commit.
+    pub fn new(
+        config: RunConfig,
+        keys: KeyDir,
+        store: Store,
+        api: Option<Arc<Api>>,
+    ) -> Result<Reconciler, RunError> {
+        let mut spec = SourceSpec::new(config.repo.clone(), config.reference.clone());
+        spec.path = config.path.clone();
+        spec.interval = config.poll_interval;
+        spec.jitter = Duration::ZERO;
+        let source =
+            GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
+        Ok(Reconciler { config, keys, store, api, source: Some(source), engine: None, desired: None })
+    }
+
+    /// The source's state: last applied and attempted commits, failures, next poll.
+    pub fn source(&self) -> &GitSource {
+        self.source.as_ref().expect("the source is only moved out during a poll")
+    }
+
+    /// The fleet in force, if any commit was applied.
+    pub fn desired(&self) -> Option<&Desired> {
+        self.desired.as_ref()
+    }
+
+    /// The inventory.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Polls the source and, when its fleet changed, compiles it; a fleet that compiles
+    /// is applied: its devices are recorded in the inventory and the engine takes it.
+    pub async fn sync_source(&mut self) -> Result<SourceOutcome, RunError> {
+        let mut source = self.source.take().expect("the source is only moved out during a poll");
+        let (polled, source) = tokio::task::spawn_blocking(move || (source.poll(), source))
+            .await
+            .map_err(|e| err("the source task failed")(&e))?;
+        self.source = Some(source);
+        let update = match polled {
+            Poll::Changed(update) => update,
+            Poll::Unchanged(_) => return Ok(SourceOutcome::Unchanged),
+            Poll::Failed(e) => return Ok(SourceOutcome::Failed(e.to_string())),
+        };
+        let commit = update.revision.commit.to_string();
+        let files = update.files;
+        let compilation = tokio::task::spawn_blocking(move || compile::compile(&files))
+            .await
+            .map_err(|e| err("the compiler failed")(&e))?;
+        let source = self.source.as_mut().expect("source");
+        let Some(fleet) = compilation.fleet else {
+            let errors: Vec<String> = compilation
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .map(|d| {
+                    format!(
+                        "{}:{}:{}: {} {}",
+                        d.location.file, d.location.line, d.location.column, d.code, d.message
+                    )
+                })
+                .collect();
+            let summary =
+                format!("{} errors, first: {}", errors.len(), errors.first().map_or("", String::as_str));
+            tracing::error!(%commit, "commit refused: {summary}");
+            source.rejected(&update.revision, &summary);
+            return Ok(SourceOutcome::Refused { commit, errors });
+        };
+        let declared = declared_devices(&compilation.documents);
+        self.store
+            .sync_declared(&declared, Timestamp::now().as_millisecond())
+            .await
+            .map_err(|e| err("cannot record the declared devices")(&e))?;
+        if let Some(api) = &self.api {
+            api.forget_keys();
+            api.set_enrollment_tokens(enrollment_tokens(&compilation.documents));
+        }
+        if self.engine.is_none() {
+            let repo = open_repository(&self.config, &self.keys, fleet.devices().len())?;
+            self.engine = Some(Engine::new(self.store.clone(), repo, self.config.engine));
+        }
+        let devices = fleet.devices().len();
+        tracing::info!(%commit, devices, "commit applied");
+        source.applied(&update.revision);
+        self.desired = Some(Desired { fleet: Arc::new(fleet), commit: Some(commit.clone()) });
+        Ok(SourceOutcome::Applied { commit, devices })
+    }
+
+    /// One engine pass over the fleet in force (nothing before the first applied commit).
+    pub async fn step(&mut self, now: Timestamp) -> Result<StepReport, EngineError> {
+        match (self.engine.as_mut(), self.desired.as_ref()) {
+            (Some(engine), Some(desired)) => engine.step(desired, now).await,
+            _ => Ok(StepReport::default()),
+        }
+    }
+
+    /// Re-signs TUF roles that expire within `margin`.
+    pub fn refresh(&mut self, margin: SignedDuration) -> Result<(), crate::publish::PublishError> {
+        match self.engine.as_mut() {
+            Some(engine) => {
+                let repo = engine.repository();
+                tokio::task::block_in_place(|| repo.refresh(margin)).map(|_| ())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 async fn run_loop(
     config: RunConfig,
     keys: KeyDir,
@@ -232,116 +384,57 @@ async fn run_loop(
     status: watch::Sender<RunStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let mut spec = SourceSpec::new(config.repo.clone(), config.reference.clone());
-    spec.path = config.path.clone();
-    spec.interval = config.poll_interval;
-    spec.jitter = Duration::ZERO;
-    let mut source =
-        GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
-    let _watcher = match source.local_path() {
+    let step_interval = config.step_interval;
+    let mut reconciler = Reconciler::new(config, keys, store, Some(api))?;
+    let _watcher = match reconciler.source().local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
             .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))
             .ok(),
         None => None,
     };
-
-    let mut engine: Option<Engine> = None;
-    let mut desired: Option<Desired> = None;
     let mut next_poll = Instant::now();
     let mut next_refresh = Instant::now();
     let mut woken = true;
     loop {
         if woken || Instant::now() >= next_poll {
-            let (polled, back) = tokio::task::spawn_blocking(move || {
-                let poll = source.poll();
-                (poll, source)
-            })
-            .await
-            .map_err(|e| err("the source task failed")(&e))?;
-            source = back;
-            next_poll = Instant::now() + source.status().wait(std::time::SystemTime::now());
-            match polled {
-                Poll::Changed(update) => {
-                    let commit = update.revision.commit.to_string();
-                    let compilation = tokio::task::spawn_blocking(move || compile::compile(&update.files))
-                        .await
-                        .map_err(|e| err("the compiler failed")(&e))?;
-                    match compilation.fleet {
-                        None => {
-                            let errors: Vec<String> = compilation
-                                .diagnostics
-                                .iter()
-                                .filter(|d| d.severity == Severity::Error)
-                                .map(|d| {
-                                    format!(
-                                        "{}:{}:{}: {} {}",
-                                        d.location.file,
-                                        d.location.line,
-                                        d.location.column,
-                                        d.code,
-                                        d.message
-                                    )
-                                })
-                                .collect();
-                            let summary = format!("{} errors, first: {}", errors.len(), errors[0]);
-                            tracing::error!(%commit, "commit refused: {summary}");
-                            source.rejected(&update.revision, &summary);
-                            status.send_modify(|s| s.refused = Some((commit.clone(), summary)));
-                        }
-                        Some(fleet) => {
-                            let declared = declared_devices(&compilation.documents);
-                            store
-                                .sync_declared(&declared, Timestamp::now().as_millisecond())
-                                .await
-                                .map_err(|e| err("cannot record the declared devices")(&e))?;
-                            api.forget_keys();
-                            api.set_enrollment_tokens(enrollment_tokens(&compilation.documents));
-                            if engine.is_none() {
-                                let repo = open_repository(&config, &keys, fleet.devices().len())?;
-                                engine = Some(Engine::new(store.clone(), repo, config.engine));
-                            }
-                            tracing::info!(%commit, devices = fleet.devices().len(), "commit applied");
-                            source.applied(&update.revision);
-                            status.send_modify(|s| {
-                                s.commit = Some(commit.clone());
-                                s.devices = fleet.devices().len();
-                            });
-                            desired = Some(Desired { fleet: Arc::new(fleet), commit: Some(commit) });
-                        }
-                    }
+            match reconciler.sync_source().await? {
+                SourceOutcome::Applied { commit, devices } => status.send_modify(|s| {
+                    s.commit = Some(commit);
+                    s.devices = devices;
+                }),
+                SourceOutcome::Refused { commit, errors } => {
+                    status.send_modify(|s| s.refused = Some((commit, errors.join("\n"))))
                 }
-                Poll::Unchanged(_) => {}
-                Poll::Failed(e) => tracing::warn!("fleet source: {e}"),
+                SourceOutcome::Unchanged => {}
+                SourceOutcome::Failed(e) => tracing::warn!("fleet source: {e}"),
+            }
+            next_poll = Instant::now() + reconciler.source().status().wait(std::time::SystemTime::now());
+        }
+        match reconciler.step(Timestamp::now()).await {
+            Ok(report) => {
+                for event in &report.events {
+                    tracing::info!(event = %serde_json::to_string(event).unwrap_or_default(), "rollout");
+                }
+                status.send_modify(|s| {
+                    s.events.extend(report.events);
+                    s.error = None;
+                });
+            }
+            Err(e) => {
+                tracing::error!("reconcile pass failed: {e}");
+                status.send_modify(|s| s.error = Some(e.to_string()));
             }
         }
-        if let (Some(engine), Some(desired)) = (engine.as_mut(), desired.as_ref()) {
-            match engine.step(desired, Timestamp::now()).await {
-                Ok(report) => {
-                    for event in &report.events {
-                        tracing::info!(event = %serde_json::to_string(event).unwrap_or_default(), "rollout");
-                    }
-                    status.send_modify(|s| {
-                        s.events.extend(report.events);
-                        s.error = None;
-                    });
-                }
-                Err(e) => {
-                    tracing::error!("reconcile pass failed: {e}");
-                    status.send_modify(|s| s.error = Some(e.to_string()));
-                }
+        if Instant::now() >= next_refresh {
+            // Re-sign what expires within a day; a no-op most hours.
+            if let Err(e) = reconciler.refresh(SignedDuration::from_hours(24)) {
+                tracing::error!("refreshing TUF expiries failed: {e}");
             }
-            if Instant::now() >= next_refresh {
-                // Re-sign what expires within a day; a no-op most hours.
-                let repo = engine.repository();
-                if let Err(e) = tokio::task::block_in_place(|| repo.refresh(SignedDuration::from_hours(24))) {
-                    tracing::error!("refreshing TUF expiries failed: {e}");
-                }
-                next_refresh = Instant::now() + Duration::from_secs(3600);
-            }
+            next_refresh = Instant::now() + Duration::from_secs(3600);
         }
         let until_poll = next_poll.saturating_duration_since(Instant::now());
         tokio::select! {
-            _ = tokio::time::sleep(config.step_interval.min(until_poll)) => woken = false,
+            _ = tokio::time::sleep(step_interval.min(until_poll)) => woken = false,
             _ = wake.notified() => woken = true,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
