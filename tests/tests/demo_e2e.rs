@@ -1,0 +1,284 @@
+//! The demo scenario, smaller, end to end: the example fleet in a Git repository, the
+//! controller (`reconcile::start`, as `waveguide run` and `waveguide demo` run it) with
+//! its TUF repository over real HTTP, and simulated agents that verify their instructions
+//! through TUF and report back. Runs once on SQLite and once on PostgreSQL.
+//!
+//! Asserted throughout the rollout: waves start in order, and no device moves to a new
+//! release unless its wave published its instruction. Asserted at the end: the failing
+//! beta halts and the halt holds, manual approval waits for the operator, a controller
+//! restart mid-rollout resumes without publishing any wave twice, and the reference
+//! Python TUF client reads the same instructions the agents acted on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+use waveguide::agent::simulate::{device_key, SimConfig, Simulation};
+use waveguide::demo::{self, DemoOptions, BETA_RELEASE, OLD_RELEASE};
+use waveguide::inventory::store::Store;
+use waveguide::reconcile::{self, Controller, RunConfig};
+use waveguide::rollout::control::{self, RolloutStatus};
+use waveguide::rollout::engine::EngineConfig;
+
+mod common;
+
+const SEED: &str = "e2e";
+const STALE: SignedDuration = SignedDuration::from_secs(60);
+
+struct Running {
+    controller: Controller,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), reconcile::RunError>>,
+}
+
+async fn start(config: &RunConfig) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (controller, task) = reconcile::start(config.clone(), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    Running { controller, stop, task }
+}
+
+impl Running {
+    async fn shut_down(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, timeout: Duration, mut ready: impl FnMut() -> F) {
+    let until = Instant::now() + timeout;
+    while !ready().await {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks the invariants that must hold at every moment of a rollout.
+struct Watch {
+    /// Rollout → when each started wave started.
+    started: HashMap<String, Vec<Option<i64>>>,
+    /// Rollout → how many devices the halted rollout had published when it halted.
+    halted_published: HashMap<String, u64>,
+}
+
+impl Watch {
+    async fn check(&mut self, store: &Store, list: &[RolloutStatus]) {
+        for r in list {
+            // Waves start in order, each after the one before, and a start time never moves.
+            let states: Vec<&str> = r.waves.iter().map(|w| w.state.as_str()).collect();
+            let started = states.iter().take_while(|s| **s != "pending").count();
+            assert!(states[started..].iter().all(|s| *s == "pending"), "{}: waves out of order: {states:?}", r.id);
+            let times: Vec<Option<i64>> = r.waves.iter().map(|w| w.published_at.map(|t| t.as_millisecond())).collect();
+            assert!(times.iter().flatten().collect::<Vec<_>>().windows(2).all(|w| w[0] <= w[1]), "{}", r.id);
+            if let Some(before) = self.started.get(&r.id) {
+                for (i, t) in before.iter().enumerate() {
+                    if t.is_some() {
+                        assert_eq!(&times[i], t, "{} wave {} started twice", r.id, i + 1);
+                    }
+                }
+            }
+            self.started.insert(r.id.clone(), times);
+            // A halt holds: nothing more is published.
+            if r.phase == "halted" {
+                let published = r.total.published();
+                let first = *self.halted_published.entry(r.id.clone()).or_insert(published);
+                assert_eq!(published, first, "{} published more devices after it halted", r.id);
+            }
+        }
+        // No device runs a new release unless a rollout of that release told it.
+        let told: HashMap<String, HashSet<String>> = {
+            let mut told: HashMap<String, HashSet<String>> = HashMap::new();
+            for r in list {
+                for m in store.rollout_members(&r.id).await.unwrap() {
+                    if m.published_at.is_some() {
+                        told.entry(r.release.clone()).or_default().insert(m.device_id);
+                    }
+                }
+            }
+            told
+        };
+        let inventory = store.inventory().await.unwrap();
+        for (device, report) in inventory.reports() {
+            let Some(release) = report.release.as_deref() else { continue };
+            if release != OLD_RELEASE {
+                assert!(
+                    told.get(release).is_some_and(|t| t.contains(&**device)),
+                    "{device} runs {release} but no published wave told it to"
+                );
+            }
+        }
+    }
+}
+
+fn example() -> PathBuf {
+    common::repo_root().join("examples/fleet")
+}
+
+/// What the reference Python client reads for `devices`.
+fn python_instructions(base: &str, root: &Path, work: &Path, devices: &[String]) -> BTreeMap<String, Value> {
+    let python = std::env::var("WAVEGUIDE_TEST_PYTHON").expect("WAVEGUIDE_TEST_PYTHON: run ./scripts/test");
+    let out = std::process::Command::new(python)
+        .arg(common::repo_root().join("tests/python/tools/tuf_instructions.py"))
+        .arg(format!("{base}/tuf"))
+        .arg(root)
+        .arg(work)
+        .args(devices)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn scenario(database: Option<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = demo::prepare(
+        &example(),
+        tmp.path(),
+        &DemoOptions { devices: 240, bake: "2s".into() },
+        |id| device_key(SEED, id).public_key_b64(),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = RunConfig::new(fleet.repo.display().to_string(), tmp.path().join("data"));
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.database = database;
+    config.poll_interval = Duration::from_secs(1);
+    config.step_interval = Duration::from_millis(200);
+    config.engine = EngineConfig { stale_after: STALE };
+    let mut running = start(&config).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let root = config.tuf_dir().join("metadata/1.root.json");
+    wait_for("the first commit", Duration::from_secs(30), || {
+        let exists = root.exists();
+        async move { exists }
+    })
+    .await;
+
+    let mut sim = SimConfig::new(base.parse().unwrap(), std::fs::read(&root).unwrap());
+    sim.key_seed = SEED.into();
+    sim.initial_release = Some(OLD_RELEASE.into());
+    sim.initial_version = "1.4.2".parse().unwrap();
+    sim.fail_rate = 0.5;
+    sim.fail_release = Some(BETA_RELEASE.into());
+    sim.install_time = Duration::from_millis(300);
+    sim.poll_interval = Duration::from_millis(300);
+    sim.report_interval = Duration::from_secs(3);
+    let simulation = Simulation::start(sim, fleet.devices.clone()).unwrap();
+
+    let store = running.controller.store.clone();
+    wait_for("every device to report", Duration::from_secs(60), || {
+        let store = store.clone();
+        async move { store.inventory().await.unwrap().len() == 240 }
+    })
+    .await;
+    assert!(control::list(&store, STALE, Timestamp::now()).await.unwrap().is_empty(), "the fleet starts up to date");
+
+    let commit = demo::commit_change(&fleet).unwrap();
+    let token = running.controller.admin_token.clone();
+    let http = reqwest::Client::new();
+    let mut watch = Watch { started: HashMap::new(), halted_published: HashMap::new() };
+    let mut restarted = false;
+    let mut approvals = 0;
+    let mut waiting_since: Option<(u32, Instant)> = None;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
+        watch.check(&store, &list).await;
+        let by_policy: HashMap<&str, &RolloutStatus> = list.iter().map(|r| (r.policy.as_str(), r)).collect();
+        for r in &list {
+            assert_eq!(r.commit.as_deref(), Some(commit.as_str()), "{}", r.id);
+        }
+
+        // Manual approval waits: the gateways' next wave stays pending until approved
+        // through the operators' HTTP API.
+        if let Some(gw) = by_policy.get("gateways") {
+            if gw.message.as_deref().is_some_and(|m| m.contains("waits for approval")) {
+                let (wave, since) = *waiting_since.get_or_insert((gw.current_wave, Instant::now()));
+                assert_eq!(gw.current_wave, wave);
+                assert_eq!(gw.waves[wave as usize + 1].state, "pending");
+                if since.elapsed() > Duration::from_secs(2) {
+                    let response = http
+                        .post(format!("{base}/v1/rollouts/{}/approve", gw.id))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    approvals += 1;
+                    waiting_since = None;
+                }
+            }
+        }
+
+        // Restart the controller once, in the middle of the stable rollout.
+        if !restarted && by_policy.get("stable").is_some_and(|r| r.current_wave == 1) {
+            running.shut_down().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            running = start(&config).await;
+            restarted = true;
+        }
+
+        let done = ["stable", "gateways", "apac"]
+            .iter()
+            .all(|p| by_policy.get(p).is_some_and(|r| matches!(r.phase.as_str(), "completed" | "halted")));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rollouts did not finish: {list:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(restarted, "the controller was restarted mid-rollout");
+    assert!(approvals >= 1, "gateways waited for approval");
+
+    // A halt holds while devices keep reporting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
+    watch.check(&store, &list).await;
+    let by_policy: HashMap<&str, &RolloutStatus> = list.iter().map(|r| (r.policy.as_str(), r)).collect();
+    assert_eq!(by_policy["stable"].phase, "completed");
+    assert_eq!(by_policy["gateways"].phase, "completed");
+    let apac = by_policy["apac"];
+    assert_eq!(apac.phase, "halted");
+    assert!(apac.message.as_deref().unwrap().contains("failure threshold"), "{:?}", apac.message);
+    assert_eq!(apac.current_wave, 0, "the beta halts in its first wave");
+    assert!(apac.waves[1..].iter().all(|w| w.state == "pending"));
+
+    // The reference client reads what the agents acted on.
+    let views = simulation.devices();
+    let ids: Vec<String> = views.iter().map(|v| v.id.clone()).collect();
+    let python = python_instructions(&base, &root, &tmp.path().join("python"), &ids);
+    let mut compared = 0;
+    for view in &views {
+        let instruction = &python[&view.id];
+        if view.release.as_deref() != Some(OLD_RELEASE) {
+            // A device on a new release got there through an instruction the Python
+            // client verifies too.
+            assert_eq!(instruction["release"].as_str(), view.release.as_deref(), "{}", view.id);
+            assert_eq!(instruction["version"].as_str(), Some(view.version.to_string().as_str()), "{}", view.id);
+            compared += 1;
+        } else if !instruction.is_null() && view.failures == 0 {
+            // Still on the old release with an instruction: it is the halted beta's, or
+            // one still in progress; never a release the device did not get told about.
+            assert!(instruction["release"].is_string());
+        }
+    }
+    assert!(compared > 100, "only {compared} devices moved");
+
+    simulation.stop().await;
+    running.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_scenario_on_sqlite() {
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_scenario_on_postgres() {
+    scenario(Some(common::fresh_postgres_database().await)).await;
+}
