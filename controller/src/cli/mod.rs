@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
 mod gen_fleet;
 pub mod keys;
 mod plan;
 mod schemas;
+pub mod simulate;
 pub mod tuf;
 mod validate;
 
@@ -36,6 +38,10 @@ pub enum Command {
     /// Manage the published TUF repository.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
+    /// Run the device agent: verify the TUF instruction, install, report.
+    Agent(Box<agent::AgentArgs>),
+    /// Simulate many devices, each a real agent with its own key and TUF metadata.
+    Simulate(Box<simulate::SimulateArgs>),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -48,6 +54,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::GenFleet(args) => gen_fleet::run(&args),
         Command::Keys(c) => keys::run(c),
         Command::Tuf(c) => tuf::run(c),
+        Command::Agent(args) => agent::run(*args),
+        Command::Simulate(args) => simulate::run(*args),
     }
 }
 
