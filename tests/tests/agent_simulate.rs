@@ -103,7 +103,7 @@ async fn two_hundred_devices_install_and_the_failing_release_fails_everywhere() 
 async fn measure_a_large_simulation() {
     let n: usize = std::env::var("WAVEGUIDE_SIM_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let poll: u64 = std::env::var("WAVEGUIDE_SIM_POLL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let c = Controller::start().await;
+    let c = Controller::start_with(waveguide::publish::BinLayout::for_fleet(n as u64)).await;
     let ids = device_ids("sim-", n);
     fleet(&c, &ids).await;
     let mut config = config(&c);

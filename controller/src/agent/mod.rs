@@ -126,6 +126,7 @@ pub struct Agent {
     store: Option<StateDir>,
     installer: Installer,
     observer: Option<StateObserver>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
     next_report: Instant,
 }
 
@@ -157,6 +158,7 @@ impl Agent {
             store,
             installer,
             observer: None,
+            gate: None,
             next_report: Instant::now(),
         })
     }
@@ -199,6 +201,20 @@ impl Agent {
         self.observer = Some(observer);
     }
 
+    /// Makes every update check and report hold a permit of `gate` while it talks to
+    /// the server, so that many agents in one process (the simulator) keep a bounded
+    /// number of requests, and connections, open at once.
+    pub fn limit_requests(&mut self, gate: Arc<tokio::sync::Semaphore>) {
+        self.gate = Some(gate);
+    }
+
+    async fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.gate {
+            Some(gate) => gate.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
     /// The device id.
     pub fn device_id(&self) -> &str {
         &self.config.device_id
@@ -232,7 +248,9 @@ impl Agent {
     /// instruction (install it, or say why not).
     pub async fn poll(&mut self) -> anyhow::Result<PollOutcome> {
         self.enroll().await?;
+        let permit = self.permit().await;
         let verified = self.tuf.instruction(&self.config.device_id).await;
+        drop(permit);
         if self.tuf.take_changed() {
             if let Some(store) = &self.store {
                 store.save_trusted(self.tuf.trusted()).context("saving the trusted TUF metadata")?;
@@ -363,6 +381,7 @@ impl Agent {
     }
 
     async fn send(&mut self, body: &crate::api::ReportBody) -> anyhow::Result<()> {
+        let _permit = self.permit().await;
         let ts = now_ms().max(self.state.last_report_ms + 1);
         self.state.last_report_ms = ts;
         device_api::report(&self.http, &self.config.server, &self.config.device_id, &self.key, ts, body)

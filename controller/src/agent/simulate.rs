@@ -44,6 +44,9 @@ pub fn device_ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:0width$}")).collect()
 }
 
+/// Most requests the simulated devices have in flight at once (each holds a connection).
+const MAX_REQUESTS: usize = 256;
+
 /// Settings of a simulation.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -139,7 +142,9 @@ impl Simulation {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(MAX_REQUESTS)
             .build()?;
+        let gate = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
         let installer = Installer::Simulated(SimulatedInstaller {
             install_time: config.install_time,
             fail_rate: config.fail_rate,
@@ -176,6 +181,7 @@ impl Simulation {
                 None,
                 installer.clone(),
             )?;
+            agent.limit_requests(gate.clone());
             let slots = views.clone();
             agent.observe(Arc::new(move |state: &AgentState| {
                 let mut view = slots[index].lock().expect("view lock");

@@ -180,8 +180,16 @@ struct TrustedSnapshot {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct TrustedRole {
     version: u64,
+    /// The role, with only the targets of `paths` kept: a leaf bin lists hundreds of
+    /// devices, a device needs one of them.
     targets: Targets,
+    /// The target paths looked up through this role; a lookup of another path fetches
+    /// the role again.
+    paths: Vec<String>,
 }
+
+/// Most target paths whose entries a cached role keeps.
+const MAX_PATHS_PER_ROLE: usize = 64;
 
 impl Trusted {
     /// Trust anchored in a root file shipped with the device. The root must carry a
@@ -491,7 +499,7 @@ impl TufClient {
     async fn find_target(&mut self, path: &str) -> Result<Option<Target>, TufError> {
         let now = Timestamp::now();
         let path_hash = hex::encode(Sha256::digest(path.as_bytes()));
-        self.load_role("targets", None, now).await?;
+        self.load_role("targets", None, path, now).await?;
         // (role, the role that delegates to it)
         let mut to_visit: Vec<(String, Option<String>)> = vec![("targets".into(), None)];
         let mut visited = 0;
@@ -502,7 +510,7 @@ impl TufClient {
             }
             visited += 1;
             if role != "targets" {
-                self.load_role(&role, parent.as_deref(), now).await?;
+                self.load_role(&role, parent.as_deref(), path, now).await?;
             }
             let targets = &self.trusted.roles[&role].targets;
             if let Some((_, target)) = targets.targets.iter().find(|(name, _)| name.raw() == path) {
@@ -526,17 +534,25 @@ impl TufClient {
     /// Makes `role` trusted at the version the snapshot lists: the cached copy when it is
     /// that version, else fetched and verified with the keys `parent` delegates to it
     /// (the root's for `targets`).
-    async fn load_role(&mut self, role: &str, parent: Option<&str>, now: Timestamp) -> Result<(), TufError> {
+    async fn load_role(
+        &mut self,
+        role: &str,
+        parent: Option<&str>,
+        path: &str,
+        now: Timestamp,
+    ) -> Result<(), TufError> {
         let snapshot = self.trusted.snapshot.as_ref().expect("the snapshot is updated first");
         let file = format!("{role}.json");
         let version = *snapshot
             .meta
             .get(&file)
             .ok_or_else(|| TufError::Missing { role: role.into(), referrer: "snapshot".into() })?;
+        let mut paths = vec![path.to_owned()];
         if let Some(cached) = self.trusted.roles.get(role) {
-            if cached.version == version {
+            if cached.version == version && cached.paths.iter().any(|p| p == path) {
                 return check_expiry(role, cached.targets.expires, now);
             }
+            paths.extend(cached.paths.iter().filter(|p| *p != path).take(MAX_PATHS_PER_ROLE - 1).cloned());
         }
         let name = self.versioned(role, version);
         let meta = Metafile {
@@ -546,7 +562,7 @@ impl TufClient {
             _extra: Default::default(),
         };
         let bytes = self.fetch_meta(&name, &meta, role).await?;
-        let new: Signed<Targets> = parse(role, &bytes)?;
+        let mut new: Signed<Targets> = parse(role, &bytes)?;
         match parent {
             None => self.trusted.root.signed.verify_role(&new).map_err(|e| signature(role, e))?,
             Some(parent) => {
@@ -572,7 +588,8 @@ impl TufClient {
                 self.trusted.roles.remove(&child.name);
             }
         }
-        self.trusted.roles.insert(role.into(), TrustedRole { version, targets: new.signed });
+        new.signed.targets.retain(|name, _| paths.iter().any(|p| p == name.raw()));
+        self.trusted.roles.insert(role.into(), TrustedRole { version, targets: new.signed, paths });
         self.changed = true;
         Ok(())
     }

@@ -33,10 +33,14 @@ impl Controller {
     /// that tough's full client, which fetches every bin, stays quick), an inventory, and
     /// the device API serving both.
     pub async fn start() -> Controller {
+        Controller::start_with(BinLayout { leaf_bits: 5, parent_bits: 2 }).await
+    }
+
+    /// The same with the bins of `layout`.
+    pub async fn start_with(layout: BinLayout) -> Controller {
         let tmp = TempDir::new().unwrap();
         let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
-        let config =
-            RepoConfig { layout: BinLayout { leaf_bits: 5, parent_bits: 2 }, expiries: Expiries::default() };
+        let config = RepoConfig { layout, expiries: Expiries::default() };
         Repository::create(&tmp.path().join("tuf"), &keys, config).unwrap();
         let store = Store::open(tmp.path().join("inventory.db").to_str().unwrap()).await.unwrap();
         let api =
