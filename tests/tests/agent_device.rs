@@ -295,3 +295,101 @@ async fn the_agent_binary_enrolls_installs_and_exits_with_once() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("up to date"));
     assert!(!marker.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_the_repository_does_not_hold_comes_from_its_signed_url() {
+    let c = Controller::start().await;
+    let (key, state) = device(&c, "gw-7").await;
+    // A download server of its own, holding the artifact the repository only signs.
+    let downloads = c.tmp.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(downloads.join("app.bin"), b"from the mirror").unwrap();
+    let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(&downloads));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mirror = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut image = c.artifact("r2", "app.bin", b"from the mirror");
+    image.file = None;
+    image.url = format!("{mirror}/app.bin");
+    c.publish(Batch {
+        upserts: vec![instruction("gw-7", "r2", "2.0.0", &[&image])],
+        releases: vec![image.clone()],
+        ..Batch::default()
+    });
+    assert!(!c.artifact_file(&image).exists());
+    let mut agent = open_agent(&c, "gw-7", &key, &state, None);
+    assert_eq!(agent.once().await.unwrap(), PollOutcome::Installed { healthy: true });
+    assert_eq!(std::fs::read(state.join("artifacts/r2/app.bin")).unwrap(), b"from the mirror");
+
+    // The mirror changes the file: refused.
+    std::fs::write(downloads.join("app.bin"), b"from the MIRROR").unwrap();
+    let mut image3 = image.clone();
+    image3.release = "r3".into();
+    image3.url = format!("{mirror}/app.bin");
+    c.publish(Batch {
+        upserts: vec![instruction("gw-7", "r3", "3.0.0", &[&image3])],
+        releases: vec![image3],
+        ..Batch::default()
+    });
+    let PollOutcome::Failed { error } = agent.once().await.unwrap() else { panic!("must fail") };
+    assert!(error.contains("does not match the signed"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_conflict_is_an_error_that_names_the_reason() {
+    let c = Controller::start().await;
+    let (_declared_key, state) = device(&c, "gw-8").await;
+    let mut config = AgentConfig::new(c.base.clone(), "gw-8");
+    config.enroll_token = Some(TOKEN.into());
+    let mut agent = Agent::open(
+        config,
+        reqwest::Client::new(),
+        DeviceKey::generate(),
+        &state,
+        &c.root_file(),
+        (None, "1.0.0".parse().unwrap()),
+        Installer::Command(CommandInstaller::default()),
+    )
+    .unwrap();
+    let err = agent.once().await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("conflict") && message.contains("already has a different key"), "{message}");
+    assert!(!agent.state().enrolled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_agent_installs_once_and_keeps_reporting() {
+    let c = Controller::start().await;
+    let (key, state) = device(&c, "gw-9").await;
+    let count = c.tmp.path().join("installs");
+    let mut config = AgentConfig::new(c.base.clone(), "gw-9");
+    config.poll_interval = std::time::Duration::from_millis(100);
+    config.report_interval = std::time::Duration::from_millis(300);
+    let mut agent = Agent::open(
+        config,
+        reqwest::Client::new(),
+        key,
+        &state,
+        &c.root_file(),
+        (None, "1.0.0".parse().unwrap()),
+        Installer::Command(CommandInstaller {
+            install: Some(format!("echo x >> {}", count.display())),
+            health: Some("exit 1".into()),
+        }),
+    )
+    .unwrap();
+    let image = c.artifact("r2", "app.bin", b"two");
+    c.publish(Batch {
+        upserts: vec![instruction("gw-9", "r2", "2.0.0", &[&image])],
+        releases: vec![image],
+        ..Batch::default()
+    });
+    agent.run_until(tokio::time::sleep(std::time::Duration::from_millis(1500)), false).await;
+    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1, "installed once");
+    let history = c.history("gw-9").await;
+    let installed: Vec<_> = history.iter().filter(|r| r.report.state == UpdateState::Installed).collect();
+    assert!(installed.len() >= 3, "heartbeats: {history:?}");
+    assert!(installed.iter().all(|r| !r.report.healthy), "the health command failed");
+    assert_eq!(agent.state().detail.as_deref(), Some("health check failed"));
+}
