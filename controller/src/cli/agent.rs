@@ -79,7 +79,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.enroll_token = args.enroll_token.clone();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(600))
+        // No overall limit: an image over a slow link may take long; a stalled one may not.
+        .read_timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
     let installer =
