@@ -265,47 +265,36 @@ impl TufClient {
         std::mem::take(&mut self.changed)
     }
 
-    /// Brings the top-level metadata up to date (root when due, timestamp, snapshot).
-    /// When a signature fails and the root was not just checked, looks for a new root
-    /// and tries once more.
-    pub async fn refresh(&mut self) -> Result<(), TufError> {
+    /// Finds the signed record of `path`: the root when due, then the timestamp, the
+    /// snapshot, and the delegations on the path. When a signature fails and the root was
+    /// not just checked, looks for a new root (an online-key rotation) and tries once more.
+    async fn find(&mut self, path: &str) -> Result<Option<Target>, TufError> {
         let due = self.root_checked.is_none_or(|t| t.elapsed() >= ROOT_CHECK_INTERVAL);
         if due {
             self.update_root().await?;
         }
-        match self.refresh_top().await {
+        match self.walk(path).await {
             Err(e) if e.is_signature() && !due => {
                 tracing::info!(error = %e, "metadata no longer verifies with the trusted root; checking for a new root");
                 self.update_root().await?;
-                self.refresh_top().await
+                self.walk(path).await
             }
             other => other,
         }
     }
 
-    async fn refresh_top(&mut self) -> Result<(), TufError> {
+    async fn walk(&mut self, path: &str) -> Result<Option<Target>, TufError> {
         let now = Timestamp::now();
         self.update_timestamp(now).await?;
-        self.update_snapshot(now).await
+        self.update_snapshot(now).await?;
+        self.find_target(path).await
     }
 
-    /// The device's instruction: refreshes the metadata, finds `devices/<id>.json`
-    /// through the delegations and fetches it. `None` when no role lists it.
+    /// The device's instruction: updates the metadata, finds `devices/<id>.json` through
+    /// the delegations and fetches it. `None` when no role lists it.
     pub async fn instruction(&mut self, device_id: &str) -> Result<Option<VerifiedInstruction>, TufError> {
         let path = device_target_path(device_id);
-        let found = match self.refresh().await {
-            Ok(()) => self.find_target(&path).await,
-            Err(e) => Err(e),
-        };
-        let found = match found {
-            Err(e) if e.is_signature() => {
-                // A delegated role signed by a rotated key: the root may have changed.
-                self.update_root().await?;
-                self.refresh_top().await?;
-                self.find_target(&path).await?
-            }
-            other => other?,
-        };
+        let found = self.find(&path).await?;
         let Some(target) = found else {
             self.instruction = None;
             return Ok(None);
@@ -324,11 +313,10 @@ impl TufClient {
         Ok(Some(verified))
     }
 
-    /// Finds the signed record of any target (e.g. a release artifact), refreshing the
+    /// Finds the signed record of any target (e.g. a release artifact), updating the
     /// metadata first.
     pub async fn target(&mut self, path: &str) -> Result<Option<Target>, TufError> {
-        self.refresh().await?;
-        self.find_target(path).await
+        self.find(path).await
     }
 
     /// The URL of a target file under its consistent-snapshot name
