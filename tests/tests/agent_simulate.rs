@@ -3,6 +3,7 @@
 //! reports with its own derived key.
 
 mod agent_support;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,53 @@ async fn two_hundred_devices_install_and_the_failing_release_fails_everywhere() 
             assert!(failed.detail.as_deref().unwrap().contains("simulated install failure of bad 2.1.0"));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_command_runs_a_fleet_and_prints_its_counts() {
+    let c = Controller::start().await;
+    let ids = device_ids("cli-", 20);
+    fleet(&c, &ids).await;
+    c.publish(Batch {
+        upserts: ids.iter().map(|id| instruction(id, "r2", "2.0.0", &[])).collect(),
+        ..Batch::default()
+    });
+    let args: Vec<String> = [
+        "simulate",
+        "--server",
+        c.base.as_str(),
+        "--root",
+        c.root_file().to_str().unwrap(),
+        "--devices",
+        "20",
+        "--id-prefix",
+        "cli-",
+        "--key-seed",
+        SEED,
+        "--poll-interval",
+        "200ms",
+        "--install-time",
+        "100ms",
+        "--release",
+        "factory",
+        "--version",
+        "1.0.0",
+        "--duration",
+        "3s",
+        "--stats-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let output =
+        tokio::task::spawn_blocking(move || common::waveguide().args(&args).output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().last().unwrap();
+    assert!(last.contains("20 devices  states: installed=20  releases: r2=20"), "{stdout}");
+    let inventory = c.api.store().inventory().await.unwrap();
+    assert!(ids.iter().all(|id| inventory.get(id).is_some_and(|r| r.state == UpdateState::Installed)));
 }
 
 /// A measurement, not a check: `WAVEGUIDE_SIM_DEVICES=2000 cargo nextest run -p
