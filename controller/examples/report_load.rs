@@ -22,7 +22,8 @@ async fn main() {
     let arg = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (devices, reports, in_flight) = (arg(1, 10_000), arg(2, 200_000), arg(3, 256));
     let dir = tempfile::tempdir().unwrap();
-    let url = args.get(4).cloned().unwrap_or_else(|| dir.path().join("inventory.sqlite").display().to_string());
+    let url =
+        args.get(4).cloned().unwrap_or_else(|| dir.path().join("inventory.sqlite").display().to_string());
     let store = Store::open(&url).await.unwrap();
 
     eprintln!("declaring {devices} devices and signing {reports} reports...");
@@ -31,7 +32,11 @@ async fn main() {
     let declared: Vec<DeclaredDevice> = ids
         .iter()
         .zip(&keys)
-        .map(|(id, key)| DeclaredDevice { id: id.clone(), group: "lab".into(), public_key: Some(key.public_key_b64()) })
+        .map(|(id, key)| DeclaredDevice {
+            id: id.clone(),
+            group: "lab".into(),
+            public_key: Some(key.public_key_b64()),
+        })
         .collect();
     store.sync_declared(&declared, 0).await.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;

@@ -11,6 +11,7 @@
 //!
 //! `model` holds the fleet repository's document types, shared by every stage.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod compile;

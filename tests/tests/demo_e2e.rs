@@ -50,7 +50,11 @@ impl Running {
     }
 }
 
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, timeout: Duration, mut ready: impl FnMut() -> F) {
+async fn wait_for<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> F,
+) {
     let until = Instant::now() + timeout;
     while !ready().await {
         assert!(Instant::now() < until, "timed out waiting for {what}");
@@ -72,8 +76,13 @@ impl Watch {
             // Waves start in order, each after the one before, and a start time never moves.
             let states: Vec<&str> = r.waves.iter().map(|w| w.state.as_str()).collect();
             let started = states.iter().take_while(|s| **s != "pending").count();
-            assert!(states[started..].iter().all(|s| *s == "pending"), "{}: waves out of order: {states:?}", r.id);
-            let times: Vec<Option<i64>> = r.waves.iter().map(|w| w.published_at.map(|t| t.as_millisecond())).collect();
+            assert!(
+                states[started..].iter().all(|s| *s == "pending"),
+                "{}: waves out of order: {states:?}",
+                r.id
+            );
+            let times: Vec<Option<i64>> =
+                r.waves.iter().map(|w| w.published_at.map(|t| t.as_millisecond())).collect();
             assert!(times.iter().flatten().collect::<Vec<_>>().windows(2).all(|w| w[0] <= w[1]), "{}", r.id);
             if let Some(before) = self.started.get(&r.id) {
                 for (i, t) in before.iter().enumerate() {
@@ -136,13 +145,11 @@ fn python_instructions(base: &str, root: &Path, work: &Path, devices: &[String])
 
 async fn scenario(database: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet = demo::prepare(
-        &example(),
-        tmp.path(),
-        &DemoOptions { devices: 240, bake: "2s".into() },
-        |id| device_key(SEED, id).public_key_b64(),
-    )
-    .unwrap();
+    let fleet =
+        demo::prepare(&example(), tmp.path(), &DemoOptions { devices: 240, bake: "2s".into() }, |id| {
+            device_key(SEED, id).public_key_b64()
+        })
+        .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut config = RunConfig::new(fleet.repo.display().to_string(), tmp.path().join("data"));
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
@@ -176,7 +183,10 @@ async fn scenario(database: Option<String>) {
         async move { store.inventory().await.unwrap().len() == 240 }
     })
     .await;
-    assert!(control::list(&store, STALE, Timestamp::now()).await.unwrap().is_empty(), "the fleet starts up to date");
+    assert!(
+        control::list(&store, STALE, Timestamp::now()).await.unwrap().is_empty(),
+        "the fleet starts up to date"
+    );
 
     let commit = demo::commit_change(&fleet).unwrap();
     let token = running.controller.admin_token.clone();
@@ -184,7 +194,7 @@ async fn scenario(database: Option<String>) {
     let mut watch = Watch { started: HashMap::new(), halted_published: HashMap::new() };
     let mut restarted = false;
     let mut approvals = 0;
-    let mut waiting_since: Option<(u32, Instant)> = None;
+    let mut waiting_since: HashMap<String, (u32, Instant)> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
@@ -194,24 +204,28 @@ async fn scenario(database: Option<String>) {
             assert_eq!(r.commit.as_deref(), Some(commit.as_str()), "{}", r.id);
         }
 
-        // Manual approval waits: the gateways' next wave stays pending until approved
+        // Manual approval waits (`stable` and `gateways` approve every wave after the
+        // canaries by hand): the next wave stays pending until an operator approves it
         // through the operators' HTTP API.
-        if let Some(gw) = by_policy.get("gateways") {
-            if gw.message.as_deref().is_some_and(|m| m.contains("waits for approval")) {
-                let (wave, since) = *waiting_since.get_or_insert((gw.current_wave, Instant::now()));
-                assert_eq!(gw.current_wave, wave);
-                assert_eq!(gw.waves[wave as usize + 1].state, "pending");
-                if since.elapsed() > Duration::from_secs(2) {
-                    let response = http
-                        .post(format!("{base}/v1/rollouts/{}/approve", gw.id))
-                        .bearer_auth(&token)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status(), 200);
-                    approvals += 1;
-                    waiting_since = None;
-                }
+        for r in &list {
+            if !r.message.as_deref().is_some_and(|m| m.contains("waits for approval")) {
+                waiting_since.remove(&r.id);
+                continue;
+            }
+            let (wave, since) =
+                *waiting_since.entry(r.id.clone()).or_insert((r.current_wave, Instant::now()));
+            assert_eq!(r.current_wave, wave);
+            assert_eq!(r.waves[wave as usize + 1].state, "pending");
+            if since.elapsed() > Duration::from_secs(2) {
+                let response = http
+                    .post(format!("{base}/v1/rollouts/{}/approve", r.id))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                approvals += 1;
+                waiting_since.remove(&r.id);
             }
         }
 
@@ -233,7 +247,7 @@ async fn scenario(database: Option<String>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(restarted, "the controller was restarted mid-rollout");
-    assert!(approvals >= 1, "gateways waited for approval");
+    assert!(approvals >= 3, "manual waves waited for approval ({approvals} approvals)");
 
     // A halt holds while devices keep reporting.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -259,7 +273,12 @@ async fn scenario(database: Option<String>) {
             // A device on a new release got there through an instruction the Python
             // client verifies too.
             assert_eq!(instruction["release"].as_str(), view.release.as_deref(), "{}", view.id);
-            assert_eq!(instruction["version"].as_str(), Some(view.version.to_string().as_str()), "{}", view.id);
+            assert_eq!(
+                instruction["version"].as_str(),
+                Some(view.version.to_string().as_str()),
+                "{}",
+                view.id
+            );
             compared += 1;
         } else if !instruction.is_null() && view.failures == 0 {
             // Still on the old release with an instruction: it is the halted beta's, or

@@ -90,6 +90,14 @@ impl DeviceKey {
         Some(DeviceKey { pair, pkcs8: pkcs8.to_vec() })
     }
 
+    /// The key whose ed25519 seed (private scalar source) is `seed`: the same seed always
+    /// gives the same key.
+    pub fn from_seed(seed: &[u8; 32]) -> DeviceKey {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).expect("any 32 bytes are an ed25519 seed");
+        let pkcs8 = pair.to_pkcs8().expect("a key pair serialises as PKCS#8");
+        DeviceKey::from_pkcs8(pkcs8.as_ref()).expect("PKCS#8 just written parses")
+    }
+
     /// The PKCS#8 bytes, for storing the key.
     pub fn pkcs8(&self) -> &[u8] {
         &self.pkcs8
@@ -123,6 +131,15 @@ mod tests {
         assert_eq!(verify(&other, "dev-1", 1000, b"{}", &sig), Err(SignatureError::Mismatch));
         assert_eq!(verify("not base64!", "dev-1", 1000, b"{}", &sig), Err(SignatureError::BadPublicKey));
         assert_eq!(verify(&public, "dev-1", 1000, b"{}", "%%%"), Err(SignatureError::BadEncoding));
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_key_every_time() {
+        let a = DeviceKey::from_seed(&[7; 32]);
+        assert_eq!(a.public_key_b64(), DeviceKey::from_seed(&[7; 32]).public_key_b64());
+        assert_ne!(a.public_key_b64(), DeviceKey::from_seed(&[8; 32]).public_key_b64());
+        let sig = a.sign_report("d", 1, b"{}");
+        assert_eq!(verify(&a.public_key_b64(), "d", 1, b"{}", &sig), Ok(()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `waveguide demo`: the whole loop on one machine, with simulated devices.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::agent::simulate::{device_key, SimConfig, Simulation};
 use crate::demo::{self, DemoOptions, BETA_RELEASE, OLD_RELEASE, OLD_VERSION};
-use crate::inventory::store::Store;
 use crate::reconcile::{self, RunConfig};
 use crate::rollout::control::{self, Action, RolloutStatus};
 use crate::rollout::engine::EngineConfig;
@@ -80,7 +80,8 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
             (None, dir.clone())
         }
         None => {
-            let temp = tempfile::Builder::new().prefix("waveguide-demo-").tempdir().map_err(|e| e.to_string())?;
+            let temp =
+                tempfile::Builder::new().prefix("waveguide-demo-").tempdir().map_err(|e| e.to_string())?;
             let path = temp.path().to_owned();
             if args.keep {
                 (None, temp.keep())
@@ -123,24 +124,19 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
     wait_for("the first commit to be published", Duration::from_secs(30), || root.exists()).await?;
     println!("  controller on http://{addr} (device API, TUF files under /tuf/, operators' API)");
 
-    let simulation = Simulation::start(
-        SimConfig {
-            server: format!("http://{addr}"),
-            root: root.clone(),
-            key_seed: KEY_SEED.into(),
-            release: OLD_RELEASE.into(),
-            version: OLD_VERSION.into(),
-            fail_rate: args.fail_rate,
-            fail_release: Some(BETA_RELEASE.into()),
-            install_time: args.install_time,
-            poll_interval: Duration::from_secs(1),
-            report_interval: Duration::from_secs(5),
-            ..SimConfig::default()
-        },
-        fleet.devices.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut sim = SimConfig::new(
+        format!("http://{addr}").parse().map_err(|e| format!("{e}"))?,
+        std::fs::read(&root).map_err(|e| format!("cannot read {}: {e}", root.display()))?,
+    );
+    sim.key_seed = KEY_SEED.into();
+    sim.initial_release = Some(OLD_RELEASE.into());
+    sim.initial_version = OLD_VERSION.parse().expect("a valid version");
+    sim.fail_rate = args.fail_rate;
+    sim.fail_release = Some(BETA_RELEASE.into());
+    sim.install_time = args.install_time;
+    sim.poll_interval = Duration::from_secs(1);
+    sim.report_interval = Duration::from_secs(5);
+    let simulation = Simulation::start(sim, fleet.devices.clone()).map_err(|e| e.to_string())?;
 
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let online = bars.add(ProgressBar::new(fleet.devices.len() as u64));
@@ -161,14 +157,17 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
     online.finish_with_message("all reporting, all up to date");
 
     let commit = demo::commit_change(&fleet)?;
-    bars.println(format!(
+    println!(
         "committed {}: stable → edge-os 1.5.0, gateways → 2.0.0 (manual approval), apac → {BETA_RELEASE} \
          (fails on {:.0}% of devices)",
         &commit[..12],
         args.fail_rate * 100.0
-    ))
-    .ok();
+    );
 
+    // Without a terminal (a CI log, a pipe) the bars are hidden: print each wave's
+    // changes as lines instead.
+    let tty = std::io::stdout().is_terminal();
+    let mut printed: HashMap<(String, u32), String> = HashMap::new();
     let mut wave_bars: HashMap<(String, u32), ProgressBar> = HashMap::new();
     let mut waiting_since: HashMap<String, Instant> = HashMap::new();
     let ended = loop {
@@ -179,9 +178,34 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
             for w in r.waves.iter().filter(|w| w.state != "pending") {
                 let bar = wave_bars.entry((r.id.clone(), w.index)).or_insert_with(|| {
                     let bar = bars.add(ProgressBar::new(w.progress.size));
-                    bar.set_style(style(&format!("{:<11} wave {}/{} {:<7}", r.id, w.index + 1, r.waves.len(), w.name)));
+                    bar.set_style(style(&format!(
+                        "{:<11} wave {}/{} {:<7}",
+                        r.id,
+                        w.index + 1,
+                        r.waves.len(),
+                        w.name
+                    )));
                     bar
                 });
+                if !tty {
+                    let line = format!(
+                        "{} wave {}/{} {}: {} — {} devices, published {}, installed {}, failed {}",
+                        r.id,
+                        w.index + 1,
+                        r.waves.len(),
+                        w.name,
+                        w.state,
+                        w.progress.size,
+                        w.progress.published(),
+                        w.progress.healthy,
+                        w.progress.failed
+                    );
+                    let key = (r.id.clone(), w.index);
+                    if printed.get(&key) != Some(&w.state) {
+                        println!("{line}");
+                        printed.insert(key, w.state.clone());
+                    }
+                }
                 if bar.is_finished() {
                     continue;
                 }
@@ -192,9 +216,10 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
                     w.progress.healthy,
                     w.progress.failed
                 );
-                match w.state {
+                match w.state.as_str() {
                     "succeeded" => bar.finish_with_message(format!("{line}  ✔ healthy")),
-                    "failed" => bar.abandon_with_message(format!("{line}  ✘ {}", r.message.clone().unwrap_or_default())),
+                    "failed" => bar
+                        .abandon_with_message(format!("{line}  ✘ {}", r.message.clone().unwrap_or_default())),
                     _ => bar.set_message(line),
                 }
             }
@@ -208,17 +233,22 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
                         .map_err(|e| e.to_string())?;
                     controller.wake.notify_one();
                     waiting_since.remove(&r.id);
-                    bars.println(format!(
+                    let line = format!(
                         "{}: {} — approving (as `waveguide rollout approve {}` would)",
                         r.id,
                         r.message.as_deref().unwrap_or_default(),
                         r.id
-                    ))
-                    .ok();
+                    );
+                    if tty {
+                        bars.println(line).ok();
+                    } else {
+                        println!("{line}");
+                    }
                 }
             }
         }
-        let finished = current.len() >= 3 && current.iter().all(|r| matches!(r.phase, "completed" | "halted"));
+        let finished =
+            current.len() >= 3 && current.iter().all(|r| matches!(r.phase.as_str(), "completed" | "halted"));
         if finished {
             break true;
         }

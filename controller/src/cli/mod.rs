@@ -5,12 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
+mod demo;
 mod gen_fleet;
 pub mod keys;
 mod plan;
 pub mod rollout;
 mod run;
 mod schemas;
+pub mod simulate;
 pub mod tuf;
 mod validate;
 
@@ -42,15 +45,23 @@ pub enum Command {
     Run(run::RunArgs),
     /// Watch and steer rollouts (list, show, pause, resume, approve, abort).
     Rollout(rollout::RolloutArgs),
+    /// Run the whole loop on this machine with simulated devices.
+    Demo(demo::DemoArgs),
+    /// Run the device agent: verify the TUF instruction, install, report.
+    Agent(Box<agent::AgentArgs>),
+    /// Simulate many devices, each a real agent with its own key and TUF metadata.
+    Simulate(Box<simulate::SimulateArgs>),
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    // Long-running commands log their progress; one-shot commands only warnings.
-    init_tracing(match cli.command {
-        Command::Run(_) => "info",
-        _ => "warn",
-    });
+    // Long-running commands log their progress; one-shot commands only warnings. The
+    // demo logs to a file: the terminal shows its progress bars.
+    match cli.command {
+        Command::Demo(_) => {}
+        Command::Run(_) | Command::Agent(_) | Command::Simulate(_) => init_tracing("info"),
+        _ => init_tracing("warn"),
+    }
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Schemas(args) => schemas::run(&args),
@@ -60,6 +71,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Tuf(c) => tuf::run(c),
         Command::Run(args) => run::run(&args),
         Command::Rollout(args) => rollout::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Agent(args) => agent::run(*args),
+        Command::Simulate(args) => simulate::run(*args),
     }
 }
 

@@ -1,0 +1,196 @@
+//! The simulator against a real device API, SQLite inventory and TUF repository on
+//! 127.0.0.1: every simulated device verifies its own TUF metadata, installs, and
+//! reports with its own derived key.
+
+mod agent_support;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use agent_support::{instruction, Controller};
+use waveguide::agent::simulate::{device_ids, device_key, SimConfig, Simulation};
+use waveguide::inventory::UpdateState;
+use waveguide::publish::Batch;
+
+const SEED: &str = "agent-simulate-test";
+
+async fn fleet(c: &Controller, ids: &[String]) {
+    let keys: Vec<(&str, String)> =
+        ids.iter().map(|id| (id.as_str(), device_key(SEED, id).public_key_b64())).collect();
+    c.declare(&keys).await;
+}
+
+fn config(c: &Controller) -> SimConfig {
+    let mut config = SimConfig::new(c.base.clone(), c.root_bytes());
+    config.key_seed = SEED.into();
+    config.poll_interval = Duration::from_millis(300);
+    config.report_interval = Duration::from_secs(2);
+    config.install_time = Duration::from_millis(200);
+    config
+}
+
+/// Waits until `done` holds for the simulation's counts, or fails after `limit`.
+async fn wait_for(
+    sim: &Simulation,
+    limit: Duration,
+    done: impl Fn(&waveguide::agent::simulate::SimStats) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        let stats = sim.stats();
+        if done(&stats) {
+            return;
+        }
+        assert!(start.elapsed() < limit, "timed out: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_devices_install_and_the_failing_release_fails_everywhere() {
+    let c = Controller::start().await;
+    let ids = device_ids("sim-", 200);
+    fleet(&c, &ids).await;
+    let upserts = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            if i % 2 == 0 {
+                instruction(id, "good", "2.0.0", &[])
+            } else {
+                instruction(id, "bad", "2.1.0", &[])
+            }
+        })
+        .collect();
+    c.publish(Batch { upserts, ..Batch::default() });
+
+    let mut config = config(&c);
+    config.fail_rate = 1.0;
+    config.fail_release = Some("bad".into());
+    let sim = Simulation::start(config, ids.clone()).unwrap();
+    wait_for(&sim, Duration::from_secs(60), |s| {
+        s.by_state.get("installed") == Some(&100) && s.by_state.get("failed") == Some(&100)
+    })
+    .await;
+    let stats = sim.stats();
+    assert_eq!(stats.by_release.get("good"), Some(&100));
+    assert_eq!(stats.by_release.get("-"), Some(&100), "failed devices still run nothing");
+    assert_eq!(stats.failed_attempts, 100, "a failed instruction is not retried");
+    // Let the last reports land, then check the inventory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.stop().await;
+    let inventory = c.api.store().inventory().await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let report = inventory.get(id).unwrap_or_else(|| panic!("{id} reported"));
+        if i % 2 == 0 {
+            assert_eq!(
+                (report.state, report.release.as_deref()),
+                (UpdateState::Installed, Some("good")),
+                "{id}"
+            );
+        } else {
+            assert_eq!(report.state, UpdateState::Failed, "{id}");
+            let history = c.api.store().history(id, 100).await.unwrap();
+            let failed = history.iter().find(|r| r.report.state == UpdateState::Failed).unwrap();
+            assert!(failed.detail.as_deref().unwrap().contains("simulated install failure of bad 2.1.0"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_command_runs_a_fleet_and_prints_its_counts() {
+    let c = Controller::start().await;
+    let ids = device_ids("cli-", 20);
+    fleet(&c, &ids).await;
+    c.publish(Batch {
+        upserts: ids.iter().map(|id| instruction(id, "r2", "2.0.0", &[])).collect(),
+        ..Batch::default()
+    });
+    let args: Vec<String> = [
+        "simulate",
+        "--server",
+        c.base.as_str(),
+        "--root",
+        c.root_file().to_str().unwrap(),
+        "--devices",
+        "20",
+        "--id-prefix",
+        "cli-",
+        "--key-seed",
+        SEED,
+        "--poll-interval",
+        "200ms",
+        "--install-time",
+        "100ms",
+        "--release",
+        "factory",
+        "--version",
+        "1.0.0",
+        "--duration",
+        "3s",
+        "--stats-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let output =
+        tokio::task::spawn_blocking(move || common::waveguide().args(&args).output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().last().unwrap();
+    assert!(last.contains("20 devices  states: installed=20  releases: r2=20"), "{stdout}");
+    let inventory = c.api.store().inventory().await.unwrap();
+    assert!(ids.iter().all(|id| inventory.get(id).is_some_and(|r| r.state == UpdateState::Installed)));
+}
+
+/// A measurement, not a check: `WAVEGUIDE_SIM_DEVICES=2000 cargo nextest run -p
+/// waveguide-tests --test agent_simulate --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_a_large_simulation() {
+    let n: usize = std::env::var("WAVEGUIDE_SIM_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let poll: u64 = std::env::var("WAVEGUIDE_SIM_POLL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let c = Controller::start_with(waveguide::publish::BinLayout::for_fleet(n as u64)).await;
+    let ids = device_ids("sim-", n);
+    fleet(&c, &ids).await;
+    let mut config = config(&c);
+    config.poll_interval = Duration::from_secs(poll);
+    config.report_interval = Duration::from_secs(30);
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let start = Instant::now();
+    let sim = Simulation::start(config, ids.clone()).unwrap();
+    println!("started {n} agents in {:?}", start.elapsed());
+    tokio::time::sleep(Duration::from_secs(poll * 2)).await;
+    c.take_requests();
+    let (cpu0, t0) = (cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(poll * 3)).await;
+    let requests = c.take_requests().len();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "steady state: {:.0} requests/s, {:.2} CPU cores (simulator and server in one process)",
+        requests as f64 / secs,
+        (cpu() - cpu0) / secs
+    );
+    // Publish one instruction for every device, as one wave.
+    let t = Instant::now();
+    c.publish(Batch {
+        upserts: ids.iter().map(|id| instruction(id, "r2", "2.0.0", &[])).collect(),
+        ..Batch::default()
+    });
+    println!("published {n} instructions in {:?}", t.elapsed());
+    let (cpu0, t0) = (cpu(), Instant::now());
+    wait_for(&sim, Duration::from_secs(600), |s| s.by_state.get("installed") == Some(&n)).await;
+    println!(
+        "all {n} installed {:?} after publishing, {:.2} CPU cores",
+        t.elapsed(),
+        (cpu() - cpu0) / t0.elapsed().as_secs_f64()
+    );
+    let rss = std::fs::read_to_string("/proc/self/status").unwrap();
+    println!("{}", rss.lines().find(|l| l.starts_with("VmRSS")).unwrap());
+    sim.stop().await;
+}

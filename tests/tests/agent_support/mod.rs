@@ -1,0 +1,155 @@
+//! A controller's edges for agent tests, on 127.0.0.1: the device API over a SQLite
+//! inventory, serving a TUF repository published with Waveguide's own publisher.
+
+#![allow(dead_code)] // Each test crate uses only some of these.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use jiff::SignedDuration;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use waveguide::api::{Api, ApiConfig};
+use waveguide::inventory::store::{DeclaredDevice, Store, StoredReport};
+use waveguide::inventory::UpdateState;
+use waveguide::publish::{
+    ArtifactRef, Batch, BinLayout, CommitReport, DeviceInstruction, Expiries, KeyDir, ReleaseArtifact,
+    RepoConfig, Repository,
+};
+
+pub const TOKEN: &str = "lab-enrollment-token";
+
+pub struct Controller {
+    pub tmp: TempDir,
+    pub keys: KeyDir,
+    pub api: Arc<Api>,
+    pub base: url::Url,
+    /// Paths of every request the server answered, in order.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Controller {
+    /// Keys, a repository with two levels of bins (4 parents over 32 leaves: small, so
+    /// that tough's full client, which fetches every bin, stays quick), an inventory, and
+    /// the device API serving both.
+    pub async fn start() -> Controller {
+        Controller::start_with(BinLayout { leaf_bits: 5, parent_bits: 2 }).await
+    }
+
+    /// The same with the bins of `layout`.
+    pub async fn start_with(layout: BinLayout) -> Controller {
+        let tmp = TempDir::new().unwrap();
+        let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
+        let config = RepoConfig { layout, expiries: Expiries::default() };
+        Repository::create(&tmp.path().join("tuf"), &keys, config).unwrap();
+        let store = Store::open(tmp.path().join("inventory.db").to_str().unwrap()).await.unwrap();
+        let api =
+            Api::new(store, ApiConfig { tuf_dir: Some(tmp.path().join("tuf")), ..ApiConfig::default() });
+        api.set_enrollment_tokens([(hex::encode(Sha256::digest(TOKEN)), "lab".to_string())].into());
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = requests.clone();
+        let router = api.router().layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                log.lock().unwrap().push(req.uri().path().to_owned());
+                next.run(req)
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Controller { tmp, keys, api, base, requests }
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.tmp.path().join("tuf")
+    }
+
+    pub fn metadata(&self) -> PathBuf {
+        self.repo().join("metadata")
+    }
+
+    /// The root a device is shipped with.
+    pub fn root_file(&self) -> PathBuf {
+        self.metadata().join("1.root.json")
+    }
+
+    pub fn root_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.root_file()).unwrap()
+    }
+
+    /// Declares devices with their public keys, as a synced fleet repository would.
+    pub async fn declare(&self, devices: &[(&str, String)]) {
+        let declared: Vec<DeclaredDevice> = devices
+            .iter()
+            .map(|(id, key)| DeclaredDevice {
+                id: id.to_string(),
+                group: "lab".into(),
+                public_key: Some(key.clone()),
+            })
+            .collect();
+        self.api.store().sync_declared(&declared, 0).await.unwrap();
+        self.api.forget_keys();
+    }
+
+    pub fn publish(&self, batch: Batch) -> CommitReport {
+        Repository::open(&self.repo(), &self.keys).unwrap().commit(batch).unwrap()
+    }
+
+    /// A release artifact with `content`, published into the repository's targets.
+    pub fn artifact(&self, release: &str, name: &str, content: &[u8]) -> ReleaseArtifact {
+        let file = self.tmp.path().join(format!("{release}-{name}"));
+        std::fs::write(&file, content).unwrap();
+        ReleaseArtifact {
+            release: release.into(),
+            name: name.into(),
+            url: format!("https://downloads.example.com/{release}/{name}"),
+            sha256: hex::encode(Sha256::digest(content)),
+            length: content.len() as u64,
+            file: Some(file),
+        }
+    }
+
+    /// The file a release artifact was published as.
+    pub fn artifact_file(&self, artifact: &ReleaseArtifact) -> PathBuf {
+        self.repo()
+            .join("targets/releases")
+            .join(&artifact.release)
+            .join(format!("{}.{}", artifact.sha256, artifact.name))
+    }
+
+    pub async fn history(&self, device: &str) -> Vec<StoredReport> {
+        let mut h = self.api.store().history(device, 1000).await.unwrap();
+        h.reverse(); // oldest first
+        h
+    }
+
+    pub async fn states(&self, device: &str) -> Vec<UpdateState> {
+        self.history(device).await.iter().map(|r| r.report.state).collect()
+    }
+
+    /// Requests for metadata or targets since the last call.
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+pub fn artifact_ref(artifact: &ReleaseArtifact) -> ArtifactRef {
+    ArtifactRef { target: artifact.target_path(), sha256: artifact.sha256.clone(), length: artifact.length }
+}
+
+pub fn instruction(
+    device: &str,
+    release: &str,
+    version: &str,
+    artifacts: &[&ReleaseArtifact],
+) -> DeviceInstruction {
+    DeviceInstruction {
+        device: device.into(),
+        release: release.into(),
+        version: version.into(),
+        artifacts: artifacts.iter().map(|a| artifact_ref(a)).collect(),
+        rollout: format!("rollout-{release}"),
+        wave: 0,
+        maintenance_windows: Vec::new(),
+    }
+}
