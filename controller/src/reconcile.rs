@@ -103,9 +103,36 @@ fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> RunError + '_ {
     move |e| RunError(format!("{context}: {e}"))
 }
 
+/// The source as operators see it (`GET /v1/status`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceView {
+    /// The repository followed.
+    pub url: String,
+    /// The commit in force.
+    pub last_applied: Option<String>,
+    /// The latest commit tried, good or not.
+    pub last_attempted: Option<String>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    /// When the next poll is due (a commit notification or `waveguide reconcile` brings it
+    /// forward).
+    pub next_attempt: Option<Timestamp>,
+}
+
+/// Most recent engine events kept in the status.
+const EVENTS_KEPT: usize = 200;
+
 /// What the controller shows of itself while it runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunStatus {
+    /// Passes made so far.
+    pub passes: u64,
+    /// The source.
+    pub source: SourceView,
     /// The address it listens on.
     pub listening: Option<SocketAddr>,
     /// The commit in force.
@@ -114,7 +141,7 @@ pub struct RunStatus {
     pub refused: Option<(String, String)>,
     /// Devices in the fleet in force.
     pub devices: usize,
-    /// Events of the engine so far, in order.
+    /// The most recent events of the engine, in order.
     pub events: Vec<Event>,
     /// The last engine error, if the last pass failed.
     pub error: Option<String>,
@@ -172,11 +199,13 @@ pub async fn start(
             .map_err(|e| err("invalid webhook settings")(&e))?;
         router = router.merge(hook.router());
     }
+    let (status_tx, status) = watch::channel(RunStatus::default());
+    router = router.merge(operator_routes(&admin_token, status.clone(), wake.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| err(&format!("cannot listen on {}", config.listen))(&e))?;
     let listening = listener.local_addr().ok();
-    let (status_tx, status) = watch::channel(RunStatus { listening, ..RunStatus::default() });
+    status_tx.send_modify(|s| s.listening = listening);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut server_stop = stop_rx.clone();
@@ -199,6 +228,33 @@ pub async fn start(
         result
     });
     Ok((controller, loop_task))
+}
+
+/// `GET /v1/status` (the controller's status) and `POST /v1/reconcile` (a pass now),
+/// behind the operators' token.
+fn operator_routes(token: &str, status: watch::Receiver<RunStatus>, wake: Arc<Notify>) -> axum::Router {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+    let bearer = admin::Bearer::new(token);
+    let check = bearer.clone();
+    axum::Router::new()
+        .route(
+            "/v1/status",
+            get(move |headers: HeaderMap| {
+                let status = status.borrow().clone();
+                async move {
+                    bearer.check(&headers)?;
+                    Ok::<_, crate::api::ApiError>(axum::Json(status))
+                }
+            }),
+        )
+        .route(
+            "/v1/reconcile",
+            post(move |headers: HeaderMap| {
+                let result = check.check(&headers).map(|()| wake.notify_one());
+                async move { result.map(|()| StatusCode::ACCEPTED) }
+            }),
+        )
 }
 
 /// Reads or creates `<data>/admin-token`.
@@ -409,6 +465,8 @@ async fn run_loop(
                 SourceOutcome::Failed(e) => tracing::warn!("fleet source: {e}"),
             }
             next_poll = Instant::now() + reconciler.source().status().wait(std::time::SystemTime::now());
+            let view = source_view(reconciler.source());
+            status.send_modify(|s| s.source = view);
         }
         match reconciler.step(Timestamp::now()).await {
             Ok(report) => {
@@ -416,13 +474,19 @@ async fn run_loop(
                     tracing::info!(event = %serde_json::to_string(event).unwrap_or_default(), "rollout");
                 }
                 status.send_modify(|s| {
+                    s.passes += 1;
                     s.events.extend(report.events);
+                    let over = s.events.len().saturating_sub(EVENTS_KEPT);
+                    s.events.drain(..over);
                     s.error = None;
                 });
             }
             Err(e) => {
                 tracing::error!("reconcile pass failed: {e}");
-                status.send_modify(|s| s.error = Some(e.to_string()));
+                status.send_modify(|s| {
+                    s.passes += 1;
+                    s.error = Some(e.to_string());
+                });
             }
         }
         if Instant::now() >= next_refresh {
@@ -438,6 +502,18 @@ async fn run_loop(
             _ = wake.notified() => woken = true,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
+    }
+}
+
+fn source_view(source: &GitSource) -> SourceView {
+    let status = source.status();
+    SourceView {
+        url: source.spec().url.clone(),
+        last_applied: status.last_applied.as_ref().map(ToString::to_string),
+        last_attempted: status.last_attempted.as_ref().map(ToString::to_string),
+        last_error: status.last_error.clone(),
+        consecutive_failures: status.consecutive_failures,
+        next_attempt: Timestamp::try_from(status.next_attempt).ok(),
     }
 }
 

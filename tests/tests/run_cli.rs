@@ -206,4 +206,29 @@ async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
     assert!(status["waves"][1]["approvedAt"].is_string());
     let (ok, _, err) = rollout(&running, &["abort", "lab-1"]);
     assert!(!ok && err.contains("completed"), "{err}");
+
+    // A commit that does not compile is refused; the last good one stays in force, and
+    // `waveguide reconcile` shows both (and fails).
+    let good = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    fleet(&repo, &keys, "v9");
+    git(&repo, &["commit", "-q", "-am", "lab to a release that does not exist"]);
+    let bad = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let out = waveguide()
+        .args(["reconcile", "--server", &running.base, "--data"])
+        .arg(&running.data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("in force:       {good}")), "{stdout}");
+    assert!(stdout.contains(&format!("last attempted: {bad}")), "{stdout}");
+    assert!(stdout.contains("policy.yaml") && stdout.contains("v9"), "{stdout}");
+    fleet(&repo, &keys, "v2");
+    git(&repo, &["commit", "-q", "-am", "back to v2"]);
+    let out = waveguide()
+        .args(["reconcile", "--server", &running.base, "--data"])
+        .arg(&running.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -39,29 +39,26 @@ pub struct AdminConfig {
 #[derive(Debug)]
 struct Admin {
     store: Store,
-    token_sha256: [u8; 32],
+    bearer: Bearer,
     stale_after: SignedDuration,
     wake: Arc<Notify>,
 }
 
-/// The router of the operators' API.
-pub fn router(store: Store, config: AdminConfig) -> Router {
-    let admin = Arc::new(Admin {
-        store,
-        token_sha256: Sha256::digest(config.token.as_bytes()).into(),
-        stale_after: config.stale_after,
-        wake: config.wake,
-    });
-    Router::new()
-        .route("/v1/rollouts", get(list))
-        .route("/v1/rollouts/{id}", get(show))
-        .route("/v1/rollouts/{id}/{action}", post(act))
-        .with_state(admin)
+/// Checks the operators' bearer token. Compares hashes, so the comparison takes the same
+/// time whatever the token presented.
+#[derive(Debug, Clone)]
+pub struct Bearer {
+    token_sha256: [u8; 32],
 }
 
-impl Admin {
-    /// Compares token hashes, so the comparison takes the same time whatever the token.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+impl Bearer {
+    /// A check for `token`.
+    pub fn new(token: &str) -> Bearer {
+        Bearer { token_sha256: Sha256::digest(token.as_bytes()).into() }
+    }
+
+    /// `Ok` when the request carries `Authorization: Bearer <token>`.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -74,6 +71,27 @@ impl Admin {
         } else {
             Err(ApiError::Unauthorized("wrong bearer token".into()))
         }
+    }
+}
+
+/// The router of the operators' API.
+pub fn router(store: Store, config: AdminConfig) -> Router {
+    let admin = Arc::new(Admin {
+        store,
+        bearer: Bearer::new(&config.token),
+        stale_after: config.stale_after,
+        wake: config.wake,
+    });
+    Router::new()
+        .route("/v1/rollouts", get(list))
+        .route("/v1/rollouts/{id}", get(show))
+        .route("/v1/rollouts/{id}/{action}", post(act))
+        .with_state(admin)
+}
+
+impl Admin {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.bearer.check(headers)
     }
 }
 

@@ -10,6 +10,7 @@ mod demo;
 mod gen_fleet;
 pub mod keys;
 mod plan;
+mod reconcile;
 pub mod rollout;
 mod run;
 mod schemas;
@@ -45,6 +46,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Watch and steer rollouts (list, show, pause, resume, approve, abort).
     Rollout(rollout::RolloutArgs),
+    /// Ask a running controller for a pass now and show its status.
+    Reconcile(reconcile::ReconcileArgs),
     /// Run the whole loop on this machine with simulated devices.
     Demo(demo::DemoArgs),
     /// Run the device agent: verify the TUF instruction, install, report.
@@ -72,6 +75,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Rollout(args) => rollout::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Reconcile(args) => reconcile::run(&args),
         Command::Agent(args) => agent::run(*args),
         Command::Simulate(args) => simulate::run(*args),
     }

@@ -80,20 +80,46 @@ pub fn run(args: &RolloutArgs) -> ExitCode {
     }
 }
 
-async fn call(args: &RolloutArgs) -> Result<String, String> {
-    let c = &args.connection;
-    let token = match (&c.token, &c.data) {
-        (Some(t), _) => t.clone(),
-        (None, Some(data)) => std::fs::read_to_string(data.join("admin-token"))
+/// The operators' token from `--token`, `WAVEGUIDE_TOKEN` or `<data>/admin-token`.
+pub(super) fn token(c: &Connection) -> Result<String, String> {
+    match (&c.token, &c.data) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, Some(data)) => Ok(std::fs::read_to_string(data.join("admin-token"))
             .map_err(|e| format!("cannot read {}: {e}", data.join("admin-token").display()))?
             .trim()
-            .to_string(),
-        (None, None) => {
-            return Err("give the operators' token with --token, WAVEGUIDE_TOKEN or --data".into())
-        }
-    };
+            .to_string()),
+        (None, None) => Err("give the operators' token with --token, WAVEGUIDE_TOKEN or --data".into()),
+    }
+}
+
+/// One request to the operators' API; the body of a successful answer, or the error
+/// message the server gave.
+pub(super) async fn request(
+    c: &Connection,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<String, String> {
     let base = c.server.trim_end_matches('/');
-    let http = reqwest::Client::new();
+    let mut request = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token(c)?);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| format!("reading the answer of {base}: {e}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return Err(format!("{status}: {message}"));
+    }
+    Ok(text)
+}
+
+async fn call(args: &RolloutArgs) -> Result<String, String> {
+    let c = &args.connection;
     let (method, path, body) = match &args.command {
         RolloutCommand::List => (reqwest::Method::GET, "/v1/rollouts".to_string(), None),
         RolloutCommand::Show { id } => (reqwest::Method::GET, format!("/v1/rollouts/{id}"), None),
@@ -109,20 +135,7 @@ async fn call(args: &RolloutArgs) -> Result<String, String> {
             (reqwest::Method::POST, format!("/v1/rollouts/{id}/approve"), Some(body))
         }
     };
-    let mut request = http.request(method, format!("{base}{path}")).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| format!("reading the answer of {base}: {e}"))?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        return Err(format!("{status}: {message}"));
-    }
+    let text = request(c, method, &path, body).await?;
     if c.format == OutputFormat::Json {
         return Ok(format!("{text}\n"));
     }

@@ -534,8 +534,14 @@ impl Store {
             }
             query.execute(&mut *tx).await.map_err(query_error("storing reports"))?;
         }
-        // Trim each touched device's history to the newest HISTORY_PER_DEVICE reports.
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        // Trim each touched device's history to the newest HISTORY_PER_DEVICE reports
+        // (only devices that have more than that).
+        let full: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| known.get(*id).is_some_and(|&seq| seq > HISTORY_PER_DEVICE))
+            .collect();
+        for chunk in full.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "DELETE FROM device_reports WHERE device_id IN ({}) AND seq <= \
                  (SELECT s.seq FROM device_status s WHERE s.device_id = device_reports.device_id) - $1",

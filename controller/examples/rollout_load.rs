@@ -1,0 +1,190 @@
+//! Load benchmark of a whole rollout: N simulated devices (a separate `waveguide
+//! simulate` process), the controller in this process (SQLite, TUF repository, device
+//! API on 127.0.0.1), one policy moving every device to a new release in 3 waves
+//! (10%, 40%, the rest) with at most `maxConcurrent` devices updating at once.
+//!
+//! ```sh
+//! cargo build --release -p waveguide --bin waveguide --example rollout_load
+//! target/release/examples/rollout_load 10000 1000
+//! ```
+//! Arguments: devices (10000), maxConcurrent (1000). Prints the rollout's wall time, the
+//! controller's CPU time and peak RSS, and reports stored per second; the simulator's
+//! own CPU and RSS are printed apart.
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use sha2::{Digest, Sha256};
+use waveguide::agent::simulate::device_key;
+use waveguide::demo::commit_all;
+use waveguide::reconcile::{self, RunConfig};
+use waveguide::rollout::control;
+use waveguide::rollout::engine::EngineConfig;
+
+const SEED: &str = "rollout-load";
+
+fn policy(release: &str, cap: usize) -> String {
+    format!(
+        "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: fleet}}\nspec:\n  selector: {{groups: [fleet]}}\n  release: {release}\n  rollout:\n    order: spread\n    waves:\n      - {{name: first, percent: 10}}\n      - {{name: second, percent: 40}}\n      - {{name: rest}}\n    maxConcurrent: {cap}\n"
+    )
+}
+
+fn release(work: &std::path::Path, name: &str, version: &str) -> String {
+    let content = format!("{name} {version}\n").repeat(256);
+    let path = work.join(format!("{name}.img"));
+    std::fs::write(&path, &content).unwrap();
+    format!(
+        "apiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata: {{name: {name}}}\nspec:\n  version: {version}\n  artifacts:\n    - name: {name}.img\n      url: file://{}\n      sha256: {}\n      length: {}\n",
+        path.display(),
+        hex::encode(Sha256::digest(content.as_bytes())),
+        content.len()
+    )
+}
+
+fn rusage(who: i32) -> (f64, f64) {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let cpu = usage.ru_utime.tv_sec as f64
+        + usage.ru_utime.tv_usec as f64 / 1e6
+        + usage.ru_stime.tv_sec as f64
+        + usage.ru_stime.tv_usec as f64 / 1e6;
+    (cpu, usage.ru_maxrss as f64 / 1024.0)
+}
+
+async fn reports_stored(base: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("waveguide_api_reports_stored_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let devices: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let cap: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let repo = work.join("fleet");
+    std::fs::create_dir_all(&repo).unwrap();
+
+    // 100 sites under one group, the devices spread over them, keys the simulator derives.
+    let ids: Vec<String> = (0..devices).map(|i| format!("sim-{i:06}")).collect();
+    let mut groups =
+        String::from("apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: fleet}\nspec: {}\n");
+    let mut sets = String::new();
+    for site in 0..100 {
+        let _ = write!(
+            groups,
+            "---\napiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {{name: site-{site:03}}}\nspec: {{parent: fleet}}\n"
+        );
+        let _ = write!(
+            sets,
+            "---\napiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {{name: site-{site:03}}}\nspec:\n  group: site-{site:03}\n  devices:\n"
+        );
+        for id in ids.iter().skip(site).step_by(100) {
+            let _ =
+                writeln!(sets, "    - id: {id}\n      publicKey: {}", device_key(SEED, id).public_key_b64());
+        }
+    }
+    std::fs::write(repo.join("groups.yaml"), groups).unwrap();
+    std::fs::write(repo.join("devices.yaml"), sets.trim_start_matches("---\n")).unwrap();
+    std::fs::write(repo.join("v1.yaml"), release(work, "v1", "1.0.0")).unwrap();
+    std::fs::write(repo.join("v2.yaml"), release(work, "v2", "2.0.0")).unwrap();
+    std::fs::write(repo.join("policy.yaml"), policy("v1", cap)).unwrap();
+    let git =
+        git2::Repository::init_opts(&repo, git2::RepositoryInitOptions::new().initial_head("main")).unwrap();
+    commit_all(&git, "fleet on v1").unwrap();
+
+    let mut config = RunConfig::new(repo.display().to_string(), work.join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.poll_interval = Duration::from_secs(1);
+    config.step_interval = Duration::from_millis(500);
+    config.engine = EngineConfig { stale_after: SignedDuration::from_mins(5) };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (controller, task) = reconcile::start(config.clone(), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let addr = controller.status.borrow().listening.unwrap();
+    let base = format!("http://{addr}");
+    let root = config.tuf_dir().join("metadata/1.root.json");
+    while !root.exists() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("waveguide");
+    let mut simulator = Command::new(&binary)
+        .args(["simulate", "--server", &base, "--root"])
+        .arg(&root)
+        .args(["--devices", &devices.to_string(), "--id-prefix", "sim-", "--key-seed", SEED])
+        .args(["--release", "v1", "--version", "1.0.0", "--download"])
+        .args([
+            "--install-time",
+            "2s",
+            "--poll-interval",
+            "5s",
+            "--report-interval",
+            "30s",
+            "--stats-interval",
+            "1h",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+
+    let store = controller.store.clone();
+    let online = Instant::now();
+    while store.inventory().await.unwrap().len() < devices {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{devices} devices online in {:.1?}", online.elapsed());
+
+    std::fs::write(repo.join("policy.yaml"), policy("v2", cap)).unwrap();
+    let (cpu0, _) = rusage(libc::RUSAGE_SELF);
+    let reports0 = reports_stored(&base).await;
+    let started = Instant::now();
+    commit_all(&git, "fleet to v2").unwrap();
+    let mut peak_in_flight = 0;
+    let status = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let list = control::list(&store, SignedDuration::from_mins(5), Timestamp::now()).await.unwrap();
+        let Some(r) = list.into_iter().next() else { continue };
+        peak_in_flight = peak_in_flight.max(r.total.in_flight);
+        if r.phase == "completed" || r.phase == "halted" {
+            break r;
+        }
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu1, rss) = rusage(libc::RUSAGE_SELF);
+    let reports = reports_stored(&base).await - reports0;
+    simulator.kill().unwrap();
+    simulator.wait().unwrap();
+    let (sim_cpu, sim_rss) = rusage(libc::RUSAGE_CHILDREN);
+    let _ = stop.send(());
+    let _ = task.await;
+
+    println!("rollout of {devices} devices in 3 waves, maxConcurrent {cap}: {}", status.phase);
+    for w in &status.waves {
+        println!(
+            "  wave {} {}: {} devices, {} healthy",
+            w.index + 1,
+            w.name,
+            w.progress.size,
+            w.progress.healthy
+        );
+    }
+    println!("  wall time        {wall:.1} s (commit to completed)");
+    println!("  controller CPU   {:.1} s ({:.2} cores)", cpu1 - cpu0, (cpu1 - cpu0) / wall);
+    println!("  controller RSS   {rss:.0} MiB peak");
+    println!("  reports stored   {reports:.0} ({:.0}/s)", reports / wall);
+    println!("  most in flight   {peak_in_flight}");
+    println!("  simulator        {sim_cpu:.1} s CPU over its whole run, {sim_rss:.0} MiB peak");
+}
