@@ -74,7 +74,7 @@ async fn main() {
     std::fs::create_dir_all(&repo).unwrap();
 
     // 100 sites under one group, the devices spread over them, keys the simulator derives.
-    let ids: Vec<String> = (0..devices).map(|i| format!("sim-{i:06}")).collect();
+    let ids = waveguide::agent::simulate::device_ids("sim-", devices);
     let mut groups =
         String::from("apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: fleet}\nspec: {}\n");
     let mut sets = String::new();

@@ -81,6 +81,7 @@ pub(super) async fn enroll(
     }
     let record = api.store.enroll(&request.device_id, &group, &request.public_key, now_ms()).await?;
     api.keys.write().expect("key lock").insert(record.id.clone(), request.public_key.clone());
+    api.unknown.write().expect("unknown lock").remove(&record.id);
     api.metrics.enrollments.inc();
     Ok((StatusCode::CREATED, Json(EnrollResponse { device_id: record.id, group: record.group })))
 }

@@ -40,6 +40,9 @@ pub use reports::ReportBody;
 
 use crate::inventory::store::Store;
 
+/// Most unknown device ids remembered at once.
+const MAX_UNKNOWN: usize = 100_000;
+
 /// Settings of the device API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -71,6 +74,9 @@ pub struct Api {
     tokens: RwLock<Arc<EnrollmentTokens>>,
     /// Public keys by device id, filled from the inventory on first use.
     keys: RwLock<HashMap<String, String>>,
+    /// Device ids the inventory does not know (or that have no key), so a flood of
+    /// reports from unknown devices costs no database reads. Cleared with the keys.
+    unknown: RwLock<std::collections::HashSet<String>>,
     /// The newest report timestamp accepted per device: a report must be newer.
     last_seen: Mutex<HashMap<String, i64>>,
 }
@@ -86,6 +92,7 @@ impl Api {
             writer: tx,
             tokens: RwLock::default(),
             keys: RwLock::default(),
+            unknown: RwLock::default(),
             last_seen: Mutex::default(),
         });
         tokio::spawn(reports::run_writer(Arc::downgrade(&api), rx));
@@ -101,6 +108,7 @@ impl Api {
     /// (after the declared devices were synced).
     pub fn forget_keys(&self) {
         self.keys.write().expect("key lock").clear();
+        self.unknown.write().expect("unknown lock").clear();
     }
 
     /// The metrics.
@@ -131,8 +139,18 @@ impl Api {
         if let Some(key) = self.keys.read().expect("key lock").get(device_id) {
             return Ok(Some(key.clone()));
         }
-        let Some(record) = self.store.device(device_id).await? else { return Ok(None) };
-        let Some(key) = record.public_key else { return Ok(None) };
+        if self.unknown.read().expect("unknown lock").contains(device_id) {
+            return Ok(None);
+        }
+        let key = self.store.device(device_id).await?.and_then(|record| record.public_key);
+        let Some(key) = key else {
+            let mut unknown = self.unknown.write().expect("unknown lock");
+            if unknown.len() >= MAX_UNKNOWN {
+                unknown.clear();
+            }
+            unknown.insert(device_id.to_string());
+            return Ok(None);
+        };
         self.keys.write().expect("key lock").insert(device_id.to_string(), key.clone());
         Ok(Some(key))
     }

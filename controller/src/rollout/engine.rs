@@ -103,6 +103,23 @@ pub struct StepReport {
     pub events: Vec<Event>,
     /// The publisher commit, when anything was published.
     pub commit: Option<CommitReport>,
+    /// Where the pass spent its time.
+    pub timings: StepTimings,
+}
+
+/// Wall-clock time of each part of a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepTimings {
+    /// Reading the inventory.
+    pub inventory: std::time::Duration,
+    /// Planning the fleet against it.
+    pub plan: std::time::Duration,
+    /// Deciding each rollout's step and admitting devices.
+    pub rollouts: std::time::Duration,
+    /// The publisher commit.
+    pub publish: std::time::Duration,
+    /// Recording the pass in the inventory.
+    pub record: std::time::Duration,
 }
 
 /// A rollout's members, in rollout order (cached: membership never changes).
@@ -164,8 +181,12 @@ impl Engine {
     pub async fn step(&mut self, desired: &Desired, now: Timestamp) -> Result<StepReport, EngineError> {
         let fleet = &*desired.fleet;
         let now_ms = now.as_millisecond();
+        let mut timings = StepTimings::default();
+        let started = std::time::Instant::now();
         let inventory = self.store.inventory().await?;
+        timings.inventory = started.elapsed();
         let plan = plan::plan(fleet, &inventory);
+        timings.plan = started.elapsed() - timings.inventory;
         let mut rollouts = self.store.rollouts().await?;
         let mut pending = Pending::default();
 
@@ -308,7 +329,10 @@ impl Engine {
             pending.releases.insert(release.name.clone());
         }
 
-        self.commit(fleet, pending, now_ms).await
+        timings.rollouts = started.elapsed() - timings.inventory - timings.plan;
+        let mut report = self.commit(fleet, pending, now_ms, &mut timings).await?;
+        report.timings = timings;
+        Ok(report)
     }
 
     /// Creates a rollout from a policy's plan.
@@ -421,8 +445,10 @@ impl Engine {
         fleet: &CompiledFleet,
         mut pending: Pending,
         now_ms: i64,
+        timings: &mut StepTimings,
     ) -> Result<StepReport, EngineError> {
         let mut report = StepReport::default();
+        let started = std::time::Instant::now();
         if !pending.batch.upserts.is_empty() {
             let mut names: Vec<&String> = pending.releases.iter().collect();
             names.sort();
@@ -442,6 +468,7 @@ impl Engine {
             }
             report.commit = Some(commit);
         }
+        timings.publish = started.elapsed();
         for (rollout, devices) in &pending.marks {
             self.store.mark_published(rollout, devices, now_ms).await?;
             if let Some(members) = self.members.get_mut(rollout) {
@@ -460,6 +487,7 @@ impl Engine {
             self.store.update_rollout(rollout).await?;
         }
         report.events = pending.events;
+        timings.record = started.elapsed() - timings.publish;
         Ok(report)
     }
 }
