@@ -4,3 +4,7 @@
 ALTER TABLE wave_devices ADD COLUMN position BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE wave_devices ADD COLUMN published_at BIGINT;
 ALTER TABLE waves ADD COLUMN bake_ms BIGINT;
+
+-- The engine keeps the inventory in memory and reads only what changed since its last
+-- pass.
+CREATE INDEX device_status_by_received ON device_status (received_at);

@@ -279,6 +279,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(bytes)
 }
 
+/// Where one [`Reconciler::sync_source`] spent its time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncTimings {
+    /// Fetching and resolving the reference (and reading the fleet files).
+    pub fetch: Duration,
+    /// Compiling the fleet.
+    pub compile: Duration,
+    /// Recording the declared devices in the inventory.
+    pub declare: Duration,
+}
+
+/// A digest of the declared devices (ids, groups, keys), in declaration order.
+fn declared_digest(declared: &[DeclaredDevice]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for d in declared {
+        hash.update(d.id.as_bytes());
+        hash.update([0]);
+        hash.update(d.group.as_bytes());
+        hash.update([0]);
+        hash.update(d.public_key.as_deref().unwrap_or("").as_bytes());
+        hash.update([1]);
+    }
+    hash.finalize().into()
+}
+
 /// What syncing the source found.
 #[derive(Debug)]
 pub enum SourceOutcome {
@@ -306,6 +332,10 @@ pub enum SourceOutcome {
 /// repository. `waveguide run` drives it from a loop; the Kubernetes controller from its
 /// reconciler. Each call does one level-based step and can be repeated safely.
 pub struct Reconciler {
+    timings: SyncTimings,
+    /// A digest of the declared devices last recorded: a commit that leaves them as
+    /// they were (a policy change, say) skips the comparison with the inventory.
+    declared_digest: Option<[u8; 32]>,
     config: RunConfig,
     keys: KeyDir,
     store: Store,
@@ -336,7 +366,17 @@ impl Reconciler {
         spec.jitter = Duration::ZERO;
         let source =
             GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
-        Ok(Reconciler { config, keys, store, api, source: Some(source), engine: None, desired: None })
+        Ok(Reconciler {
+            timings: SyncTimings::default(),
+            declared_digest: None,
+            config,
+            keys,
+            store,
+            api,
+            source: Some(source),
+            engine: None,
+            desired: None,
+        })
     }
 
     /// The source's state: last applied and attempted commits, failures, next poll.
@@ -354,14 +394,22 @@ impl Reconciler {
         &self.store
     }
 
+    /// Where the last [`Reconciler::sync_source`] spent its time.
+    pub fn sync_timings(&self) -> SyncTimings {
+        self.timings
+    }
+
     /// Polls the source and, when its fleet changed, compiles it; a fleet that compiles
     /// is applied: its devices are recorded in the inventory and the engine takes it.
     pub async fn sync_source(&mut self) -> Result<SourceOutcome, RunError> {
+        self.timings = SyncTimings::default();
+        let started = Instant::now();
         let mut source = self.source.take().expect("the source is only moved out during a poll");
         let (polled, source) = tokio::task::spawn_blocking(move || (source.poll(), source))
             .await
             .map_err(|e| err("the source task failed")(&e))?;
         self.source = Some(source);
+        self.timings.fetch = started.elapsed();
         let update = match polled {
             Poll::Changed(update) => update,
             Poll::Unchanged(_) => return Ok(SourceOutcome::Unchanged),
@@ -369,9 +417,11 @@ impl Reconciler {
         };
         let commit = update.revision.commit.to_string();
         let files = update.files;
+        let compiling = Instant::now();
         let compilation = tokio::task::spawn_blocking(move || compile::compile(&files))
             .await
             .map_err(|e| err("the compiler failed")(&e))?;
+        self.timings.compile = compiling.elapsed();
         let source = self.source.as_mut().expect("source");
         let Some(fleet) = compilation.fleet else {
             let errors: Vec<String> = compilation
@@ -391,11 +441,17 @@ impl Reconciler {
             source.rejected(&update.revision, &summary);
             return Ok(SourceOutcome::Refused { commit, errors });
         };
+        let declaring = Instant::now();
         let declared = declared_devices(&compilation.documents);
-        self.store
-            .sync_declared(&declared, Timestamp::now().as_millisecond())
-            .await
-            .map_err(|e| err("cannot record the declared devices")(&e))?;
+        let digest = declared_digest(&declared);
+        if self.declared_digest != Some(digest) {
+            self.store
+                .sync_declared(&declared, Timestamp::now().as_millisecond())
+                .await
+                .map_err(|e| err("cannot record the declared devices")(&e))?;
+            self.declared_digest = Some(digest);
+        }
+        self.timings.declare = declaring.elapsed();
         if let Some(api) = &self.api {
             api.forget_keys();
             api.set_enrollment_tokens(enrollment_tokens(&compilation.documents));

@@ -154,7 +154,11 @@ pub(super) async fn run_writer(api: Weak<Api>, mut rx: mpsc::Receiver<Pending>) 
                 Err(_) => break,
             }
         }
-        let reports: Vec<IncomingReport> = batch.iter().map(|p| p.report.clone()).collect();
+        // The receive time is the time of the write: one writer makes it grow with commit
+        // order, which lets the engine read only what changed since its last pass.
+        let written_at = super::now_ms();
+        let reports: Vec<IncomingReport> =
+            batch.iter().map(|p| IncomingReport { received_at: written_at, ..p.report.clone() }).collect();
         api.metrics.report_batch_size.observe(reports.len() as f64);
         match api.store.record_reports(&reports).await {
             Ok(()) => {

@@ -89,6 +89,22 @@ impl Inventory {
         Ok(Inventory { captured_at, reports })
     }
 
+    /// Applies newer reports: each replaces the device's report, or adds the device.
+    pub fn update(&mut self, changed: Vec<(Box<str>, DeviceReport)>) {
+        let mut added = Vec::new();
+        for (id, report) in changed {
+            match self.reports.binary_search_by(|(known, _)| (**known).cmp(&*id)) {
+                Ok(i) => self.reports[i].1 = report,
+                Err(_) => added.push((id, report)),
+            }
+        }
+        if !added.is_empty() {
+            self.reports.extend(added);
+            self.reports.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            self.reports.dedup_by(|b, a| a.0 == b.0);
+        }
+    }
+
     /// The reports, sorted by device id.
     pub fn reports(&self) -> &[(Box<str>, DeviceReport)] {
         &self.reports
@@ -107,5 +123,37 @@ impl Inventory {
     /// True when no device reported.
     pub fn is_empty(&self) -> bool {
         self.reports.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(version: &str) -> DeviceReport {
+        DeviceReport {
+            release: None,
+            version: version.parse().unwrap(),
+            state: UpdateState::Idle,
+            healthy: true,
+            last_seen: None,
+        }
+    }
+
+    #[test]
+    fn updates_replace_reports_and_add_devices_in_order() {
+        let mut inventory =
+            Inventory::new(None, vec![("b".into(), report("1.0.0")), ("d".into(), report("1.0.0"))]).unwrap();
+        inventory.update(vec![
+            ("d".into(), report("2.0.0")),
+            ("a".into(), report("3.0.0")),
+            ("c".into(), report("4.0.0")),
+        ]);
+        let ids: Vec<&str> = inventory.reports().iter().map(|(id, _)| &**id).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert_eq!(inventory.get("d").unwrap().version.to_string(), "2.0.0");
+        assert_eq!(inventory.get("b").unwrap().version.to_string(), "1.0.0");
+        inventory.update(Vec::new());
+        assert_eq!(inventory.len(), 4);
     }
 }

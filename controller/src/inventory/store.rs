@@ -577,6 +577,32 @@ impl Store {
         })
     }
 
+    /// The latest report of every device whose report the server received at or after
+    /// `since` (Unix milliseconds), with the newest receive time seen: what changed since
+    /// an earlier [`Store::inventory`] or `changed_since`.
+    pub async fn changed_since(
+        &self,
+        since: i64,
+    ) -> Result<(Vec<(Box<str>, DeviceReport)>, i64), StoreError> {
+        let rows = sqlx::query(
+            "SELECT device_id, release, version, state, healthy, reported_at, received_at FROM device_status \
+             WHERE received_at >= $1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading changed reports"))?;
+        let mut newest = since;
+        let mut reports = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get(0).map_err(query_error("reading changed reports"))?;
+            let report = report_from_row(row, &id, 1)?;
+            newest = newest.max(row.try_get::<i64, _>(6).map_err(query_error("reading changed reports"))?);
+            reports.push((id.into_boxed_str(), report));
+        }
+        Ok((reports, newest))
+    }
+
     /// A device's report history, newest first, at most `limit` reports.
     pub async fn history(&self, device_id: &str, limit: i64) -> Result<Vec<StoredReport>, StoreError> {
         let rows = sqlx::query(

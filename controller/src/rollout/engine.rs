@@ -136,7 +136,14 @@ pub struct Engine {
     repo: Repository,
     config: EngineConfig,
     members: HashMap<String, Vec<Member>>,
+    /// The inventory as of the last pass, and the newest receive time it includes.
+    inventory: Option<(Inventory, i64)>,
 }
+
+/// How far back each pass re-reads reports: covers a batch committed just after the
+/// previous read with an earlier receive time, and small clock differences between
+/// replicas sharing one database. (The device API stamps each batch when it writes it.)
+const REREAD_MS: i64 = 2_000;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,7 +166,7 @@ struct Pending {
 impl Engine {
     /// An engine publishing into `repo` and keeping its state in `store`.
     pub fn new(store: Store, repo: Repository, config: EngineConfig) -> Engine {
-        Engine { store, repo, config, members: HashMap::new() }
+        Engine { store, repo, config, members: HashMap::new(), inventory: None }
     }
 
     /// The inventory.
@@ -183,7 +190,7 @@ impl Engine {
         let now_ms = now.as_millisecond();
         let mut timings = StepTimings::default();
         let started = std::time::Instant::now();
-        let inventory = self.store.inventory().await?;
+        let (inventory, newest) = self.refresh_inventory().await?;
         timings.inventory = started.elapsed();
         let plan = plan::plan(fleet, &inventory);
         timings.plan = started.elapsed() - timings.inventory;
@@ -251,7 +258,7 @@ impl Engine {
         for (rollout, policy) in &active {
             let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
             let target = self.target(rollout, &version, now_ms);
-            for member in &self.members[&rollout.id] {
+            for member in self.members[&rollout.id].iter().filter(|m| m.published_at.is_some()) {
                 let ix = fleet.device_index(&member.device);
                 let state =
                     classify(&target, member.published_at, ix.is_some(), inventory.get(&member.device));
@@ -330,9 +337,31 @@ impl Engine {
         }
 
         timings.rollouts = started.elapsed() - timings.inventory - timings.plan;
+        self.inventory = Some((inventory, newest));
         let mut report = self.commit(fleet, pending, now_ms, &mut timings).await?;
         report.timings = timings;
         Ok(report)
+    }
+
+    /// The inventory, taken out of the engine for the pass (and put back at its end): read
+    /// whole on the first pass, then only the reports received since.
+    async fn refresh_inventory(&mut self) -> Result<(Inventory, i64), EngineError> {
+        match self.inventory.take() {
+            None => {
+                let (changed, newest) = self.store.changed_since(i64::MIN).await?;
+                let inventory = Inventory::new(None, changed).map_err(|id| StoreError::Corrupt {
+                    what: "duplicate status row",
+                    key: id.to_string(),
+                    value: String::new(),
+                })?;
+                Ok((inventory, newest))
+            }
+            Some((mut inventory, newest)) => {
+                let (changed, newer) = self.store.changed_since(newest.saturating_sub(REREAD_MS)).await?;
+                inventory.update(changed);
+                Ok((inventory, newer.max(newest)))
+            }
+        }
     }
 
     /// Creates a rollout from a policy's plan.

@@ -1,0 +1,142 @@
+//! How long a commit to a large fleet repository takes to reach devices: a policy change
+//! committed to a repository of N devices (from `waveguide gen-fleet`, whose devices have
+//! all reported), then one source sync and one engine pass — what the controller does
+//! when the webhook (or the file watcher) wakes it. Prints the split: fetch, compile,
+//! declared devices, inventory read, plan, rollouts, publish, record.
+//!
+//! ```sh
+//! cargo build --release -p waveguide --bin waveguide --example commit_to_publish
+//! target/release/examples/commit_to_publish 1000000
+//! ```
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use waveguide::demo::commit_all;
+use waveguide::inventory::read_snapshot;
+use waveguide::inventory::store::{IncomingReport, Store};
+use waveguide::publish::KeyDir;
+use waveguide::reconcile::{Reconciler, RunConfig, SourceOutcome};
+use waveguide::rollout::engine::{EngineConfig, Event};
+
+fn ms(d: Duration) -> String {
+    format!("{:>7.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let devices: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("fleet");
+    let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("waveguide");
+    let groups = (devices / 1000).clamp(10, 1000).to_string();
+    let status = Command::new(&binary)
+        .args(["gen-fleet", "--devices", &devices.to_string(), "--groups", &groups, "--out"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The generated regions update at night; the benchmark publishes at any hour.
+    let regions = repo.join("groups/regions.yaml");
+    let text = std::fs::read_to_string(&regions).unwrap();
+    let text: String = text
+        .split_inclusive('\n')
+        .scan(false, |skipping, line| {
+            if line.starts_with("  maintenanceWindows:") {
+                *skipping = true;
+                return Some(String::new());
+            }
+            if *skipping && (line.starts_with("    ") || line.starts_with("      ")) {
+                return Some(String::new());
+            }
+            *skipping = false;
+            Some(line.to_string())
+        })
+        .collect();
+    std::fs::write(&regions, text).unwrap();
+    let git =
+        git2::Repository::init_opts(&repo, git2::RepositoryInitOptions::new().initial_head("main")).unwrap();
+    commit_all(&git, "fleet").unwrap();
+
+    let data = tmp.path().join("data");
+    let (keys, _) = KeyDir::init(&data.join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
+    let store = Store::open(data.join("inventory.sqlite").to_str().unwrap()).await.unwrap();
+    let mut config = RunConfig::new(repo.display().to_string(), &data);
+    config.engine = EngineConfig::default();
+    let mut reconciler = Reconciler::new(config, keys, store.clone(), None).unwrap();
+
+    let started = Instant::now();
+    let outcome = reconciler.sync_source().await.unwrap();
+    assert!(matches!(outcome, SourceOutcome::Applied { .. }), "{outcome:?}");
+    eprintln!("first commit applied in {:.1?} ({:?})", started.elapsed(), reconciler.sync_timings());
+    let started = Instant::now();
+    let snapshot = read_snapshot(Path::new(&format!("{}.inventory.json", repo.display()))).unwrap();
+    // The devices reported a minute ago; the controller has seen those reports already.
+    let now = Timestamp::now().as_millisecond() - 60_000;
+    let reports: Vec<IncomingReport> = snapshot
+        .reports()
+        .iter()
+        .map(|(id, r)| IncomingReport {
+            device_id: id.to_string(),
+            report: r.clone(),
+            detail: None,
+            reported_at: now,
+            received_at: now,
+        })
+        .collect();
+    for chunk in reports.chunks(20_000) {
+        store.record_reports(chunk).await.unwrap();
+    }
+    eprintln!("{} reports recorded in {:.1?}", reports.len(), started.elapsed());
+    let report = reconciler.step(Timestamp::now()).await.unwrap();
+    eprintln!("first pass: {} events, {:?}", report.events.len(), report.timings);
+    // The fleet keeps reporting: a fresh heartbeat moves the engine's read mark to now.
+    let mut heartbeat = reports[0].clone();
+    heartbeat.reported_at = Timestamp::now().as_millisecond();
+    heartbeat.received_at = heartbeat.reported_at;
+    store.record_reports(&[heartbeat]).await.unwrap();
+    let report = reconciler.step(Timestamp::now()).await.unwrap();
+    eprintln!("second pass: {} events, {:?}", report.events.len(), report.timings);
+
+    // The change under test: the x86 hold moves to 1.1.0.
+    let path = repo.join("policies/policies.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replacen(
+        "name: x86-hold\nspec:\n  selector:\n    matchLabels: {hw: x86}\n  release: os-1-0-0",
+        "name: x86-hold\nspec:\n  selector:\n    matchLabels: {hw: x86}\n  release: os-1-1-0",
+        1,
+    );
+    assert_ne!(text, changed, "the policy file changed shape");
+    std::fs::write(&path, changed).unwrap();
+    commit_all(&git, "x86 to 1.1.0").unwrap();
+
+    let woken = Instant::now();
+    let outcome = reconciler.sync_source().await.unwrap();
+    let sync = reconciler.sync_timings();
+    let report = reconciler.step(Timestamp::now()).await.unwrap();
+    let total = woken.elapsed();
+    assert!(matches!(outcome, SourceOutcome::Applied { .. }), "{outcome:?}");
+    let published: u64 = report
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::WavePublished { devices, .. } => *devices,
+            _ => 0,
+        })
+        .sum();
+    let t = report.timings;
+    println!("{devices} devices: a policy change published {published} instructions in {}", ms(total).trim());
+    println!("  fetch             {}", ms(sync.fetch));
+    println!("  compile           {}", ms(sync.compile));
+    println!("  declared devices  {}", ms(sync.declare));
+    println!("  inventory read    {}", ms(t.inventory));
+    println!("  plan              {}", ms(t.plan));
+    println!("  rollouts          {}", ms(t.rollouts));
+    println!("  publish           {}", ms(t.publish));
+    println!("  record            {}", ms(t.record));
+    for e in &report.events {
+        println!("  event: {}", serde_json::to_string(e).unwrap());
+    }
+}
