@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod controller;
+mod crds;
 mod gen_fleet;
 pub mod keys;
 mod plan;
@@ -42,13 +44,17 @@ pub enum Command {
     Run(run::RunArgs),
     /// Watch and steer rollouts (list, show, pause, resume, approve, abort).
     Rollout(rollout::RolloutArgs),
+    /// Write the Kubernetes CustomResourceDefinitions (Fleet, FleetRollout).
+    Crds(crds::CrdsArgs),
+    /// Run the Kubernetes controller (in a cluster, or against the current kubeconfig).
+    Controller(controller::ControllerArgs),
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     // Long-running commands log their progress; one-shot commands only warnings.
     init_tracing(match cli.command {
-        Command::Run(_) => "info",
+        Command::Run(_) | Command::Controller(_) => "info",
         _ => "warn",
     });
     match cli.command {
@@ -60,6 +66,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Tuf(c) => tuf::run(c),
         Command::Run(args) => run::run(&args),
         Command::Rollout(args) => rollout::run(&args),
+        Command::Crds(args) => crds::run(&args),
+        Command::Controller(args) => controller::run(&args),
     }
 }
 
