@@ -82,9 +82,13 @@ impl World {
 
     /// A reconciler context over a fake API server, as replica `replica-a`.
     fn context(&self) -> (Arc<Context>, Handle) {
+        self.context_with_lease(SignedDuration::from_secs(15))
+    }
+
+    fn context_with_lease(&self, lease: SignedDuration) -> (Arc<Context>, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let leases = Leases::new(client.clone(), "replica-a", SignedDuration::from_secs(15));
+        let leases = Leases::new(client.clone(), "replica-a", lease);
         let settings = Settings::new(self.data());
         let ctx =
             Context::new(client, leases, settings, FleetRoutes::default(), Arc::new(Metrics::default()));
@@ -249,10 +253,9 @@ async fn a_refused_commit_sets_the_conditions_and_keeps_the_last_good_one() {
     assert_eq!(condition(&status, "SourceReady")["status"], "True");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pausing_through_the_spec_pauses_the_engine() {
-    let world = World::new();
-    // A rollout of the `apac` policy, as the engine would have started it.
+/// A rollout of the `apac` policy in the fleet's inventory, as the engine would have
+/// started it.
+async fn apac_rollout(world: &World) -> Store {
     let db = world.data().join(NS).join("edge");
     std::fs::create_dir_all(&db).unwrap();
     let store = Store::open(&db.join("inventory.sqlite").display().to_string()).await.unwrap();
@@ -281,6 +284,61 @@ async fn pausing_through_the_spec_pauses_the_engine() {
         bake_ms: None,
     };
     store.create_rollout(&rollout, &[wave], &[vec!["tokyo-pos-0001".into()]]).await.unwrap();
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
+    let world = World::new();
+    apac_rollout(&world).await;
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        let created =
+            expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1"), 200, rollout_json()).await;
+        assert!(created["query"].as_str().unwrap().contains("fieldManager=waveguide"), "server-side apply");
+        let body = &created["body"];
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
+            (&json!("Fleet"), &json!("edge"), &json!("5c1f4a52-0000-4000-8000-000000000001"), &json!(true))
+        );
+        assert_eq!(body["metadata"]["labels"]["waveguide.dev/fleet"], "edge");
+        assert_eq!(body["spec"]["policy"], "apac");
+        assert_eq!(body["spec"]["rolloutId"], "apac-1");
+        assert_eq!(body["spec"]["waves"], json!([{"name": "canary", "devices": 1}]));
+        assert!(body["spec"].get("paused").is_none(), "the operators' fields are left to them");
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{ROLLOUTS}/edge-apac-1/status"),
+            200,
+            rollout_json(),
+        )
+        .await;
+        assert_eq!(status["body"]["status"]["phase"], "progressing");
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
+
+fn rollout_json() -> Value {
+    json!({
+        "apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRollout",
+        "metadata": {"name": "edge-apac-1", "namespace": NS},
+        "spec": {"fleet": "edge", "rolloutId": "apac-1", "policy": "apac", "release": "edge-os-1-5-0", "version": "1.5.0"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_through_the_spec_pauses_the_engine() {
+    let world = World::new();
+    let store = apac_rollout(&world).await;
 
     let resource = json!({
         "apiVersion": "waveguide.dev/v1alpha1",
@@ -343,6 +401,39 @@ async fn a_lease_held_elsewhere_stops_all_writes() {
     let handle = server.await.unwrap();
     no_more_requests(ctx, handle).await;
     assert!(!world.data().join(NS).join("edge").exists(), "a standby replica touches no fleet data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_engine_and_every_write() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context_with_lease(SignedDuration::from_secs(1));
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let mut handle = server.await.unwrap();
+    assert!(ctx.store(NS, "edge").await.is_some(), "the engine runs here");
+
+    // The renewal finds that another replica took the Lease over.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let server = tokio::spawn(async move {
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "resourceVersion": "9"},
+            "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()},
+        });
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 200, held).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    assert!(ctx.store(NS, "edge").await.is_none(), "the engine is stopped");
+    assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
+    no_more_requests(ctx, handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,9 +258,8 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         Ok(report) => {
             engine.step_error = None;
             for event in &report.events {
-                if let Some((kind, reason, note)) = describe(event) {
-                    publish(ctx, &fleet_ref, kind, reason, "Rollout", note).await;
-                }
+                let (kind, reason, note) = describe(event);
+                publish(ctx, &fleet_ref, kind, reason, "Rollout", note).await;
             }
         }
         Err(e) => {
@@ -524,10 +523,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(bytes)
 }
 
-/// The Kubernetes Event for an engine event; completed rollouts and starts are Normal,
-/// halts Warning.
-fn describe(event: &EngineEvent) -> Option<(EventType, &'static str, String)> {
-    Some(match event {
+/// The Kubernetes Event for an engine event: halts are Warnings, the rest Normal.
+fn describe(event: &EngineEvent) -> (EventType, &'static str, String) {
+    match event {
         EngineEvent::RolloutStarted { rollout, policy, release, waves } => (
             EventType::Normal,
             "RolloutStarted",
@@ -552,7 +550,7 @@ fn describe(event: &EngineEvent) -> Option<(EventType, &'static str, String)> {
         EngineEvent::RolloutAborted { rollout, reason } => {
             (EventType::Normal, "RolloutAborted", format!("rollout {rollout} aborted: {reason}"))
         }
-    })
+    }
 }
 
 async fn publish(
