@@ -35,6 +35,7 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fleets/events";
 /// A fleet repository (the example fleet, committed) and a data directory.
 struct World {
     dir: TempDir,
+    routes: FleetRoutes,
 }
 
 impl World {
@@ -45,7 +46,7 @@ impl World {
         git(&repo, &["init", "-q", "-b", "main"]);
         git(&repo, &["add", "."]);
         git(&repo, &["commit", "-q", "-m", "fleet"]);
-        World { dir }
+        World { dir, routes: FleetRoutes::default() }
     }
 
     fn repo(&self) -> PathBuf {
@@ -90,8 +91,7 @@ impl World {
         let client = Client::new(service, "default");
         let leases = Leases::new(client.clone(), "replica-a", lease);
         let settings = Settings::new(self.data());
-        let ctx =
-            Context::new(client, leases, settings, FleetRoutes::default(), Arc::new(Metrics::default()));
+        let ctx = Context::new(client, leases, settings, self.routes.clone(), Arc::new(Metrics::default()));
         (ctx, handle)
     }
 }
@@ -434,6 +434,43 @@ async fn a_lost_lease_stops_the_engine_and_every_write() {
     assert!(ctx.store(NS, "edge").await.is_none(), "the engine is stopped");
     assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
     no_more_requests(ctx, handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_serves_devices_over_a_shared_inventory() {
+    use tower::ServiceExt;
+    let world = World::new();
+    let url = common::fresh_postgres_database().await;
+    let mut fleet = world.fleet(true);
+    fleet.spec.inventory.database_secret_ref =
+        Some(waveguide::k8s::crd::SecretKeyRef { name: "edge-db".into(), key: "url".into() });
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()},
+        });
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 200, held).await;
+        use base64::Engine as _;
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-db", "namespace": NS},
+            "data": {"url": base64::engine::general_purpose::STANDARD.encode(url)},
+        });
+        expect(&mut handle, Method::GET, "/api/v1/namespaces/fleets/secrets/edge-db", 200, secret).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(fleet), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+
+    let router = waveguide::k8s::serve::device_router(world.routes.clone());
+    let request = http::Request::get("/fleets/fleets/edge/healthz").body(axum::body::Body::empty()).unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(status, 200, "the standby answers devices: {}", String::from_utf8_lossy(&body));
+    assert!(!world.data().join(NS).join("edge").exists(), "and writes no fleet data");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,7 @@ pub struct Context {
     settings: Settings,
     recorder: Recorder,
     engines: Mutex<HashMap<String, Arc<Mutex<FleetEngine>>>>,
+    standby: Mutex<HashMap<String, StandbyApi>>,
     routes: FleetRoutes,
     metrics: Arc<Metrics>,
 }
@@ -107,6 +108,7 @@ impl Context {
             leases,
             settings,
             engines: Mutex::new(HashMap::new()),
+            standby: Mutex::new(HashMap::new()),
             routes,
             metrics,
         })
@@ -127,6 +129,14 @@ impl Context {
     fn data_dir(&self, namespace: &str, name: &str) -> PathBuf {
         self.settings.data.join(namespace).join(name)
     }
+}
+
+/// A fleet's device API on a replica that stands by: over a shared (PostgreSQL)
+/// inventory and the shared TUF files, so every replica behind the Service answers devices.
+struct StandbyApi {
+    spec: FleetSpec,
+    api: Arc<DeviceApi>,
+    commit: Option<String>,
 }
 
 /// One fleet's engine on this replica, with what the status is computed from.
@@ -170,6 +180,14 @@ async fn reconcile_inner(fleet: Arc<Fleet>, ctx: &Context) -> Result<Action, Err
         // A replica that lost the Lease drops its engine: it must not publish.
         if ctx.engines.lock().await.remove(&key(&namespace, &name)).is_some() {
             ctx.routes.remove(&namespace, &name);
+            tracing::info!(fleet = %name, namespace, "engine stopped: another replica holds the Lease");
+        }
+        if fleet.spec.suspend || fleet.metadata.deletion_timestamp.is_some() {
+            if ctx.standby.lock().await.remove(&key(&namespace, &name)).is_some() {
+                ctx.routes.remove(&namespace, &name);
+            }
+        } else if let Err(e) = serve_standby(&fleet, ctx, &namespace).await {
+            tracing::warn!(fleet = %name, "cannot serve the device API while standing by: {e}");
         }
         return Ok(Action::requeue(ctx.settings.standby_retry));
     }
@@ -285,9 +303,9 @@ async fn cleanup(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action
     // The FleetRollouts go with their owner (garbage collection). The TUF repository and
     // the inventory stay in the data volume: devices keep their verified instructions, and
     // a Fleet created again under this name resumes where this one stopped.
-    if ctx.engines.lock().await.remove(&key(namespace, &name)).is_some() {
-        ctx.routes.remove(namespace, &name);
-    }
+    ctx.engines.lock().await.remove(&key(namespace, &name));
+    ctx.standby.lock().await.remove(&key(namespace, &name));
+    ctx.routes.remove(namespace, &name);
     let mirror = ctx.data_dir(namespace, &name).join("source");
     if let Err(e) = std::fs::remove_dir_all(&mirror) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -300,6 +318,60 @@ async fn cleanup(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action
         .map_err(|e| Error::kube(format!("deleting the Lease of Fleet {namespace}/{name}"), e))?;
     tracing::info!(fleet = %name, namespace, "fleet deleted; engine stopped");
     Ok(Action::await_change())
+}
+
+/// Serves the device API of a fleet whose engine runs on another replica, when the
+/// inventory is shared (PostgreSQL; an SQLite inventory belongs to one replica). Reports
+/// land in the shared inventory; cached device keys are dropped whenever the Fleet's
+/// status shows a new commit. Enrollment tokens are only known to the active replica.
+async fn serve_standby(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let name = fleet.name_any();
+    let key = key(namespace, &name);
+    let commit = fleet.status.as_ref().and_then(|s| s.last_applied_commit.clone());
+    if let Some(standby) = ctx.standby.lock().await.get_mut(&key) {
+        if standby.spec == fleet.spec {
+            if standby.commit != commit {
+                standby.api.forget_keys();
+                standby.commit = commit;
+            }
+            return Ok(());
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(url) = database_url(fleet, ctx, &secrets, namespace).await? else { return Ok(()) };
+    if !url.starts_with("postgres") {
+        return Ok(());
+    }
+    let store = Store::open(&url)
+        .await
+        .map_err(|e| Error::spec(namespace, &name, format!("cannot open the inventory: {e}")))?;
+    let tuf_dir = ctx.data_dir(namespace, &name).join("tuf");
+    let api = DeviceApi::new(store, ApiConfig { tuf_dir: Some(tuf_dir), ..ApiConfig::default() });
+    ctx.routes.insert(namespace, &name, api.router());
+    ctx.standby.lock().await.insert(key, StandbyApi { spec: fleet.spec.clone(), api, commit });
+    tracing::info!(fleet = %name, namespace, "standing by; serving the device API over the shared inventory");
+    Ok(())
+}
+
+/// The inventory database of a fleet: its Secret's URL, else the controller's default.
+async fn database_url(
+    fleet: &Fleet,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
+    match &fleet.spec.inventory.database_secret_ref {
+        Some(r) => {
+            let data = secret_data(secrets, namespace, &r.name).await?;
+            let url = data.get(&r.key).map(|b| text(b)).ok_or_else(|| Error::Secret {
+                namespace: namespace.into(),
+                name: r.name.clone(),
+                reason: format!("has no key {:?}", r.key),
+            })?;
+            Ok(Some(url.trim().to_string()))
+        }
+        None => Ok(ctx.settings.database.clone()),
+    }
 }
 
 /// The engine of a fleet, built (or rebuilt when the spec changed) from its spec and the
@@ -378,18 +450,7 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
                 .0
         }
     };
-    let database = match &spec.inventory.database_secret_ref {
-        Some(r) => {
-            let data = secret_data(&secrets, namespace, &r.name).await?;
-            let url = data.get(&r.key).map(|b| text(b)).ok_or_else(|| Error::Secret {
-                namespace: namespace.into(),
-                name: r.name.clone(),
-                reason: format!("has no key {:?}", r.key),
-            })?;
-            Some(url.trim().to_string())
-        }
-        None => ctx.settings.database.clone(),
-    };
+    let database = database_url(fleet, ctx, &secrets, namespace).await?;
     let expiries = expiries(spec).map_err(|e| Error::spec(namespace, &name, e))?;
 
     let mut config = RunConfig::new(spec.source.url.clone(), data.clone());
@@ -407,6 +468,7 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
         DeviceApi::new(store.clone(), ApiConfig { tuf_dir: Some(config.tuf_dir()), ..ApiConfig::default() });
     let reconciler = Reconciler::with_source(config, source, keys, store.clone(), Some(device_api.clone()))
         .map_err(|e| Error::run(namespace, &name, e))?;
+    ctx.standby.lock().await.remove(&key);
     ctx.routes.insert(namespace, &name, device_api.router());
     let engine = Arc::new(Mutex::new(FleetEngine {
         spec: fleet.spec.clone(),
