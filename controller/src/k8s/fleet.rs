@@ -259,6 +259,12 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         engine.next_poll = SystemTime::now() + wait;
     }
 
+    // Operators' changes and the engine's pass write the inventory and publish: the Lease
+    // is checked again just before (a long poll may have outlasted it).
+    if !ctx.leases.holds(namespace, &lease_name(&name)) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
     // Operators' changes to FleetRollouts, before the engine's pass picks them up.
     let rollouts: Api<FleetRollout> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = rollouts
@@ -268,10 +274,7 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         .items;
     rollout::apply_operator_changes(&engine.store, &existing, Timestamp::now()).await?;
 
-    // One engine pass. The Lease is checked again just before: a pass publishes.
-    if !ctx.leases.holds(namespace, &lease_name(&name)) {
-        return Ok(Action::requeue(Duration::ZERO));
-    }
+    // One engine pass.
     match engine.reconciler.step(Timestamp::now()).await {
         Ok(report) => {
             engine.step_error = None;
@@ -295,7 +298,10 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
         .max(Duration::from_millis(100));
-    Ok(Action::requeue(ctx.settings.step_interval.min(until_poll)))
+    // Back before the next poll, the next gate check, and the Lease renewal, whichever
+    // comes first.
+    let next = ctx.settings.step_interval.min(until_poll).min(ctx.leases.renew_interval());
+    Ok(Action::requeue(next))
 }
 
 async fn cleanup(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, Error> {

@@ -47,6 +47,11 @@ impl Leases {
         &self.identity
     }
 
+    /// How often a holder must come back to renew its Leases in time.
+    pub fn renew_interval(&self) -> std::time::Duration {
+        std::time::Duration::try_from(self.duration / 3).unwrap_or(std::time::Duration::from_secs(1))
+    }
+
     /// Whether this replica holds the Lease now, by its own clock, without asking the API
     /// server. Checked again just before the engine publishes.
     pub fn holds(&self, namespace: &str, name: &str) -> bool {
