@@ -99,7 +99,11 @@ impl World {
 /// Takes the next request: asserts its method and path (query ignored), returns its JSON
 /// body and answers it with `status` and `response`.
 async fn expect(handle: &mut Handle, method: Method, path: &str, status: u16, response: Value) -> Value {
-    let (request, send) = handle.next_request().await.unwrap_or_else(|| panic!("expected {method} {path}"));
+    let next = tokio::time::timeout(std::time::Duration::from_secs(30), handle.next_request());
+    let (request, send) = next
+        .await
+        .unwrap_or_else(|_| panic!("expected {method} {path} within 30 s"))
+        .unwrap_or_else(|| panic!("expected {method} {path}"));
     assert_eq!((request.method(), request.uri().path()), (&method, path), "request {}", request.uri());
     let query = request.uri().query().unwrap_or("").to_string();
     let bytes = request.into_body().collect_bytes().await.unwrap();
@@ -406,7 +410,8 @@ async fn a_lease_held_elsewhere_stops_all_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_lease_stops_the_engine_and_every_write() {
     let world = World::new();
-    let (ctx, mut handle) = world.context_with_lease(SignedDuration::from_secs(1));
+    // Renewed after a third of its duration: 2 s.
+    let (ctx, mut handle) = world.context_with_lease(SignedDuration::from_secs(6));
     let server = tokio::spawn(async move {
         lease_taken(&mut handle).await;
         expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
@@ -419,7 +424,7 @@ async fn a_lost_lease_stops_the_engine_and_every_write() {
     assert!(ctx.store(NS, "edge").await.is_some(), "the engine runs here");
 
     // The renewal finds that another replica took the Lease over.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let server = tokio::spawn(async move {
         let held = json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -564,4 +569,21 @@ fn operator_fields_map_onto_rollout_actions() {
     assert_eq!(operator_actions(&spec(json!({"abort": true})), &done), vec![]);
     assert_eq!(resource_name("edge", "stable-1"), "edge-stable-1");
     assert_eq!(resource_name("Edge", "a_b"), "edge-a-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_released_on_shutdown() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        handle
+    });
+    assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
+    ctx.leases().release_all().await;
+    assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
 }

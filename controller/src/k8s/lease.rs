@@ -118,6 +118,19 @@ impl Leases {
         }
     }
 
+    /// Gives every Lease this replica holds up (on shutdown), so that standby replicas
+    /// take the fleets over at once rather than after the Leases expire.
+    pub async fn release_all(&self) {
+        let held: Vec<String> = self.held.lock().expect("lease table").keys().cloned().collect();
+        for key in held {
+            let Some((namespace, name)) = key.split_once('/') else { continue };
+            match self.release(namespace, name).await {
+                Ok(()) => tracing::info!(lease = name, namespace, "lease released"),
+                Err(e) => tracing::warn!(lease = name, namespace, "cannot release the lease: {e}"),
+            }
+        }
+    }
+
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
         let ours = previous.and_then(|p| p.holder_identity.as_deref()) == Some(self.identity.as_str());
         let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);

@@ -150,7 +150,7 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<()> {
         // An operator's change to a FleetRollout wakes its Fleet at once.
         .owns(rollouts, watcher::Config::default().any_semantic())
         .shutdown_on_signal()
-        .run(fleet::reconcile, fleet::error_policy, ctx)
+        .run(fleet::reconcile, fleet::error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((fleet, _)) => tracing::debug!(fleet = %fleet.name, "reconciled"),
@@ -158,6 +158,7 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<()> {
             }
         })
         .await;
+    ctx.leases().release_all().await;
     tracing::info!("controller stopped");
     Ok(())
 }
