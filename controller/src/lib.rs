@@ -17,6 +17,7 @@ pub mod cli;
 pub mod compile;
 pub mod demo;
 pub mod inventory;
+pub mod k8s;
 pub mod model;
 pub mod plan;
 pub mod publish;

@@ -364,6 +364,18 @@ impl Reconciler {
         spec.path = config.path.clone();
         spec.interval = config.poll_interval;
         spec.jitter = Duration::ZERO;
+        Reconciler::with_source(config, spec, keys, store, api)
+    }
+
+    /// Like [`Reconciler::new`], with the source described in full (credentials, signature
+    /// verification) rather than by `config`'s repository, reference, path and interval.
+    pub fn with_source(
+        config: RunConfig,
+        spec: SourceSpec,
+        keys: KeyDir,
+        store: Store,
+        api: Option<Arc<Api>>,
+    ) -> Result<Reconciler, RunError> {
         let source =
             GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
         Ok(Reconciler {

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 pub mod agent;
 mod demo;
+mod controller;
+mod crds;
 mod gen_fleet;
 pub mod keys;
 mod plan;
@@ -54,6 +56,10 @@ pub enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Simulate many devices, each a real agent with its own key and TUF metadata.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Write the Kubernetes CustomResourceDefinitions (Fleet, FleetRollout).
+    Crds(crds::CrdsArgs),
+    /// Run the Kubernetes controller (in a cluster, or against the current kubeconfig).
+    Controller(controller::ControllerArgs),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -62,7 +68,9 @@ pub fn main(cli: Cli) -> ExitCode {
     // demo logs to a file: the terminal shows its progress bars.
     match cli.command {
         Command::Demo(_) => {}
-        Command::Run(_) | Command::Agent(_) | Command::Simulate(_) => init_tracing("info"),
+        Command::Run(_) | Command::Agent(_) | Command::Simulate(_) | Command::Controller(_) => {
+            init_tracing("info")
+        }
         _ => init_tracing("warn"),
     }
     match cli.command {
@@ -78,6 +86,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Reconcile(args) => reconcile::run(&args),
         Command::Agent(args) => agent::run(*args),
         Command::Simulate(args) => simulate::run(*args),
+        Command::Crds(args) => crds::run(&args),
+        Command::Controller(args) => controller::run(&args),
     }
 }
 

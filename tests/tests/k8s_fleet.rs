@@ -1,0 +1,589 @@
+//! The Fleet reconciler against a scripted fake API server (`tower-test`): one scenario per
+//! expected call sequence, asserting the method, path and body of every request and that
+//! nothing else is sent. The Git repository (a local repository in a temp dir) and the
+//! inventory (SQLite in a temp dir) are real.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use jiff::{SignedDuration, Timestamp};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use waveguide::inventory::store::{RolloutPhase, RolloutRecord, Store, WaveRecord, WaveState};
+use waveguide::k8s::crd::Fleet;
+use waveguide::k8s::fleet::{self, Context, Settings, FINALIZER};
+use waveguide::k8s::lease::Leases;
+use waveguide::k8s::metrics::Metrics;
+use waveguide::k8s::serve::FleetRoutes;
+
+use common::{copy_dir, git, git_stdout, repo_root};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const NS: &str = "fleets";
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/fleets/leases";
+const FLEET: &str = "/apis/waveguide.dev/v1alpha1/namespaces/fleets/fleets/edge";
+const ROLLOUTS: &str = "/apis/waveguide.dev/v1alpha1/namespaces/fleets/fleetrollouts";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fleets/events";
+
+/// A fleet repository (the example fleet, committed) and a data directory.
+struct World {
+    dir: TempDir,
+    routes: FleetRoutes,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        copy_dir(&repo_root().join("examples/fleet"), &repo);
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "fleet"]);
+        World { dir, routes: FleetRoutes::default() }
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn head(&self) -> String {
+        git_stdout(&self.repo(), &["rev-parse", "HEAD"])
+    }
+
+    /// The Fleet `fleets/edge` following the repository's `main`.
+    fn fleet(&self, finalizer: bool) -> Fleet {
+        serde_json::from_value(json!({
+            "apiVersion": "waveguide.dev/v1alpha1",
+            "kind": "Fleet",
+            "metadata": {
+                "name": "edge",
+                "namespace": NS,
+                "uid": "5c1f4a52-0000-4000-8000-000000000001",
+                "generation": 1,
+                "resourceVersion": "100",
+                "finalizers": if finalizer { vec![FINALIZER] } else { vec![] },
+            },
+            "spec": {
+                "source": {"url": self.repo().display().to_string(), "ref": {"branch": "main"}, "interval": "10ms"},
+            },
+        }))
+        .unwrap()
+    }
+
+    /// A reconciler context over a fake API server, as replica `replica-a`.
+    fn context(&self) -> (Arc<Context>, Handle) {
+        self.context_with_lease(SignedDuration::from_secs(15))
+    }
+
+    fn context_with_lease(&self, lease: SignedDuration) -> (Arc<Context>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let leases = Leases::new(client.clone(), "replica-a", lease);
+        let settings = Settings::new(self.data());
+        let ctx = Context::new(client, leases, settings, self.routes.clone(), Arc::new(Metrics::default()));
+        (ctx, handle)
+    }
+}
+
+/// Takes the next request: asserts its method and path (query ignored), returns its JSON
+/// body and answers it with `status` and `response`.
+async fn expect(handle: &mut Handle, method: Method, path: &str, status: u16, response: Value) -> Value {
+    let next = tokio::time::timeout(std::time::Duration::from_secs(30), handle.next_request());
+    let (request, send) = next
+        .await
+        .unwrap_or_else(|_| panic!("expected {method} {path} within 30 s"))
+        .unwrap_or_else(|| panic!("expected {method} {path}"));
+    assert_eq!((request.method(), request.uri().path()), (&method, path), "request {}", request.uri());
+    let query = request.uri().query().unwrap_or("").to_string();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let mut response = response;
+    if response.is_null() {
+        response = body.clone();
+    }
+    send.send_response(
+        Response::builder().status(status).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap(),
+    );
+    json!({"query": query, "body": body})
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+fn conflict() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"})
+}
+
+/// The Lease is free: the replica creates it.
+async fn lease_taken(handle: &mut Handle) {
+    expect(handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 404, not_found()).await;
+    let created = expect(handle, Method::POST, LEASE, 201, Value::Null).await;
+    assert_eq!(created["body"]["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(created["body"]["metadata"]["name"], "waveguide-fleet-edge");
+}
+
+/// What the API server answers to a write of the Fleet (its content does not matter to
+/// the reconciler, only that it is a Fleet).
+fn fleet_json() -> Value {
+    json!({
+        "apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet",
+        "metadata": {"name": "edge", "namespace": NS, "uid": "5c1f4a52-0000-4000-8000-000000000001"},
+        "spec": {"source": {"url": "/srv/fleet", "ref": {"branch": "main"}}},
+    })
+}
+
+fn empty_list() -> Value {
+    json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": []})
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap()
+}
+
+/// Nothing more is sent once the context is gone.
+async fn no_more_requests(ctx: Arc<Context>, mut handle: Handle) {
+    drop(ctx);
+    if let Some((request, _)) = handle.next_request().await {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_fleet_gets_a_finalizer_then_status_and_events() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let with_finalizer = serde_json::to_value(world.fleet(true)).unwrap();
+
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        let patch = expect(&mut handle, Method::PATCH, FLEET, 200, with_finalizer).await;
+        assert!(patch["body"].to_string().contains(FINALIZER), "adds the finalizer: {}", patch["body"]);
+        handle
+    });
+    let fleet = Arc::new(world.fleet(false));
+    let action = fleet::reconcile(fleet, ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let mut handle = server.await.unwrap();
+
+    let head = world.head();
+    let server = tokio::spawn(async move {
+        let event = expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        assert_eq!(event["body"]["reason"], "CommitApplied");
+        assert_eq!(event["body"]["type"], "Normal");
+        assert_eq!(event["body"]["regarding"]["name"], "edge");
+        let list = expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        let query = list["query"].as_str().unwrap();
+        assert!(query.contains("labelSelector=waveguide.dev%2Ffleet%3Dedge"), "{query}");
+        let status = expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        assert!(status["query"].as_str().unwrap().contains("fieldManager=waveguide"), "server-side apply");
+        let status = status["body"]["status"].clone();
+        assert_eq!(status["lastAppliedCommit"], head);
+        assert_eq!(status["observedGeneration"], 1);
+        assert!(status["devices"].as_u64().unwrap() > 0);
+        for type_ in ["Ready", "SourceReady", "Validated", "Published"] {
+            assert_eq!(condition(&status, type_)["status"], "True", "{type_}: {status}");
+        }
+        handle
+    });
+    let action = fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    assert!(action != Action::await_change(), "a fleet in force is stepped again");
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+    assert!(
+        world.data().join(NS).join("edge/tuf/metadata/timestamp.json").exists(),
+        "the TUF repository is published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_sets_the_conditions_and_keeps_the_last_good_one() {
+    let world = World::new();
+    let good = world.head();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let mut handle = server.await.unwrap();
+
+    // A policy that names a release nobody declared.
+    std::fs::write(
+        world.repo().join("policies/broken.yaml"),
+        "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: broken\nspec:\n  \
+         selector:\n    groups: [apac]\n  release: no-such-release\n  rollout:\n    waves:\n      - name: all\n",
+    )
+    .unwrap();
+    git(&world.repo(), &["add", "."]);
+    git(&world.repo(), &["commit", "-q", "-m", "broken policy"]);
+    let bad = world.head();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let expected_bad = bad.clone();
+    let server = tokio::spawn(async move {
+        let event = expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        assert_eq!(event["body"]["reason"], "CommitRefused");
+        assert_eq!(event["body"]["type"], "Warning");
+        assert!(event["body"]["note"].as_str().unwrap().contains(&expected_bad));
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        let status = expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        (handle, status["body"]["status"].clone())
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let (handle, status) = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+
+    assert_eq!(status["lastAppliedCommit"], good, "the last good commit stays in force");
+    assert_eq!(status["lastAttemptedCommit"], bad);
+    let validated = condition(&status, "Validated");
+    assert_eq!((&validated["status"], &validated["reason"]), (&json!("False"), &json!("CommitRefused")));
+    assert!(validated["message"].as_str().unwrap().contains("broken.yaml"), "names the file: {validated}");
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(condition(&status, "SourceReady")["status"], "True");
+}
+
+/// A rollout of the `apac` policy in the fleet's inventory, as the engine would have
+/// started it.
+async fn apac_rollout(world: &World) -> Store {
+    let db = world.data().join(NS).join("edge");
+    std::fs::create_dir_all(&db).unwrap();
+    let store = Store::open(&db.join("inventory.sqlite").display().to_string()).await.unwrap();
+    let now = Timestamp::now().as_millisecond();
+    let rollout = RolloutRecord {
+        id: "apac-1".into(),
+        policy: "apac".into(),
+        release: "edge-os-1-5-0".into(),
+        version: "1.5.0".into(),
+        commit: Some(world.head()),
+        phase: RolloutPhase::Progressing,
+        paused: false,
+        message: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let wave = WaveRecord {
+        index: 0,
+        name: "canary".into(),
+        state: WaveState::Pending,
+        size: 1,
+        published_at: None,
+        healthy_at: None,
+        approved_at: None,
+        finished_at: None,
+        bake_ms: None,
+    };
+    store.create_rollout(&rollout, &[wave], &[vec!["tokyo-pos-0001".into()]]).await.unwrap();
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
+    let world = World::new();
+    apac_rollout(&world).await;
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        let created =
+            expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1"), 200, rollout_json()).await;
+        assert!(created["query"].as_str().unwrap().contains("fieldManager=waveguide"), "server-side apply");
+        let body = &created["body"];
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
+            (&json!("Fleet"), &json!("edge"), &json!("5c1f4a52-0000-4000-8000-000000000001"), &json!(true))
+        );
+        assert_eq!(body["metadata"]["labels"]["waveguide.dev/fleet"], "edge");
+        assert_eq!(body["spec"]["policy"], "apac");
+        assert_eq!(body["spec"]["rolloutId"], "apac-1");
+        assert_eq!(body["spec"]["waves"], json!([{"name": "canary", "devices": 1}]));
+        assert!(body["spec"].get("paused").is_none(), "the operators' fields are left to them");
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{ROLLOUTS}/edge-apac-1/status"),
+            200,
+            rollout_json(),
+        )
+        .await;
+        assert_eq!(status["body"]["status"]["phase"], "progressing");
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
+
+fn rollout_json() -> Value {
+    json!({
+        "apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRollout",
+        "metadata": {"name": "edge-apac-1", "namespace": NS},
+        "spec": {"fleet": "edge", "rolloutId": "apac-1", "policy": "apac", "release": "edge-os-1-5-0", "version": "1.5.0"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_through_the_spec_pauses_the_engine() {
+    let world = World::new();
+    let store = apac_rollout(&world).await;
+
+    let resource = json!({
+        "apiVersion": "waveguide.dev/v1alpha1",
+        "kind": "FleetRollout",
+        "metadata": {"name": "edge-apac-1", "namespace": NS, "generation": 2, "labels": {"waveguide.dev/fleet": "edge"}},
+        "spec": {
+            "fleet": "edge", "rolloutId": "apac-1", "policy": "apac", "release": "edge-os-1-5-0",
+            "version": "1.5.0", "waves": [{"name": "canary", "devices": 1}], "paused": true,
+        },
+    });
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        let list = json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": [resource.clone()]});
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, list).await;
+        // The resource exists: only its status is written.
+        let status =
+            expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1/status"), 200, resource)
+                .await;
+        let status = status["body"]["status"].clone();
+        assert_eq!(status["phase"], "paused");
+        assert_eq!(status["wave"], "1/1");
+        assert_eq!(status["observedGeneration"], 2);
+        let fleet = expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        assert_eq!(fleet["body"]["status"]["activeRollouts"], 1);
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+
+    let rollout = store.rollout("apac-1").await.unwrap().unwrap();
+    assert!(rollout.paused, "the engine's rollout is paused");
+    assert_eq!(rollout.phase, RolloutPhase::Paused);
+    assert!(store.waves("apac-1").await.unwrap()[0].published_at.is_none(), "nothing published while paused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_held_elsewhere_stops_all_writes() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        // Another replica holds the Lease and renewed it just now.
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()},
+        });
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 200, held).await;
+        // Next pass: the Lease is free, but another replica wins the race to take it.
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 404, not_found()).await;
+        expect(&mut handle, Method::POST, LEASE, 409, conflict()).await;
+        handle
+    });
+    let fleet = Arc::new(world.fleet(false));
+    let action = fleet::reconcile(fleet.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Settings::new("").standby_retry));
+    fleet::reconcile(fleet, ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+    assert!(!world.data().join(NS).join("edge").exists(), "a standby replica touches no fleet data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_engine_and_every_write() {
+    let world = World::new();
+    // Renewed after a third of its duration: 2 s.
+    let (ctx, mut handle) = world.context_with_lease(SignedDuration::from_secs(6));
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let mut handle = server.await.unwrap();
+    assert!(ctx.store(NS, "edge").await.is_some(), "the engine runs here");
+
+    // The renewal finds that another replica took the Lease over.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let server = tokio::spawn(async move {
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "resourceVersion": "9"},
+            "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()},
+        });
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 200, held).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    assert!(ctx.store(NS, "edge").await.is_none(), "the engine is stopped");
+    assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
+    no_more_requests(ctx, handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_serves_devices_over_a_shared_inventory() {
+    use tower::ServiceExt;
+    let world = World::new();
+    let url = common::fresh_postgres_database().await;
+    let mut fleet = world.fleet(true);
+    fleet.spec.inventory.database_secret_ref =
+        Some(waveguide::k8s::crd::SecretKeyRef { name: "edge-db".into(), key: "url".into() });
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()},
+        });
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 200, held).await;
+        use base64::Engine as _;
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-db", "namespace": NS},
+            "data": {"url": base64::engine::general_purpose::STANDARD.encode(url)},
+        });
+        expect(&mut handle, Method::GET, "/api/v1/namespaces/fleets/secrets/edge-db", 200, secret).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(fleet), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+
+    let router = waveguide::k8s::serve::device_router(world.routes.clone());
+    let request = http::Request::get("/fleets/fleets/edge/healthz").body(axum::body::Body::empty()).unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(status, 200, "the standby answers devices: {}", String::from_utf8_lossy(&body));
+    assert!(!world.data().join(NS).join("edge").exists(), "and writes no fleet data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_taken_over() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        let stale = Timestamp::now() - SignedDuration::from_secs(60);
+        let expired = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 15, "renewTime": stale.to_string(), "leaseTransitions": 3},
+        });
+        expect(&mut handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 200, expired).await;
+        let replaced =
+            expect(&mut handle, Method::PUT, &format!("{LEASE}/waveguide-fleet-edge"), 200, Value::Null)
+                .await;
+        assert_eq!(replaced["body"]["metadata"]["resourceVersion"], "7", "optimistic concurrency");
+        assert_eq!(replaced["body"]["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(replaced["body"]["spec"]["leaseTransitions"], 4);
+        handle
+    });
+    assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
+    assert!(ctx.leases().holds(NS, "waveguide-fleet-edge"));
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_releases_the_lease_and_removes_the_finalizer() {
+    let world = World::new();
+    let mirror = world.data().join(NS).join("edge/source");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let mut fleet = world.fleet(true);
+    fleet.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        let patch = expect(&mut handle, Method::PATCH, FLEET, 200, fleet_json()).await;
+        let ops = patch["body"].as_array().unwrap().iter().map(|op| op["op"].clone()).collect::<Vec<_>>();
+        assert!(ops.contains(&json!("remove")), "removes the finalizer: {}", patch["body"]);
+        handle
+    });
+    let action = fleet::reconcile(Arc::new(fleet), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+    assert!(!mirror.exists(), "the source mirror is removed");
+}
+
+/// What an operator's spec fields turn into, through the same actions as the CLI.
+#[test]
+fn operator_fields_map_onto_rollout_actions() {
+    use waveguide::k8s::crd::FleetRolloutSpec;
+    use waveguide::k8s::rollout::{operator_actions, resource_name};
+    use waveguide::rollout::control::{Action, RolloutStatus};
+
+    let status: RolloutStatus = serde_json::from_value(json!({
+        "id": "stable-1", "policy": "stable", "release": "r", "version": "1.0.0", "commit": null,
+        "phase": "progressing", "paused": false, "message": null, "currentWave": 0,
+        "createdAt": null, "updatedAt": null,
+        "waves": [
+            {"index": 0, "name": "canary", "state": "published", "bake": null, "publishedAt": null,
+             "healthyAt": null, "approvedAt": null, "finishedAt": null,
+             "progress": {"size": 1, "unpublished": 0, "inFlight": 1, "healthy": 0, "failed": 0, "stale": 0}},
+            {"index": 1, "name": "rest", "state": "pending", "bake": null, "publishedAt": null,
+             "healthyAt": null, "approvedAt": null, "finishedAt": null,
+             "progress": {"size": 4, "unpublished": 4, "inFlight": 0, "healthy": 0, "failed": 0, "stale": 0}},
+        ],
+        "total": {"size": 5, "unpublished": 4, "inFlight": 1, "healthy": 0, "failed": 0, "stale": 0},
+    }))
+    .unwrap();
+    let spec = |extra: Value| -> FleetRolloutSpec {
+        let mut base = json!({"fleet": "edge", "rolloutId": "stable-1", "policy": "stable", "release": "r", "version": "1.0.0"});
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    };
+    assert_eq!(operator_actions(&spec(json!({})), &status), vec![], "unset fields leave the rollout alone");
+    assert_eq!(operator_actions(&spec(json!({"paused": true})), &status), vec![Action::Pause]);
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &status), vec![]);
+    assert_eq!(
+        operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status),
+        vec![Action::Approve(Some(1))]
+    );
+    assert_eq!(operator_actions(&spec(json!({"abort": true, "paused": true})), &status), vec![Action::Abort]);
+    let mut done = status.clone();
+    done.phase = "completed".into();
+    assert_eq!(operator_actions(&spec(json!({"abort": true})), &done), vec![]);
+    assert_eq!(resource_name("edge", "stable-1"), "edge-stable-1");
+    assert_eq!(resource_name("Edge", "a_b"), "edge-a-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_released_on_shutdown() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        handle
+    });
+    assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
+    ctx.leases().release_all().await;
+    assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
