@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod agent;
-mod demo;
 mod controller;
 mod crds;
+mod demo;
 mod gen_fleet;
 pub mod keys;
 mod plan;
