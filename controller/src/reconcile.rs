@@ -57,6 +57,9 @@ pub struct RunConfig {
     pub expiries: Expiries,
     /// Secret of the Git webhook (`POST /v1/hooks/git`); no webhook without it.
     pub webhook_secret: Option<String>,
+    /// The source in full (credentials, signature verification); overrides `repo`,
+    /// `reference`, `path` and `poll_interval` when given.
+    pub source: Option<SourceSpec>,
 }
 
 impl RunConfig {
@@ -75,6 +78,7 @@ impl RunConfig {
             engine: EngineConfig::default(),
             expiries: Expiries::default(),
             webhook_secret: None,
+            source: None,
         }
     }
 
@@ -509,7 +513,10 @@ async fn run_loop(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let step_interval = config.step_interval;
-    let mut reconciler = Reconciler::new(config, keys, store, Some(api))?;
+    let mut reconciler = match config.source.clone() {
+        Some(spec) => Reconciler::with_source(config, spec, keys, store, Some(api))?,
+        None => Reconciler::new(config, keys, store, Some(api))?,
+    };
     let _watcher = match reconciler.source().local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
             .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))

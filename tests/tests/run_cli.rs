@@ -232,3 +232,94 @@ async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// `waveguide run --source FILE` takes the whole source description: here a fleet path
+/// inside the repository and SSH signature verification. An unsigned commit is refused
+/// and the status names it; nothing of it is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_a_source_file_refuses_unsigned_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("fleet");
+    std::fs::create_dir_all(repo.join("fleet")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let keys: Vec<(String, DeviceKey)> = vec![("lab-0".to_string(), DeviceKey::generate())];
+    fleet(&repo.join("fleet"), &keys, "v1");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "unsigned"]);
+    let unsigned = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+
+    let key = tmp.path().join("signer");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let source = tmp.path().join("source.yaml");
+    std::fs::write(
+        &source,
+        format!(
+            "url: {}\nref: {{branch: main}}\npath: fleet\ninterval: 1s\nverify:\n  mode: head\n  allowedSigners: |\n    alice@example.com {}\n",
+            repo.display(),
+            public.trim()
+        ),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let mut child = waveguide()
+        .args(["run", "--source"])
+        .arg(&source)
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("waveguide run: {line}");
+            if let Some(rest) = line.split("device API on http://").nth(1) {
+                let _ = tx.send(rest.split('/').next().unwrap().to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let running = Running { child, base: format!("http://{addr}"), data };
+    let reconcile = || {
+        waveguide()
+            .args(["reconcile", "--server", &running.base, "--data"])
+            .arg(&running.data)
+            .output()
+            .unwrap()
+    };
+    let out = reconcile();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("in force:       -"), "{stdout}");
+    assert!(stdout.contains(&format!("last attempted: {unsigned}")), "{stdout}");
+    assert!(stdout.contains("not signed"), "{stdout}");
+
+    // The same fleet, signed by the allowed key, is applied.
+    let signing = [
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &format!("user.signingkey={}", key.display()),
+        "commit",
+        "-q",
+        "-S",
+        "--allow-empty",
+        "-m",
+        "signed",
+    ];
+    git(&repo, &signing);
+    let signed = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let out = reconcile();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("in force:       {signed}")), "{stdout}");
+}

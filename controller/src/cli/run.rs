@@ -16,8 +16,12 @@ use crate::source::GitReference;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The fleet repository: a local path or a Git URL.
-    #[arg(long)]
-    pub repo: String,
+    #[arg(long, required_unless_present = "source", conflicts_with = "source")]
+    pub repo: Option<String>,
+    /// The source in full, as YAML: url, ref, path, interval, auth (token, basic, SSH
+    /// key) and signature verification (see docs/source.md). Instead of --repo.
+    #[arg(long, value_name = "FILE")]
+    pub source: Option<PathBuf>,
     /// The branch to follow.
     #[arg(long, default_value = "main", conflicts_with_all = ["tag", "commit"])]
     pub branch: String,
@@ -61,8 +65,24 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn config(&self) -> RunConfig {
-        let mut config = RunConfig::new(self.repo.clone(), self.data.clone());
+    fn config(&self) -> Result<RunConfig, String> {
+        let source = match &self.source {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let spec: crate::source::SourceSpec =
+                    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                Some(spec)
+            }
+            None => None,
+        };
+        let repo = match (&self.repo, &source) {
+            (Some(repo), _) => repo.clone(),
+            (None, Some(spec)) => spec.url.clone(),
+            (None, None) => return Err("give the fleet repository with --repo or --source".into()),
+        };
+        let mut config = RunConfig::new(repo, self.data.clone());
+        config.source = source;
         config.reference = match (&self.tag, &self.commit) {
             (Some(tag), _) => GitReference::Tag(tag.clone()),
             (_, Some(commit)) => GitReference::Commit(commit.clone()),
@@ -79,7 +99,7 @@ impl RunArgs {
                 .unwrap_or(jiff::SignedDuration::MAX),
         };
         config.webhook_secret = self.webhook_secret.clone();
-        config
+        Ok(config)
     }
 }
 
@@ -90,7 +110,13 @@ pub fn run(args: &RunArgs) -> ExitCode {
             let _ = tokio::signal::ctrl_c().await;
             eprintln!("waveguide: stopping");
         };
-        let config = args.config();
+        let config = match args.config() {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let (controller, task) = match reconcile::start(config.clone(), shutdown).await {
             Ok(started) => started,
             Err(e) => {
