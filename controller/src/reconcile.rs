@@ -364,10 +364,13 @@ impl Reconciler {
         store: Store,
         api: Option<Arc<Api>>,
     ) -> Result<Reconciler, RunError> {
-        let mut spec = SourceSpec::new(config.repo.clone(), config.reference.clone());
-        spec.path = config.path.clone();
-        spec.interval = config.poll_interval;
-        spec.jitter = Duration::ZERO;
+        let spec = config.source.clone().unwrap_or_else(|| {
+            let mut spec = SourceSpec::new(config.repo.clone(), config.reference.clone());
+            spec.path = config.path.clone();
+            spec.interval = config.poll_interval;
+            spec.jitter = Duration::ZERO;
+            spec
+        });
         Reconciler::with_source(config, spec, keys, store, api)
     }
 
@@ -513,10 +516,7 @@ async fn run_loop(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let step_interval = config.step_interval;
-    let mut reconciler = match config.source.clone() {
-        Some(spec) => Reconciler::with_source(config, spec, keys, store, Some(api))?,
-        None => Reconciler::new(config, keys, store, Some(api))?,
-    };
+    let mut reconciler = Reconciler::new(config, keys, store, Some(api))?;
     let _watcher = match reconciler.source().local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
             .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))

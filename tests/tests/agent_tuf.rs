@@ -5,19 +5,14 @@
 
 mod agent_support;
 
-use std::collections::HashMap;
-use std::num::NonZeroU64;
-use std::path::Path;
-
 use agent_support::{instruction, Controller};
 use futures::TryStreamExt;
-use sha2::Digest;
-use tough::key_source::{KeySource, LocalKeySource};
-use tough::schema::{Hashes, Metafile, Signature, Signed, Timestamp};
 use tough::{RepositoryLoader, TargetName};
 use waveguide::agent::{Trusted, TufClient, TufError};
 use waveguide::publish::{Batch, DeviceInstruction, Expiries, Repository, SpecTargetPaths};
 use waveguide::target::device_target_path;
+
+mod common;
 
 fn devices(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("store-{i:04}")).collect()
@@ -136,7 +131,7 @@ async fn rejects_a_rolled_back_snapshot_and_an_older_timestamp() {
 
     // A holder of the online key signs a fresh timestamp naming the older snapshot.
     let old = std::fs::read(c.metadata().join(format!("{old_snapshot}.snapshot.json"))).unwrap();
-    let forged = sign_timestamp(
+    let forged = common::tuf::sign_timestamp(
         &c.keys.dir().join("online.pk8"),
         report.timestamp_version.unwrap() + 1,
         old_snapshot,
@@ -193,32 +188,4 @@ async fn follows_an_online_key_rotation() {
     let trusted: Trusted = serde_json::from_slice(&saved).unwrap();
     let mut again = TufClient::new(reqwest::Client::new(), &c.base.join("tuf").unwrap(), trusted).unwrap();
     assert_eq!(read(&mut again, "store-0003").await.unwrap().unwrap().release, "r2");
-}
-
-/// Signs a timestamp with the online key, as a holder of that key could.
-async fn sign_timestamp(key: &Path, version: u64, snapshot_version: u64, snapshot: &[u8]) -> Vec<u8> {
-    let signer = LocalKeySource { path: key.to_owned() }.as_sign().await.unwrap();
-    let mut ts = Timestamp::new(
-        "1.0.0".into(),
-        NonZeroU64::new(version).unwrap(),
-        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600).unwrap(),
-    );
-    let sha: Vec<u8> = sha2::Sha256::digest(snapshot).to_vec();
-    ts.meta.insert(
-        "snapshot.json".into(),
-        Metafile {
-            length: Some(snapshot.len() as u64),
-            hashes: Some(Hashes { sha256: sha.into(), _extra: HashMap::new() }),
-            version: NonZeroU64::new(snapshot_version).unwrap(),
-            _extra: HashMap::new(),
-        },
-    );
-    let mut canonical = Vec::new();
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut canonical, olpc_cjson::CanonicalFormatter::new());
-    serde::Serialize::serialize(&ts, &mut ser).unwrap();
-    let sig = signer.sign(&canonical, &aws_lc_rs::rand::SystemRandom::new()).await.unwrap();
-    let keyid = signer.tuf_key().key_id().unwrap();
-    serde_json::to_vec(&Signed { signed: ts, signatures: vec![Signature { keyid, sig: sig.into() }] })
-        .unwrap()
 }

@@ -27,14 +27,16 @@ impl Drop for Running {
     }
 }
 
-/// Starts `waveguide run` and waits for the address it prints.
-async fn start(repo: &Path, data: &Path) -> Running {
+/// Starts `waveguide run` with `source` (`--repo PATH` or `--source FILE`) and `extra`
+/// arguments, and waits for the address it prints.
+fn spawn(source: &[&std::ffi::OsStr], data: &Path, extra: &[&str]) -> Running {
     let mut child = waveguide()
-        .args(["run", "--repo"])
-        .arg(repo)
+        .arg("run")
+        .args(source)
         .arg("--data")
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--step-interval", "200ms", "--poll-interval", "1s"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -51,7 +53,18 @@ async fn start(repo: &Path, data: &Path) -> Running {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).expect("waveguide run prints its address");
-    let base = format!("http://{addr}");
+    Running { child, base: format!("http://{addr}"), data: data.to_owned() }
+}
+
+/// Starts `waveguide run` on a local repository and waits until its first commit is
+/// applied.
+async fn start(repo: &Path, data: &Path) -> Running {
+    let running = spawn(
+        &["--repo".as_ref(), repo.as_os_str()],
+        data,
+        &["--step-interval", "200ms", "--poll-interval", "1s"],
+    );
+    let base = running.base.clone();
     // The first commit is applied (devices known, TUF repository created) once the
     // timestamp is served.
     let until = Instant::now() + Duration::from_secs(30);
@@ -63,7 +76,7 @@ async fn start(repo: &Path, data: &Path) -> Running {
         assert!(Instant::now() < until, "the first commit was not applied");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Running { child, base, data: data.to_owned() }
+    running
 }
 
 fn fleet(dir: &Path, keys: &[(String, DeviceKey)], release: &str) {
@@ -267,28 +280,7 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let mut child = waveguide()
-        .args(["run", "--source"])
-        .arg(&source)
-        .arg("--data")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("waveguide run: {line}");
-            if let Some(rest) = line.split("device API on http://").nth(1) {
-                let _ = tx.send(rest.split('/').next().unwrap().to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    let running = Running { child, base: format!("http://{addr}"), data };
+    let running = spawn(&["--source".as_ref(), source.as_os_str()], &data, &[]);
     let reconcile = || {
         waveguide()
             .args(["reconcile", "--server", &running.base, "--data"])

@@ -2,23 +2,21 @@
 //! by Waveguide through the hashed bins, and refuses a tampered bin, an expired timestamp
 //! and a rolled-back snapshot.
 
-use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use jiff::SignedDuration;
-use sha2::Digest;
 use tempfile::TempDir;
 use tough::error::Error as ToughError;
-use tough::key_source::{KeySource, LocalKeySource};
-use tough::schema::{Hashes, Metafile, RoleType, Signature, Signed, Timestamp};
+use tough::schema::RoleType;
 use tough::{RepositoryLoader, TargetName};
 use waveguide::publish::{
     ArtifactRef, Batch, BinLayout, DeviceInstruction, Expiries, KeyDir, RepoConfig, Repository,
     SpecTargetPaths,
 };
 use waveguide::target::device_target_path;
+
+mod common;
 
 fn instruction(device: &str, release: &str) -> DeviceInstruction {
     DeviceInstruction {
@@ -172,7 +170,7 @@ async fn tough_rejects_a_rolled_back_snapshot() {
     // An attacker holding the timestamp key serves a fresh timestamp that points at the
     // older snapshot.
     let old = std::fs::read(served.metadata().join(format!("{old_snapshot}.snapshot.json"))).unwrap();
-    let forged = sign_timestamp(
+    let forged = common::tuf::sign_timestamp(
         &served.keys.dir().join("online.pk8"),
         report.timestamp_version.unwrap() + 1,
         old_snapshot,
@@ -196,32 +194,4 @@ async fn tough_rejects_a_rolled_back_snapshot() {
     std::fs::write(served.metadata().join("timestamp.json"), genuine).unwrap();
     let err = served.load(&cache).await.unwrap_err();
     assert!(matches!(err, ToughError::OlderMetadata { role: RoleType::Timestamp, .. }), "got {err}");
-}
-
-/// Signs a timestamp with the online key, as a holder of that key could.
-async fn sign_timestamp(key: &Path, version: u64, snapshot_version: u64, snapshot: &[u8]) -> Vec<u8> {
-    let signer = LocalKeySource { path: key.to_owned() }.as_sign().await.unwrap();
-    let mut ts = Timestamp::new(
-        "1.0.0".into(),
-        NonZeroU64::new(version).unwrap(),
-        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600).unwrap(),
-    );
-    let sha: Vec<u8> = sha2::Sha256::digest(snapshot).to_vec();
-    ts.meta.insert(
-        "snapshot.json".into(),
-        Metafile {
-            length: Some(snapshot.len() as u64),
-            hashes: Some(Hashes { sha256: sha.into(), _extra: HashMap::new() }),
-            version: NonZeroU64::new(snapshot_version).unwrap(),
-            _extra: HashMap::new(),
-        },
-    );
-    let mut canonical = Vec::new();
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut canonical, olpc_cjson::CanonicalFormatter::new());
-    serde::Serialize::serialize(&ts, &mut ser).unwrap();
-    let sig = signer.sign(&canonical, &aws_lc_rs::rand::SystemRandom::new()).await.unwrap();
-    let keyid = signer.tuf_key().key_id().unwrap();
-    serde_json::to_vec(&Signed { signed: ts, signatures: vec![Signature { keyid, sig: sig.into() }] })
-        .unwrap()
 }

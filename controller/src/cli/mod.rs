@@ -91,6 +91,28 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// Writes generated files (`name → text`) into `out`, created if missing, rewriting only
+/// files whose content differs so an unchanged file keeps its timestamp. Exit codes: 0
+/// written, 2 the files could not be written.
+fn write_generated(out: &std::path::Path, files: impl IntoIterator<Item = (String, String)>) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(out) {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    for (name, text) in files {
+        let path = out.join(&name);
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            continue;
+        }
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
 fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()

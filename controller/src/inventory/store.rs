@@ -734,13 +734,10 @@ impl Store {
 
     /// Every rollout, oldest first.
     pub async fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at \
-             FROM rollouts ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("reading rollouts"))?;
+        let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("reading rollouts"))?;
         rows.iter().map(rollout_from_row).collect()
     }
 
@@ -839,14 +836,11 @@ impl Store {
 
     /// One rollout.
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at \
-             FROM rollouts WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("reading a rollout"))?;
+        let row = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a rollout"))?;
         row.as_ref().map(rollout_from_row).transpose()
     }
 
@@ -941,6 +935,10 @@ fn report_from_row(row: &sqlx::any::AnyRow, device: &str, first: usize) -> Resul
         ),
     })
 }
+
+/// The columns [`rollout_from_row`] reads, in its order.
+const ROLLOUT_COLUMNS: &str =
+    "id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at";
 
 fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRecord, StoreError> {
     let action = "reading rollouts";

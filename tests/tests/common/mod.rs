@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test crate uses only some of these.
 
+pub mod tuf;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
