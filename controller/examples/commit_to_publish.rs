@@ -2,11 +2,12 @@
 //! committed to a repository of N devices (from `waveguide gen-fleet`, whose devices have
 //! all reported), then one source sync and one engine pass — what the controller does
 //! when the webhook (or the file watcher) wakes it. Prints the split: fetch, compile,
-//! declared devices, inventory read, plan, rollouts, publish, record.
+//! declared devices, inventory read, plan, rollouts, publish, record. A second argument
+//! makes that many changes in a row (each one measured).
 //!
 //! ```sh
 //! cargo build --release -p waveguide --bin waveguide --example commit_to_publish
-//! target/release/examples/commit_to_publish 1000000
+//! target/release/examples/commit_to_publish 1000000 3
 //! ```
 
 use std::path::Path;
@@ -28,6 +29,7 @@ fn ms(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let devices: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let changes: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("fleet");
     let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("waveguide");
@@ -100,43 +102,56 @@ async fn main() {
     let report = reconciler.step(Timestamp::now()).await.unwrap();
     eprintln!("second pass: {} events, {:?}", report.events.len(), report.timings);
 
-    // The change under test: the x86 hold moves to 1.1.0.
+    // The change under test: the x86 hold moves to 1.1.0, then back to 1.0.0 (it allows
+    // downgrades), and so on: each commit supersedes the policy's rollout and publishes
+    // the new one's first wave.
+    if let Ok(seconds) = std::env::var("WAVEGUIDE_BENCH_PAUSE") {
+        eprintln!("pid {}: pausing {seconds} s before the first change", std::process::id());
+        tokio::time::sleep(Duration::from_secs(seconds.parse().unwrap())).await;
+    }
     let path = repo.join("policies/policies.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let changed = text.replacen(
-        "name: x86-hold\nspec:\n  selector:\n    matchLabels: {hw: x86}\n  release: os-1-0-0",
-        "name: x86-hold\nspec:\n  selector:\n    matchLabels: {hw: x86}\n  release: os-1-1-0",
-        1,
-    );
-    assert_ne!(text, changed, "the policy file changed shape");
-    std::fs::write(&path, changed).unwrap();
-    commit_all(&git, "x86 to 1.1.0").unwrap();
+    let stanza = |release: &str| {
+        format!("name: x86-hold\nspec:\n  selector:\n    matchLabels: {{hw: x86}}\n  release: {release}")
+    };
+    let mut release = "os-1-0-0";
+    for _ in 0..changes {
+        let next = if release == "os-1-0-0" { "os-1-1-0" } else { "os-1-0-0" };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = text.replacen(&stanza(release), &stanza(next), 1);
+        assert_ne!(text, changed, "the policy file changed shape");
+        std::fs::write(&path, changed).unwrap();
+        commit_all(&git, &format!("x86 to {next}")).unwrap();
+        release = next;
 
-    let woken = Instant::now();
-    let outcome = reconciler.sync_source().await.unwrap();
-    let sync = reconciler.sync_timings();
-    let report = reconciler.step(Timestamp::now()).await.unwrap();
-    let total = woken.elapsed();
-    assert!(matches!(outcome, SourceOutcome::Applied { .. }), "{outcome:?}");
-    let published: u64 = report
-        .events
-        .iter()
-        .map(|e| match e {
-            Event::WavePublished { devices, .. } => *devices,
-            _ => 0,
-        })
-        .sum();
-    let t = report.timings;
-    println!("{devices} devices: a policy change published {published} instructions in {}", ms(total).trim());
-    println!("  fetch             {}", ms(sync.fetch));
-    println!("  compile           {}", ms(sync.compile));
-    println!("  declared devices  {}", ms(sync.declare));
-    println!("  inventory read    {}", ms(t.inventory));
-    println!("  plan              {}", ms(t.plan));
-    println!("  rollouts          {}", ms(t.rollouts));
-    println!("  publish           {}", ms(t.publish));
-    println!("  record            {}", ms(t.record));
-    for e in &report.events {
-        println!("  event: {}", serde_json::to_string(e).unwrap());
+        let woken = Instant::now();
+        let outcome = reconciler.sync_source().await.unwrap();
+        let sync = reconciler.sync_timings();
+        let report = reconciler.step(Timestamp::now()).await.unwrap();
+        let total = woken.elapsed();
+        assert!(matches!(outcome, SourceOutcome::Applied { .. }), "{outcome:?}");
+        let published: u64 = report
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::WavePublished { devices, .. } => *devices,
+                _ => 0,
+            })
+            .sum();
+        let t = report.timings;
+        println!(
+            "{devices} devices: x86-hold to {next} published {published} instructions in {}",
+            ms(total).trim()
+        );
+        println!("  fetch             {}", ms(sync.fetch));
+        println!("  compile           {}", ms(sync.compile));
+        println!("  declared devices  {}", ms(sync.declare));
+        println!("  inventory read    {}", ms(t.inventory));
+        println!("  plan              {}", ms(t.plan));
+        println!("  rollouts          {}", ms(t.rollouts));
+        println!("  publish           {}", ms(t.publish));
+        println!("  record            {}", ms(t.record));
+        for e in &report.events {
+            println!("  event: {}", serde_json::to_string(e).unwrap());
+        }
     }
 }

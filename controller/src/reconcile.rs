@@ -24,8 +24,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::api::admin::{self, AdminConfig};
 use crate::api::{Api, ApiConfig, EnrollmentTokens};
-use crate::compile::{self, Documents, Severity};
+use crate::compile::{Compiler, Documents, Severity};
 use crate::inventory::store::{DeclaredDevice, Store};
+use crate::model::{Device, DeviceSet};
 use crate::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
 use crate::rollout::engine::{Desired, Engine, EngineConfig, EngineError, Event, StepReport};
 use crate::source::{GitReference, GitSource, LocalWatcher, Poll, SourceSpec};
@@ -309,6 +310,32 @@ fn declared_digest(declared: &[DeclaredDevice]) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// The documents that declare devices, compared by identity for device sets (a set is
+/// shared from one compilation to the next while its file is unchanged) and by value for
+/// the few Device documents.
+#[derive(Debug)]
+struct DeclaredFrom {
+    sets: Vec<Arc<DeviceSet>>,
+    devices: Vec<Device>,
+}
+
+impl DeclaredFrom {
+    fn of(documents: &Documents) -> DeclaredFrom {
+        DeclaredFrom {
+            sets: documents.device_sets.iter().map(|d| d.value.clone()).collect(),
+            devices: documents.devices.iter().map(|d| d.value.clone()).collect(),
+        }
+    }
+}
+
+impl PartialEq for DeclaredFrom {
+    fn eq(&self, other: &DeclaredFrom) -> bool {
+        self.sets.len() == other.sets.len()
+            && self.sets.iter().zip(&other.sets).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.devices == other.devices
+    }
+}
+
 /// What syncing the source found.
 #[derive(Debug)]
 pub enum SourceOutcome {
@@ -340,6 +367,11 @@ pub struct Reconciler {
     /// A digest of the declared devices last recorded: a commit that leaves them as
     /// they were (a policy change, say) skips the comparison with the inventory.
     declared_digest: Option<[u8; 32]>,
+    /// The documents the declared devices were last read from: when a commit leaves them
+    /// all in place, even the digest is skipped.
+    declared_from: Option<DeclaredFrom>,
+    /// Keeps the parsed files of the last commit, so the next one parses only what changed.
+    compiler: Compiler,
     config: RunConfig,
     keys: KeyDir,
     store: Store,
@@ -388,6 +420,8 @@ impl Reconciler {
         Ok(Reconciler {
             timings: SyncTimings::default(),
             declared_digest: None,
+            declared_from: None,
+            compiler: Compiler::default(),
             config,
             keys,
             store,
@@ -437,9 +471,12 @@ impl Reconciler {
         let commit = update.revision.commit.to_string();
         let files = update.files;
         let compiling = Instant::now();
-        let compilation = tokio::task::spawn_blocking(move || compile::compile(&files))
-            .await
-            .map_err(|e| err("the compiler failed")(&e))?;
+        let mut compiler = std::mem::take(&mut self.compiler);
+        let (compilation, compiler) =
+            tokio::task::spawn_blocking(move || (compiler.compile(&files), compiler))
+                .await
+                .map_err(|e| err("the compiler failed")(&e))?;
+        self.compiler = compiler;
         self.timings.compile = compiling.elapsed();
         let source = self.source.as_mut().expect("source");
         let Some(fleet) = compilation.fleet else {
@@ -461,14 +498,18 @@ impl Reconciler {
             return Ok(SourceOutcome::Refused { commit, errors });
         };
         let declaring = Instant::now();
-        let declared = declared_devices(&compilation.documents);
-        let digest = declared_digest(&declared);
-        if self.declared_digest != Some(digest) {
-            self.store
-                .sync_declared(&declared, Timestamp::now().as_millisecond())
-                .await
-                .map_err(|e| err("cannot record the declared devices")(&e))?;
-            self.declared_digest = Some(digest);
+        let declared_from = DeclaredFrom::of(&compilation.documents);
+        if self.declared_from.as_ref() != Some(&declared_from) {
+            let declared = declared_devices(&compilation.documents);
+            let digest = declared_digest(&declared);
+            if self.declared_digest != Some(digest) {
+                self.store
+                    .sync_declared(&declared, Timestamp::now().as_millisecond())
+                    .await
+                    .map_err(|e| err("cannot record the declared devices")(&e))?;
+                self.declared_digest = Some(digest);
+            }
+            self.declared_from = Some(declared_from);
         }
         self.timings.declare = declaring.elapsed();
         if let Some(api) = &self.api {

@@ -13,6 +13,7 @@
 mod device_list;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::diagnostic::{Code, Diagnostic};
 use crate::model::{Device, DeviceSet, Group, Kind, Object, Policy, Release, API_VERSION};
-use crate::source::FleetFiles;
+use crate::source::{FleetFile, FleetFiles};
 
 /// A place in a fleet file. Lines and columns are 1-based; columns count characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,10 +129,32 @@ impl<T> Located<T> {
     }
 }
 
-impl<S> Located<Object<S>> {
+/// A fleet document's object, owned or shared.
+pub trait AsObject {
+    /// The kind's spec.
+    type Spec;
+    /// The object.
+    fn object(&self) -> &Object<Self::Spec>;
+}
+
+impl<S> AsObject for Object<S> {
+    type Spec = S;
+    fn object(&self) -> &Object<S> {
+        self
+    }
+}
+
+impl<S> AsObject for Arc<Object<S>> {
+    type Spec = S;
+    fn object(&self) -> &Object<S> {
+        self
+    }
+}
+
+impl<T: AsObject> Located<T> {
     /// The document's `metadata.name`.
     pub fn name(&self) -> &str {
-        &self.value.metadata.name
+        &self.value.object().metadata.name
     }
 }
 
@@ -140,7 +163,9 @@ impl<S> Located<Object<S>> {
 pub struct Documents {
     pub groups: Vec<Located<Group>>,
     pub devices: Vec<Located<Device>>,
-    pub device_sets: Vec<Located<DeviceSet>>,
+    /// Shared: a device set can hold many thousand devices, and an unchanged file's sets
+    /// are reused from one compilation to the next without a copy.
+    pub device_sets: Vec<Located<Arc<DeviceSet>>>,
     pub releases: Vec<Located<Release>>,
     pub policies: Vec<Located<Policy>>,
     /// Documents that did not load (their errors are reported) but whose kind and name
@@ -382,22 +407,96 @@ fn is_blank_or_comment(line: &str) -> bool {
 }
 
 /// What one document turned into.
+#[derive(Clone)]
 enum Loaded {
     Group(Located<Group>),
     Device(Located<Device>),
-    DeviceSet(Located<DeviceSet>),
+    DeviceSet(Located<Arc<DeviceSet>>),
     Release(Located<Release>),
     Policy(Located<Policy>),
     Failed(Diagnostic),
+}
+
+/// What loading one file produced: its documents (with what can be read of those that
+/// failed) and the file's own diagnostic, if it could not be decoded.
+#[derive(Clone, Default)]
+struct FileLoad {
+    documents: Vec<(Loaded, Option<Unparsed>)>,
+    undecodable: Option<Diagnostic>,
+}
+
+/// The files of the last load, parsed: a file whose bytes have not changed since is not
+/// parsed again. A fleet commit usually changes a file or two of hundreds, so the
+/// controller, which compiles every commit, keeps one of these.
+#[derive(Default)]
+pub struct LoadCache {
+    files: HashMap<Arc<str>, (Arc<[u8]>, FileLoad)>,
+}
+
+impl fmt::Debug for LoadCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadCache").field("files", &self.files.len()).finish()
+    }
+}
+
+impl LoadCache {
+    /// The cached load of `file`, if its bytes are the ones cached (the same shared
+    /// buffer, as a Git source hands out for an unchanged blob, or equal bytes).
+    fn get(&self, file: &FleetFile) -> Option<&FileLoad> {
+        let (contents, load) = self.files.get(&file.path)?;
+        (Arc::ptr_eq(contents, &file.contents) || contents[..] == file.contents[..]).then_some(load)
+    }
 }
 
 /// Reads every document of every fleet file. Returns the documents that parsed and one
 /// diagnostic per file or document that did not (malformed YAML, unknown kind, wrong
 /// `apiVersion`, schema violations); the diagnostics are sorted by file and line.
 pub fn load(files: &FleetFiles) -> (Documents, Vec<Diagnostic>) {
-    // Decoding and splitting run per file in parallel: a large fleet is ~100 MB of text.
+    load_cached(files, &mut LoadCache::default())
+}
+
+/// [`load`], parsing only the files that are not in `cache` as they are; `cache` then
+/// holds exactly `files`.
+pub fn load_cached(files: &FleetFiles, cache: &mut LoadCache) -> (Documents, Vec<Diagnostic>) {
+    let fresh: Vec<&FleetFile> = files.files().iter().filter(|f| cache.get(f).is_none()).collect();
+    let mut parsed = parse_files(&fresh);
+    let mut kept = HashMap::with_capacity(files.len());
+    for file in files.files() {
+        let load = match fresh.binary_search_by(|f| f.path.cmp(&file.path)) {
+            Ok(i) => std::mem::take(&mut parsed[i]),
+            Err(_) => cache.files.remove(&file.path).expect("an unchanged file is cached").1,
+        };
+        kept.insert(file.path.clone(), (file.contents.clone(), load));
+    }
+    cache.files = kept;
+
+    let mut documents = Documents::default();
+    let mut diagnostics = Vec::new();
+    for file in files.files() {
+        let load = &cache.files[&file.path].1;
+        diagnostics.extend(load.undecodable.clone());
+        for (item, unparsed) in &load.documents {
+            documents.unparsed.extend(unparsed.clone());
+            match item.clone() {
+                Loaded::Group(d) => documents.groups.push(d),
+                Loaded::Device(d) => documents.devices.push(d),
+                Loaded::DeviceSet(d) => documents.device_sets.push(d),
+                Loaded::Release(d) => documents.releases.push(d),
+                Loaded::Policy(d) => documents.policies.push(d),
+                Loaded::Failed(d) => diagnostics.push(d),
+            }
+        }
+    }
+    super::diagnostic::sort(&mut diagnostics);
+    (documents, diagnostics)
+}
+
+/// Parses `files` (sorted by path), one [`FileLoad`] each, in the same order.
+fn parse_files(files: &[&FleetFile]) -> Vec<FileLoad> {
+    // Decoding and splitting run per file in parallel, and parsing per document: a large
+    // fleet is ~100 MB of text, some files far larger than others.
+    let mut loads: Vec<FileLoad> = vec![FileLoad::default(); files.len()];
     let decoded: Vec<Result<FileText<'_>, Diagnostic>> = files
-        .files()
         .par_iter()
         .map(|file| match std::str::from_utf8(&file.contents) {
             Ok(text) => Ok((&file.path, &file.contents, text)),
@@ -411,39 +510,29 @@ pub fn load(files: &FleetFiles) -> (Documents, Vec<Diagnostic>) {
             }
         })
         .collect();
-    let mut diagnostics = Vec::new();
     let mut texts = Vec::with_capacity(decoded.len());
-    for result in decoded {
+    for (i, result) in decoded.into_iter().enumerate() {
         match result {
-            Ok(text) => texts.push(text),
-            Err(diagnostic) => diagnostics.push(diagnostic),
+            Ok(text) => texts.push((i, text)),
+            Err(diagnostic) => loads[i].undecodable = Some(diagnostic),
         }
     }
-    let chunks: Vec<Chunk<'_>> =
-        texts.par_iter().flat_map_iter(|(path, bytes, text)| split(path, bytes, text)).collect();
-    let loaded: Vec<(Loaded, Option<Unparsed>)> = chunks
+    let chunks: Vec<(usize, Chunk<'_>)> = texts
         .par_iter()
-        .map(|chunk| {
+        .flat_map_iter(|&(i, (path, bytes, text))| split(path, bytes, text).into_iter().map(move |c| (i, c)))
+        .collect();
+    let loaded: Vec<(usize, Loaded, Option<Unparsed>)> = chunks
+        .par_iter()
+        .map(|(i, chunk)| {
             let loaded = load_document(chunk);
             let unparsed = matches!(loaded, Loaded::Failed(_)).then(|| unparsed(chunk)).flatten();
-            (loaded, unparsed)
+            (*i, loaded, unparsed)
         })
         .collect();
-
-    let mut documents = Documents::default();
-    for (item, unparsed) in loaded {
-        documents.unparsed.extend(unparsed);
-        match item {
-            Loaded::Group(d) => documents.groups.push(d),
-            Loaded::Device(d) => documents.devices.push(d),
-            Loaded::DeviceSet(d) => documents.device_sets.push(d),
-            Loaded::Release(d) => documents.releases.push(d),
-            Loaded::Policy(d) => documents.policies.push(d),
-            Loaded::Failed(d) => diagnostics.push(d),
-        }
+    for (i, item, unparsed) in loaded {
+        loads[i].documents.push((item, unparsed));
     }
-    super::diagnostic::sort(&mut diagnostics);
-    (documents, diagnostics)
+    loads
 }
 
 /// A fleet file's path, shared bytes and text.
@@ -506,7 +595,7 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
     let result = match kind {
         Kind::Group => typed(chunk, text).map(|v| Loaded::Group(chunk.located(v))),
         Kind::Device => typed(chunk, text).map(|v| Loaded::Device(chunk.located(v))),
-        Kind::DeviceSet => device_set(chunk, text).map(|v| Loaded::DeviceSet(chunk.located(v))),
+        Kind::DeviceSet => device_set(chunk, text).map(|v| Loaded::DeviceSet(chunk.located(Arc::new(v)))),
         Kind::Release => typed(chunk, text).map(|v| Loaded::Release(chunk.located(v))),
         Kind::Policy => typed(chunk, text).map(|v| Loaded::Policy(chunk.located(v))),
     };
@@ -695,6 +784,56 @@ spec:
     - schedule: \"0 2 * * *\"
       duration: 2h
 ";
+
+    #[test]
+    fn a_cached_load_parses_only_changed_files_and_matches_a_full_load() {
+        let set = |name: &str, id: &str| {
+            format!(
+                "apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {{name: {name}}}\nspec:\n  group: eu\n  devices:\n    - id: {id}\n"
+            )
+        };
+        let broken = "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: x}\nspec: [\n";
+        let (a, b) = (set("a", "a-1"), set("b", "b-1"));
+        let first =
+            files(&[("groups.yaml", GROUPS), ("a.yaml", &a), ("b.yaml", &b), ("broken.yaml", broken)]);
+        let mut cache = LoadCache::default();
+        let (docs1, diags1) = load_cached(&first, &mut cache);
+        assert_eq!(docs1.device_sets.len(), 2);
+
+        // b changes, broken.yaml and groups.yaml stay, c is new, a is unchanged but read
+        // into a new buffer (as from a directory): equal bytes are enough.
+        let b2 = set("b", "b-2");
+        let c = set("c", "c-1");
+        let second = files(&[
+            ("groups.yaml", GROUPS),
+            ("a.yaml", &a),
+            ("b.yaml", &b2),
+            ("broken.yaml", broken),
+            ("c.yaml", &c),
+        ]);
+        let (docs2, diags2) = load_cached(&second, &mut cache);
+        let (full, full_diags) = load(&second);
+        assert_eq!(codes(&diags2), codes(&full_diags));
+        assert_eq!(codes(&diags2), codes(&diags1), "the unchanged broken file is still reported");
+        let ids = |d: &Documents| -> Vec<String> {
+            d.device_sets.iter().map(|s| format!("{}:{}", s.location, s.value.spec.devices[0].id)).collect()
+        };
+        assert_eq!(ids(&docs2), ids(&full));
+        assert_eq!(ids(&docs2), ["a.yaml:1:1:a-1", "b.yaml:1:1:b-2", "c.yaml:1:1:c-1"]);
+        assert_eq!(docs2.groups.len(), 2);
+        assert!(
+            Arc::ptr_eq(&docs1.device_sets[0].value, &docs2.device_sets[0].value),
+            "a was not parsed again"
+        );
+        assert!(!Arc::ptr_eq(&docs1.device_sets[1].value, &docs2.device_sets[1].value));
+
+        // A file removed from the fleet leaves the cache.
+        let third = files(&[("groups.yaml", GROUPS), ("c.yaml", &c)]);
+        let (docs3, diags3) = load_cached(&third, &mut cache);
+        assert!(diags3.is_empty(), "{:?}", codes(&diags3));
+        assert_eq!(ids(&docs3), ["c.yaml:1:1:c-1"]);
+        assert_eq!(cache.files.len(), 2);
+    }
 
     #[test]
     fn loads_multi_document_files_with_locations() {

@@ -55,22 +55,37 @@ pub struct CompileTimings {
 
 /// Compiles fleet files: load, check, resolve.
 pub fn compile(files: &FleetFiles) -> Compilation {
-    let started = Instant::now();
-    let (documents, mut diagnostics) = load::load(files);
-    let loaded = Instant::now();
-    diagnostics.extend(validate::check(&documents));
-    let checked = Instant::now();
-    let mut timings =
-        CompileTimings { load: loaded - started, check: checked - loaded, resolve: Duration::ZERO };
-    let mut fleet = None;
-    if !diagnostic::has_errors(&diagnostics) {
-        let (compiled, more) = resolve::resolve(&documents);
-        diagnostics.extend(more);
-        timings.resolve = checked.elapsed();
+    Compiler::default().compile(files)
+}
+
+/// A compiler that remembers the files it parsed: compiling the next commit parses only
+/// the files that changed. The checks and resolving still see the whole fleet.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    cache: load::LoadCache,
+}
+
+impl Compiler {
+    /// Compiles fleet files: load (from the cache where a file is unchanged), check,
+    /// resolve.
+    pub fn compile(&mut self, files: &FleetFiles) -> Compilation {
+        let started = Instant::now();
+        let (documents, mut diagnostics) = load::load_cached(files, &mut self.cache);
+        let loaded = Instant::now();
+        diagnostics.extend(validate::check(&documents));
+        let checked = Instant::now();
+        let mut timings =
+            CompileTimings { load: loaded - started, check: checked - loaded, resolve: Duration::ZERO };
+        let mut fleet = None;
         if !diagnostic::has_errors(&diagnostics) {
-            fleet = Some(compiled);
+            let (compiled, more) = resolve::resolve(&documents);
+            diagnostics.extend(more);
+            timings.resolve = checked.elapsed();
+            if !diagnostic::has_errors(&diagnostics) {
+                fleet = Some(compiled);
+            }
         }
+        diagnostic::sort(&mut diagnostics);
+        Compilation { fleet, diagnostics, documents, timings }
     }
-    diagnostic::sort(&mut diagnostics);
-    Compilation { fleet, diagnostics, documents, timings }
 }

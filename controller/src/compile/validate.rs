@@ -17,8 +17,8 @@ use croner::parser::{CronParser, Seconds, Year};
 use rayon::prelude::*;
 
 use super::diagnostic::{self, Code, Diagnostic};
-use super::load::{Documents, Located, Location};
-use crate::model::{Group, Kind, Labels, Object, Operator, Policy, SelectorRequirement};
+use super::load::{AsObject, Documents, Located, Location};
+use crate::model::{Group, Kind, Labels, Operator, Policy, SelectorRequirement};
 
 /// At most this many diagnostics of one code are reported per document; the rest are
 /// counted in one summary diagnostic.
@@ -75,8 +75,8 @@ impl<'a> Names<'a> {
 }
 
 /// Maps each name to its first document, reporting later documents with the same name.
-fn unique_names<'a, S>(
-    docs: &'a [Located<Object<S>>],
+fn unique_names<'a, T: AsObject>(
+    docs: &'a [Located<T>],
     what: &str,
     out: &mut Vec<Diagnostic>,
 ) -> HashMap<&'a str, usize> {
@@ -102,7 +102,7 @@ fn unique_names<'a, S>(
 }
 
 fn check_names(documents: &Documents, out: &mut Vec<Diagnostic>) {
-    fn each<S>(docs: &[Located<Object<S>>], out: &mut Vec<Diagnostic>) {
+    fn each<T: AsObject>(docs: &[Located<T>], out: &mut Vec<Diagnostic>) {
         for doc in docs {
             if let Some(problem) = dns_label_problem(doc.name()) {
                 out.push(Diagnostic::new(
@@ -111,7 +111,7 @@ fn check_names(documents: &Documents, out: &mut Vec<Diagnostic>) {
                     format!("invalid name {:?}: {problem}", doc.name()),
                 ));
             }
-            check_labels(doc, "metadata.labels", &doc.value.metadata.labels, out);
+            check_labels(doc, "metadata.labels", &doc.value.object().metadata.labels, out);
         }
     }
     each(&documents.groups, out);

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::compile::load::AsObject;
 use crate::compile::{CompiledDevice, CompiledFleet, Documents, Located};
 use crate::inventory::{DeviceReport, Inventory, UpdateState};
-use crate::model::{Kind, Object};
+use crate::model::Kind;
 
 /// How a document changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -198,13 +199,13 @@ pub fn document_changes(base: &Documents, head: &Documents) -> Vec<DocumentChang
     changes
 }
 
-fn compare<S: PartialEq>(
+fn compare<T: AsObject + PartialEq>(
     kind: Kind,
-    base: &[Located<Object<S>>],
-    head: &[Located<Object<S>>],
+    base: &[Located<T>],
+    head: &[Located<T>],
     out: &mut Vec<DocumentChange>,
 ) {
-    let index = |docs: &'_ [Located<Object<S>>]| -> BTreeMap<String, usize> {
+    let index = |docs: &'_ [Located<T>]| -> BTreeMap<String, usize> {
         docs.iter().enumerate().map(|(i, d)| (d.name().to_owned(), i)).rev().collect()
     };
     let (b, h) = (index(base), index(head));

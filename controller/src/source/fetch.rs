@@ -4,14 +4,14 @@
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use git2::{AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
-use super::git::{fleet_tree, git_error, read_blobs};
+use super::git::{fleet_tree, git_error, read_blobs, Blobs};
 use super::spec::{Auth, GitReference, SourceSpec, VerifyMode};
 use super::status::{jitter, SourceStatus};
 use super::verify::Verifier;
@@ -65,6 +65,9 @@ pub struct GitSource {
     /// The fleet tree last rejected by the caller, so the same invalid fleet is not
     /// compiled again at every poll.
     rejected_tree: Option<Oid>,
+    /// The blobs of the fleet tree read last: the next read takes unchanged files from
+    /// here rather than from the object database.
+    blobs: Mutex<Blobs>,
 }
 
 impl GitSource {
@@ -83,6 +86,7 @@ impl GitSource {
             verifier,
             status: SourceStatus::new(SystemTime::now()),
             rejected_tree: None,
+            blobs: Mutex::default(),
         })
     }
 
@@ -144,7 +148,8 @@ impl GitSource {
     pub fn read(&self, revision: &Revision) -> Result<FleetFiles, SourceError> {
         let repo = self.open_mirror()?;
         let tree = repo.find_tree(revision.tree).map_err(git_error(&self.mirror, "the fleet tree"))?;
-        read_blobs(&repo, &self.mirror, &tree)
+        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        read_blobs(&repo, &self.mirror, &tree, &mut blobs)
     }
 
     /// One pass: fetch, resolve the reference, verify the commit's signature (when asked

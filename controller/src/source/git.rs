@@ -1,9 +1,11 @@
 //! Fleet files from one commit of a Git repository, read from the object database without
 //! a checkout, so any revision can be compiled without touching the working tree.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use git2::{ObjectType, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 
 use super::{is_fleet_file, FleetFile, FleetFiles, SourceError};
 
@@ -53,7 +55,7 @@ fn read_tree(
         }
     })?;
     let tree = fleet_tree(repo, repository, &commit, rev, subdir)?;
-    read_blobs(repo, repository, &tree)
+    read_blobs(repo, repository, &tree, &mut Blobs::new())
 }
 
 /// A `git2` error as a [`SourceError::Git`] about reading `what` from `repository`.
@@ -92,12 +94,18 @@ pub(super) fn fleet_tree<'r>(
     repo.find_tree(entry.id()).map_err(git_error(repository, subdir))
 }
 
+/// Blob contents by blob id.
+pub(super) type Blobs = HashMap<Oid, Arc<[u8]>>;
+
 /// Reads the fleet files of `tree` from the object database. Hidden entries, symbolic
-/// links and submodules are skipped.
+/// links and submodules are skipped. Blobs already in `known` are not read again (and
+/// keep sharing their buffer, which lets the compiler see they are unchanged); `known`
+/// then holds the blobs of `tree`.
 pub(super) fn read_blobs(
     repo: &Repository,
     repository: &Path,
     tree: &git2::Tree<'_>,
+    known: &mut Blobs,
 ) -> Result<FleetFiles, SourceError> {
     // Collect the blob ids first: reading blobs inside the walk callback could not report
     // errors with context.
@@ -118,10 +126,19 @@ pub(super) fn read_blobs(
     .map_err(git_error(repository, "the commit's tree"))?;
 
     let mut files = Vec::with_capacity(blobs.len());
+    let mut read = HashMap::with_capacity(blobs.len());
     for (path, id) in blobs {
-        let blob = repo.find_blob(id).map_err(git_error(repository, &path))?;
-        files.push(FleetFile { path: path.into(), contents: blob.content().into() });
+        let contents = match known.get(&id) {
+            Some(contents) => contents.clone(),
+            None => {
+                let blob = repo.find_blob(id).map_err(git_error(repository, &path))?;
+                Arc::from(blob.content())
+            }
+        };
+        read.insert(id, contents.clone());
+        files.push(FleetFile { path: path.into(), contents });
     }
+    *known = read;
     Ok(FleetFiles::new(files))
 }
 
