@@ -1,6 +1,6 @@
 //! The Git source against real repositories: a local path, and the same repository served
-//! on 127.0.0.1 by `git daemon` (git://) and by `git http-backend` (smart HTTP with basic
-//! authentication). Force-pushed history, a repository that disappears and comes back, and
+//! on 127.0.0.1 by `git daemon` (git://), by `git http-backend` (smart HTTP with basic
+//! authentication) and by OpenSSH's `sshd` (SSH with a key and a known hosts file). Force-pushed history, a repository that disappears and comes back, and
 //! the last good commit staying in force.
 
 mod common;
@@ -297,4 +297,74 @@ async fn fetches_over_smart_http_with_basic_auth() {
     .await
     .unwrap();
     assert_eq!(text(&changed(update)), [("groups.yaml".to_owned(), "v1".to_owned())]);
+}
+
+#[test]
+fn fetches_over_ssh_with_a_key_and_checks_the_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (work, served) = (dir.path().join("origin"), dir.path().join("served"));
+    origin(&work);
+    fs::create_dir_all(&served).unwrap();
+    let bare = serve_copy(&work, &served);
+    let sshd = common::Sshd::start(&dir.path().join("sshd"));
+    let url = format!("ssh://{}@127.0.0.1:{}{}", sshd.user, sshd.port, bare.display());
+    let known_hosts = dir.path().join("known_hosts");
+    fs::write(&known_hosts, format!("# the fleet's Git server\n{}\n", sshd.known_hosts_line)).unwrap();
+    let ssh = |key: &Path, known_hosts: &Path| Auth::SshKey {
+        path: key.to_owned(),
+        passphrase: None,
+        known_hosts: Some(known_hosts.to_owned()),
+    };
+    let source = |auth: Auth, data: &str| {
+        let spec = SourceSpec { auth, ..spec(&url, GitReference::Branch("main".into())) };
+        GitSource::new(spec, &dir.path().join(data)).unwrap()
+    };
+
+    let mut good = source(ssh(&sshd.client_key, &known_hosts), "data");
+    assert_eq!(text(&poll_and_apply(&mut good)), [("groups.yaml".to_owned(), "v1".to_owned())]);
+    let pushed = commit(&work, "fleet/groups.yaml", "v2");
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    assert_eq!(poll_and_apply(&mut good).revision.commit.to_string(), pushed);
+
+    // A key the server does not accept.
+    let stranger = dir.path().join("stranger");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let Poll::Failed(error) = source(ssh(&stranger, &known_hosts), "data-stranger").poll() else {
+        panic!("an unknown client key must be refused")
+    };
+    assert!(matches!(error, SourceError::Fetch { .. }), "{error}");
+
+    // A server whose host key is not the one listed: refused before the key is offered,
+    // with the reason.
+    let impostor = dir.path().join("impostor_known_hosts");
+    fs::write(
+        &impostor,
+        format!(
+            "[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHE3dLQbTTYkD5ouByZw4qIl+kKmXzTSrwpIG8E6Ag4Y\n",
+            sshd.port
+        ),
+    )
+    .unwrap();
+    let Poll::Failed(error) = source(ssh(&sshd.client_key, &impostor), "data-impostor").poll() else {
+        panic!("a host key that does not match must be refused")
+    };
+    assert!(error.to_string().contains("does not match"), "{error}");
+
+    // A known hosts file that does not list the server at all.
+    let elsewhere = dir.path().join("elsewhere_known_hosts");
+    fs::write(&elsewhere, sshd.known_hosts_line.replace("127.0.0.1", "git.example.com")).unwrap();
+    let Poll::Failed(error) = source(ssh(&sshd.client_key, &elsewhere), "data-elsewhere").poll() else {
+        panic!("a server missing from known hosts must be refused")
+    };
+    assert!(error.to_string().contains("is not in"), "{error}");
+
+    // The server goes away: the last good commit stays in force.
+    drop(sshd);
+    assert!(matches!(good.poll(), Poll::Failed(SourceError::Fetch { .. })));
+    assert_eq!(good.status().last_applied.as_ref().unwrap().commit.to_string(), pushed);
 }

@@ -63,7 +63,8 @@ pub struct FleetSource {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub interval: String,
     /// A Secret in the Fleet's namespace with the credentials: `token`, `username` and
-    /// `password`, or `identity` (an SSH private key) with an optional `passphrase`.
+    /// `password`, or `identity` (an SSH private key) with an optional `passphrase` and
+    /// `known_hosts` (the server's host keys, which are then checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
     /// Which commits may be applied.

@@ -538,7 +538,8 @@ async fn secret_data(
 }
 
 /// Git credentials from a Secret's keys: `token`; `username` and `password`; or
-/// `identity` (an SSH private key, written to the fleet's data directory) and `passphrase`.
+/// `identity` (an SSH private key, written to the fleet's data directory), `passphrase`
+/// and `known_hosts` (the server's host keys, checked when given).
 fn git_auth(data: &HashMap<String, Vec<u8>>, dir: &Path) -> Result<Auth, String> {
     if let Some(token) = data.get("token") {
         return Ok(Auth::Token(text(token).trim().to_string()));
@@ -549,7 +550,15 @@ fn git_auth(data: &HashMap<String, Vec<u8>>, dir: &Path) -> Result<Auth, String>
     if let Some(identity) = data.get("identity") {
         let path = dir.join("git-identity");
         write_private(&path, identity).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        return Ok(Auth::SshKey { path, passphrase: data.get("passphrase").map(|p| text(p)) });
+        let known_hosts = match data.get("known_hosts") {
+            Some(hosts) => {
+                let file = dir.join("git-known-hosts");
+                write_private(&file, hosts).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+                Some(file)
+            }
+            None => None,
+        };
+        return Ok(Auth::SshKey { path, passphrase: data.get("passphrase").map(|p| text(p)), known_hosts });
     }
     Err("has none of `token`, `username` and `password`, or `identity`".into())
 }
@@ -751,4 +760,34 @@ async fn write_status(api: &Api<Fleet>, fleet: &Fleet, mut status: FleetStatus) 
         .await
         .map_err(|e| Error::kube(format!("writing the status of Fleet {name}"), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod git_auth_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_map_to_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = |pairs: &[(&str, &str)]| -> HashMap<String, Vec<u8>> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+        };
+        assert_eq!(git_auth(&data(&[("token", "t0ken\n")]), dir.path()), Ok(Auth::Token("t0ken".into())));
+        let ssh = git_auth(
+            &data(&[
+                ("identity", "KEY"),
+                ("passphrase", "p"),
+                ("known_hosts", "example.com ssh-ed25519 AAAA"),
+            ]),
+            dir.path(),
+        )
+        .unwrap();
+        let Auth::SshKey { path, passphrase, known_hosts: Some(known_hosts) } = ssh else {
+            panic!("{ssh:?}")
+        };
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "KEY");
+        assert_eq!(passphrase.as_deref(), Some("p"));
+        assert_eq!(std::fs::read_to_string(known_hosts).unwrap(), "example.com ssh-ed25519 AAAA");
+        assert!(git_auth(&data(&[("user", "x")]), dir.path()).is_err());
+    }
 }

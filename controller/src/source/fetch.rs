@@ -1,17 +1,22 @@
 //! The Git source: a bare mirror of the fleet repository, kept up to date with `git2`, from
 //! which the fleet files of the followed reference are read without a checkout.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use git2::{AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, FetchPrune, Oid,
+    RemoteCallbacks, Repository,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use super::git::{fleet_tree, git_error, read_blobs, Blobs};
+use super::known_hosts::{ssh_host, KnownHosts};
 use super::spec::{Auth, GitReference, SourceSpec, VerifyMode};
 use super::status::{jitter, SourceStatus};
 use super::verify::Verifier;
@@ -65,6 +70,8 @@ pub struct GitSource {
     /// The fleet tree last rejected by the caller, so the same invalid fleet is not
     /// compiled again at every poll.
     rejected_tree: Option<Oid>,
+    /// The SSH server's accepted host keys, when the credentials name a file of them.
+    known_hosts: Option<KnownHosts>,
     /// The blobs of the fleet tree read last: the next read takes unchanged files from
     /// here rather than from the object database.
     blobs: Mutex<Blobs>,
@@ -78,6 +85,10 @@ impl GitSource {
             VerifyMode::None => None,
             VerifyMode::Head => Some(Verifier::new(&spec.verify)?),
         };
+        let known_hosts = match &spec.auth {
+            Auth::SshKey { known_hosts: Some(path), .. } => Some(KnownHosts::read(path)?),
+            _ => None,
+        };
         let name = hex::encode(&Sha256::digest(spec.url.as_bytes())[..12]);
         let mirror = data_dir.join(format!("{name}.git"));
         Ok(GitSource {
@@ -86,6 +97,7 @@ impl GitSource {
             verifier,
             status: SourceStatus::new(SystemTime::now()),
             rejected_tree: None,
+            known_hosts,
             blobs: Mutex::default(),
         })
     }
@@ -131,13 +143,16 @@ impl GitSource {
                 vec!["+refs/heads/*:refs/heads/*".to_owned(), "+refs/tags/*:refs/tags/*".to_owned()]
             }
         };
+        // libgit2 replaces a refused host key's reason with its own; it is kept here.
+        let refused_host = RefCell::new(None);
         let fetch_error = |e: git2::Error| SourceError::Fetch {
             url: self.spec.url.clone(),
-            message: e.message().to_owned(),
+            message: refused_host.take().unwrap_or_else(|| e.message().to_owned()),
         };
         let mut remote = repo.remote_anonymous(&self.spec.url).map_err(fetch_error)?;
         let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks(&self.spec.auth));
+        let known_hosts = self.known_hosts.as_ref().map(|k| (k, &refused_host));
+        options.remote_callbacks(callbacks(&self.spec.auth, known_hosts, &self.spec.url));
         options.prune(FetchPrune::On);
         options.download_tags(AutotagOption::None);
         remote.fetch(&refspecs, Some(&mut options), None).map_err(fetch_error)?;
@@ -291,8 +306,30 @@ impl GitSource {
 
 /// Answers the remote's credential requests from `auth`. libgit2 asks again after a refusal;
 /// a few tries cover the SSH user-name step, then give up instead of looping.
-fn callbacks(auth: &Auth) -> RemoteCallbacks<'_> {
+/// With `known_hosts`, an SSH server whose host key it does not list is refused before
+/// any credential is offered, and the reason kept in the cell beside it.
+fn callbacks<'a>(
+    auth: &'a Auth,
+    known_hosts: Option<(&'a KnownHosts, &'a RefCell<Option<String>>)>,
+    url: &str,
+) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
+    if let Some((known_hosts, refused)) = known_hosts {
+        let port = ssh_host(url).map_or(22, |(_, port)| port);
+        callbacks.certificate_check(move |cert, host| {
+            let Some(key) = cert.as_hostkey().and_then(|k| k.hostkey()) else {
+                // Not an SSH host key (a TLS certificate): the usual checks apply.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            known_hosts.check(host, port, key).map(|()| CertificateCheckStatus::CertificateOk).map_err(
+                |message| {
+                    let error = git2::Error::from_str(&message);
+                    *refused.borrow_mut() = Some(message);
+                    error
+                },
+            )
+        });
+    }
     let mut tries = 0;
     callbacks.credentials(move |_url, user_from_url, allowed| {
         tries += 1;
@@ -306,7 +343,7 @@ fn callbacks(auth: &Auth) -> RemoteCallbacks<'_> {
             Auth::SshKey { .. } if allowed.contains(CredentialType::USERNAME) => {
                 Cred::username(user_from_url.unwrap_or("git"))
             }
-            Auth::SshKey { path, passphrase } if allowed.contains(CredentialType::SSH_KEY) => {
+            Auth::SshKey { path, passphrase, .. } if allowed.contains(CredentialType::SSH_KEY) => {
                 Cred::ssh_key(user_from_url.unwrap_or("git"), None, path, passphrase.as_deref())
             }
             Auth::None => {

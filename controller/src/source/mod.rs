@@ -16,6 +16,7 @@
 mod dir;
 mod fetch;
 mod git;
+mod known_hosts;
 mod spec;
 mod status;
 mod verify;
@@ -25,6 +26,7 @@ pub mod webhook;
 pub use dir::read_dir;
 pub use fetch::{GitSource, Poll, Revision, Update};
 pub use git::{read_commit, read_commit_of_dir};
+pub use known_hosts::KnownHosts;
 pub use spec::{Auth, GitReference, Retry, SourceSpec, VerifyMode, VerifySpec};
 pub use status::SourceStatus;
 pub use verify::{Refusal, Signer, Verifier};
@@ -138,6 +140,9 @@ pub enum SourceError {
     /// OpenPGP key).
     #[error("invalid {what}: {message}")]
     InvalidVerifySettings { what: String, message: String },
+    /// The SSH known hosts file could not be read or has a malformed line.
+    #[error("invalid known hosts file {path}: {message}")]
+    KnownHosts { path: PathBuf, message: String },
     /// The webhook receiver was given an empty secret.
     #[error("the webhook secret is empty")]
     EmptyWebhookSecret,

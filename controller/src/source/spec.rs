@@ -122,9 +122,11 @@ struct BasicYaml {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct SshKeyYaml {
     path: PathBuf,
     passphrase: Option<String>,
+    known_hosts: Option<PathBuf>,
 }
 
 impl TryFrom<AuthYaml> for Auth {
@@ -134,7 +136,9 @@ impl TryFrom<AuthYaml> for Auth {
             (None, None, None) => Ok(Auth::None),
             (Some(token), None, None) => Ok(Auth::Token(token)),
             (None, Some(BasicYaml { user, password }), None) => Ok(Auth::Basic { user, password }),
-            (None, None, Some(SshKeyYaml { path, passphrase })) => Ok(Auth::SshKey { path, passphrase }),
+            (None, None, Some(SshKeyYaml { path, passphrase, known_hosts })) => {
+                Ok(Auth::SshKey { path, passphrase, known_hosts })
+            }
             _ => Err("expected at most one of `token`, `basic` and `sshKey`"),
         }
     }
@@ -170,7 +174,7 @@ impl Default for Retry {
 }
 
 /// Credentials for the remote repository. In YAML, `{token: ...}`, `{basic: {user,
-/// password}}` or `{sshKey: {path, passphrase}}`.
+/// password}}` or `{sshKey: {path, passphrase, knownHosts}}`.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "AuthYaml")]
 pub enum Auth {
@@ -193,6 +197,10 @@ pub enum Auth {
         path: PathBuf,
         /// The key's passphrase, if it is encrypted.
         passphrase: Option<String>,
+        /// A `known_hosts` file listing the server's host key: any other key is refused
+        /// before the key is used. Without one, libgit2 checks the user's
+        /// `~/.ssh/known_hosts`.
+        known_hosts: Option<PathBuf>,
     },
 }
 
@@ -203,7 +211,11 @@ impl fmt::Debug for Auth {
             Auth::None => f.write_str("None"),
             Auth::Token(_) => f.write_str("Token(..)"),
             Auth::Basic { user, .. } => f.debug_struct("Basic").field("user", user).finish_non_exhaustive(),
-            Auth::SshKey { path, .. } => f.debug_struct("SshKey").field("path", path).finish_non_exhaustive(),
+            Auth::SshKey { path, known_hosts, .. } => f
+                .debug_struct("SshKey")
+                .field("path", path)
+                .field("known_hosts", known_hosts)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -261,10 +273,17 @@ mod tests {
 
         assert!(serde_yaml::from_str::<SourceSpec>("url: /srv/fleet\nref: {sshKey: x}\n").is_err());
         let spec: SourceSpec = serde_yaml::from_str(
-            "url: git@example.com:fleet.git\nref: {tag: v1}\nauth: {sshKey: {path: /keys/id, passphrase: p}}\n",
+            "url: git@example.com:fleet.git\nref: {tag: v1}\nauth: {sshKey: {path: /keys/id, passphrase: p, knownHosts: /keys/known_hosts}}\n",
         )
         .unwrap();
-        assert_eq!(spec.auth, Auth::SshKey { path: "/keys/id".into(), passphrase: Some("p".into()) });
+        assert_eq!(
+            spec.auth,
+            Auth::SshKey {
+                path: "/keys/id".into(),
+                passphrase: Some("p".into()),
+                known_hosts: Some("/keys/known_hosts".into())
+            }
+        );
         assert!(serde_yaml::from_str::<SourceSpec>("url: x\nref: {branch: main}\ninterval: soon\n").is_err());
     }
 }

@@ -126,6 +126,84 @@ impl Drop for GitDaemon {
     }
 }
 
+/// An OpenSSH server (`sshd` from the Debian package `openssh-server`) on 127.0.0.1,
+/// accepting one client key for the current user, as a Git host over SSH does.
+pub struct Sshd {
+    /// The port it listens on.
+    pub port: u16,
+    /// The user to log in as: the one running the tests.
+    pub user: String,
+    /// The client's private key, which the server accepts.
+    pub client_key: PathBuf,
+    /// The server's host key, as a `known_hosts` line for 127.0.0.1 on this port.
+    pub known_hosts_line: String,
+    child: std::process::Child,
+}
+
+impl Sshd {
+    /// Starts the server with keys made by `ssh-keygen` under `dir`.
+    pub fn start(dir: &Path) -> Sshd {
+        fs::create_dir_all(dir).unwrap();
+        let keygen = |file: &str| {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", file, "-f"])
+                .arg(dir.join(file))
+                .status()
+                .expect("ssh-keygen runs");
+            assert!(status.success());
+        };
+        keygen("host_key");
+        keygen("client_key");
+        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 PermitRootLogin prohibit-password\nPidFile {pid}\n",
+                host_key = dir.join("host_key").display(),
+                authorized = dir.join("authorized_keys").display(),
+                pid = dir.join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+        // Run as root, sshd wants its privilege separation directory.
+        let _ = fs::create_dir_all("/run/sshd");
+        // sshd must be started by its absolute path.
+        let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sshd is installed (Debian package openssh-server; scripts/test installs it)");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(fs::File::create(dir.join("sshd.log")).unwrap())
+            .spawn()
+            .expect("sshd runs");
+        let host_key = fs::read_to_string(dir.join("host_key.pub")).unwrap();
+        let host_key = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let server = Sshd {
+            port,
+            user: user.trim().to_owned(),
+            client_key: dir.join("client_key"),
+            known_hosts_line: format!("[127.0.0.1]:{port} {host_key}"),
+            child,
+        };
+        wait_for_port(port);
+        server
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits up to 10 s until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_for_port(port: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
