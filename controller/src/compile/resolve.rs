@@ -145,6 +145,62 @@ pub struct CompiledFleet {
     label_sets: Vec<Labels>,
     devices: Vec<CompiledDevice>,
     device_sources: Vec<Location>,
+    id_index: IdIndex,
+}
+
+/// Device indices by id hash, in an open-addressing table: finding a device by id costs a
+/// hash and a probe or two, where a binary search over a million ids follows twenty
+/// pointers to twenty places in memory.
+#[derive(Debug, Clone, Default)]
+struct IdIndex {
+    /// Per slot, the device index in the low 32 bits and the high half of its id's hash
+    /// above them (so most mismatches are told without reading the id); `EMPTY` if free.
+    slots: Vec<u64>,
+}
+
+impl IdIndex {
+    const EMPTY: u64 = u64::MAX;
+
+    fn hash(id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::with_seed(0x7761_7665_6775_6964).hash_one(id)
+    }
+
+    fn build(devices: &[CompiledDevice]) -> IdIndex {
+        use rayon::prelude::*;
+        let hashes: Vec<u64> = devices.par_iter().map(|d| IdIndex::hash(&d.id)).collect();
+        // At most half full: short probe runs.
+        let mut slots = vec![IdIndex::EMPTY; (devices.len() * 2).next_power_of_two()];
+        let mask = slots.len() - 1;
+        for (ix, &hash) in hashes.iter().enumerate() {
+            let mut slot = hash as usize & mask;
+            while slots[slot] != IdIndex::EMPTY {
+                slot = (slot + 1) & mask;
+            }
+            slots[slot] = (hash & 0xffff_ffff_0000_0000) | ix as u64;
+        }
+        IdIndex { slots }
+    }
+
+    fn find(&self, devices: &[CompiledDevice], id: &str) -> Option<DeviceIx> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let hash = IdIndex::hash(id);
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let entry = self.slots[slot];
+            if entry == IdIndex::EMPTY {
+                return None;
+            }
+            let ix = entry as u32;
+            if entry >> 32 == hash >> 32 && &*devices[ix as usize].id == id {
+                return Some(ix);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
 }
 
 impl CompiledFleet {
@@ -196,7 +252,7 @@ impl CompiledFleet {
 
     /// A device's index in [`CompiledFleet::devices`], by id.
     pub fn device_index(&self, id: &str) -> Option<DeviceIx> {
-        self.devices.binary_search_by(|d| (*d.id).cmp(id)).ok().map(|i| i as DeviceIx)
+        self.id_index.find(&self.devices, id)
     }
 
     /// A group by name. A linear scan (groups are in hierarchy order, not by name): for
@@ -262,9 +318,17 @@ pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
     let CollectedDevices { mut devices, label_sets, sources: device_sources, pin_sources } =
         collect_devices(documents, &group_ix, &release_ix);
 
-    let mut fleet =
-        CompiledFleet { groups, releases, policies, label_sets, devices: Vec::new(), device_sources };
+    let mut fleet = CompiledFleet {
+        groups,
+        releases,
+        policies,
+        label_sets,
+        devices: Vec::new(),
+        device_sources,
+        id_index: IdIndex::default(),
+    };
     assign_desired_state(&fleet, &mut devices, &pin_sources, documents, &mut diagnostics);
+    fleet.id_index = IdIndex::build(&devices);
     fleet.devices = devices;
     (fleet, diagnostics)
 }

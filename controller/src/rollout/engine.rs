@@ -419,6 +419,19 @@ impl Engine {
             .map(|w| w.devices.iter().map(|&d| fleet.devices()[d as usize].id.to_string()).collect())
             .collect();
         self.store.create_rollout(&record, &waves, &members).await?;
+        // The members as the inventory now holds them, without reading them back.
+        let members = members
+            .into_iter()
+            .enumerate()
+            .flat_map(|(wave, ids)| {
+                ids.into_iter().map(move |id| Member {
+                    wave: wave as u32,
+                    device: id.into_boxed_str(),
+                    published_at: None,
+                })
+            })
+            .collect();
+        self.members.insert(record.id.clone(), members);
         tracing::info!(rollout = %record.id, release = %record.release, "rollout started");
         Ok(record)
     }

@@ -268,3 +268,19 @@ fn resolution_is_deterministic() {
     let keys = |f: &CompiledFleet| f.devices().iter().map(|d| (d.order_key, d.group)).collect::<Vec<_>>();
     assert_eq!(keys(&a), keys(&b));
 }
+
+#[test]
+fn devices_are_found_by_id() {
+    // A range of 5,000 ids shares long prefixes and fills many probe runs.
+    let (fleet, _) = compile(
+        "---\napiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {name: many}\nspec:\n  group: berlin\n  range: {prefix: node-, count: 5000, width: 4}\n",
+    );
+    assert!(fleet.devices().len() > 5000);
+    for (ix, device) in fleet.devices().iter().enumerate() {
+        assert_eq!(fleet.device_index(&device.id), Some(ix as DeviceIx), "{}", device.id);
+    }
+    for missing in ["", "node-", "node-5000", "node-00000", "NODE-0001", "node-0001 "] {
+        assert_eq!(fleet.device_index(missing), None, "{missing:?}");
+    }
+    assert_eq!(CompiledFleet::default().device_index("node-0001"), None);
+}
