@@ -26,7 +26,7 @@ pub use waves::{cut_waves, percent_of, wave_capacity};
 
 use std::cmp::Ordering;
 
-use rayon::slice::ParallelSliceMut;
+use rayon::prelude::*;
 
 use crate::compile::{CompiledDevice, CompiledFleet, DeviceIx, GroupIx, PolicyIx, ReleaseIx};
 use crate::inventory::{DeviceReport, Inventory, UpdateState};
@@ -232,15 +232,25 @@ pub fn plan(fleet: &CompiledFleet, inventory: &Inventory) -> Plan {
 /// total and the same on every run.
 pub fn sort_for_rollout(fleet: &CompiledFleet, order: Order, devices: &mut [DeviceIx]) {
     let all = fleet.devices();
-    let key = |d: &DeviceIx| -> (GroupIx, u64, &str) {
-        let device: &CompiledDevice = &all[*d as usize];
-        let group = match order {
-            Order::Hierarchy => device.group,
-            Order::Spread => 0,
-        };
-        (group, device.order_key, &device.id)
-    };
-    devices.par_sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+    // Sorting the keys beside the indices keeps the comparisons in one array; comparing
+    // through the devices would read a random place in memory at every step.
+    let mut keyed: Vec<(GroupIx, u64, DeviceIx)> = devices
+        .par_iter()
+        .map(|&d| {
+            let device: &CompiledDevice = &all[d as usize];
+            let group = match order {
+                Order::Hierarchy => device.group,
+                Order::Spread => 0,
+            };
+            (group, device.order_key, d)
+        })
+        .collect();
+    keyed.par_sort_unstable_by(|a, b| {
+        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| all[a.2 as usize].id.cmp(&all[b.2 as usize].id))
+    });
+    for (slot, (_, _, d)) in devices.iter_mut().zip(keyed) {
+        *slot = d;
+    }
 }
 
 #[cfg(test)]
