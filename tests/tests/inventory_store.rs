@@ -201,6 +201,26 @@ async fn rollout_state_survives_reopening() {
         let published: Vec<(&str, i64)> =
             members.iter().filter_map(|m| Some((m.device_id.as_str(), m.published_at?))).collect();
         assert_eq!(published, [("d0001", 10), ("d0002", 10)]);
+
+        // The same members, each with its device's latest report if it sent one.
+        reopened.record_reports(&[report("d0000", "2.0.0", UpdateState::Idle, 20)]).await.unwrap();
+        reopened.record_reports(&[report("d0002", "1.0.0", UpdateState::Failed, 21)]).await.unwrap();
+        let joined = reopened.member_reports("stable-1").await.unwrap();
+        assert_eq!(joined.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>(), members);
+        let reports: Vec<(&str, Option<(String, UpdateState)>)> = joined
+            .iter()
+            .take(4)
+            .map(|(m, r)| (m.device_id.as_str(), r.as_ref().map(|r| (r.version.to_string(), r.state))))
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                ("d0001", None),
+                ("d0000", Some(("2.0.0".into(), UpdateState::Idle))),
+                ("d0002", Some(("1.0.0".into(), UpdateState::Failed))),
+                ("d0003", None),
+            ]
+        );
     }
 }
 

@@ -798,14 +798,33 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(query_error(action))?;
+        rows.iter().map(|row| member_from_row(row, action)).collect()
+    }
+
+    /// Every member of a rollout with its device's latest report, if any: a rollout's
+    /// progress without reading the rest of the fleet.
+    pub async fn member_reports(
+        &self,
+        rollout_id: &str,
+    ) -> Result<Vec<(MemberRecord, Option<DeviceReport>)>, StoreError> {
+        let action = "reading rollout members and their reports";
+        let rows = sqlx::query(
+            "SELECT w.idx, w.position, w.device_id, w.published_at, \
+             s.release, s.version, s.state, s.healthy, s.reported_at \
+             FROM wave_devices w LEFT JOIN device_status s ON s.device_id = w.device_id \
+             WHERE w.rollout_id = $1 ORDER BY w.position, w.device_id",
+        )
+        .bind(rollout_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(action))?;
         rows.iter()
             .map(|row| {
-                Ok(MemberRecord {
-                    wave: row.try_get::<i64, _>(0).map_err(query_error(action))? as u32,
-                    position: row.try_get::<i64, _>(1).map_err(query_error(action))? as u64,
-                    device_id: row.try_get(2).map_err(query_error(action))?,
-                    published_at: row.try_get(3).map_err(query_error(action))?,
-                })
+                let member = member_from_row(row, action)?;
+                // `version` is never NULL in a status row: NULL means no report.
+                let reported = row.try_get::<Option<String>, _>(5).map_err(query_error(action))?.is_some();
+                let report = if reported { Some(report_from_row(row, &member.device_id, 4)?) } else { None };
+                Ok((member, report))
             })
             .collect()
     }
@@ -933,6 +952,16 @@ fn report_from_row(row: &sqlx::any::AnyRow, device: &str, first: usize) -> Resul
             jiff::Timestamp::from_millisecond(reported_at)
                 .map_err(|_| corrupt("report time", &reported_at.to_string()))?,
         ),
+    })
+}
+
+/// A member from its first four columns: `idx, position, device_id, published_at`.
+fn member_from_row(row: &sqlx::any::AnyRow, action: &'static str) -> Result<MemberRecord, StoreError> {
+    Ok(MemberRecord {
+        wave: row.try_get::<i64, _>(0).map_err(query_error(action))? as u32,
+        position: row.try_get::<i64, _>(1).map_err(query_error(action))? as u64,
+        device_id: row.try_get(2).map_err(query_error(action))?,
+        published_at: row.try_get(3).map_err(query_error(action))?,
     })
 }
 

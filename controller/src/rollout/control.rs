@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::progress::{classify, Progress, Target};
 use crate::inventory::store::{RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord, WaveState};
-use crate::inventory::Inventory;
 
 /// An operator's action on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,8 +163,7 @@ pub async fn status(
     now: Timestamp,
 ) -> Result<Option<RolloutStatus>, StoreError> {
     let Some(rollout) = store.rollout(id).await? else { return Ok(None) };
-    let inventory = store.inventory().await?;
-    describe(store, &inventory, rollout, stale_after, now).await.map(Some)
+    describe(store, rollout, stale_after, now).await.map(Some)
 }
 
 /// Every rollout, oldest first, with progress.
@@ -174,30 +172,29 @@ pub async fn list(
     stale_after: SignedDuration,
     now: Timestamp,
 ) -> Result<Vec<RolloutStatus>, StoreError> {
-    let inventory = store.inventory().await?;
     let mut out = Vec::new();
     for rollout in store.rollouts().await? {
-        out.push(describe(store, &inventory, rollout, stale_after, now).await?);
+        out.push(describe(store, rollout, stale_after, now).await?);
     }
     Ok(out)
 }
 
+/// A rollout's status; only its members' reports are read.
 async fn describe(
     store: &Store,
-    inventory: &Inventory,
     rollout: RolloutRecord,
     stale_after: SignedDuration,
     now: Timestamp,
 ) -> Result<RolloutStatus, StoreError> {
     let waves: Vec<WaveRecord> = store.waves(&rollout.id).await?;
-    let members = store.rollout_members(&rollout.id).await?;
+    let members = store.member_reports(&rollout.id).await?;
     let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
     let target =
         Target { release: &rollout.release, version: &version, stale_after, now_ms: now.as_millisecond() };
     let mut progress = vec![Progress::default(); waves.len()];
     let mut total = Progress::default();
-    for m in &members {
-        let state = classify(&target, m.published_at, true, inventory.get(&m.device_id));
+    for (m, report) in &members {
+        let state = classify(&target, m.published_at, true, report.as_ref());
         if let Some(p) = progress.get_mut(m.wave as usize) {
             p.add(state);
         }
