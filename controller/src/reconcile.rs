@@ -24,9 +24,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::api::admin::{self, AdminConfig};
 use crate::api::{Api, ApiConfig, EnrollmentTokens};
-use crate::compile::{Compiler, Documents, Severity};
+use crate::compile::{Compiler, DeviceDocuments, Documents, Severity};
 use crate::inventory::store::{DeclaredDevice, Store};
-use crate::model::{Device, DeviceSet};
+
 use crate::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
 use crate::rollout::engine::{Desired, Engine, EngineConfig, EngineError, Event, StepReport};
 use crate::source::{GitReference, GitSource, LocalWatcher, Poll, SourceSpec};
@@ -310,32 +310,6 @@ fn declared_digest(declared: &[DeclaredDevice]) -> [u8; 32] {
     hash.finalize().into()
 }
 
-/// The documents that declare devices, compared by identity for device sets (a set is
-/// shared from one compilation to the next while its file is unchanged) and by value for
-/// the few Device documents.
-#[derive(Debug)]
-struct DeclaredFrom {
-    sets: Vec<Arc<DeviceSet>>,
-    devices: Vec<Device>,
-}
-
-impl DeclaredFrom {
-    fn of(documents: &Documents) -> DeclaredFrom {
-        DeclaredFrom {
-            sets: documents.device_sets.iter().map(|d| d.value.clone()).collect(),
-            devices: documents.devices.iter().map(|d| d.value.clone()).collect(),
-        }
-    }
-}
-
-impl PartialEq for DeclaredFrom {
-    fn eq(&self, other: &DeclaredFrom) -> bool {
-        self.sets.len() == other.sets.len()
-            && self.sets.iter().zip(&other.sets).all(|(a, b)| Arc::ptr_eq(a, b))
-            && self.devices == other.devices
-    }
-}
-
 /// What syncing the source found.
 #[derive(Debug)]
 pub enum SourceOutcome {
@@ -369,7 +343,7 @@ pub struct Reconciler {
     declared_digest: Option<[u8; 32]>,
     /// The documents the declared devices were last read from: when a commit leaves them
     /// all in place, even the digest is skipped.
-    declared_from: Option<DeclaredFrom>,
+    declared_from: Option<DeviceDocuments>,
     /// Keeps the parsed files of the last commit, so the next one parses only what changed.
     compiler: Compiler,
     config: RunConfig,
@@ -498,7 +472,7 @@ impl Reconciler {
             return Ok(SourceOutcome::Refused { commit, errors });
         };
         let declaring = Instant::now();
-        let declared_from = DeclaredFrom::of(&compilation.documents);
+        let declared_from = DeviceDocuments::of(&compilation.documents);
         if self.declared_from.as_ref() != Some(&declared_from) {
             let declared = declared_devices(&compilation.documents);
             let digest = declared_digest(&declared);

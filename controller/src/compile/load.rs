@@ -162,15 +162,43 @@ impl<T: AsObject> Located<T> {
 #[derive(Debug, Clone, Default)]
 pub struct Documents {
     pub groups: Vec<Located<Group>>,
-    pub devices: Vec<Located<Device>>,
-    /// Shared: a device set can hold many thousand devices, and an unchanged file's sets
-    /// are reused from one compilation to the next without a copy.
+    pub devices: Vec<Located<Arc<Device>>>,
+    /// Shared, like `devices`: a device set can hold many thousand devices, and an
+    /// unchanged file's sets are reused from one compilation to the next without a copy.
     pub device_sets: Vec<Located<Arc<DeviceSet>>>,
     pub releases: Vec<Located<Release>>,
     pub policies: Vec<Located<Policy>>,
     /// Documents that did not load (their errors are reported) but whose kind and name
     /// could still be read: references to them are not reported as unknown as well.
     pub unparsed: Vec<Unparsed>,
+}
+
+/// The documents that declare devices (Devices and DeviceSets), compared by identity: a
+/// document is shared from one load to the next only while its file is unchanged, so
+/// equal means the same devices, declared at the same places.
+#[derive(Debug)]
+pub struct DeviceDocuments {
+    sets: Vec<Arc<DeviceSet>>,
+    devices: Vec<Arc<Device>>,
+}
+
+impl DeviceDocuments {
+    /// The device documents of `documents`.
+    pub fn of(documents: &Documents) -> DeviceDocuments {
+        DeviceDocuments {
+            sets: documents.device_sets.iter().map(|d| d.value.clone()).collect(),
+            devices: documents.devices.iter().map(|d| d.value.clone()).collect(),
+        }
+    }
+}
+
+impl PartialEq for DeviceDocuments {
+    fn eq(&self, other: &DeviceDocuments) -> bool {
+        fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+        }
+        same(&self.sets, &other.sets) && same(&self.devices, &other.devices)
+    }
 }
 
 /// What can be read of a document that failed to load.
@@ -410,7 +438,7 @@ fn is_blank_or_comment(line: &str) -> bool {
 #[derive(Clone)]
 enum Loaded {
     Group(Located<Group>),
-    Device(Located<Device>),
+    Device(Located<Arc<Device>>),
     DeviceSet(Located<Arc<DeviceSet>>),
     Release(Located<Release>),
     Policy(Located<Policy>),
@@ -594,7 +622,7 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
 
     let result = match kind {
         Kind::Group => typed(chunk, text).map(|v| Loaded::Group(chunk.located(v))),
-        Kind::Device => typed(chunk, text).map(|v| Loaded::Device(chunk.located(v))),
+        Kind::Device => typed(chunk, text).map(|v| Loaded::Device(chunk.located(Arc::new(v)))),
         Kind::DeviceSet => device_set(chunk, text).map(|v| Loaded::DeviceSet(chunk.located(Arc::new(v)))),
         Kind::Release => typed(chunk, text).map(|v| Loaded::Release(chunk.located(v))),
         Kind::Policy => typed(chunk, text).map(|v| Loaded::Policy(chunk.located(v))),

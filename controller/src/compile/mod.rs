@@ -14,7 +14,7 @@ pub mod validate;
 use std::time::{Duration, Instant};
 
 pub use diagnostic::{Code, Diagnostic, Severity};
-pub use load::{Documents, Located, Location};
+pub use load::{DeviceDocuments, Documents, Located, Location};
 pub use resolve::{
     CompiledDevice, CompiledFleet, CompiledGroup, CompiledPolicy, CompiledRelease, DeviceIx, GroupIx,
     PolicyIx, ReleaseIx,
@@ -59,10 +59,12 @@ pub fn compile(files: &FleetFiles) -> Compilation {
 }
 
 /// A compiler that remembers the files it parsed: compiling the next commit parses only
-/// the files that changed. The checks and resolving still see the whole fleet.
+/// the files that changed, and re-runs the device checks only when the devices or the
+/// names they refer to changed. Resolving still sees the whole fleet.
 #[derive(Debug, Default)]
 pub struct Compiler {
     cache: load::LoadCache,
+    checks: validate::CheckCache,
 }
 
 impl Compiler {
@@ -72,7 +74,7 @@ impl Compiler {
         let started = Instant::now();
         let (documents, mut diagnostics) = load::load_cached(files, &mut self.cache);
         let loaded = Instant::now();
-        diagnostics.extend(validate::check(&documents));
+        diagnostics.extend(validate::check_cached(&documents, &mut self.checks));
         let checked = Instant::now();
         let mut timings =
             CompileTimings { load: loaded - started, check: checked - loaded, resolve: Duration::ZERO };
@@ -87,5 +89,92 @@ impl Compiler {
         }
         diagnostic::sort(&mut diagnostics);
         Compilation { fleet, diagnostics, documents, timings }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(c: &Compilation) -> Vec<String> {
+        c.diagnostics.iter().map(|d| format!("{} {} {}", d.code, d.location, d.message)).collect()
+    }
+
+    /// Compiles `pairs` with the long-lived compiler and from scratch; both must agree.
+    fn both(compiler: &mut Compiler, pairs: &[(&str, &str)]) -> Vec<String> {
+        let files = FleetFiles::from_pairs(pairs.iter().map(|(p, t)| (*p, t.as_bytes().to_vec())));
+        let cached = render(&compiler.compile(&files));
+        assert_eq!(cached, render(&compile(&files)));
+        cached
+    }
+
+    #[test]
+    fn a_compiler_that_caches_reports_what_a_fresh_one_does() {
+        let head = "apiVersion: waveguide.dev/v1alpha1\n";
+        let groups = format!("{head}kind: Group\nmetadata: {{name: eu}}\nspec: {{}}\n");
+        let set = format!(
+            "{head}kind: DeviceSet\nmetadata: {{name: s}}\nspec:\n  group: eu\n  devices:\n    - id: a\n    - id: b\n      pin: r2\n    - id: 'bad id'\n"
+        );
+        let device = format!("{head}kind: Device\nmetadata: {{name: d}}\nspec:\n  group: asia\n");
+        let release = |name: &str| {
+            format!("{head}kind: Release\nmetadata: {{name: {name}}}\nspec: {{version: 1.0.0}}\n")
+        };
+        let policy = |release: &str| {
+            format!(
+                "{head}kind: Policy\nmetadata: {{name: p}}\nspec:\n  selector: {{}}\n  release: {release}\n"
+            )
+        };
+        let r1 = release("r1");
+        let mut compiler = Compiler::default();
+        let first = both(
+            &mut compiler,
+            &[
+                ("groups.yaml", &groups),
+                ("set.yaml", &set),
+                ("device.yaml", &device),
+                ("r1.yaml", &r1),
+                ("p.yaml", &policy("r1")),
+            ],
+        );
+        assert!(first.iter().any(|d| d.contains("unknown release \"r2\"")), "{first:#?}");
+        assert!(
+            first.iter().any(|d| d.contains("device.yaml:5:10") && d.contains("unknown group")),
+            "{first:#?}"
+        );
+        assert!(first.iter().any(|d| d.contains("invalid device id")), "{first:#?}");
+
+        // Only the policy changes: the device findings are the cached ones, and the same.
+        let second = both(
+            &mut compiler,
+            &[
+                ("groups.yaml", &groups),
+                ("set.yaml", &set),
+                ("device.yaml", &device),
+                ("r1.yaml", &r1),
+                ("p.yaml", &policy("r1 ")),
+            ],
+        );
+        assert_eq!(first, second);
+
+        // The release the pin names appears, and a line moves the device's group down:
+        // both findings follow.
+        let r2 = release("r2");
+        let moved = format!("# moved\n{device}");
+        let third = both(
+            &mut compiler,
+            &[
+                ("groups.yaml", &groups),
+                ("set.yaml", &set),
+                ("device.yaml", &moved),
+                ("r1.yaml", &r1),
+                ("r2.yaml", &r2),
+                ("p.yaml", &policy("r1")),
+            ],
+        );
+        assert!(!third.iter().any(|d| d.contains("unknown release")), "{third:#?}");
+        assert!(
+            third.iter().any(|d| d.contains("device.yaml:6:10") && d.contains("unknown group")),
+            "{third:#?}"
+        );
     }
 }

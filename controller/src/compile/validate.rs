@@ -17,7 +17,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use rayon::prelude::*;
 
 use super::diagnostic::{self, Code, Diagnostic};
-use super::load::{AsObject, Documents, Located, Location};
+use super::load::{AsObject, DeviceDocuments, Documents, Located, Location};
 use crate::model::{Group, Kind, Labels, Operator, Policy, SelectorRequirement};
 
 /// At most this many diagnostics of one code are reported per document; the rest are
@@ -26,14 +26,44 @@ pub const MAX_PER_DOCUMENT: usize = 20;
 
 /// Runs every static check and returns the diagnostics sorted by file and line.
 pub fn check(documents: &Documents) -> Vec<Diagnostic> {
+    check_cached(documents, &mut CheckCache::default())
+}
+
+/// What the device checks found last time, and what their findings depend on: the device
+/// documents and the group and release names they refer to.
+#[derive(Debug, Default)]
+pub struct CheckCache {
+    devices: Option<(DeviceCheckInputs, Vec<Diagnostic>)>,
+}
+
+/// The device documents, group names and release names, sorted.
+type DeviceCheckInputs = (DeviceDocuments, Vec<String>, Vec<String>);
+
+/// [`check`], taking the device checks' findings (a million entries' ids, keys, labels
+/// and pins) from `cache` when nothing they depend on changed since.
+pub fn check_cached(documents: &Documents, cache: &mut CheckCache) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let names = Names::new(documents, &mut out);
     check_names(documents, &mut out);
     check_groups(documents, &names, &mut out);
-    check_devices(documents, &names, &mut out);
+    let sorted = |names: &HashMap<&str, usize>| {
+        let mut names: Vec<String> = names.keys().map(|n| n.to_string()).collect();
+        names.sort_unstable();
+        names
+    };
+    let key = (DeviceDocuments::of(documents), sorted(&names.groups), sorted(&names.releases));
+    match &cache.devices {
+        Some((inputs, found)) if *inputs == key => out.extend(found.iter().cloned()),
+        _ => {
+            let mut found = Vec::new();
+            check_devices(documents, &names, &mut found);
+            check_device_ids(documents, &mut found);
+            out.extend(found.iter().cloned());
+            cache.devices = Some((key, found));
+        }
+    }
     check_releases(documents, &mut out);
     check_policies(documents, &names, &mut out);
-    check_device_ids(documents, &mut out);
     diagnostic::sort(&mut out);
     out
 }
