@@ -3,7 +3,9 @@
 //! all reported), then one source sync and one engine pass — what the controller does
 //! when the webhook (or the file watcher) wakes it. Prints the split: fetch, compile,
 //! declared devices, inventory read, plan, rollouts, publish, record. A second argument
-//! makes that many changes in a row (each one measured).
+//! makes that many changes in a row (each one measured). Then the same changes again
+//! through `waveguide run`'s loop, each announced by a signed GitHub push webhook: the
+//! time from sending the webhook to the wave's instructions published.
 //!
 //! ```sh
 //! cargo build --release -p waveguide --bin waveguide --example commit_to_publish
@@ -153,5 +155,72 @@ async fn main() {
         for e in &report.events {
             println!("  event: {}", serde_json::to_string(e).unwrap());
         }
+    }
+
+    // End to end, as deployed: the same data directory under `waveguide run`'s loop, woken
+    // by a signed GitHub push webhook; the time runs from sending the webhook to the
+    // loop reporting the new rollout's wave published (the TUF timestamp written).
+    drop(reconciler); // releases the TUF repository's writer lock
+    let secret = "benchmark-secret";
+    let mut config = RunConfig::new(repo.display().to_string(), &data);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.webhook_secret = Some(secret.into());
+    config.poll_interval = Duration::from_secs(3600);
+    config.step_interval = Duration::from_secs(3600);
+    let (controller, _task) = waveguide::reconcile::start(config, std::future::pending()).await.unwrap();
+    let mut status = controller.status.clone();
+    let started = Instant::now();
+    let head = git.head().unwrap().target().unwrap().to_string();
+    let address = status
+        .wait_for(|s| s.commit.as_deref() == Some(head.as_str()) && s.passes >= 1)
+        .await
+        .unwrap()
+        .listening
+        .expect("listening");
+    eprintln!("waveguide run: first commit applied and first pass made in {:.1?}", started.elapsed());
+    let client = reqwest::Client::new();
+    let body = br#"{"ref":"refs/heads/main"}"#.to_vec();
+    let signature = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(&body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    for _ in 0..changes {
+        let next = if release == "os-1-0-0" { "os-1-1-0" } else { "os-1-0-0" };
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen(&stanza(release), &stanza(next), 1)).unwrap();
+        let commit = commit_all(&git, &format!("x86 to {next}")).unwrap();
+        release = next;
+        let seen = status.borrow().events.len();
+        let sent = Instant::now();
+        let response = client
+            .post(format!("http://{address}/v1/hooks/git"))
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", &signature)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let published = status
+            .wait_for(|s| {
+                s.commit.as_deref() == Some(commit.as_str())
+                    && s.events.iter().skip(seen).any(|e| matches!(e, Event::WavePublished { .. }))
+            })
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .skip(seen)
+            .map(|e| match e {
+                Event::WavePublished { devices, .. } => *devices,
+                _ => 0,
+            })
+            .sum::<u64>();
+        println!(
+            "{devices} devices, waveguide run: webhook to {published} instructions published ({next}) in {}",
+            ms(sent.elapsed()).trim()
+        );
     }
 }
