@@ -1,13 +1,13 @@
 //! `waveguide tuf`: create the TUF repository, publish a batch, refresh expiring roles.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use jiff::SignedDuration;
 
 use crate::publish::{
-    Batch, BinLayout, CommitReport, Expiries, KeyDir, PublishError, RepoConfig, Repository,
+    BinLayout, CommitReport, Expiries, KeyDir, PreparedBatch, PublishError, RepoConfig, Repository,
 };
 
 /// Manage the published TUF repository.
@@ -127,9 +127,9 @@ pub fn run(command: TufCommand) -> ExitCode {
             (a.repo, r)
         }
         TufCommand::Publish(a) => {
-            let r = read_batch(&a.batch).and_then(|batch| {
+            let r = PreparedBatch::read(&a.batch).and_then(|batch| {
                 let mut repo = open(&a.repo, &a.expiry)?;
-                repo.commit(batch)
+                repo.commit_prepared(batch)
             });
             (a.repo, r)
         }
@@ -154,20 +154,6 @@ fn open(args: &RepoArgs, expiry: &ExpiryArgs) -> Result<Repository, PublishError
     repo.set_expiries(expiries);
     repo.set_sync(!args.no_sync);
     Ok(repo)
-}
-
-fn read_batch(path: &Path) -> Result<Batch, PublishError> {
-    let bytes = std::fs::read(path).map_err(|source| PublishError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    // JSON is YAML, but the JSON parser is much faster on the large batches of a first
-    // publish.
-    serde_json::from_slice(&bytes).or_else(|_| {
-        serde_yaml::from_slice(&bytes)
-            .map_err(|e| PublishError::Config(format!("batch {}: {e}", path.display())))
-    })
 }
 
 fn print_report(report: &CommitReport, json: bool) {
