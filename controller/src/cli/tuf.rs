@@ -19,6 +19,9 @@ pub enum TufCommand {
     Publish(PublishArgs),
     /// Re-sign roles close to expiry (usually just the timestamp).
     Refresh(RefreshArgs),
+    /// Change the number of hashed bins (when the fleet outgrew what they were sized
+    /// for), as one metadata commit.
+    Rebin(RebinArgs),
 }
 
 /// Where the repository and keys are.
@@ -100,6 +103,22 @@ pub struct RefreshArgs {
     pub expiry: ExpiryArgs,
 }
 
+/// Arguments of `tuf rebin`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("size").required(true).args(["devices", "leaves"])))]
+pub struct RebinArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The fleet size to size the bins for, as `tuf init --devices` does.
+    #[arg(long)]
+    pub devices: Option<u64>,
+    /// The number of leaf bins: a power of two (parent roles follow from it).
+    #[arg(long)]
+    pub leaves: Option<u32>,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
 /// Runs a `tuf` subcommand.
 pub fn run(command: TufCommand) -> ExitCode {
     let (args, result) = match command {
@@ -130,6 +149,36 @@ pub fn run(command: TufCommand) -> ExitCode {
             let r = PreparedBatch::read(&a.batch).and_then(|batch| {
                 let mut repo = open(&a.repo, &a.expiry)?;
                 repo.commit_prepared(batch)
+            });
+            (a.repo, r)
+        }
+        TufCommand::Rebin(a) => {
+            let layout = match (a.devices, a.leaves) {
+                (Some(devices), _) => Ok(BinLayout::for_fleet(devices)),
+                (None, leaves) => BinLayout::with_leaves(leaves.unwrap_or_default()),
+            };
+            let r = layout.and_then(|layout| {
+                let mut repo = open(&a.repo, &a.expiry)?;
+                let before = repo.config().layout;
+                let report = repo.rebin(layout)?;
+                if a.repo.json {
+                } else if layout == before {
+                    println!(
+                        "already {} device bins under {} parent roles",
+                        layout.leaves(),
+                        layout.parents()
+                    );
+                } else {
+                    println!(
+                        "re-binned {} devices from {} bins under {} parents to {} bins under {} parents",
+                        report.devices_changed,
+                        before.leaves(),
+                        before.parents(),
+                        layout.leaves(),
+                        layout.parents()
+                    );
+                }
+                Ok(report)
             });
             (a.repo, r)
         }

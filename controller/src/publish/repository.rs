@@ -146,9 +146,7 @@ impl Repository {
         repo.publish(roles.into_iter().chain(leaf_roles).collect(), &mut report, true)?;
         // root.json last: its presence marks a complete repository for `open`.
         write_atomic(&dir.join(METADATA).join("root.json"), &root_bytes, true)?;
-        let config_bytes = serde_json::to_vec_pretty(&config)
-            .map_err(|source| PublishError::Serialise { role: "configuration".into(), source })?;
-        write_atomic(&config_path, &config_bytes, true)?;
+        repo.save_config()?;
         Ok(repo)
     }
 
@@ -192,7 +190,7 @@ impl Repository {
             }
         }
         let snapshot: Signed<Snapshot> = parse("snapshot", &snap_path, &snap_bytes)?;
-        Ok(Repository {
+        let mut repo = Repository {
             dir: dir.to_owned(),
             config,
             online,
@@ -202,7 +200,136 @@ impl Repository {
             sync: true,
             #[cfg(test)]
             fault: None,
-        })
+        };
+        // The published delegations are the partition in force. They differ from the
+        // stored one only when a rebin published its timestamp and stopped before it
+        // recorded the new partition; record it now.
+        let published = repo.published_layout()?;
+        if published != repo.config.layout {
+            tracing::warn!(?published, stored = ?repo.config.layout, "recording the published bin layout");
+            repo.config.layout = published;
+            repo.save_config()?;
+        }
+        Ok(repo)
+    }
+
+    /// The bin layout of the published `targets` role: how many roles it delegates
+    /// device paths to, and, when those are parents, how many leaves each delegates to.
+    fn published_layout(&self) -> Result<BinLayout, PublishError> {
+        let delegated = |role: &str| -> Result<Vec<String>, PublishError> {
+            let version = self.role_version(role);
+            let path = self.metadata_dir().join(format!("{version}.{role}.json"));
+            let signed: Signed<Targets> = parse(role, &path, &read(&path)?)?;
+            let roles = signed.signed.delegations.map(|d| d.roles).unwrap_or_default();
+            Ok(roles.into_iter().map(|r| r.name).filter(|n| n != RELEASES_ROLE).collect())
+        };
+        let top = delegated("targets")?;
+        let bits = |n: usize, what: &str| -> Result<u8, PublishError> {
+            if n.is_power_of_two() {
+                Ok(n.trailing_zeros() as u8)
+            } else {
+                Err(PublishError::Repository {
+                    repo: self.dir.clone(),
+                    reason: format!("the published targets role delegates to {n} {what}, not a power of two"),
+                })
+            }
+        };
+        let layout = match top.first() {
+            Some(first) if first.starts_with("p-") => {
+                let parent_bits = bits(top.len(), "parents")?;
+                let per_parent = bits(delegated(first)?.len(), "leaves per parent")?;
+                BinLayout { leaf_bits: parent_bits + per_parent, parent_bits }
+            }
+            _ => BinLayout { leaf_bits: bits(top.len(), "leaves")?, parent_bits: 0 },
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    fn save_config(&self) -> Result<(), PublishError> {
+        let bytes = serde_json::to_vec_pretty(&self.config)
+            .map_err(|source| PublishError::Serialise { role: "configuration".into(), source })?;
+        write_atomic(&self.dir.join(CONFIG_FILE), &bytes, true)
+    }
+
+    /// Re-partitions the device targets into `layout`, as one metadata commit: a new
+    /// `targets` delegating to the new roles, a new version of every parent and leaf of the
+    /// new layout (a name the old layout used gets a version above its old one), then the
+    /// snapshot, then the timestamp; the new layout is recorded in `waveguide-tuf.json`
+    /// after that. Device targets keep their content and hashes, so no target file is
+    /// written. Roles of the old layout that the new one has not are no longer delegated
+    /// but stay listed in the snapshot at their last version: TUF clients refuse a
+    /// snapshot that drops a role their trusted snapshot lists (specification 5.5.5).
+    pub fn rebin(&mut self, layout: BinLayout) -> Result<CommitReport, PublishError> {
+        layout.validate()?;
+        let old = self.config.layout;
+        if layout == old {
+            return Ok(CommitReport::default());
+        }
+        // Every device target of the old leaves, unchanged.
+        let old_leaves = (0..old.leaves())
+            .into_par_iter()
+            .map(|leaf| {
+                let role = old.leaf_name(leaf);
+                let mut moved: Vec<(u32, String, LeafEntry)> = Vec::new();
+                for (path, entry) in self.read_leaf_version(&role, self.role_version(&role))? {
+                    moved.push((layout.leaf_of(&sha256(path.as_bytes())), path, entry));
+                }
+                Ok(moved)
+            })
+            .collect::<Result<Vec<_>, PublishError>>()?;
+        let mut by_leaf: Vec<LeafTargets> = vec![LeafTargets::new(); layout.leaves() as usize];
+        let mut devices = 0;
+        for (leaf, path, entry) in old_leaves.into_iter().flatten() {
+            by_leaf[leaf as usize].insert(path, entry);
+            devices += 1;
+        }
+        let versions: BTreeMap<String, u64> = self
+            .snapshot
+            .meta
+            .iter()
+            .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
+            .collect();
+        let published = self.snapshot.clone();
+        self.config.layout = layout;
+        let result = (|| {
+            let mut files = self.all_delegating_roles(&versions)?;
+            let leaf_files = by_leaf
+                .par_iter()
+                .enumerate()
+                .map(|(leaf, targets)| {
+                    let role = layout.leaf_name(leaf as u32);
+                    self.sign_leaf(&role, targets, versions.get(&role).copied().unwrap_or(0) + 1)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            files.extend(leaf_files);
+            let mut report = CommitReport { devices_changed: devices, ..CommitReport::default() };
+            self.publish(files, &mut report, false)?;
+            Ok(report)
+        })();
+        match result {
+            Ok(report) => {
+                self.save_config()?;
+                tracing::info!(
+                    from = old.leaves(),
+                    to = layout.leaves(),
+                    devices,
+                    "re-binned device targets"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                self.config.layout = old;
+                self.snapshot = published;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `role` is delegated in the current layout (roles a rebin retired are
+    /// still listed in the snapshot, but no client ever fetches them).
+    fn is_live(&self, role: &str) -> bool {
+        role == "targets" || role == RELEASES_ROLE || self.config.layout.has_role(role)
     }
 
     /// The repository's settings.
@@ -314,6 +441,7 @@ impl Repository {
             .meta
             .iter()
             .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
+            .filter(|(role, _)| self.is_live(role))
             .collect();
         let stale = names
             .par_iter()
