@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -76,9 +77,9 @@ struct BatchRef {
     releases: Vec<ReleaseArtifact>,
 }
 
-/// The `upserts` of a batch file, prepared while they are parsed: a chunk of borrowed
-/// instructions at a time is turned into documents in parallel, so the parsed
-/// instructions of the whole batch never sit in memory together.
+/// The `upserts` of a batch file, prepared while they are parsed: chunks of borrowed
+/// instructions are turned into documents on the thread pool while the parser goes on,
+/// so the parsed instructions of the whole batch never sit in memory together.
 struct Upserts(Result<Vec<PreparedDevice>, PublishError>);
 
 impl Default for Upserts {
@@ -99,27 +100,37 @@ impl<'de> Deserialize<'de> for Upserts {
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Upserts, A::Error> {
                 const CHUNK: usize = 8192;
-                let mut out = Vec::with_capacity(UPSERTS_HINT.with(|h| h.take()));
-                let mut chunk: Vec<InstructionRef<'de>> = Vec::with_capacity(CHUNK);
-                let mut failed = None;
-                loop {
-                    let next = seq.next_element::<InstructionRef<'de>>()?;
-                    let done = next.is_none();
-                    if failed.is_none() {
+                // Each chunk is prepared on the thread pool while this thread parses the
+                // next one.
+                let prepared = Mutex::new(Vec::new());
+                rayon::in_place_scope(|scope| {
+                    let mut chunk: Vec<InstructionRef<'de>> = Vec::with_capacity(CHUNK);
+                    loop {
+                        let next = seq.next_element::<InstructionRef<'de>>()?;
+                        let done = next.is_none();
                         chunk.extend(next);
-                    }
-                    if (done || chunk.len() == CHUNK) && !chunk.is_empty() {
-                        match chunk.par_iter().map(PreparedDevice::new).collect::<Result<Vec<_>, _>>() {
-                            Ok(prepared) => out.extend(prepared),
-                            Err(e) => failed = Some(e),
+                        if (done || chunk.len() == CHUNK) && !chunk.is_empty() {
+                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                            let prepared = &prepared;
+                            scope.spawn(move |_| {
+                                let devices: Result<Vec<_>, _> =
+                                    full.iter().map(PreparedDevice::new).collect();
+                                prepared.lock().expect("no task panics holding it").push(devices);
+                            });
                         }
-                        chunk.clear();
+                        if done {
+                            return Ok(());
+                        }
                     }
-                    if done {
-                        break;
+                })?;
+                let mut out = Vec::with_capacity(UPSERTS_HINT.with(|h| h.take()));
+                for chunk in prepared.into_inner().expect("no task panics holding it") {
+                    match chunk {
+                        Ok(devices) => out.extend(devices),
+                        Err(e) => return Ok(Upserts(Err(e))),
                     }
                 }
-                Ok(Upserts(failed.map_or(Ok(out), Err)))
+                Ok(Upserts(Ok(out)))
             }
         }
         deserializer.deserialize_seq(Visit)
