@@ -113,8 +113,12 @@ impl<'de> Deserialize<'de> for Upserts {
                             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                             let prepared = &prepared;
                             scope.spawn(move |_| {
-                                let devices: Result<Vec<_>, _> =
-                                    full.iter().map(PreparedDevice::new).collect();
+                                // Sized once: the devices are not copied into growing vectors.
+                                let mut devices = Vec::with_capacity(full.len());
+                                let devices = full
+                                    .iter()
+                                    .try_for_each(|i| Ok(devices.push(PreparedDevice::new(i)?)))
+                                    .map(|()| devices);
                                 prepared.lock().expect("no task panics holding it").push(devices);
                             });
                         }
