@@ -7,11 +7,19 @@ key, consistent snapshots) and each scenario runs as its own process under
 `/usr/bin/time -v`, so wall time and peak RSS are measured the same way for both.
 
   python-tuf: classic hashed bins, `targets` delegating directly to 2048 bins (the same
-              number of leaves Waveguide picks for 1M devices), compact JSON. The 10k wave
-              is a random set of devices, which is how waves fall into hash-keyed bins.
+              number of leaves Waveguide picks for 1M devices), compact JSON; target files
+              written the way Waveguide writes them (one exclusive create, one write). The
+              10k wave is a random set of devices, which is how waves fall into hash-keyed
+              bins.
   Waveguide:  `waveguide tuf init` + `waveguide tuf publish` (reading the batch file is
               included); the 10k wave is cut from the planner's order (the device path
               hash), so it is a contiguous range of the hash space.
+
+Two initial-publish rows per fleet size, measured in the same run:
+  metadata and target files: both sides write everything a client needs.
+  metadata only: python-tuf's Metadata API alone, no target files; Waveguide publishes
+              into a fresh repository whose target files are already in place, so it does
+              the same metadata work plus one lookup (fstatat) per device file.
 
 Usage (from the repository root, after `cargo build --release`):
   .venv/bin/python scripts/bench/tuf_bench.py run --devices 100000,1000000 --wave 10000
@@ -124,11 +132,10 @@ class PyTufRepo:
         return data
 
     def write_target(self, device, data, digest):
-        d = self.targets / "devices"
-        path = d / f"{digest}.{device}.json"
-        tmp = d / f".{digest}.{device}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        # The same system calls as Waveguide: one exclusive create, one write, one close
+        # (a content-addressed name needs no temporary file), nothing flushed.
+        with open(self.targets / "devices" / f"{digest}.{device}.json", "xb") as f:
+            f.write(data)
         self.bytes_written += len(data)
 
 
@@ -246,16 +253,17 @@ def timed(cmd):
 
 
 def waveguide_metadata_only(wg, keys, source, repo, n, batch):
-    """Times Waveguide's initial publish of `batch` into a fresh repository whose target
-    files are already in place (moved from `source`, untimed): the metadata work alone,
-    comparable to python-tuf's Metadata API, which writes no target files. Moves them back."""
-    subprocess.run([str(a) for a in (wg, "tuf", "init", "--repo", repo, "--keys", keys, "--devices", n)], check=True, capture_output=True)
+    """Times Waveguide's initial publish (`tuf init` + `tuf publish`) of `batch` into a
+    fresh repository whose target files are already in place (moved from `source`,
+    untimed): the metadata work, comparable to python-tuf's Metadata API, which writes no
+    target files; Waveguide still looks each file up (one fstatat). Moves them back."""
+    t_init, rss_init, _ = timed([wg, "tuf", "init", "--repo", repo, "--keys", keys, "--devices", n])
     shutil.rmtree(repo / "targets")
     os.rename(source / "targets", repo / "targets")
     t, rss, _ = timed([wg, "tuf", "publish", "--repo", repo, "--keys", keys, "--batch", batch, *NO_SYNC])
     os.rename(repo / "targets", source / "targets")
     shutil.rmtree(repo)
-    return t, rss
+    return t_init + t, max(rss_init, rss)
 
 
 def check_bytes(meta, files):
@@ -316,15 +324,17 @@ def run(args):
         init_bytes = sum(f.stat().st_size for f in (repo / "metadata").iterdir())
         t_pub, rss_pub, out = timed([wg, "tuf", "publish", "--repo", repo, "--keys", keys, "--batch", initial, "--json", *NO_SYNC])
         wg_initial = json.loads(out)
-        py_t, py_rss, py_out = timed([py, me, "pytuf-initial", "--dir", pyrepo, "--devices", n, *tf])
-        row(f"initial publish, {n:,} devices", (t_init + t_pub, max(rss_init, rss_pub)), (py_t, py_rss),
-            init_bytes + wg_initial["bytes_written"], json.loads(py_out)["bytes_written"])
+        wg_bytes = init_bytes + wg_initial["bytes_written"]
         if args.target_files:
-            py_t, py_rss, py_out = timed([py, me, "pytuf-initial", "--dir", work / f"py-meta-{n}", "--devices", n])
-            notes.append(f"initial publish, {n:,} devices, python-tuf metadata only (no target files): {py_t:.2f} s, {py_rss:.0f} MiB, {json.loads(py_out)['bytes_written'] / 1e6:.2f} MB")
-            shutil.rmtree(work / f"py-meta-{n}")
+            py_t, py_rss, py_out = timed([py, me, "pytuf-initial", "--dir", pyrepo, "--devices", n, "--target-files"])
+            row(f"initial publish, {n:,} devices, metadata and target files", (t_init + t_pub, max(rss_init, rss_pub)),
+                (py_t, py_rss), wg_bytes, json.loads(py_out)["bytes_written"])
+            subprocess.run(["rm", "-rf", str(pyrepo)], check=True)  # faster than shutil at 1M files
+        # Metadata only: python-tuf writes no target files; Waveguide finds them in place.
+        py_t, py_rss, py_out = timed([py, me, "pytuf-initial", "--dir", pyrepo, "--devices", n])
         t, rss = waveguide_metadata_only(wg, keys, repo, work / f"wg-meta-{n}", n, initial)
-        notes.append(f"initial publish, {n:,} devices, Waveguide metadata only (instruction files already in place, so only looked up): {t:.2f} s, {rss:.0f} MiB")
+        row(f"initial publish, {n:,} devices, metadata only", (t, rss), (py_t, py_rss),
+            init_bytes + wg_initial["bytes_written"] - wg_initial["target_bytes"], json.loads(py_out)["bytes_written"])
         if n == min(args.devices):
             synced = work / f"wg-sync-{n}"
             t_init, _, _ = timed([wg, "tuf", "init", "--repo", synced, "--keys", keys, "--devices", n])
@@ -364,6 +374,13 @@ def run(args):
             print(f"update check at {n:,}: waveguide {wg_check} B {wg_files}; python-tuf {py_check} B {py_files}", file=sys.stderr)
             rows.append(("update check bytes", wg_check, py_check))
 
+            # Re-partitioning the published repository (Waveguide only: python-tuf has no
+            # such operation), to twice the leaves and back.
+            layout = 1 << BINS_BITS
+            for leaves in (2 * layout, layout):
+                t, rss, out = timed([wg, "tuf", "rebin", "--repo", repo, "--keys", keys, "--leaves", leaves, "--json", *NO_SYNC])
+                notes.append(f"tuf rebin of {n:,} devices to {leaves:,} leaves: {t:.2f} s, {rss:.0f} MiB, {json.loads(out)['target_files']} target files written")
+
     print(markdown(rows, args))
     print()
     for note in notes:
@@ -392,7 +409,7 @@ def main():
     r.add_argument("--workdir", default=str(ROOT / "target" / "tuf-bench"))
     r.add_argument("--waveguide", default=str(ROOT / "target" / "release" / "waveguide"))
     r.add_argument("--no-target-files", dest="target_files", action="store_false",
-                   help="python-tuf writes metadata only (Waveguide always writes target files)")
+                   help="skip the rows where python-tuf writes target files (metadata-only rows only)")
     for name in ("pytuf-initial", "pytuf-wave", "pytuf-refresh"):
         s = sub.add_parser(name)
         s.add_argument("--dir", required=True)

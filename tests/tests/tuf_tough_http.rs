@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use jiff::SignedDuration;
+use sha2::Digest;
 use tempfile::TempDir;
 use tough::error::Error as ToughError;
 use tough::schema::RoleType;
@@ -123,6 +124,52 @@ async fn tough_reads_device_instructions_through_the_bins_over_http() {
     let repo = served.load(&cache).await.unwrap();
     assert_eq!(read_instruction(&repo, "store-0000").await.unwrap().release, "r2");
     assert_eq!(read_instruction(&repo, "store-0299").await.unwrap().release, "r1");
+}
+
+fn rebin(served: &Served, leaves: u32) -> waveguide::publish::CommitReport {
+    let mut repo = Repository::open(&served.repo(), &served.keys).unwrap();
+    repo.rebin(BinLayout::with_leaves(leaves).unwrap()).unwrap()
+}
+
+/// Every device's target resolves through the verified bins to the length and hash of
+/// its instruction; every 20th is also downloaded and checked (tough's HTTP transport
+/// builds a new client, loading every CA certificate, for each request, so downloading
+/// all of them after each step would take minutes).
+async fn assert_every_device_reads(repo: &tough::Repository, ids: &[String], release: &str) {
+    for (i, id) in ids.iter().enumerate() {
+        let name = TargetName::new(device_target_path(id)).unwrap();
+        let target = repo.targets().signed.find_target(&name, false).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let content = serde_json::to_vec(&instruction(id, release)).unwrap();
+        assert_eq!(target.length, content.len() as u64, "{id}");
+        assert_eq!(target.hashes.sha256.to_vec(), sha2::Sha256::digest(&content).to_vec(), "{id}");
+        if i % 20 == 0 {
+            assert_eq!(read_instruction(repo, id).await, Some(instruction(id, release)), "{id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tough_clients_follow_a_rebin_up_and_down() {
+    let served = serve().await;
+    rebin(&served, 4);
+    let ids = devices(200);
+    publish(&served, batch(&ids, "r1"));
+    // A client that loaded the repository before the rebin, and refreshes after it.
+    let early = served.tmp.path().join("early");
+    assert_every_device_reads(&served.load(&early).await.unwrap(), &ids, "r1").await;
+
+    for leaves in [16, 4] {
+        let report = rebin(&served, leaves);
+        assert_eq!(report.target_files, 0, "target files are reused");
+        assert_every_device_reads(&served.load(&early).await.unwrap(), &ids, "r1").await;
+        let fresh = served.tmp.path().join(format!("fresh-{leaves}"));
+        assert_every_device_reads(&served.load(&fresh).await.unwrap(), &ids, "r1").await;
+    }
+    // Publishing goes on in the new layout.
+    publish(&served, batch(&ids[..7], "r2"));
+    let repo = served.load(&early).await.unwrap();
+    assert_every_device_reads(&repo, &ids[..7], "r2").await;
+    assert_every_device_reads(&repo, &ids[7..], "r1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

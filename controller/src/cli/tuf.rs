@@ -1,13 +1,13 @@
 //! `waveguide tuf`: create the TUF repository, publish a batch, refresh expiring roles.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use jiff::SignedDuration;
 
 use crate::publish::{
-    Batch, BinLayout, CommitReport, Expiries, KeyDir, PublishError, RepoConfig, Repository,
+    BinLayout, CommitReport, Expiries, KeyDir, PreparedBatch, PublishError, RepoConfig, Repository,
 };
 
 /// Manage the published TUF repository.
@@ -19,6 +19,9 @@ pub enum TufCommand {
     Publish(PublishArgs),
     /// Re-sign roles close to expiry (usually just the timestamp).
     Refresh(RefreshArgs),
+    /// Change the number of hashed bins (when the fleet outgrew what they were sized
+    /// for), as one metadata commit.
+    Rebin(RebinArgs),
 }
 
 /// Where the repository and keys are.
@@ -100,6 +103,22 @@ pub struct RefreshArgs {
     pub expiry: ExpiryArgs,
 }
 
+/// Arguments of `tuf rebin`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("size").required(true).args(["devices", "leaves"])))]
+pub struct RebinArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The fleet size to size the bins for, as `tuf init --devices` does.
+    #[arg(long)]
+    pub devices: Option<u64>,
+    /// The number of leaf bins: a power of two (parent roles follow from it).
+    #[arg(long)]
+    pub leaves: Option<u32>,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
 /// Runs a `tuf` subcommand.
 pub fn run(command: TufCommand) -> ExitCode {
     let (args, result) = match command {
@@ -127,9 +146,39 @@ pub fn run(command: TufCommand) -> ExitCode {
             (a.repo, r)
         }
         TufCommand::Publish(a) => {
-            let r = read_batch(&a.batch).and_then(|batch| {
+            let r = PreparedBatch::read(&a.batch).and_then(|batch| {
                 let mut repo = open(&a.repo, &a.expiry)?;
-                repo.commit(batch)
+                repo.commit_prepared(batch)
+            });
+            (a.repo, r)
+        }
+        TufCommand::Rebin(a) => {
+            let layout = match (a.devices, a.leaves) {
+                (Some(devices), _) => Ok(BinLayout::for_fleet(devices)),
+                (None, leaves) => BinLayout::with_leaves(leaves.unwrap_or_default()),
+            };
+            let r = layout.and_then(|layout| {
+                let mut repo = open(&a.repo, &a.expiry)?;
+                let before = repo.config().layout;
+                let report = repo.rebin(layout)?;
+                if a.repo.json {
+                } else if layout == before {
+                    println!(
+                        "already {} device bins under {} parent roles",
+                        layout.leaves(),
+                        layout.parents()
+                    );
+                } else {
+                    println!(
+                        "re-binned {} devices from {} bins under {} parents to {} bins under {} parents",
+                        report.devices_changed,
+                        before.leaves(),
+                        before.parents(),
+                        layout.leaves(),
+                        layout.parents()
+                    );
+                }
+                Ok(report)
             });
             (a.repo, r)
         }
@@ -154,20 +203,6 @@ fn open(args: &RepoArgs, expiry: &ExpiryArgs) -> Result<Repository, PublishError
     repo.set_expiries(expiries);
     repo.set_sync(!args.no_sync);
     Ok(repo)
-}
-
-fn read_batch(path: &Path) -> Result<Batch, PublishError> {
-    let bytes = std::fs::read(path).map_err(|source| PublishError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    // JSON is YAML, but the JSON parser is much faster on the large batches of a first
-    // publish.
-    serde_json::from_slice(&bytes).or_else(|_| {
-        serde_yaml::from_slice(&bytes)
-            .map_err(|e| PublishError::Config(format!("batch {}: {e}", path.display())))
-    })
 }
 
 fn print_report(report: &CommitReport, json: bool) {

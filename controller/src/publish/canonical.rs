@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use tough::schema::{Target, Targets};
+use tough::schema::Targets;
 
 use super::signing::canonical_json;
 use super::PublishError;
@@ -27,24 +27,14 @@ const EMPTY_TARGETS: &[u8] = b"\"targets\":{}";
 /// The canonical JSON of a leaf bin's `signed` object, or `None` when it needs the
 /// generic path.
 pub(crate) fn leaf_canonical_json(role: &str, targets: &Targets) -> Result<Option<Vec<u8>>, PublishError> {
-    let mut entries: Vec<(&str, &Target)> = Vec::with_capacity(targets.targets.len());
-    let mut size = 0;
+    let mut entries: Vec<LeafTarget<'_>> = Vec::with_capacity(targets.targets.len());
     for (name, target) in &targets.targets {
-        let name = name.raw();
-        if !target.custom.is_empty()
-            || !target._extra.is_empty()
-            || !target.hashes._extra.is_empty()
-            || !plain(name)
-        {
+        if !target.custom.is_empty() || !target._extra.is_empty() || !target.hashes._extra.is_empty() {
             return Ok(None);
         }
-        // "name":{"hashes":{"sha256":"<64 hex>"},"length":<up to 20 digits>},
-        size += name.len() + 64 + 64;
-        entries.push((name, target));
+        entries.push((name.raw(), target.length, &target.hashes.sha256[..]));
     }
     entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-
-    // The envelope with an empty `targets` object, from the generic path.
     let shell = Targets {
         spec_version: targets.spec_version.clone(),
         version: targets.version,
@@ -53,7 +43,29 @@ pub(crate) fn leaf_canonical_json(role: &str, targets: &Targets) -> Result<Optio
         delegations: targets.delegations.clone(),
         _extra: targets._extra.clone(),
     };
-    let shell = canonical_json(role, &shell)?;
+    leaf_body(role, &shell, &entries)
+}
+
+/// One target of a leaf: its name, length and SHA-256.
+pub(crate) type LeafTarget<'a> = (&'a str, u64, &'a [u8]);
+
+/// The canonical JSON of a leaf bin whose envelope is `shell` (with no targets) and whose
+/// targets are `entries`, sorted by name bytes; `None` when a name needs the generic path.
+pub(crate) fn leaf_body(
+    role: &str,
+    shell: &Targets,
+    entries: &[LeafTarget<'_>],
+) -> Result<Option<Vec<u8>>, PublishError> {
+    // "name":{"hashes":{"sha256":"<64 hex>"},"length":<up to 20 digits>},
+    let mut size = 0;
+    for (name, _, _) in entries {
+        if !plain(name) {
+            return Ok(None);
+        }
+        size += name.len() + 128;
+    }
+    // The envelope with an empty `targets` object, from the generic path.
+    let shell = canonical_json(role, shell)?;
     let Some(at) = find_once(&shell, EMPTY_TARGETS) else {
         return Ok(None);
     };
@@ -61,18 +73,22 @@ pub(crate) fn leaf_canonical_json(role: &str, targets: &Targets) -> Result<Optio
 
     let mut out = Vec::with_capacity(shell.len() + size);
     out.extend_from_slice(&shell[..open]);
-    for (i, (name, target)) in entries.iter().enumerate() {
+    let mut hex_hash = [0u8; 64];
+    for (i, (name, length, sha256)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.push(b'"');
         out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":{\"hashes\":{\"sha256\":");
-        // The hash as it was read or created (a hex string: nothing to escape).
-        serde_json::to_writer(&mut out, &target.hashes.sha256)
-            .map_err(|source| PublishError::Serialise { role: role.to_owned(), source })?;
-        out.extend_from_slice(b"},\"length\":");
-        write!(out, "{}", target.length).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(b"\":{\"hashes\":{\"sha256\":\"");
+        let hex_len = sha256.len() * 2;
+        if hex_len > hex_hash.len() {
+            return Ok(None);
+        }
+        hex::encode_to_slice(sha256, &mut hex_hash[..hex_len]).expect("sized above");
+        out.extend_from_slice(&hex_hash[..hex_len]);
+        out.extend_from_slice(b"\"},\"length\":");
+        write!(out, "{length}").expect("writing to a Vec cannot fail");
         out.push(b'}');
     }
     out.extend_from_slice(&shell[open..]);

@@ -39,6 +39,22 @@ impl BinLayout {
     pub fn for_fleet(devices: u64) -> Self {
         let ideal_leaves = (TARGET_ENTRY_BYTES * devices.max(1) as f64 / SNAPSHOT_ENTRY_BYTES).sqrt();
         let leaf_bits = (ideal_leaves.log2().round() as i64).clamp(1, MAX_LEAF_BITS as i64) as u8;
+        Self::with_leaf_bits(leaf_bits)
+    }
+
+    /// The layout with exactly `leaves` leaf bins (a power of two, 2 to 2^20), with parent
+    /// roles above 64 leaves as [`BinLayout::for_fleet`] would choose them.
+    pub fn with_leaves(leaves: u32) -> Result<Self, PublishError> {
+        if !leaves.is_power_of_two() || !(2..=1 << MAX_LEAF_BITS).contains(&leaves) {
+            return Err(PublishError::Config(format!(
+                "the number of leaves must be a power of two from 2 to {}, got {leaves}",
+                1u32 << MAX_LEAF_BITS
+            )));
+        }
+        Ok(Self::with_leaf_bits(leaves.trailing_zeros() as u8))
+    }
+
+    fn with_leaf_bits(leaf_bits: u8) -> Self {
         let parent_bits = if leaf_bits <= MAX_FLAT_BITS { 0 } else { leaf_bits.div_ceil(2) };
         BinLayout { leaf_bits, parent_bits }
     }
@@ -111,6 +127,17 @@ impl BinLayout {
         hash_prefixes(parent, self.parent_bits)
     }
 
+    /// Whether `role` is one of this layout's device roles (a parent or a leaf).
+    pub fn has_role(&self, role: &str) -> bool {
+        let index = |prefix: &str, bits: u8, count: u32| {
+            role.strip_prefix(prefix).is_some_and(|hex| {
+                hex.len() == hex_digits(bits) && u32::from_str_radix(hex, 16).is_ok_and(|i| i < count)
+            })
+        };
+        index("d-", self.leaf_bits, self.leaves())
+            || (self.parents() > 0 && index("p-", self.parent_bits, self.parents()))
+    }
+
     /// Every delegated device role name (parents, then leaves).
     pub fn role_names(&self) -> impl Iterator<Item = String> + '_ {
         (0..self.parents()).map(|p| self.parent_name(p)).chain((0..self.leaves()).map(|l| self.leaf_name(l)))
@@ -145,6 +172,20 @@ mod tests {
         assert_eq!(layout.leaf_name(0x0a3), "d-0a3");
         assert_eq!(layout.parent_name(0x0a), "p-0a");
         assert_eq!(layout.leaves_of(1), 32..64);
+    }
+
+    #[test]
+    fn an_explicit_leaf_count_gets_the_same_parents_and_names_its_roles() {
+        assert_eq!(BinLayout::with_leaves(2048).unwrap(), BinLayout::for_fleet(1_000_000));
+        assert_eq!(BinLayout::with_leaves(16).unwrap(), BinLayout { leaf_bits: 4, parent_bits: 0 });
+        for bad in [0, 1, 3, 100, 1 << 21] {
+            assert!(BinLayout::with_leaves(bad).is_err(), "{bad}");
+        }
+        let layout = BinLayout::with_leaves(128).unwrap();
+        assert!(layout.has_role("d-7f") && layout.has_role("p-f"));
+        assert!(!layout.has_role("d-80") && !layout.has_role("d-7") && !layout.has_role("p-10"));
+        assert!(!BinLayout::with_leaves(16).unwrap().has_role("p-0"));
+        assert!(layout.role_names().all(|r| layout.has_role(&r)));
     }
 
     #[test]

@@ -27,8 +27,11 @@ mod client;
 mod error;
 mod keys;
 mod layout;
+mod leaf;
+mod prepare;
 mod repository;
 mod signing;
+mod target_files;
 
 #[cfg(test)]
 mod tests;
@@ -42,6 +45,7 @@ pub use client::SpecTargetPaths;
 pub use error::PublishError;
 pub use keys::{KeyDir, KeysCreated};
 pub use layout::BinLayout;
+pub use prepare::PreparedBatch;
 pub use repository::{RepoConfig, Repository};
 
 /// The TUF specification version written into every role.

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
 
 use fs4::fs_std::FileExt;
 use jiff::{SignedDuration, Timestamp};
@@ -18,13 +19,17 @@ use tough::schema::{
 };
 use tough::TargetName;
 
-use super::canonical::leaf_canonical_json;
+use super::canonical::{leaf_body, leaf_canonical_json};
 use super::keys::KeyDir;
 use super::layout::BinLayout;
-use super::signing::{canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, Signer};
+use super::leaf::{leaf_entries, read_leaf, LeafEntry, LeafTargets};
+use super::prepare::{check_device_id, PreparedBatch, PreparedDevice};
+use super::signing::{
+    canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, SignedFile, Signer,
+};
+use super::target_files::{write_target_file, DeviceFiles, NewFile, Written};
 use super::{
-    expiry_after, Batch, CommitReport, DeviceInstruction, Expiries, PublishError, ReleaseArtifact, RoleWrite,
-    SPEC_VERSION,
+    expiry_after, Batch, CommitReport, Expiries, PublishError, ReleaseArtifact, RoleWrite, SPEC_VERSION,
 };
 use crate::target::{device_path_hash, device_target_path};
 
@@ -50,7 +55,7 @@ pub struct RepoConfig {
 #[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitStep {
-    /// Target files are written, no metadata yet.
+    /// Target files and changed leaves are written, nothing that names them yet.
     TargetFiles,
     /// One new role file is written.
     FirstRole,
@@ -81,12 +86,12 @@ pub struct Repository {
     pub(crate) fault: Option<CommitStep>,
 }
 
-/// A role file ready to be written.
-#[derive(Default)]
+/// A role file signed for a commit: still to be written, or already written.
 struct RoleFile {
     role: String,
     version: u64,
-    bytes: Vec<u8>,
+    len: u64,
+    file: Option<SignedFile>,
 }
 
 impl Repository {
@@ -141,9 +146,7 @@ impl Repository {
         repo.publish(roles.into_iter().chain(leaf_roles).collect(), &mut report, true)?;
         // root.json last: its presence marks a complete repository for `open`.
         write_atomic(&dir.join(METADATA).join("root.json"), &root_bytes, true)?;
-        let config_bytes = serde_json::to_vec_pretty(&config)
-            .map_err(|source| PublishError::Serialise { role: "configuration".into(), source })?;
-        write_atomic(&config_path, &config_bytes, true)?;
+        repo.save_config()?;
         Ok(repo)
     }
 
@@ -187,7 +190,7 @@ impl Repository {
             }
         }
         let snapshot: Signed<Snapshot> = parse("snapshot", &snap_path, &snap_bytes)?;
-        Ok(Repository {
+        let mut repo = Repository {
             dir: dir.to_owned(),
             config,
             online,
@@ -197,7 +200,136 @@ impl Repository {
             sync: true,
             #[cfg(test)]
             fault: None,
-        })
+        };
+        // The published delegations are the partition in force. They differ from the
+        // stored one only when a rebin published its timestamp and stopped before it
+        // recorded the new partition; record it now.
+        let published = repo.published_layout()?;
+        if published != repo.config.layout {
+            tracing::warn!(?published, stored = ?repo.config.layout, "recording the published bin layout");
+            repo.config.layout = published;
+            repo.save_config()?;
+        }
+        Ok(repo)
+    }
+
+    /// The bin layout of the published `targets` role: how many roles it delegates
+    /// device paths to, and, when those are parents, how many leaves each delegates to.
+    fn published_layout(&self) -> Result<BinLayout, PublishError> {
+        let delegated = |role: &str| -> Result<Vec<String>, PublishError> {
+            let version = self.role_version(role);
+            let path = self.metadata_dir().join(format!("{version}.{role}.json"));
+            let signed: Signed<Targets> = parse(role, &path, &read(&path)?)?;
+            let roles = signed.signed.delegations.map(|d| d.roles).unwrap_or_default();
+            Ok(roles.into_iter().map(|r| r.name).filter(|n| n != RELEASES_ROLE).collect())
+        };
+        let top = delegated("targets")?;
+        let bits = |n: usize, what: &str| -> Result<u8, PublishError> {
+            if n.is_power_of_two() {
+                Ok(n.trailing_zeros() as u8)
+            } else {
+                Err(PublishError::Repository {
+                    repo: self.dir.clone(),
+                    reason: format!("the published targets role delegates to {n} {what}, not a power of two"),
+                })
+            }
+        };
+        let layout = match top.first() {
+            Some(first) if first.starts_with("p-") => {
+                let parent_bits = bits(top.len(), "parents")?;
+                let per_parent = bits(delegated(first)?.len(), "leaves per parent")?;
+                BinLayout { leaf_bits: parent_bits + per_parent, parent_bits }
+            }
+            _ => BinLayout { leaf_bits: bits(top.len(), "leaves")?, parent_bits: 0 },
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    fn save_config(&self) -> Result<(), PublishError> {
+        let bytes = serde_json::to_vec_pretty(&self.config)
+            .map_err(|source| PublishError::Serialise { role: "configuration".into(), source })?;
+        write_atomic(&self.dir.join(CONFIG_FILE), &bytes, true)
+    }
+
+    /// Re-partitions the device targets into `layout`, as one metadata commit: a new
+    /// `targets` delegating to the new roles, a new version of every parent and leaf of the
+    /// new layout (a name the old layout used gets a version above its old one), then the
+    /// snapshot, then the timestamp; the new layout is recorded in `waveguide-tuf.json`
+    /// after that. Device targets keep their content and hashes, so no target file is
+    /// written. Roles of the old layout that the new one has not are no longer delegated
+    /// but stay listed in the snapshot at their last version: TUF clients refuse a
+    /// snapshot that drops a role their trusted snapshot lists (specification 5.5.5).
+    pub fn rebin(&mut self, layout: BinLayout) -> Result<CommitReport, PublishError> {
+        layout.validate()?;
+        let old = self.config.layout;
+        if layout == old {
+            return Ok(CommitReport::default());
+        }
+        // Every device target of the old leaves, unchanged.
+        let old_leaves = (0..old.leaves())
+            .into_par_iter()
+            .map(|leaf| {
+                let role = old.leaf_name(leaf);
+                let mut moved: Vec<(u32, String, LeafEntry)> = Vec::new();
+                for (path, entry) in self.read_leaf_version(&role, self.role_version(&role))? {
+                    moved.push((layout.leaf_of(&sha256(path.as_bytes())), path, entry));
+                }
+                Ok(moved)
+            })
+            .collect::<Result<Vec<_>, PublishError>>()?;
+        let mut by_leaf: Vec<LeafTargets> = vec![LeafTargets::new(); layout.leaves() as usize];
+        let mut devices = 0;
+        for (leaf, path, entry) in old_leaves.into_iter().flatten() {
+            by_leaf[leaf as usize].insert(path, entry);
+            devices += 1;
+        }
+        let versions: BTreeMap<String, u64> = self
+            .snapshot
+            .meta
+            .iter()
+            .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
+            .collect();
+        let published = self.snapshot.clone();
+        self.config.layout = layout;
+        let result = (|| {
+            let mut files = self.all_delegating_roles(&versions)?;
+            let leaf_files = by_leaf
+                .par_iter()
+                .enumerate()
+                .map(|(leaf, targets)| {
+                    let role = layout.leaf_name(leaf as u32);
+                    self.sign_leaf(&role, targets, versions.get(&role).copied().unwrap_or(0) + 1)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            files.extend(leaf_files);
+            let mut report = CommitReport { devices_changed: devices, ..CommitReport::default() };
+            self.publish(files, &mut report, false)?;
+            Ok(report)
+        })();
+        match result {
+            Ok(report) => {
+                self.save_config()?;
+                tracing::info!(
+                    from = old.leaves(),
+                    to = layout.leaves(),
+                    devices,
+                    "re-binned device targets"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                self.config.layout = old;
+                self.snapshot = published;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `role` is delegated in the current layout (roles a rebin retired are
+    /// still listed in the snapshot, but no client ever fetches them).
+    fn is_live(&self, role: &str) -> bool {
+        role == "targets" || role == RELEASES_ROLE || self.config.layout.has_role(role)
     }
 
     /// The repository's settings.
@@ -241,22 +373,47 @@ impl Repository {
 
     /// Publishes a batch as one metadata commit: the target files, new versions of only
     /// the bins (and `releases`) whose content changed, then one snapshot, then the
-    /// timestamp. Bins are read, changed, serialised and signed in parallel. A batch that
-    /// changes nothing writes nothing.
+    /// timestamp. Bins are read, changed, serialised and signed in parallel while one
+    /// thread writes the device files. A batch that changes nothing writes nothing.
     pub fn commit(&mut self, batch: Batch) -> Result<CommitReport, PublishError> {
-        let by_leaf = self.group_by_leaf(batch.upserts, batch.removals)?;
+        self.commit_prepared(PreparedBatch::from_batch(batch)?)
+    }
+
+    /// [`Repository::commit`] of a batch whose documents are already built (see
+    /// [`PreparedBatch::read`], the fast path for large batch files).
+    pub fn commit_prepared(&mut self, batch: PreparedBatch) -> Result<CommitReport, PublishError> {
+        let mut upserts = batch.devices;
+        let by_leaf = self.group_by_leaf(&mut upserts, batch.removals)?;
         let mut report = CommitReport::default();
 
-        // Read, change and sign each touched leaf; write its device files on the way.
-        let results = by_leaf
-            .into_par_iter()
-            .map(|(leaf, changes)| self.apply_to_leaf(leaf, changes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let device_files = if by_leaf.is_empty() {
+            None
+        } else {
+            Some(DeviceFiles::open(self.targets_dir().join("devices"))?)
+        };
+        let (results, written) = std::thread::scope(|scope| {
+            let Some(device_files) = &device_files else {
+                return (Ok(Vec::new()), Ok(Written::default()));
+            };
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<NewFile>>(256);
+            let writer = scope.spawn(|| device_files.write(receiver));
+            // Read, change and sign each touched leaf; its new device files go to the writer.
+            let results = by_leaf
+                .into_par_iter()
+                .map(|changes| self.apply_to_leaf(changes, device_files, &sender))
+                .collect::<Result<Vec<_>, _>>();
+            drop(sender);
+            let written = writer.join().expect("the target file writer does not panic");
+            (results, written)
+        });
+        // The writer's error explains a leaf that found the writer gone.
+        let written = written?;
+        let results = results?;
+        report.target_files = written.files;
+        report.target_bytes = written.bytes;
         let mut files = Vec::new();
         for r in results.into_iter().flatten() {
             report.devices_changed += r.devices_changed;
-            report.target_files += r.target_files;
-            report.target_bytes += r.target_bytes;
             files.push(r.role);
         }
         if !batch.releases.is_empty() {
@@ -284,6 +441,7 @@ impl Repository {
             .meta
             .iter()
             .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
+            .filter(|(role, _)| self.is_live(role))
             .collect();
         let stale = names
             .par_iter()
@@ -378,95 +536,139 @@ impl Repository {
         Ok(report)
     }
 
-    /// Groups device changes by leaf, refusing malformed or repeated device ids.
-    fn group_by_leaf(
+    /// Groups device changes by leaf (sorting `upserts` in place, so a million of them
+    /// are not copied), refusing malformed or repeated device ids.
+    fn group_by_leaf<'b>(
         &self,
-        upserts: Vec<DeviceInstruction>,
+        upserts: &'b mut [PreparedDevice],
         removals: Vec<String>,
-    ) -> Result<BTreeMap<u32, Vec<Change>>, PublishError> {
-        let mut seen = std::collections::HashSet::with_capacity(upserts.len() + removals.len());
-        let mut by_leaf: BTreeMap<u32, Vec<Change>> = BTreeMap::new();
-        let upserts = upserts.into_iter().map(Change::Upsert);
-        let removals = removals.into_iter().map(Change::Remove);
-        for change in upserts.chain(removals) {
-            let id = change.device();
-            check_device_id(id)?;
-            if !seen.insert(id.to_owned()) {
-                return Err(PublishError::DuplicateDevice { id: id.to_owned() });
-            }
-            let leaf = self.config.layout.leaf_of(&device_path_hash(id));
-            by_leaf.entry(leaf).or_default().push(change);
+    ) -> Result<Vec<LeafChanges<'b>>, PublishError> {
+        let layout = self.config.layout;
+        let leaf_of = |d: &PreparedDevice| layout.leaf_of(&d.path_hash);
+        let mut removed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for id in removals {
+            check_device_id(&id)?;
+            removed.entry(layout.leaf_of(&device_path_hash(&id))).or_default().push(id);
         }
+        upserts.par_sort_unstable_by_key(leaf_of);
+        let mut by_leaf = Vec::new();
+        for slice in upserts.chunk_by_mut(|a, b| leaf_of(a) == leaf_of(b)) {
+            let leaf = leaf_of(&slice[0]);
+            by_leaf.push(LeafChanges {
+                leaf,
+                removals: removed.remove(&leaf).unwrap_or_default(),
+                upserts: slice,
+            });
+        }
+        by_leaf.extend(removed.into_iter().map(|(leaf, removals)| LeafChanges {
+            leaf,
+            upserts: &mut [],
+            removals,
+        }));
+        // A device id always lands in the same leaf, so repeats are found leaf by leaf;
+        // sorting by path is also the order the leaf is written in.
+        by_leaf.par_iter_mut().try_for_each(|changes| {
+            changes.upserts.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+            let mut removals: Vec<&str> = changes.removals.iter().map(String::as_str).collect();
+            removals.sort_unstable();
+            let repeated = changes.upserts.windows(2).find(|w| w[0].path == w[1].path).map(|w| w[0].id());
+            let repeated =
+                repeated.or_else(|| removals.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])).or_else(|| {
+                    removals.iter().copied().find(|id| {
+                        let path = device_target_path(id);
+                        changes.upserts.binary_search_by(|u| u.path.cmp(&path)).is_ok()
+                    })
+                });
+            match repeated {
+                Some(id) => Err(PublishError::DuplicateDevice { id: id.to_owned() }),
+                None => Ok(()),
+            }
+        })?;
         Ok(by_leaf)
     }
 
-    /// Applies one leaf's changes. Returns `None` when its content would not change.
-    fn apply_to_leaf(&self, leaf: u32, changes: Vec<Change>) -> Result<Option<LeafResult>, PublishError> {
-        let role = self.config.layout.leaf_name(leaf);
+    /// Applies one leaf's changes, sending its new device files to the writer. Returns
+    /// `None` when its content would not change.
+    fn apply_to_leaf(
+        &self,
+        changes: LeafChanges<'_>,
+        device_files: &DeviceFiles,
+        files: &SyncSender<Vec<NewFile>>,
+    ) -> Result<Option<LeafResult>, PublishError> {
+        let role = self.config.layout.leaf_name(changes.leaf);
         let version = self.role_version(&role);
-        let mut targets = if version == 0 {
-            empty_targets()
+        let mut targets = self.read_leaf_version(&role, version)?;
+        let mut new_files = Vec::with_capacity(changes.upserts.len());
+        // `upserts` is sorted by path, so the changed entries are too.
+        let mut changed: Vec<(String, LeafEntry)> = Vec::with_capacity(changes.upserts.len());
+        for device in changes.upserts.iter_mut() {
+            let entry = LeafEntry { length: device.content.len() as u64, sha256: device.hash };
+            if targets.get(&device.path) == Some(&entry) {
+                continue; // read before write: the device already has this instruction
+            }
+            if device_files.needs(&device.hash, device.id(), entry.length)? {
+                let path = device.path.clone();
+                new_files.push(NewFile {
+                    hash: device.hash,
+                    path,
+                    content: std::mem::take(&mut device.content),
+                });
+            }
+            changed.push((std::mem::take(&mut device.path), entry));
+        }
+        let mut devices_changed = changed.len();
+        if targets.is_empty() {
+            targets = changed.into_iter().collect(); // built in one pass from sorted entries
         } else {
-            let path = self.metadata_dir().join(format!("{version}.{role}.json"));
-            parse::<Signed<Targets>>(&role, &path, &read(&path)?)?.signed
-        };
-        let mut result = LeafResult::default();
-        let devices_dir = self.targets_dir().join("devices");
-        // Opened once per leaf: files are created relative to it, without walking the path.
-        let mut devices: Option<File> = None;
-        // One buffer per leaf for the instruction documents and one for file names.
-        let mut content = Vec::with_capacity(512);
-        let mut file_name = String::with_capacity(128);
-        targets.targets.reserve(changes.len());
-        for change in changes {
-            match change {
-                Change::Upsert(instruction) => {
-                    content.clear();
-                    serde_json::to_writer(&mut content, &instruction)
-                        .map_err(|source| PublishError::Serialise { role: role.clone(), source })?;
-                    let hash = sha256(&content);
-                    let name = target_name(device_target_path(&instruction.device))?;
-                    if let Some(existing) = targets.targets.get(&name) {
-                        if existing.length == content.len() as u64 && existing.hashes.sha256[..] == hash[..] {
-                            continue; // read before write: the device already has this instruction
-                        }
-                    }
-                    file_name.clear();
-                    let mut hex_hash = [0u8; 64];
-                    hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
-                    file_name.push_str(std::str::from_utf8(&hex_hash).expect("hex is ASCII"));
-                    file_name.push('.');
-                    file_name.push_str(&instruction.device);
-                    file_name.push_str(".json");
-                    let dir = match &devices {
-                        Some(dir) => dir,
-                        None => {
-                            fs::create_dir_all(&devices_dir)
-                                .map_err(PublishError::io("create", &devices_dir))?;
-                            devices.insert(
-                                File::open(&devices_dir).map_err(PublishError::io("open", &devices_dir))?,
-                            )
-                        }
-                    };
-                    if write_target_file(dir, &devices_dir, &file_name, &content)? {
-                        result.target_files += 1;
-                        result.target_bytes += content.len() as u64;
-                    }
-                    targets.targets.insert(name, new_target(content.len() as u64, hash, HashMap::new()));
-                    result.devices_changed += 1;
-                }
-                Change::Remove(id) => {
-                    if targets.targets.remove(&target_name(device_target_path(&id))?).is_some() {
-                        result.devices_changed += 1;
-                    }
-                }
+            targets.extend(changed);
+        }
+        for id in changes.removals {
+            if targets.remove(&device_target_path(&id)).is_some() {
+                devices_changed += 1;
             }
         }
-        if result.devices_changed == 0 {
+        if !new_files.is_empty() && files.send(new_files).is_err() {
+            // The writer stopped on an error, which the commit reports.
+            return Err(PublishError::Repository {
+                repo: self.dir.clone(),
+                reason: "the target file writer stopped".into(),
+            });
+        }
+        if devices_changed == 0 {
             return Ok(None);
         }
-        result.role = self.sign_targets(&role, targets, version + 1, self.config.expiries.snapshot)?;
-        Ok(Some(result))
+        let mut role = self.sign_leaf(&role, &targets, version + 1)?;
+        // Written now, so that a few thousand signed bins never sit in memory together.
+        self.write_role(&mut role)?;
+        Ok(Some(LeafResult { role, devices_changed }))
+    }
+
+    /// The targets of leaf `role` at `version` (none at version 0).
+    fn read_leaf_version(&self, role: &str, version: u64) -> Result<LeafTargets, PublishError> {
+        if version == 0 {
+            return Ok(LeafTargets::new());
+        }
+        let path = self.metadata_dir().join(format!("{version}.{role}.json"));
+        read_leaf(role, &path, &read(&path)?)
+    }
+
+    /// Signs a leaf's targets as `role` at the first unused version ≥ `version`.
+    fn sign_leaf(&self, role: &str, targets: &LeafTargets, version: u64) -> Result<RoleFile, PublishError> {
+        let mut shell = empty_targets();
+        let version = self.stamp(role, &mut shell, version, self.config.expiries.snapshot);
+        let body = match leaf_body(role, &shell, &leaf_entries(targets))? {
+            Some(body) => body,
+            None => {
+                for (name, e) in targets {
+                    shell
+                        .targets
+                        .insert(target_name(name.clone())?, new_target(e.length, e.sha256, HashMap::new()));
+                }
+                canonical_json(role, &shell)?
+            }
+        };
+        let file = sign_canonical(role, body, &[&self.online])?;
+        Ok(RoleFile { role: role.to_owned(), version, len: file.len() as u64, file: Some(file) })
     }
 
     /// Records release artifacts in the `releases` role, copying in local files.
@@ -503,7 +705,7 @@ impl Repository {
                 let name = format!("{}.{}", artifact.sha256, artifact.name);
                 fs::create_dir_all(&dir).map_err(PublishError::io("create", &dir))?;
                 let handle = File::open(&dir).map_err(PublishError::io("open", &dir))?;
-                if write_target_file(&handle, &dir, &name, &content)? {
+                if write_target_file(&handle, &dir, &name, &content, &mut false)? {
                     report.target_files += 1;
                     report.target_bytes += content.len() as u64;
                 }
@@ -595,16 +797,23 @@ impl Repository {
         version: u64,
         period: SignedDuration,
     ) -> Result<RoleFile, PublishError> {
-        let version = self.unused_version(role, version);
-        targets.version = NonZeroU64::new(version).expect("versions start at 1");
-        targets.expires = expiry_after(period);
-        targets.spec_version = SPEC_VERSION.to_owned();
+        let version = self.stamp(role, &mut targets, version, period);
         let body = match leaf_canonical_json(role, &targets)? {
             Some(body) => body,
             None => canonical_json(role, &targets)?,
         };
-        let bytes = sign_canonical(role, body, &[&self.online])?;
-        Ok(RoleFile { role: role.to_owned(), version, bytes })
+        let file = sign_canonical(role, body, &[&self.online])?;
+        Ok(RoleFile { role: role.to_owned(), version, len: file.len() as u64, file: Some(file) })
+    }
+
+    /// Sets the version (the first unused one ≥ `version`), expiry and spec version of a
+    /// role about to be signed; returns the version.
+    fn stamp(&self, role: &str, targets: &mut Targets, version: u64, period: SignedDuration) -> u64 {
+        let version = self.unused_version(role, version);
+        targets.version = NonZeroU64::new(version).expect("versions start at 1");
+        targets.expires = expiry_after(period);
+        targets.spec_version = SPEC_VERSION.to_owned();
+        version
     }
 
     /// The first version ≥ `from` with no file on disk. A crashed commit may have left
@@ -644,24 +853,17 @@ impl Repository {
         self.write_snapshot_and_timestamp(report)
     }
 
-    fn write_roles(&mut self, files: Vec<RoleFile>, report: &mut CommitReport) -> Result<(), PublishError> {
-        let meta = self.metadata_dir();
-        let first_written = std::sync::atomic::AtomicBool::new(false);
-        files.par_iter().try_for_each(|f| {
-            // Flushed together with the snapshot, by one syncfs before the timestamp.
-            write_atomic(&meta.join(format!("{}.{}.json", f.version, f.role)), &f.bytes, false)?;
-            if !first_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                self.fault_point(CommitStep::FirstRole)?;
-            }
-            Ok::<_, PublishError>(())
-        })?;
+    fn write_roles(
+        &mut self,
+        mut files: Vec<RoleFile>,
+        report: &mut CommitReport,
+    ) -> Result<(), PublishError> {
+        for f in &mut files {
+            self.write_role(f)?;
+        }
         self.fault_point(CommitStep::Roles)?;
         for f in files {
-            report.roles.push(RoleWrite {
-                role: f.role.clone(),
-                version: f.version,
-                bytes: f.bytes.len() as u64,
-            });
+            report.roles.push(RoleWrite { role: f.role.clone(), version: f.version, bytes: f.len });
             self.snapshot.meta.insert(
                 format!("{}.json", f.role),
                 Metafile {
@@ -671,6 +873,16 @@ impl Repository {
                     _extra: HashMap::new(),
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// Writes a role file not written yet. Role files are flushed together with the
+    /// snapshot, by one syncfs before the timestamp.
+    fn write_role(&self, f: &mut RoleFile) -> Result<(), PublishError> {
+        if let Some(file) = f.file.take() {
+            file.write_new(&self.metadata_dir().join(format!("{}.{}.json", f.version, f.role)))?;
+            self.fault_point(CommitStep::FirstRole)?;
         }
         Ok(())
     }
@@ -765,26 +977,16 @@ fn empty_targets() -> Targets {
     Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, Timestamp::UNIX_EPOCH)
 }
 
-enum Change {
-    Upsert(DeviceInstruction),
-    Remove(String),
+/// One leaf's share of a batch.
+struct LeafChanges<'b> {
+    leaf: u32,
+    upserts: &'b mut [PreparedDevice],
+    removals: Vec<String>,
 }
 
-impl Change {
-    fn device(&self) -> &str {
-        match self {
-            Change::Upsert(i) => &i.device,
-            Change::Remove(id) => id,
-        }
-    }
-}
-
-#[derive(Default)]
 struct LeafResult {
     role: RoleFile,
     devices_changed: usize,
-    target_files: u64,
-    target_bytes: u64,
 }
 
 fn delegated(name: &str, paths: PathSet, online: &Signer) -> DelegatedRole {
@@ -833,22 +1035,6 @@ fn new_target(length: u64, sha256: [u8; 32], custom: HashMap<String, serde_json:
         custom,
         _extra: HashMap::new(),
     }
-}
-
-/// Refuses ids that would not stay one path segment of `devices/<id>.json`.
-fn check_device_id(id: &str) -> Result<(), PublishError> {
-    let reason = if id.is_empty() {
-        "it is empty"
-    } else if id == "." || id == ".." {
-        "it is a relative path"
-    } else if id.contains(['/', '\\']) {
-        "it contains a path separator"
-    } else if id.chars().any(char::is_control) {
-        "it contains a control character"
-    } else {
-        return Ok(());
-    };
-    Err(PublishError::InvalidDevice { id: id.to_owned(), reason })
 }
 
 fn timestamp_keyid(root: &Root) -> &[u8] {
@@ -929,56 +1115,6 @@ fn lock(dir: &Path) -> Result<File, PublishError> {
     file.rewind().map_err(PublishError::io("write", &path))?;
     write!(file, "{}", std::process::id()).map_err(PublishError::io("write", &path))?;
     Ok(file)
-}
-
-/// Writes a content-addressed target file unless it is already there. The name is the
-/// content's hash, so an existing file of the right length is this content; a shorter one
-/// is what a crash mid-write leaves, and is written again. Written in place, without a
-/// temporary file: no client can have been told about a file before it is complete.
-fn write_target_file(dir: &File, dir_path: &Path, name: &str, content: &[u8]) -> Result<bool, PublishError> {
-    // Try to create first: on a first publish every file is new, and this saves a lookup.
-    let mut file = match create_new_in(dir, dir_path, name) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let path = &dir_path.join(name);
-            let len = fs::metadata(path).map_err(PublishError::io("read", path))?.len();
-            if len == content.len() as u64 {
-                return Ok(false);
-            }
-            File::create(path).map_err(PublishError::io("create", path))?
-        }
-        Err(e) => return Err(PublishError::Io { action: "create", path: dir_path.join(name), source: e }),
-    };
-    file.write_all(content).map_err(PublishError::io("write", &dir_path.join(name)))?;
-    Ok(true)
-}
-
-/// Creates `name` in the open directory `dir` (which is `dir_path`), failing if it exists.
-#[cfg(target_os = "linux")]
-fn create_new_in(dir: &File, _dir_path: &Path, name: &str) -> std::io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let name =
-        std::ffi::CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: `dir` is an open directory and `name` a NUL-terminated string; the returned
-    // descriptor is new and owned by the File built from it.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o666 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a valid descriptor nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn create_new_in(_dir: &File, dir_path: &Path, name: &str) -> std::io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(dir_path.join(name))
 }
 
 /// Flushes the file system holding `dir`: one call covers every target file of a commit

@@ -75,7 +75,49 @@ pub(crate) fn sign_metadata<T: Serialize>(
     signers: &[&Signer],
 ) -> Result<Vec<u8>, PublishError> {
     let body = canonical_json(role, signed)?;
-    sign_canonical(role, body, signers)
+    Ok(sign_canonical(role, body, signers)?.into_bytes())
+}
+
+/// A signed metadata file kept in its two parts: the envelope up to the signed body, and
+/// the body. A leaf bin is tens of kilobytes and a commit may sign thousands; writing the
+/// parts one after the other saves copying every body into a new buffer.
+pub(crate) struct SignedFile {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+const SIGNED_TAIL: &[u8] = b"}";
+
+impl SignedFile {
+    /// The file's size.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.body.len() + SIGNED_TAIL.len()
+    }
+
+    /// The whole file.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        let mut file = self.head;
+        file.reserve_exact(self.body.len() + SIGNED_TAIL.len());
+        file.extend_from_slice(&self.body);
+        file.extend_from_slice(SIGNED_TAIL);
+        file
+    }
+
+    /// Writes the file to `path`, which must not exist: versioned metadata files get a
+    /// new name every time, and are referenced only by a snapshot written after them, so
+    /// they need no temporary file and rename. What a crash leaves half written is never
+    /// referenced, and its version is never used again (see `Repository::unused_version`).
+    pub(crate) fn write_new(&self, path: &Path) -> Result<(), PublishError> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(PublishError::io("create", path))?;
+        for part in [&self.head[..], &self.body, SIGNED_TAIL] {
+            file.write_all(part).map_err(PublishError::io("write", path))?;
+        }
+        Ok(())
+    }
 }
 
 /// Signs an already canonical `signed` body and wraps it in the signed-metadata envelope.
@@ -83,16 +125,14 @@ pub(crate) fn sign_canonical(
     role: &str,
     body: Vec<u8>,
     signers: &[&Signer],
-) -> Result<Vec<u8>, PublishError> {
+) -> Result<SignedFile, PublishError> {
     let signatures = signers.iter().map(|s| s.sign(role, &body)).collect::<Result<Vec<_>, _>>()?;
     let sigs = canonical_json(role, &signatures)?;
-    let mut file = Vec::with_capacity(body.len() + sigs.len() + 32);
-    file.extend_from_slice(b"{\"signatures\":");
-    file.extend_from_slice(&sigs);
-    file.extend_from_slice(b",\"signed\":");
-    file.extend_from_slice(&body);
-    file.push(b'}');
-    Ok(file)
+    let mut head = Vec::with_capacity(sigs.len() + 32);
+    head.extend_from_slice(b"{\"signatures\":");
+    head.extend_from_slice(&sigs);
+    head.extend_from_slice(b",\"signed\":");
+    Ok(SignedFile { head, body })
 }
 
 /// SHA-256 of `bytes`.

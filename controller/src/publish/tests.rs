@@ -147,6 +147,15 @@ fn bad_device_ids_and_duplicates_are_refused() {
     }
     let err = repo.commit(batch(["x".to_owned(), "x".to_owned()], "r1")).unwrap_err();
     assert!(matches!(err, PublishError::DuplicateDevice { .. }), "{err}");
+    let mut both = batch(["y".to_owned()], "r1");
+    both.removals.push("y".to_owned());
+    let err = repo.commit(both).unwrap_err();
+    assert!(matches!(err, PublishError::DuplicateDevice { ref id } if id == "y"), "{err}");
+    assert!(!fx_has_device_files(&repo), "nothing is written for a refused batch");
+}
+
+fn fx_has_device_files(repo: &Repository) -> bool {
+    std::fs::read_dir(repo.targets_dir().join("devices")).is_ok_and(|mut d| d.next().is_some())
 }
 
 #[test]
@@ -174,7 +183,11 @@ fn release_artifacts_are_recorded_and_local_files_checked() {
 }
 
 fn metadata_files(repo_dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(repo_dir.join("metadata"))
+    dir_files(&repo_dir.join("metadata"))
+}
+
+fn dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
@@ -276,4 +289,121 @@ fn rotating_the_online_key_keeps_clients_working() {
     assert_eq!(view, vec![Some(instruction("a", "r1")), Some(instruction("b", "r1"))]);
     // And the key directory opens the repository again with the new key.
     Repository::open(&fx.repo_dir, &fx.keys).unwrap();
+}
+
+fn snapshot_roles(repo_dir: &Path, version: u64) -> BTreeMap<String, u64> {
+    let path = repo_dir.join(format!("metadata/{version}.snapshot.json"));
+    let snap: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    snap["signed"]["meta"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.trim_end_matches(".json").to_owned(), v["version"].as_u64().unwrap()))
+        .collect()
+}
+
+fn device_files(repo_dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    dir_files(&repo_dir.join("targets/devices"))
+}
+
+#[test]
+fn rebinning_up_and_down_keeps_every_target_and_only_grows_versions() {
+    let (fx, mut repo) = fixture(10);
+    let four = BinLayout::with_leaves(4).unwrap();
+    repo.rebin(four).unwrap();
+    let devices: Vec<String> = (0..200).map(|i| format!("kiosk-{i:04}")).collect();
+    let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
+    repo.commit(batch(devices.clone(), "r1")).unwrap();
+    let files = device_files(&fx.repo_dir);
+    let mut last = snapshot_roles(&fx.repo_dir, repo.snapshot_version());
+
+    for leaves in [16, 128, 4] {
+        let layout = BinLayout::with_leaves(leaves).unwrap();
+        let report = repo.rebin(layout).unwrap();
+        assert_eq!(report.devices_changed, 200);
+        assert_eq!(report.target_files, 0, "target files are reused");
+        assert_eq!(repo.config().layout, layout);
+        assert_eq!(report.roles.last().unwrap().role, "timestamp");
+        let now = snapshot_roles(&fx.repo_dir, repo.snapshot_version());
+        for (role, version) in &last {
+            // Every role stays listed (TUF clients refuse a snapshot that drops one) and
+            // no version goes back.
+            assert!(
+                now[role] >= *version,
+                "{leaves} leaves: {role} went from {version} to {:?}",
+                now.get(role)
+            );
+        }
+        for role in layout.role_names().chain(["targets".to_owned()]) {
+            assert!(now[&role] > last.get(&role).copied().unwrap_or(0), "{role} has a new version");
+        }
+        last = now;
+        let view = client_view(&fx.repo_dir, &ids).unwrap();
+        assert!(view.iter().zip(&ids).all(|(v, id)| v.as_ref() == Some(&instruction(id, "r1"))), "{leaves}");
+        assert_eq!(device_files(&fx.repo_dir), files, "no target file written or changed");
+    }
+    // The retired leaves of 128 are not re-signed by a refresh.
+    let report = repo.refresh(SignedDuration::from_hours(8 * 24)).unwrap();
+    let bins = report.roles.iter().filter(|r| r.role.starts_with("d-") || r.role.starts_with("p-")).count();
+    assert_eq!(bins, 4);
+    // The next commit and a reopen use the new layout.
+    repo.commit(batch(devices[..3].to_vec(), "r2")).unwrap();
+    drop(repo);
+    let repo = Repository::open(&fx.repo_dir, &fx.keys).unwrap();
+    assert_eq!(repo.config().layout, BinLayout::with_leaves(4).unwrap());
+    drop(repo);
+    let view = client_view(&fx.repo_dir, &ids[..4]).unwrap();
+    let releases: Vec<&str> = view.iter().map(|v| v.as_ref().unwrap().release.as_str()).collect();
+    assert_eq!(releases, ["r2", "r2", "r2", "r1"]);
+}
+
+#[test]
+fn a_rebin_failing_between_any_two_steps_leaves_the_previous_state_and_can_run_again() {
+    for step in [CommitStep::FirstRole, CommitStep::Roles, CommitStep::Snapshot] {
+        let (fx, mut repo) = fixture(10);
+        let devices: Vec<String> = (0..60).map(|i| format!("d{i}")).collect();
+        let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
+        repo.commit(batch(devices.clone(), "r1")).unwrap();
+        let before = repo.config().layout;
+        let timestamp_before = repo.timestamp_version();
+
+        repo.fault = Some(step);
+        let err = repo.rebin(BinLayout::with_leaves(64).unwrap()).unwrap_err();
+        assert!(matches!(err, PublishError::InjectedFault(s) if s == step), "{step:?}: {err}");
+        assert_eq!(repo.config().layout, before, "{step:?}: the handle keeps the old layout");
+        drop(repo);
+
+        let view = client_view(&fx.repo_dir, &ids).unwrap();
+        assert!(view.iter().all(|i| i.as_ref().unwrap().release == "r1"), "{step:?}: clients still see r1");
+        let mut repo = Repository::open(&fx.repo_dir, &fx.keys).unwrap();
+        assert_eq!(repo.config().layout, before, "{step:?}");
+        assert_eq!(repo.timestamp_version(), timestamp_before, "{step:?}");
+        // A commit in the old layout, then the rebin again, both succeed.
+        repo.commit(batch(devices[..5].to_vec(), "r2")).unwrap();
+        repo.rebin(BinLayout::with_leaves(64).unwrap()).unwrap();
+        drop(repo);
+        let view = client_view(&fx.repo_dir, &ids).unwrap();
+        let r2 = view.iter().filter(|i| i.as_ref().unwrap().release == "r2").count();
+        assert_eq!(r2, 5, "{step:?}");
+    }
+}
+
+#[test]
+fn a_rebin_stopped_after_its_timestamp_is_recorded_on_the_next_open() {
+    let (fx, mut repo) = fixture(10);
+    repo.commit(batch(["a".to_owned(), "b".to_owned()], "r1")).unwrap();
+    let stored = std::fs::read(fx.repo_dir.join("waveguide-tuf.json")).unwrap();
+    repo.rebin(BinLayout::with_leaves(256).unwrap()).unwrap();
+    drop(repo);
+    // As if the process died between the timestamp and recording the new layout.
+    std::fs::write(fx.repo_dir.join("waveguide-tuf.json"), stored).unwrap();
+    let mut repo = Repository::open(&fx.repo_dir, &fx.keys).unwrap();
+    assert_eq!(repo.config().layout, BinLayout::with_leaves(256).unwrap());
+    repo.commit(batch(["a".to_owned()], "r2")).unwrap();
+    drop(repo);
+    let view = client_view(&fx.repo_dir, &["a", "b"]).unwrap();
+    assert_eq!(view, vec![Some(instruction("a", "r2")), Some(instruction("b", "r1"))]);
+    let config: RepoConfig =
+        serde_json::from_slice(&std::fs::read(fx.repo_dir.join("waveguide-tuf.json")).unwrap()).unwrap();
+    assert_eq!(config.layout, BinLayout::with_leaves(256).unwrap());
 }
