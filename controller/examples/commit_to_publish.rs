@@ -107,6 +107,9 @@ async fn main() {
     // The change under test: the x86 hold moves to 1.1.0, then back to 1.0.0 (it allows
     // downgrades), and so on: each commit supersedes the policy's rollout and publishes
     // the new one's first wave.
+    // The setup wrote a fleet, a million reports and a million instruction files; they
+    // reach the disk now, not inside the first measured publish's flush.
+    assert!(Command::new("sync").status().unwrap().success());
     if let Ok(seconds) = std::env::var("WAVEGUIDE_BENCH_PAUSE") {
         eprintln!("pid {}: pausing {seconds} s before the first change", std::process::id());
         tokio::time::sleep(Duration::from_secs(seconds.parse().unwrap())).await;
