@@ -117,7 +117,7 @@ impl<'de> Deserialize<'de> for Upserts {
                                 let mut devices = Vec::with_capacity(full.len());
                                 let devices = full
                                     .iter()
-                                    .try_for_each(|i| Ok(devices.push(PreparedDevice::new(i)?)))
+                                    .try_for_each(|i| PreparedDevice::new(i).map(|d| devices.push(d)))
                                     .map(|()| devices);
                                 prepared.lock().expect("no task panics holding it").push(devices);
                             });
