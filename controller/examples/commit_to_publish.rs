@@ -119,15 +119,18 @@ async fn main() {
         format!("name: x86-hold\nspec:\n  selector:\n    matchLabels: {{hw: x86}}\n  release: {release}")
     };
     let mut release = "os-1-0-0";
-    for _ in 0..changes {
+    // Moves the x86 hold to the other release and commits: the release and the commit.
+    let mut change = || {
         let next = if release == "os-1-0-0" { "os-1-1-0" } else { "os-1-0-0" };
         let text = std::fs::read_to_string(&path).unwrap();
         let changed = text.replacen(&stanza(release), &stanza(next), 1);
         assert_ne!(text, changed, "the policy file changed shape");
         std::fs::write(&path, changed).unwrap();
-        commit_all(&git, &format!("x86 to {next}")).unwrap();
         release = next;
-
+        (next, commit_all(&git, &format!("x86 to {next}")).unwrap())
+    };
+    for _ in 0..changes {
+        let (next, _) = change();
         let woken = Instant::now();
         let outcome = reconciler.sync_source().await.unwrap();
         let sync = reconciler.sync_timings();
@@ -190,11 +193,7 @@ async fn main() {
         format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
     };
     for _ in 0..changes {
-        let next = if release == "os-1-0-0" { "os-1-1-0" } else { "os-1-0-0" };
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replacen(&stanza(release), &stanza(next), 1)).unwrap();
-        let commit = commit_all(&git, &format!("x86 to {next}")).unwrap();
-        release = next;
+        let (next, commit) = change();
         let seen = status.borrow().events.len();
         let sent = Instant::now();
         let response = client

@@ -202,13 +202,7 @@ async fn expired_or_tampered_metadata_is_refused_and_nothing_installed() {
 
     // A fresh timestamp over a tampered leaf bin.
     Repository::open(&c.repo(), &c.keys).unwrap().refresh(jiff::SignedDuration::from_hours(1)).unwrap();
-    let leaf = report.roles.iter().find(|r| r.role.starts_with("d-")).unwrap();
-    let path = c.metadata().join(format!("{}.{}.json", leaf.version, leaf.role));
-    let text = std::fs::read_to_string(&path).unwrap();
-    // Point the device at another instruction file: valid JSON, bad signature.
-    let at = text.find("\"sha256\":\"").unwrap() + 10;
-    let flipped = if &text[at..at + 1] == "0" { "1" } else { "0" };
-    std::fs::write(&path, format!("{}{}{}", &text[..at], flipped, &text[at + 1..])).unwrap();
+    c.tamper_leaf_bin(&report);
     let err = agent.once().await.unwrap_err();
     assert!(format!("{err:#}").contains("is not signed by its keys"), "{err:#}");
     assert!(!marker.exists());

@@ -95,6 +95,18 @@ impl Controller {
         Repository::open(&self.repo(), &self.keys).unwrap().commit(batch).unwrap()
     }
 
+    /// Flips one digit of a target hash in the leaf bin `report` wrote: valid JSON that
+    /// points elsewhere, under a signature that no longer matches. Returns the bin's role.
+    pub fn tamper_leaf_bin(&self, report: &CommitReport) -> String {
+        let leaf = report.roles.iter().find(|r| r.role.starts_with("d-")).unwrap();
+        let path = self.metadata().join(format!("{}.{}.json", leaf.version, leaf.role));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text.find("\"sha256\":\"").unwrap() + 10;
+        let flipped = if &text[at..at + 1] == "0" { "1" } else { "0" };
+        std::fs::write(&path, format!("{}{}{}", &text[..at], flipped, &text[at + 1..])).unwrap();
+        leaf.role.clone()
+    }
+
     /// A release artifact with `content`, published into the repository's targets.
     pub fn artifact(&self, release: &str, name: &str, content: &[u8]) -> ReleaseArtifact {
         let file = self.tmp.path().join(format!("{release}-{name}"));
