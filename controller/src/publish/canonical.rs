@@ -19,6 +19,7 @@ use std::io::Write;
 
 use tough::schema::Targets;
 
+use super::leaf::{device_of, path_order};
 use super::signing::canonical_json;
 use super::PublishError;
 
@@ -32,9 +33,12 @@ pub(crate) fn leaf_canonical_json(role: &str, targets: &Targets) -> Result<Optio
         if !target.custom.is_empty() || !target._extra.is_empty() || !target.hashes._extra.is_empty() {
             return Ok(None);
         }
-        entries.push((name.raw(), target.length, &target.hashes.sha256[..]));
+        let Some(id) = device_of(name.raw()) else {
+            return Ok(None);
+        };
+        entries.push((id, target.length, &target.hashes.sha256[..]));
     }
-    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    entries.sort_unstable_by(|a, b| path_order(a.0.as_bytes(), b.0.as_bytes()));
     let shell = Targets {
         spec_version: targets.spec_version.clone(),
         version: targets.version,
@@ -46,23 +50,24 @@ pub(crate) fn leaf_canonical_json(role: &str, targets: &Targets) -> Result<Optio
     leaf_body(role, &shell, &entries)
 }
 
-/// One target of a leaf: its name, length and SHA-256.
+/// One target of a leaf, `devices/<id>.json`: the device id, the length and SHA-256.
 pub(crate) type LeafTarget<'a> = (&'a str, u64, &'a [u8]);
 
 /// The canonical JSON of a leaf bin whose envelope is `shell` (with no targets) and whose
-/// targets are `entries`, sorted by name bytes; `None` when a name needs the generic path.
+/// targets are `entries`, sorted by target path ([`path_order`]); `None` when an id needs
+/// the generic path.
 pub(crate) fn leaf_body(
     role: &str,
     shell: &Targets,
     entries: &[LeafTarget<'_>],
 ) -> Result<Option<Vec<u8>>, PublishError> {
-    // "name":{"hashes":{"sha256":"<64 hex>"},"length":<up to 20 digits>},
+    // "devices/<id>.json":{"hashes":{"sha256":"<64 hex>"},"length":<up to 20 digits>},
     let mut size = 0;
-    for (name, _, _) in entries {
-        if !plain(name) {
+    for (id, _, _) in entries {
+        if !plain(id) {
             return Ok(None);
         }
-        size += name.len() + 128;
+        size += id.len() + 144;
     }
     // The envelope with an empty `targets` object, from the generic path.
     let shell = canonical_json(role, shell)?;
@@ -74,13 +79,13 @@ pub(crate) fn leaf_body(
     let mut out = Vec::with_capacity(shell.len() + size);
     out.extend_from_slice(&shell[..open]);
     let mut hex_hash = [0u8; 64];
-    for (i, (name, length, sha256)) in entries.iter().enumerate() {
+    for (i, (id, length, sha256)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":{\"hashes\":{\"sha256\":\"");
+        out.extend_from_slice(b"\"devices/");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b".json\":{\"hashes\":{\"sha256\":\"");
         let hex_len = sha256.len() * 2;
         if hex_len > hex_hash.len() {
             return Ok(None);
@@ -146,8 +151,11 @@ mod tests {
     fn the_leaf_writer_matches_the_generic_path_byte_for_byte() {
         let mut ids: Vec<String> = (0..3000).map(|i| format!("dev-{i:07}")).collect();
         ids.extend(
-            ["a", "A", "z.Z_9-", "x y", "~tilde", "{brace}", "a,b:c", "0", "dev-10", "dev-9"]
-                .map(String::from),
+            [
+                "a", "A", "a-1", "a.b", "a0", "z.Z_9-", "x y", "~tilde", "{brace}", "a,b:c", "0", "dev-10",
+                "dev-9",
+            ]
+            .map(String::from),
         );
         let names: Vec<String> = ids.iter().map(|i| format!("devices/{i}.json")).collect();
         for n in [0, 1, 2, names.len()] {
@@ -168,6 +176,8 @@ mod tests {
             let t = leaf(&names);
             assert!(leaf_canonical_json("d", &t).unwrap().is_none(), "{odd:?}");
         }
+        // Only device targets are written by the leaf writer.
+        assert!(leaf_canonical_json("d", &leaf(&["releases/r/x".to_owned()])).unwrap().is_none());
         let mut t = leaf(&["devices/x.json".to_owned()]);
         t.targets.values_mut().for_each(|v| {
             v.custom.insert("k".into(), serde_json::json!(1));

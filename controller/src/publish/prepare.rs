@@ -1,23 +1,28 @@
 //! Device instructions turned into what a leaf bin needs: each device's target document,
 //! its hash, and the hash of its target path, computed in parallel before the commit.
 //!
-//! A batch file of a million instructions is parsed borrowing its strings from the file's
-//! bytes ([`InstructionRef`]), and each instruction is serialised straight into its
-//! target document, so a first publish never builds a million owned
-//! [`DeviceInstruction`]s. Both the borrowed and the owned form serialise through
-//! [`InstructionRef`], so the document bytes are the same whichever way a batch arrives.
+//! Nothing is allocated per device. Documents and device ids live in the batch's byte
+//! [`Stores`] and devices point into them ([`Span`]): a batch file is mapped, and an
+//! instruction written there exactly as its target document (compact JSON, fields in
+//! order, as `serde_json` writes a [`DeviceInstruction`]) is used where it lies; any other
+//! instruction is serialised into one buffer per chunk of devices. Both the borrowed and
+//! the owned form serialise through [`InstructionRef`], so the document bytes are the
+//! same whichever way a batch arrives.
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::Mutex;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::signing::sha256;
 use super::{Batch, DeviceInstruction, PublishError, ReleaseArtifact};
 use crate::model::MaintenanceWindow;
-use crate::target::device_target_path;
+use crate::target::device_path_hash;
+
+/// Devices prepared together, sharing one buffer for the documents they serialise.
+const CHUNK: usize = 8192;
 
 /// A device instruction as the target document writes it: the fields of
 /// [`DeviceInstruction`], in its order, borrowed where possible.
@@ -66,178 +71,192 @@ impl<'a> From<&'a DeviceInstruction> for InstructionRef<'a> {
     }
 }
 
-/// A batch file, parsed without copying its strings.
+/// A batch file with its upserts left as raw JSON, each parsed later on the thread pool.
 #[derive(Deserialize)]
-struct BatchRef {
-    #[serde(default)]
-    upserts: Upserts,
+struct BatchRaw<'a> {
+    #[serde(default, borrow)]
+    upserts: Vec<&'a RawValue>,
     #[serde(default)]
     removals: Vec<String>,
     #[serde(default)]
     releases: Vec<ReleaseArtifact>,
 }
 
-/// The `upserts` of a batch file, prepared while they are parsed: chunks of borrowed
-/// instructions are turned into documents on the thread pool while the parser goes on,
-/// so the parsed instructions of the whole batch never sit in memory together.
-struct Upserts(Result<Vec<PreparedDevice>, PublishError>);
+/// Where an instruction comes from.
+trait Source: Sync {
+    /// The instruction, or `None` when this path cannot read it.
+    fn instruction(&self) -> Option<InstructionRef<'_>>;
+    /// The instruction's own text in the batch file.
+    fn text(&self) -> Option<&[u8]>;
+}
 
-impl Default for Upserts {
-    fn default() -> Self {
-        Upserts(Ok(Vec::new()))
+impl Source for DeviceInstruction {
+    fn instruction(&self) -> Option<InstructionRef<'_>> {
+        Some(self.into())
+    }
+
+    fn text(&self) -> Option<&[u8]> {
+        None
     }
 }
 
-impl<'de> Deserialize<'de> for Upserts {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Upserts;
+impl Source for &RawValue {
+    fn instruction(&self) -> Option<InstructionRef<'_>> {
+        serde_json::from_str(self.get()).ok()
+    }
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of device instructions")
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Upserts, A::Error> {
-                const CHUNK: usize = 8192;
-                // Each chunk is prepared on the thread pool while this thread parses the
-                // next one.
-                let prepared = Mutex::new(Vec::new());
-                rayon::in_place_scope(|scope| {
-                    let mut chunk: Vec<InstructionRef<'de>> = Vec::with_capacity(CHUNK);
-                    loop {
-                        let next = seq.next_element::<InstructionRef<'de>>()?;
-                        let done = next.is_none();
-                        chunk.extend(next);
-                        if (done || chunk.len() == CHUNK) && !chunk.is_empty() {
-                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                            let prepared = &prepared;
-                            scope.spawn(move |_| {
-                                // Sized once: the devices are not copied into growing vectors.
-                                let mut devices = Vec::with_capacity(full.len());
-                                let devices = full
-                                    .iter()
-                                    .try_for_each(|i| PreparedDevice::new(i).map(|d| devices.push(d)))
-                                    .map(|()| devices);
-                                prepared.lock().expect("no task panics holding it").push(devices);
-                            });
-                        }
-                        if done {
-                            return Ok(());
-                        }
-                    }
-                })?;
-                let mut out = Vec::with_capacity(UPSERTS_HINT.with(|h| h.take()));
-                for chunk in prepared.into_inner().expect("no task panics holding it") {
-                    match chunk {
-                        Ok(devices) => out.extend(devices),
-                        Err(e) => return Ok(Upserts(Err(e))),
-                    }
-                }
-                Ok(Upserts(Ok(out)))
-            }
-        }
-        deserializer.deserialize_seq(Visit)
+    fn text(&self) -> Option<&[u8]> {
+        Some(self.get().as_bytes())
     }
 }
 
-thread_local! {
-    /// How many upserts the batch being parsed on this thread may hold.
-    static UPSERTS_HINT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+/// A run of bytes in one of a batch's [`Stores`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: usize,
+    len: u32,
+    store: u32,
 }
 
-/// A batch file's bytes: mapped on Linux (a million-device batch is a few hundred
-/// megabytes, already in the page cache when it was just written; mapping it costs no
-/// copy into fresh memory), read elsewhere.
-struct BatchFile {
-    #[cfg(target_os = "linux")]
-    map: Option<(*mut libc::c_void, usize)>,
-    data: Vec<u8>,
-}
+impl Span {
+    const EMPTY: Span = Span { start: 0, len: 0, store: 0 };
 
-impl BatchFile {
-    fn open(path: &Path) -> Result<Self, PublishError> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(path).map_err(PublishError::io("read", path))?;
-            let len = file.metadata().map_err(PublishError::io("read", path))?.len() as usize;
-            if len > 0 {
-                // SAFETY: a private, read-only mapping of a regular file we opened; it is
-                // unmapped in Drop and only read through `bytes()` while `self` lives. The
-                // file must not be truncated while it is read (a batch file is written
-                // before the publish starts).
-                let addr = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        libc::PROT_READ,
-                        libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                        file.as_raw_fd(),
-                        0,
-                    )
-                };
-                if addr != libc::MAP_FAILED {
-                    return Ok(BatchFile { map: Some((addr, len)), data: Vec::new() });
-                }
-            }
-        }
-        let data = std::fs::read(path).map_err(PublishError::io("read", path))?;
-        Ok(BatchFile {
-            #[cfg(target_os = "linux")]
-            map: None,
-            data,
-        })
+    /// The number of bytes.
+    pub(crate) fn len(self) -> usize {
+        self.len as usize
     }
 
+    fn new(store: u32, start: usize, len: usize) -> Result<Span, PublishError> {
+        let len =
+            u32::try_from(len).map_err(|_| PublishError::Config("a device document over 4 GiB".into()))?;
+        Ok(Span { start, len, store })
+    }
+}
+
+/// The bytes a prepared batch's documents and device ids are in: the mapped batch file
+/// (store 0, when the batch came from a file) and one buffer per chunk of devices.
+#[derive(Debug, Default)]
+pub(crate) struct Stores(Vec<Store>);
+
+#[derive(Debug)]
+enum Store {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Store {
     fn bytes(&self) -> &[u8] {
-        #[cfg(target_os = "linux")]
-        if let Some((addr, len)) = self.map {
-            // SAFETY: the mapping is `len` readable bytes and lives as long as `self`.
-            return unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+        match self {
+            Store::Mapped(map) => map,
+            Store::Owned(bytes) => bytes,
         }
-        &self.data
     }
 }
 
-impl Drop for BatchFile {
-    fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let Some((addr, len)) = self.map {
-            // SAFETY: `addr`/`len` is a mapping made in `open` and not yet unmapped.
-            unsafe { libc::munmap(addr, len) };
+impl Stores {
+    /// The bytes of `span`.
+    pub(crate) fn bytes(&self, span: Span) -> &[u8] {
+        match self.0.get(span.store as usize) {
+            Some(store) => &store.bytes()[span.start..span.start + span.len()],
+            None => &[],
         }
+    }
+
+    /// The text of `span`, a device id.
+    pub(crate) fn str(&self, span: Span) -> &str {
+        std::str::from_utf8(self.bytes(span)).expect("device id spans are cut from strings")
     }
 }
 
 /// One device's target, ready for its leaf.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct PreparedDevice {
-    /// The target path, `devices/<id>.json`.
-    pub(crate) path: String,
+    /// The device id.
+    pub(crate) id: Span,
     /// The target document.
-    pub(crate) content: Vec<u8>,
-    /// SHA-256 of `content`.
+    pub(crate) doc: Span,
+    /// SHA-256 of the document.
     pub(crate) hash: [u8; 32],
-    /// SHA-256 of `path`: what places the target in its bin.
+    /// SHA-256 of the target path: what places the target in its bin.
     pub(crate) path_hash: [u8; 32],
 }
 
 impl PreparedDevice {
-    /// The device id, from the target path.
-    pub(crate) fn id(&self) -> &str {
-        &self.path["devices/".len()..self.path.len() - ".json".len()]
-    }
+    const EMPTY: PreparedDevice =
+        PreparedDevice { id: Span::EMPTY, doc: Span::EMPTY, hash: [0; 32], path_hash: [0; 32] };
+}
 
-    fn new(instruction: &InstructionRef<'_>) -> Result<Self, PublishError> {
+/// Prepares a chunk of instructions into `out`, serialising into the returned buffer
+/// (store `store`) every document and id that is not in the mapped batch `file` as it
+/// should be. `None` when an instruction cannot be read on this path.
+fn prepare_chunk<S: Source>(
+    items: &[S],
+    out: &mut [PreparedDevice],
+    store: u32,
+    file: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, PublishError> {
+    // The offset of `bytes` in the batch file, when they lie in it.
+    let in_file = |bytes: &[u8]| {
+        let file = file?;
+        let at = (bytes.as_ptr() as usize).checked_sub(file.as_ptr() as usize)?;
+        (at <= file.len() && bytes.len() <= file.len() - at).then_some(at)
+    };
+    let mut buffer = Vec::new();
+    let mut doc = Vec::with_capacity(512);
+    for (item, out) in items.iter().zip(out) {
+        let Some(instruction) = item.instruction() else {
+            return Ok(None);
+        };
         check_device_id(&instruction.device)?;
-        let mut content = Vec::with_capacity(256);
-        serde_json::to_writer(&mut content, instruction).map_err(|source| PublishError::Serialise {
+        doc.clear();
+        serde_json::to_writer(&mut doc, &instruction).map_err(|source| PublishError::Serialise {
             role: format!("device {}", instruction.device),
             source,
         })?;
-        let path = device_target_path(&instruction.device);
-        Ok(PreparedDevice { hash: sha256(&content), path_hash: sha256(path.as_bytes()), path, content })
+        let mut span = |bytes: &[u8], in_place: Option<usize>| match in_place {
+            Some(at) => Span::new(0, at, bytes.len()),
+            None => {
+                if buffer.is_empty() {
+                    buffer.reserve(items.len() * (doc.len() + 32));
+                }
+                buffer.extend_from_slice(bytes);
+                Span::new(store, buffer.len() - bytes.len(), bytes.len())
+            }
+        };
+        let id = instruction.device.as_bytes();
+        *out = PreparedDevice {
+            doc: span(&doc, item.text().filter(|text| *text == &doc[..]).and_then(in_file))?,
+            id: span(id, in_file(id))?,
+            hash: sha256(&doc),
+            path_hash: device_path_hash(&instruction.device),
+        };
+    }
+    Ok(Some(buffer))
+}
+
+/// Prepared devices and the buffer of each chunk, to become stores 1, 2, ...
+type Prepared = (Vec<PreparedDevice>, Vec<Vec<u8>>);
+
+/// Prepares every instruction of `items`, in parallel chunks. `None` when one cannot be
+/// read on this path.
+fn prepare_all<S: Source>(items: &[S], file: Option<&[u8]>) -> Result<Option<Prepared>, PublishError> {
+    let mut devices = vec![PreparedDevice::EMPTY; items.len()];
+    let buffers = devices
+        .par_chunks_mut(CHUNK)
+        .zip(items.par_chunks(CHUNK))
+        .enumerate()
+        .map(|(k, (out, items))| prepare_chunk(items, out, k as u32 + 1, file))
+        .collect::<Result<Option<Vec<_>>, _>>()?;
+    Ok(buffers.map(|buffers| (devices, buffers)))
+}
+
+impl Stores {
+    /// Store 0 is the batch file (or nothing); chunk k's buffer is store k + 1.
+    fn new(file: Option<Store>, buffers: Vec<Vec<u8>>) -> Stores {
+        let mut stores = Vec::with_capacity(buffers.len() + 1);
+        stores.push(file.unwrap_or(Store::Owned(Vec::new())));
+        stores.extend(buffers.into_iter().map(Store::Owned));
+        Stores(stores)
     }
 }
 
@@ -245,6 +264,7 @@ impl PreparedDevice {
 /// [`super::Repository::commit_prepared`] publishes.
 #[derive(Debug, Default)]
 pub struct PreparedBatch {
+    pub(crate) stores: Stores,
     pub(crate) devices: Vec<PreparedDevice>,
     pub(crate) removals: Vec<String>,
     pub(crate) releases: Vec<ReleaseArtifact>,
@@ -253,37 +273,65 @@ pub struct PreparedBatch {
 impl PreparedBatch {
     /// Prepares a batch, in parallel. Refuses malformed device ids.
     pub fn from_batch(batch: Batch) -> Result<Self, PublishError> {
-        let devices =
-            batch.upserts.par_iter().map(|i| PreparedDevice::new(&i.into())).collect::<Result<_, _>>()?;
-        Ok(PreparedBatch { devices, removals: batch.removals, releases: batch.releases })
+        let (devices, buffers) =
+            prepare_all(&batch.upserts, None)?.expect("owned instructions are always read");
+        Ok(PreparedBatch {
+            stores: Stores::new(None, buffers),
+            devices,
+            removals: batch.removals,
+            releases: batch.releases,
+        })
     }
 
-    /// Reads a batch file: JSON (parsed without copying its strings, the fast path for the
-    /// large batches of a first publish) or YAML.
+    /// Reads a batch file: JSON (mapped, each instruction parsed on the thread pool
+    /// borrowing its strings, the fast path for the large batches of a first publish) or
+    /// YAML.
     pub fn read(path: &Path) -> Result<Self, PublishError> {
-        let file = BatchFile::open(path)?;
-        let bytes = file.bytes();
-        // Room for the smallest documents a batch holds (about 150 bytes each), reserved,
-        // not touched: a million prepared devices are never copied to a larger vector.
-        UPSERTS_HINT.with(|h| h.set(bytes.len() / 150));
-        match serde_json::from_slice::<BatchRef>(bytes) {
-            Ok(batch) => Ok(PreparedBatch {
-                devices: batch.upserts.0?,
-                removals: batch.removals,
-                releases: batch.releases,
-            }),
-            Err(_) => {
-                let batch: Batch = serde_yaml::from_slice(bytes)
-                    .map_err(|e| PublishError::Config(format!("batch {}: {e}", path.display())))?;
-                Self::from_batch(batch)
-            }
+        let file = open_batch(path)?;
+        let fast = match serde_json::from_slice::<BatchRaw>(file.bytes()) {
+            Ok(raw) => prepare_all(&raw.upserts, Some(file.bytes()))?
+                .map(|(devices, buffers)| (devices, buffers, raw.removals, raw.releases)),
+            Err(_) => None,
+        };
+        if let Some((devices, buffers, removals, releases)) = fast {
+            return Ok(PreparedBatch {
+                stores: Stores::new(Some(file), buffers),
+                devices,
+                removals,
+                releases,
+            });
         }
+        let batch: Batch = serde_yaml::from_slice(file.bytes())
+            .map_err(|e| PublishError::Config(format!("batch {}: {e}", path.display())))?;
+        Self::from_batch(batch)
     }
 
     /// Device instructions in the batch.
     pub fn devices(&self) -> usize {
         self.devices.len()
     }
+
+    /// The id of `device`.
+    #[cfg(test)]
+    pub(crate) fn id(&self, device: &PreparedDevice) -> &str {
+        self.stores.str(device.id)
+    }
+}
+
+/// A batch file's bytes: mapped (a million-device batch is a few hundred megabytes,
+/// already in the page cache when it was just written; mapping it costs no copy into
+/// fresh memory), or read when it cannot be mapped.
+fn open_batch(path: &Path) -> Result<Store, PublishError> {
+    let file = std::fs::File::open(path).map_err(PublishError::io("read", path))?;
+    let len = file.metadata().map_err(PublishError::io("read", path))?.len();
+    if len > 0 {
+        // SAFETY: a private read-only mapping of a batch file, which must not be changed
+        // while it is published (it is written before the publish starts).
+        if let Ok(map) = unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
+            return Ok(Store::Mapped(map));
+        }
+    }
+    Ok(Store::Owned(std::fs::read(path).map_err(PublishError::io("read", path))?))
 }
 
 /// Refuses ids that would not stay one path segment of `devices/<id>.json`.
@@ -335,22 +383,47 @@ mod tests {
             ..Batch::default()
         };
         let dir = tempfile::TempDir::new().unwrap();
-        let file = dir.path().join("batch.json");
-        std::fs::write(&file, serde_json::to_vec_pretty(&batch).unwrap()).unwrap();
+        let pretty = dir.path().join("batch.json");
+        std::fs::write(&pretty, serde_json::to_vec_pretty(&batch).unwrap()).unwrap();
+        let compact = dir.path().join("compact.json");
+        std::fs::write(&compact, serde_json::to_vec(&batch).unwrap()).unwrap();
         let yaml = dir.path().join("batch.yaml");
         std::fs::write(&yaml, serde_yaml::to_string(&batch).unwrap()).unwrap();
-        for prepared in [
-            PreparedBatch::from_batch(batch.clone()).unwrap(),
-            PreparedBatch::read(&file).unwrap(),
-            PreparedBatch::read(&yaml).unwrap(),
+        for (prepared, in_file) in [
+            (PreparedBatch::from_batch(batch.clone()).unwrap(), false),
+            (PreparedBatch::read(&pretty).unwrap(), false),
+            (PreparedBatch::read(&compact).unwrap(), true),
+            (PreparedBatch::read(&yaml).unwrap(), false),
         ] {
             assert_eq!(prepared.devices(), 2);
             for (p, i) in prepared.devices.iter().zip(&batch.upserts) {
-                assert_eq!(p.content, serde_json::to_vec(i).unwrap());
-                assert_eq!(p.hash, sha256(&p.content));
-                assert_eq!(p.id(), i.device);
+                let doc = prepared.stores.bytes(p.doc);
+                assert_eq!(doc, serde_json::to_vec(i).unwrap());
+                assert_eq!(p.hash, sha256(doc));
+                assert_eq!(prepared.id(p), i.device);
                 assert_eq!(p.path_hash, crate::target::device_path_hash(&i.device));
+                // A document written in the file exactly as it is published is not copied.
+                assert_eq!(p.doc.store == 0, in_file);
             }
         }
+    }
+
+    #[test]
+    fn ids_written_with_escapes_are_unescaped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("batch.json");
+        let mut batch = Batch { upserts: vec![instruction("x", vec![])], ..Batch::default() };
+        let text =
+            serde_json::to_string(&batch).unwrap().replace("\"device\":\"x\"", "\"device\":\"\\u0078\"");
+        std::fs::write(&file, text).unwrap();
+        let prepared = PreparedBatch::read(&file).unwrap();
+        assert_eq!(prepared.id(&prepared.devices[0]), "x");
+        assert_eq!(
+            prepared.stores.bytes(prepared.devices[0].doc),
+            serde_json::to_vec(&batch.upserts[0]).unwrap()
+        );
+        batch.upserts[0].device = "a/b".into();
+        std::fs::write(&file, serde_json::to_vec(&batch).unwrap()).unwrap();
+        assert!(matches!(PreparedBatch::read(&file), Err(PublishError::InvalidDevice { .. })));
     }
 }

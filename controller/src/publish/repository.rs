@@ -19,11 +19,11 @@ use tough::schema::{
 };
 use tough::TargetName;
 
-use super::canonical::{leaf_body, leaf_canonical_json};
+use super::canonical::{leaf_body, leaf_canonical_json, LeafTarget};
 use super::keys::KeyDir;
 use super::layout::BinLayout;
-use super::leaf::{leaf_entries, read_leaf, LeafEntry, LeafTargets};
-use super::prepare::{check_device_id, PreparedBatch, PreparedDevice};
+use super::leaf::{leaf_entries, path_order, read_leaf, LeafEntry, LeafTargets};
+use super::prepare::{check_device_id, PreparedBatch, PreparedDevice, Stores};
 use super::signing::{
     canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, SignedFile, Signer,
 };
@@ -272,18 +272,21 @@ impl Repository {
             .map(|leaf| {
                 let role = old.leaf_name(leaf);
                 let mut moved: Vec<(u32, String, LeafEntry)> = Vec::new();
-                for (path, entry) in self.read_leaf_version(&role, self.role_version(&role))? {
-                    moved.push((layout.leaf_of(&sha256(path.as_bytes())), path, entry));
+                for (id, entry) in self.read_leaf_version(&role, self.role_version(&role))? {
+                    moved.push((layout.leaf_of(&device_path_hash(&id)), id, entry));
                 }
                 Ok(moved)
             })
             .collect::<Result<Vec<_>, PublishError>>()?;
         let mut by_leaf: Vec<LeafTargets> = vec![LeafTargets::new(); layout.leaves() as usize];
         let mut devices = 0;
-        for (leaf, path, entry) in old_leaves.into_iter().flatten() {
-            by_leaf[leaf as usize].insert(path, entry);
+        for (leaf, id, entry) in old_leaves.into_iter().flatten() {
+            by_leaf[leaf as usize].push((id, entry));
             devices += 1;
         }
+        by_leaf
+            .par_iter_mut()
+            .for_each(|targets| targets.sort_unstable_by(|a, b| path_order(a.0.as_bytes(), b.0.as_bytes())));
         let versions: BTreeMap<String, u64> = self
             .snapshot
             .meta
@@ -299,7 +302,11 @@ impl Repository {
                 .enumerate()
                 .map(|(leaf, targets)| {
                     let role = layout.leaf_name(leaf as u32);
-                    self.sign_leaf(&role, targets, versions.get(&role).copied().unwrap_or(0) + 1)
+                    self.sign_leaf(
+                        &role,
+                        &leaf_entries(targets),
+                        versions.get(&role).copied().unwrap_or(0) + 1,
+                    )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             files.extend(leaf_files);
@@ -382,8 +389,8 @@ impl Repository {
     /// [`Repository::commit`] of a batch whose documents are already built (see
     /// [`PreparedBatch::read`], the fast path for large batch files).
     pub fn commit_prepared(&mut self, batch: PreparedBatch) -> Result<CommitReport, PublishError> {
-        let mut upserts = batch.devices;
-        let by_leaf = self.group_by_leaf(&mut upserts, batch.removals)?;
+        let PreparedBatch { stores, devices: mut upserts, removals, releases } = batch;
+        let by_leaf = self.group_by_leaf(&stores, &mut upserts, removals)?;
         let mut report = CommitReport::default();
 
         let device_files = if by_leaf.is_empty() {
@@ -400,7 +407,7 @@ impl Repository {
             // Read, change and sign each touched leaf; its new device files go to the writer.
             let results = by_leaf
                 .into_par_iter()
-                .map(|changes| self.apply_to_leaf(changes, device_files, &sender))
+                .map(|changes| self.apply_to_leaf(changes, &stores, device_files, &sender))
                 .collect::<Result<Vec<_>, _>>();
             drop(sender);
             let written = writer.join().expect("the target file writer does not panic");
@@ -416,8 +423,8 @@ impl Repository {
             report.devices_changed += r.devices_changed;
             files.push(r.role);
         }
-        if !batch.releases.is_empty() {
-            if let Some(r) = self.apply_releases(&batch.releases, &mut report)? {
+        if !releases.is_empty() {
+            if let Some(r) = self.apply_releases(&releases, &mut report)? {
                 files.push(r);
             }
         }
@@ -540,6 +547,7 @@ impl Repository {
     /// are not copied), refusing malformed or repeated device ids.
     fn group_by_leaf<'b>(
         &self,
+        stores: &Stores,
         upserts: &'b mut [PreparedDevice],
         removals: Vec<String>,
     ) -> Result<Vec<LeafChanges<'b>>, PublishError> {
@@ -568,15 +576,16 @@ impl Repository {
         // A device id always lands in the same leaf, so repeats are found leaf by leaf;
         // sorting by path is also the order the leaf is written in.
         by_leaf.par_iter_mut().try_for_each(|changes| {
-            changes.upserts.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-            let mut removals: Vec<&str> = changes.removals.iter().map(String::as_str).collect();
-            removals.sort_unstable();
-            let repeated = changes.upserts.windows(2).find(|w| w[0].path == w[1].path).map(|w| w[0].id());
-            let repeated =
-                repeated.or_else(|| removals.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])).or_else(|| {
-                    removals.iter().copied().find(|id| {
-                        let path = device_target_path(id);
-                        changes.upserts.binary_search_by(|u| u.path.cmp(&path)).is_ok()
+            let id = |d: &PreparedDevice| stores.bytes(d.id);
+            changes.upserts.sort_unstable_by(|a, b| path_order(id(a), id(b)));
+            changes.removals.sort_unstable_by(|a, b| path_order(a.as_bytes(), b.as_bytes()));
+            let upserts = &*changes.upserts;
+            let repeated = upserts.windows(2).find(|w| id(&w[0]) == id(&w[1])).map(|w| stores.str(w[0].id));
+            let repeated = repeated
+                .or_else(|| changes.removals.windows(2).find(|w| w[0] == w[1]).map(|w| w[0].as_str()))
+                .or_else(|| {
+                    changes.removals.iter().map(String::as_str).find(|removed| {
+                        upserts.binary_search_by(|u| path_order(id(u), removed.as_bytes())).is_ok()
                     })
                 });
             match repeated {
@@ -589,43 +598,50 @@ impl Repository {
 
     /// Applies one leaf's changes, sending its new device files to the writer. Returns
     /// `None` when its content would not change.
-    fn apply_to_leaf(
+    fn apply_to_leaf<'s>(
         &self,
         changes: LeafChanges<'_>,
+        stores: &'s Stores,
         device_files: &DeviceFiles,
-        files: &SyncSender<Vec<NewFile>>,
+        files: &SyncSender<Vec<NewFile<'s>>>,
     ) -> Result<Option<LeafResult>, PublishError> {
         let role = self.config.layout.leaf_name(changes.leaf);
         let version = self.role_version(&role);
-        let mut targets = self.read_leaf_version(&role, version)?;
+        let old = self.read_leaf_version(&role, version)?;
         let mut new_files = Vec::with_capacity(changes.upserts.len());
-        // `upserts` is sorted by path, so the changed entries are too.
-        let mut changed: Vec<(String, LeafEntry)> = Vec::with_capacity(changes.upserts.len());
-        for device in changes.upserts.iter_mut() {
-            let entry = LeafEntry { length: device.content.len() as u64, sha256: device.hash };
-            if targets.get(&device.path) == Some(&entry) {
-                continue; // read before write: the device already has this instruction
+        // The leaf's new targets: its old ones merged with the changes, both in path order.
+        let mut entries: Vec<LeafTarget<'_>> = Vec::with_capacity(old.len() + changes.upserts.len());
+        let mut devices_changed = 0;
+        let mut old_targets = old.iter().peekable();
+        for device in changes.upserts.iter() {
+            let id = stores.str(device.id);
+            while let Some((old_id, e)) =
+                old_targets.next_if(|(old_id, _)| path_order(old_id.as_bytes(), id.as_bytes()).is_lt())
+            {
+                entries.push((old_id, e.length, &e.sha256));
             }
-            if device_files.needs(&device.hash, device.id(), entry.length)? {
-                let path = device.path.clone();
-                new_files.push(NewFile {
-                    hash: device.hash,
-                    path,
-                    content: std::mem::take(&mut device.content),
-                });
+            let entry = LeafEntry { length: device.doc.len() as u64, sha256: device.hash };
+            if let Some((old_id, old_entry)) = old_targets.next_if(|(old_id, _)| old_id == id) {
+                if *old_entry == entry {
+                    // Read before write: the device already has this instruction.
+                    entries.push((old_id, old_entry.length, &old_entry.sha256));
+                    continue;
+                }
             }
-            changed.push((std::mem::take(&mut device.path), entry));
+            if device_files.needs(&device.hash, id, entry.length)? {
+                new_files.push(NewFile { hash: device.hash, id, content: stores.bytes(device.doc) });
+            }
+            entries.push((id, entry.length, &device.hash));
+            devices_changed += 1;
         }
-        let mut devices_changed = changed.len();
-        if targets.is_empty() {
-            targets = changed.into_iter().collect(); // built in one pass from sorted entries
-        } else {
-            targets.extend(changed);
-        }
-        for id in changes.removals {
-            if targets.remove(&device_target_path(&id)).is_some() {
-                devices_changed += 1;
-            }
+        entries.extend(old_targets.map(|(id, e)| (id.as_str(), e.length, &e.sha256[..])));
+        if !changes.removals.is_empty() {
+            // Removed ids are never among the upserts (a batch cannot do both to a device).
+            let before = entries.len();
+            entries.retain(|(id, ..)| {
+                changes.removals.binary_search_by(|r| path_order(r.as_bytes(), id.as_bytes())).is_err()
+            });
+            devices_changed += before - entries.len();
         }
         if !new_files.is_empty() && files.send(new_files).is_err() {
             // The writer stopped on an error, which the commit reports.
@@ -637,7 +653,7 @@ impl Repository {
         if devices_changed == 0 {
             return Ok(None);
         }
-        let mut role = self.sign_leaf(&role, &targets, version + 1)?;
+        let mut role = self.sign_leaf(&role, &entries, version + 1)?;
         // Written now, so that a few thousand signed bins never sit in memory together.
         self.write_role(&mut role)?;
         Ok(Some(LeafResult { role, devices_changed }))
@@ -653,16 +669,23 @@ impl Repository {
     }
 
     /// Signs a leaf's targets as `role` at the first unused version ≥ `version`.
-    fn sign_leaf(&self, role: &str, targets: &LeafTargets, version: u64) -> Result<RoleFile, PublishError> {
+    fn sign_leaf(
+        &self,
+        role: &str,
+        targets: &[LeafTarget<'_>],
+        version: u64,
+    ) -> Result<RoleFile, PublishError> {
         let mut shell = empty_targets();
         let version = self.stamp(role, &mut shell, version, self.config.expiries.snapshot);
-        let body = match leaf_body(role, &shell, &leaf_entries(targets))? {
+        let body = match leaf_body(role, &shell, targets)? {
             Some(body) => body,
             None => {
-                for (name, e) in targets {
-                    shell
-                        .targets
-                        .insert(target_name(name.clone())?, new_target(e.length, e.sha256, HashMap::new()));
+                for (id, length, sha256) in targets {
+                    let sha256 = sha256.to_vec();
+                    shell.targets.insert(
+                        target_name(device_target_path(id))?,
+                        new_target(*length, sha256, HashMap::new()),
+                    );
                 }
                 canonical_json(role, &shell)?
             }
@@ -711,7 +734,7 @@ impl Repository {
                 }
             }
             let custom = HashMap::from([("url".to_owned(), serde_json::Value::String(artifact.url.clone()))]);
-            let new = new_target(artifact.length, hash, custom);
+            let new = new_target(artifact.length, hash.to_vec(), custom);
             let name = target_name(target.clone())?;
             if targets.targets.get(&name) != Some(&new) {
                 targets.targets.insert(name, new);
@@ -1028,10 +1051,10 @@ fn target_name(path: String) -> Result<TargetName, PublishError> {
     })
 }
 
-fn new_target(length: u64, sha256: [u8; 32], custom: HashMap<String, serde_json::Value>) -> Target {
+fn new_target(length: u64, sha256: Vec<u8>, custom: HashMap<String, serde_json::Value>) -> Target {
     Target {
         length,
-        hashes: Hashes { sha256: Decoded::<Hex>::from(sha256.to_vec()), _extra: HashMap::new() },
+        hashes: Hashes { sha256: Decoded::<Hex>::from(sha256), _extra: HashMap::new() },
         custom,
         _extra: HashMap::new(),
     }

@@ -20,12 +20,12 @@ use std::sync::mpsc::Receiver;
 use super::PublishError;
 
 /// A device target file to write: `targets/devices/<hash>.<id>.json`.
-pub(crate) struct NewFile {
+pub(crate) struct NewFile<'a> {
     /// SHA-256 of `content`.
     pub(crate) hash: [u8; 32],
-    /// The target path, `devices/<id>.json`.
-    pub(crate) path: String,
-    pub(crate) content: Vec<u8>,
+    /// The device id.
+    pub(crate) id: &'a str,
+    pub(crate) content: &'a [u8],
 }
 
 /// The file name of a device target with content hash `hash`: `<hex hash>.<id>.json`
@@ -85,15 +85,14 @@ impl DeviceFiles {
 
     /// Writes every file received on `files`, until the senders are gone. Stops at the
     /// first error; the senders then see a closed channel.
-    pub(crate) fn write(&self, files: Receiver<Vec<NewFile>>) -> Result<Written, PublishError> {
+    pub(crate) fn write(&self, files: Receiver<Vec<NewFile<'_>>>) -> Result<Written, PublishError> {
         let mut written = Written::default();
         let mut expect_existing = false;
         let mut name = String::with_capacity(128);
         for batch in files {
             for file in batch {
-                let id = &file.path["devices/".len()..file.path.len() - ".json".len()];
-                let name = device_file_name(&mut name, &file.hash, id);
-                if write_target_file(&self.dir, &self.path, name, &file.content, &mut expect_existing)? {
+                let name = device_file_name(&mut name, &file.hash, file.id);
+                if write_target_file(&self.dir, &self.path, name, file.content, &mut expect_existing)? {
                     written.files += 1;
                     written.bytes += file.content.len() as u64;
                 }

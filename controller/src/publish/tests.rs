@@ -110,6 +110,33 @@ fn an_unchanged_batch_writes_nothing_and_removal_withdraws_the_target() {
 }
 
 #[test]
+fn leaves_merge_changes_in_target_path_order() {
+    // Ids that sort otherwise than their target paths ("s00-1.json" < "s00.json"), several
+    // to a leaf: a leaf written out of order would not verify.
+    let (fx, mut repo) = fixture(10);
+    let stems: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+    let with = |suffixes: &[&str]| -> Vec<String> {
+        stems.iter().flat_map(|s| suffixes.iter().map(move |x| format!("{s}{x}"))).collect()
+    };
+    repo.commit(batch(with(&["", "-1", ".b"]), "r1")).unwrap();
+    let mut second = batch(with(&["", "-0", "0"]), "r2");
+    second.removals = with(&[".b"]);
+    let report = repo.commit(second).unwrap();
+    assert_eq!(report.devices_changed, 40 * 4, "changed, two added and removed per stem");
+    drop(repo);
+    let all = with(&["", "-1", ".b", "-0", "0"]);
+    let ids: Vec<&str> = all.iter().map(String::as_str).collect();
+    for (id, got) in ids.iter().zip(client_view(&fx.repo_dir, &ids).unwrap()) {
+        let want = match id {
+            _ if id.ends_with(".b") => None,
+            _ if id.ends_with("-1") => Some(instruction(id, "r1")),
+            _ => Some(instruction(id, "r2")),
+        };
+        assert_eq!(got, want, "{id}");
+    }
+}
+
+#[test]
 fn a_wave_cut_in_hash_order_rewrites_few_bins() {
     let (_fx, mut repo) = fixture(1_000_000);
     let mut ids: Vec<String> = (0..4_000).map(|i| format!("dev-{i:07}")).collect();
