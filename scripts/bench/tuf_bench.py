@@ -4,7 +4,8 @@
 Both sides publish the same device instructions (byte-identical JSON documents, one
 target `devices/<id>.json` per device, content-addressed target files, one ed25519 online
 key, consistent snapshots) and each scenario runs as its own process under
-`/usr/bin/time -v`, so wall time and peak RSS are measured the same way for both.
+`/usr/bin/time -v`, after an untimed `sync`, so wall time and peak RSS are measured the
+same way for both.
 
   python-tuf: classic hashed bins, `targets` delegating directly to 2048 bins (the same
               number of leaves Waveguide picks for 1M devices), compact JSON; target files
@@ -242,7 +243,10 @@ def write_batch(path, indices, release, wave):
 # --- measurement -----------------------------------------------------------------------
 
 def timed(cmd):
-    """Runs cmd under /usr/bin/time -v: (seconds, peak RSS in MiB, stdout)."""
+    """Runs cmd under /usr/bin/time -v: (seconds, peak RSS in MiB, stdout). Dirty pages
+    left by the previous measurement are flushed first (untimed), so that no side pays for
+    the kernel writing back the other side's files."""
+    os.sync()
     out = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{cmd} failed:\n{out.stderr}")

@@ -5,7 +5,7 @@
 //! [`Stores`] and devices point into them ([`Span`]): a batch file is mapped, and an
 //! instruction written there exactly as its target document (compact JSON, fields in
 //! order, as `serde_json` writes a [`DeviceInstruction`]) is used where it lies; any other
-//! instruction is serialised into one buffer per chunk of devices. Both the borrowed and
+//! document, and every device id, is copied into one buffer per chunk of devices. Both the borrowed and
 //! the owned form serialise through [`InstructionRef`], so the document bytes are the
 //! same whichever way a batch arrives.
 
@@ -186,9 +186,9 @@ impl PreparedDevice {
         PreparedDevice { id: Span::EMPTY, doc: Span::EMPTY, hash: [0; 32], path_hash: [0; 32] };
 }
 
-/// Prepares a chunk of instructions into `out`, serialising into the returned buffer
-/// (store `store`) every document and id that is not in the mapped batch `file` as it
-/// should be. `None` when an instruction cannot be read on this path.
+/// Prepares a chunk of instructions into `out`, copying into the returned buffer (store
+/// `store`) the device ids and every document that is not in the mapped batch `file` as
+/// it should be. `None` when an instruction cannot be read on this path.
 fn prepare_chunk<S: Source>(
     items: &[S],
     out: &mut [PreparedDevice],
@@ -217,16 +217,17 @@ fn prepare_chunk<S: Source>(
             Some(at) => Span::new(0, at, bytes.len()),
             None => {
                 if buffer.is_empty() {
-                    buffer.reserve(items.len() * (doc.len() + 32));
+                    buffer.reserve(items.len() * (bytes.len() + 16));
                 }
                 buffer.extend_from_slice(bytes);
                 Span::new(store, buffer.len() - bytes.len(), bytes.len())
             }
         };
-        let id = instruction.device.as_bytes();
         *out = PreparedDevice {
             doc: span(&doc, item.text().filter(|text| *text == &doc[..]).and_then(in_file))?,
-            id: span(id, in_file(id))?,
+            // Copied even when it is in the file: a commit reads every id in leaf order,
+            // and a few megabytes of ids serve that better than the whole batch file.
+            id: span(instruction.device.as_bytes(), None)?,
             hash: sha256(&doc),
             path_hash: device_path_hash(&instruction.device),
         };
