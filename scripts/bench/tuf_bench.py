@@ -11,7 +11,7 @@ same way for both.
               number of leaves Waveguide picks for 1M devices), compact JSON; target files
               written the way Waveguide writes them (one exclusive create, one write). The
               10k wave is a random set of devices, which is how waves fall into hash-keyed
-              bins.
+              bins, published into the repository holding its million target files.
   Waveguide:  `waveguide tuf init` + `waveguide tuf publish` (reading the batch file is
               included); the 10k wave is cut from the planner's order (the device path
               hash), so it is a contiguous range of the hash space.
@@ -355,7 +355,11 @@ def run(args):
             write_batch(wave, order, "r2", 1)
             t, rss, out = timed([wg, "tuf", "publish", "--repo", repo, "--keys", keys, "--batch", wave, "--json", *NO_SYNC])
             wg_wave = json.loads(out)
-            py_t, py_rss, py_out = timed([py, me, "pytuf-wave", "--dir", pyrepo, "--devices", n, "--wave", args.wave, *tf])
+            # Each side's wave goes into its repository that holds the million target files
+            # of its initial publish: creating 10,000 files in a directory of a million
+            # costs the kernel far more than in an empty one.
+            py_wave_repo = work / f"py-files-{n}" if args.target_files else pyrepo
+            py_t, py_rss, py_out = timed([py, me, "pytuf-wave", "--dir", py_wave_repo, "--devices", n, "--wave", args.wave, *tf])
             py_wave = json.loads(py_out)
             row(f"{args.wave:,}-device wave into {n:,}", (t, rss), (py_t, py_rss), wg_wave["bytes_written"], py_wave["bytes_written"])
             bins = sum(1 for r in wg_wave["roles"] if r["role"].startswith("d-"))

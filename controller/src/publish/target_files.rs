@@ -7,7 +7,10 @@
 //! files took 5.0 s from one thread, 6.8 s from two), and the metadata work overlaps
 //! the file work instead of following it. Each new file costs one
 //! `openat(O_CREAT|O_EXCL)`, one `write` and one `close`; nothing is flushed per file
-//! (one `syncfs` before the timestamp covers them all).
+//! (one `syncfs` before the timestamp covers them all). In a large directory, the names
+//! of each leaf's new files are first looked up from several threads, so that the
+//! directory blocks the creates need are read in parallel rather than one create at a
+//! time (a 10,000-device wave into a million-file directory: about half the time).
 
 #[cfg(not(target_os = "linux"))]
 use std::fs::OpenOptions;
@@ -55,14 +58,24 @@ pub(crate) struct DeviceFiles {
     /// Set once the writer has met a file that was already there: a repository
     /// republished from existing files finds nearly all of them, a first publish none.
     exist: AtomicBool,
+    /// Whether the directory is large enough for [`DeviceFiles::look_up`] to pay.
+    large: bool,
 }
+
+/// The directory size (bytes of entries, about 130 per file) from which the writer looks
+/// new names up in parallel before creating them: about 60,000 files.
+const LARGE_DIRECTORY: u64 = 8 << 20;
+
+/// Threads looking names up ahead of the writer.
+const LOOKUP_THREADS: usize = 8;
 
 impl DeviceFiles {
     /// Opens (creating it if needed) the directory of device target files.
     pub(crate) fn open(path: PathBuf) -> Result<Self, PublishError> {
         fs::create_dir_all(&path).map_err(PublishError::io("create", &path))?;
         let dir = File::open(&path).map_err(PublishError::io("open", &path))?;
-        Ok(DeviceFiles { dir, path, exist: AtomicBool::new(false) })
+        let large = dir.metadata().map_err(PublishError::io("read", &path))?.len() >= LARGE_DIRECTORY;
+        Ok(DeviceFiles { dir, path, exist: AtomicBool::new(false), large })
     }
 
     /// Whether `name` still has to be written: false when a complete copy (`length`
@@ -90,6 +103,9 @@ impl DeviceFiles {
         let mut expect_existing = false;
         let mut name = String::with_capacity(128);
         for batch in files {
+            if self.large {
+                self.look_up(&batch);
+            }
             for file in batch {
                 let name = device_file_name(&mut name, &file.hash, file.id);
                 if write_target_file(&self.dir, &self.path, name, file.content, &mut expect_existing)? {
@@ -102,6 +118,31 @@ impl DeviceFiles {
             }
         }
         Ok(written)
+    }
+}
+
+impl DeviceFiles {
+    /// Looks the names of `files` up from several threads. In a large directory whose
+    /// blocks are not all cached (a wave into a repository of a million devices), each
+    /// create first reads the directory block its name hashes to; lookups share the
+    /// directory's lock where creates do not, so these reads overlap, and the creates
+    /// that follow find their blocks in memory. What the lookups find changes nothing:
+    /// the writer still creates each file exclusively.
+    fn look_up(&self, files: &[NewFile<'_>]) {
+        if files.len() < 2 * LOOKUP_THREADS {
+            return;
+        }
+        std::thread::scope(|scope| {
+            for part in files.chunks(files.len().div_ceil(LOOKUP_THREADS)) {
+                scope.spawn(move || {
+                    let mut name = String::with_capacity(128);
+                    for file in part {
+                        let _ =
+                            len_in(&self.dir, &self.path, device_file_name(&mut name, &file.hash, file.id));
+                    }
+                });
+            }
+        });
     }
 }
 
@@ -207,4 +248,45 @@ fn len_in(_dir: &File, dir_path: &Path, name: &str) -> std::io::Result<Option<u6
 #[cfg(target_os = "linux")]
 fn c_name(name: &str) -> std::io::Result<std::ffi::CString> {
     std::ffi::CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_directory_gets_the_same_files_with_names_looked_up_first() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let docs: Vec<(String, Vec<u8>)> = (0..100)
+            .map(|i| (format!("dev-{i}"), format!("{{\"device\":\"dev-{i}\"}}").into_bytes()))
+            .collect();
+        let files = || -> Vec<NewFile<'_>> {
+            docs.iter()
+                .map(|(id, content)| NewFile { hash: super::super::signing::sha256(content), id, content })
+                .collect()
+        };
+        // One of them is there already, one is cut short as a crash would leave it.
+        let mut name = String::new();
+        let first = &files()[0];
+        let dir = tmp.path().join("devices");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(device_file_name(&mut name, &first.hash, first.id)), first.content).unwrap();
+        let second = &files()[1];
+        fs::write(dir.join(device_file_name(&mut name, &second.hash, second.id)), b"{").unwrap();
+
+        let mut device_files = DeviceFiles::open(dir.clone()).unwrap();
+        device_files.large = true;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+        sender.send(files()).unwrap();
+        drop(sender);
+        let written = device_files.write(receiver).unwrap();
+        assert_eq!(written.files, 99);
+        for file in files() {
+            assert_eq!(
+                fs::read(dir.join(device_file_name(&mut name, &file.hash, file.id))).unwrap(),
+                file.content
+            );
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 100);
+    }
 }
