@@ -225,3 +225,40 @@ def test_ngclient_follows_a_rebin_up_and_down(served):
     ts = json.loads((meta / "timestamp.json").read_text())
     snap = json.loads((meta / f"{ts['signed']['meta']['snapshot.json']['version']}.snapshot.json").read_text())
     assert "d-f.json" in snap["signed"]["meta"]
+
+
+def test_ngclient_after_a_prune(served):
+    """`waveguide tuf prune` removes what only older snapshots named; a client that
+    cached those and a fresh client both resolve and download every device's current
+    instruction afterwards, and the next publish goes on."""
+
+    def release_of(i):
+        return "r3" if i < 5 else "r2" if i < 10 else "r1"
+
+    def check_all(client_dir):
+        _, updater = served.updater(client_dir)
+        updater.refresh()
+        for i, device in enumerate(DEVICES):
+            info = updater.get_targetinfo(f"devices/{device}.json")
+            assert info is not None, device
+            if i < 12 or i % 20 == 0:
+                path = pathlib.Path(updater.download_target(info))
+                assert json.loads(path.read_bytes()) == instruction(device, release_of(i)), device
+
+    served.publish(batch(DEVICES, "r1"))
+    early, updater = served.updater()
+    updater.refresh()  # caches the first bins and snapshot
+    served.publish(batch(DEVICES[:10], "r2"))
+    served.publish(batch(DEVICES[:5], "r3"))
+    files = lambda: sorted(p.name for p in (served.repo / "targets" / "devices").iterdir())
+    assert len(files()) == len(DEVICES) + 15
+
+    out = run(served.binary, "tuf", "prune", "--repo", served.repo, "--keys", served.keys, "--keep", "1", "--json")
+    report = json.loads(out)
+    # r1 of the first ten devices and r2 of the first five are no longer named.
+    assert report["target_files"] == 15, report
+    assert report["metadata_files"] > 0, report
+    assert len(files()) == len(DEVICES)
+    check_all(early)
+    check_all(None)
+    assert served.publish(batch(DEVICES[:1], "r3"))["devices_changed"] == 0

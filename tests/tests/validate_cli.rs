@@ -22,6 +22,25 @@ fn the_example_fleet_is_valid() {
 }
 
 #[test]
+fn output_closed_early_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    // As when a pager or `head` stops reading: no panic, the command just ends.
+    let mut child = waveguide()
+        .args(["validate", "examples/fleet", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    const SIGPIPE: i32 = 13;
+    assert!(output.status.success() || output.status.signal() == Some(SIGPIPE), "{:?}", output.status);
+}
+
+#[test]
 fn errors_exit_1_with_github_annotations() {
     let output = run_waveguide(&["validate", "examples/invalid/dangling-references", "--format", "github"]);
     assert_eq!(output.status.code(), Some(1));

@@ -71,7 +71,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(_) | Command::Agent(_) | Command::Simulate(_) | Command::Controller(_) => {
             init_tracing("info")
         }
-        _ => init_tracing("warn"),
+        _ => {
+            default_sigpipe();
+            init_tracing("warn")
+        }
     }
     match cli.command {
         Command::Validate(args) => validate::run(&args),
@@ -119,4 +122,16 @@ fn init_tracing(default: &str) {
         .with_env_filter(EnvFilter::try_from_env("WAVEGUIDE_LOG").unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Lets a one-shot command end quietly when its output is closed early (`waveguide plan …
+/// | head`), as Unix tools do: Rust ignores SIGPIPE, which turns a closed pipe into a
+/// panic at the next print. Long-running commands keep ignoring it (their sockets report
+/// a closed peer as an error instead).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: sets one signal's disposition back to the default, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

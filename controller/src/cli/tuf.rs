@@ -22,6 +22,8 @@ pub enum TufCommand {
     /// Change the number of hashed bins (when the fleet outgrew what they were sized
     /// for), as one metadata commit.
     Rebin(RebinArgs),
+    /// Remove metadata versions and device files that the last snapshots no longer refer to.
+    Prune(PruneArgs),
 }
 
 /// Where the repository and keys are.
@@ -119,9 +121,21 @@ pub struct RebinArgs {
     pub expiry: ExpiryArgs,
 }
 
+/// Arguments of `tuf prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Snapshots to keep, the published one included: clients that fetched one of the
+    /// older kept timestamps can still finish their update.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+}
+
 /// Runs a `tuf` subcommand.
 pub fn run(command: TufCommand) -> ExitCode {
     let (args, result) = match command {
+        TufCommand::Prune(a) => return prune(&a),
         TufCommand::Init(a) => {
             let r = KeyDir::open(&a.repo.keys).and_then(|keys| {
                 let config = RepoConfig {
@@ -194,6 +208,27 @@ pub fn run(command: TufCommand) -> ExitCode {
         }
         Err(e) => report_error(&e),
     }
+}
+
+fn prune(args: &PruneArgs) -> ExitCode {
+    let report = match open(&args.repo, &ExpiryArgs::default()).and_then(|mut repo| repo.prune(args.keep)) {
+        Ok(report) => report,
+        Err(e) => return report_error(&e),
+    };
+    if args.repo.json {
+        println!("{}", serde_json::to_string(&report).expect("a prune report serialises"));
+    } else {
+        let kept = match report.snapshots_kept.as_slice() {
+            [only] => format!("snapshot {only}"),
+            [first, .., last] => format!("snapshots {first} to {last}"),
+            [] => "no snapshot".to_owned(),
+        };
+        println!(
+            "kept {kept}; removed {} metadata files and {} device files ({} bytes)",
+            report.metadata_files, report.target_files, report.bytes
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn open(args: &RepoArgs, expiry: &ExpiryArgs) -> Result<Repository, PublishError> {

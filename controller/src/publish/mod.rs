@@ -46,7 +46,7 @@ pub use error::PublishError;
 pub use keys::{KeyDir, KeysCreated};
 pub use layout::BinLayout;
 pub use prepare::PreparedBatch;
-pub use repository::{RepoConfig, Repository};
+pub use repository::{PruneReport, RepoConfig, Repository};
 
 /// The TUF specification version written into every role.
 pub const SPEC_VERSION: &str = "1.0.0";

@@ -33,6 +33,10 @@ use super::{
 };
 use crate::target::{device_path_hash, device_target_path};
 
+mod prune;
+
+pub use prune::PruneReport;
+
 const CONFIG_FILE: &str = "waveguide-tuf.json";
 const LOCK_FILE: &str = ".lock";
 const METADATA: &str = "metadata";

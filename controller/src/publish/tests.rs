@@ -274,6 +274,56 @@ fn a_version_left_on_disk_by_a_crash_is_never_reused() {
 }
 
 #[test]
+fn pruning_keeps_what_the_last_snapshots_name() {
+    let (fx, mut repo) = fixture(100);
+    let ids: Vec<String> = (0..50).map(|i| format!("dev-{i}")).collect();
+    repo.commit(batch(ids.clone(), "r1")).unwrap();
+    repo.commit(batch(ids[..10].to_vec(), "r2")).unwrap();
+    repo.commit(batch(ids[..5].to_vec(), "r3")).unwrap();
+    let current = repo.snapshot_version();
+    let meta = fx.repo_dir.join("metadata");
+    let device_files = || std::fs::read_dir(fx.repo_dir.join("targets/devices")).unwrap().count();
+    assert_eq!(device_files(), 65);
+    // A leftover of a commit that never reached its timestamp keeps its version number.
+    let leftover = meta.join(format!("99.{}.json", repo.config().layout.leaf_name(0)));
+    std::fs::write(&leftover, b"half").unwrap();
+
+    let report = repo.prune(2).unwrap();
+    assert_eq!(report.snapshots_kept, vec![current - 1, current]);
+    // The r1 files of the first ten devices go; the previous snapshot still names r2.
+    assert_eq!(report.target_files, 10);
+    assert_eq!(device_files(), 55);
+    assert!(report.metadata_files > 0 && report.bytes > 0, "{report:?}");
+    assert!(leftover.exists());
+    assert!(meta.join("1.root.json").exists());
+    assert!(!meta.join(format!("{}.snapshot.json", current - 2)).exists());
+    assert!(meta.join(format!("{}.snapshot.json", current - 1)).exists());
+    let again = repo.prune(2).unwrap();
+    assert_eq!((again.metadata_files, again.target_files), (0, 0), "{again:?}");
+
+    // Keeping only the published snapshot drops what the previous one alone named.
+    let one = repo.prune(1).unwrap();
+    assert_eq!(one.snapshots_kept, vec![current]);
+    assert_eq!(one.target_files, 5);
+    assert!(one.metadata_files > 0);
+    assert!(!meta.join(format!("{}.snapshot.json", current - 1)).exists());
+
+    // The next commit goes on, and a client reads every device.
+    repo.commit(batch(["dev-49".to_owned()], "r3")).unwrap();
+    drop(repo);
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for (id, got) in names.iter().zip(client_view(&fx.repo_dir, &names).unwrap()) {
+        let i: usize = id["dev-".len()..].parse().unwrap();
+        let release = match i {
+            0..5 | 49 => "r3",
+            5..10 => "r2",
+            _ => "r1",
+        };
+        assert_eq!(got, Some(instruction(id, release)), "{id}");
+    }
+}
+
+#[test]
 fn a_commit_failing_between_any_two_steps_leaves_the_previous_state_and_the_next_commit_succeeds() {
     for step in [CommitStep::TargetFiles, CommitStep::FirstRole, CommitStep::Roles, CommitStep::Snapshot] {
         let (fx, mut repo) = fixture(1_000);
