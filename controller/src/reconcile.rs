@@ -61,6 +61,8 @@ pub struct RunConfig {
     /// The source in full (credentials, signature verification); overrides `repo`,
     /// `reference`, `path` and `poll_interval` when given.
     pub source: Option<SourceSpec>,
+    /// Snapshots the daily TUF prune keeps, the published one included; 0 never prunes.
+    pub tuf_keep_snapshots: u64,
 }
 
 impl RunConfig {
@@ -80,6 +82,7 @@ impl RunConfig {
             expiries: Expiries::default(),
             webhook_secret: None,
             source: None,
+            tuf_keep_snapshots: 10,
         }
     }
 
@@ -509,6 +512,21 @@ impl Reconciler {
         }
     }
 
+    /// Removes TUF metadata versions and device files that the last `keep` snapshots no
+    /// longer name (see [`crate::publish::Repository::prune`]).
+    pub fn prune(
+        &mut self,
+        keep: u64,
+    ) -> Result<Option<crate::publish::PruneReport>, crate::publish::PublishError> {
+        match self.engine.as_mut() {
+            Some(engine) => {
+                let repo = engine.repository();
+                tokio::task::block_in_place(|| repo.prune(keep)).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Re-signs TUF roles that expire within `margin`.
     pub fn refresh(&mut self, margin: SignedDuration) -> Result<(), crate::publish::PublishError> {
         match self.engine.as_mut() {
@@ -531,6 +549,7 @@ async fn run_loop(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let step_interval = config.step_interval;
+    let keep_snapshots = config.tuf_keep_snapshots;
     let mut reconciler = Reconciler::new(config, keys, store, Some(api))?;
     let _watcher = match reconciler.source().local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
@@ -540,6 +559,8 @@ async fn run_loop(
     };
     let mut next_poll = Instant::now();
     let mut next_refresh = Instant::now();
+    // The first prune an hour after start, then one a day.
+    let mut next_prune = Instant::now() + Duration::from_secs(3600);
     let mut woken = true;
     loop {
         if woken || Instant::now() >= next_poll {
@@ -585,6 +606,12 @@ async fn run_loop(
                 tracing::error!("refreshing TUF expiries failed: {e}");
             }
             next_refresh = Instant::now() + Duration::from_secs(3600);
+        }
+        if keep_snapshots > 0 && Instant::now() >= next_prune {
+            if let Err(e) = reconciler.prune(keep_snapshots) {
+                tracing::error!("pruning the TUF repository failed: {e}");
+            }
+            next_prune = Instant::now() + Duration::from_secs(24 * 3600);
         }
         let until_poll = next_poll.saturating_duration_since(Instant::now());
         tokio::select! {

@@ -76,6 +76,8 @@ impl World {
             },
             "spec": {
                 "source": {"url": self.repo().display().to_string(), "ref": {"branch": "main"}, "interval": "10ms"},
+                // Shorter than the day within which the controller re-signs a timestamp.
+                "tuf": {"expiries": {"timestamp": "2h"}},
             },
         }))
         .unwrap()
@@ -201,10 +203,14 @@ async fn a_new_fleet_gets_a_finalizer_then_status_and_events() {
     assert!(action != Action::await_change(), "a fleet in force is stepped again");
     let handle = server.await.unwrap();
     no_more_requests(ctx, handle).await;
-    assert!(
-        world.data().join(NS).join("edge/tuf/metadata/timestamp.json").exists(),
-        "the TUF repository is published"
-    );
+    let meta = world.data().join(NS).join("edge/tuf/metadata");
+    let timestamp: Value =
+        serde_json::from_slice(&std::fs::read(meta.join("timestamp.json")).unwrap()).unwrap();
+    // The controller re-signs what expires within a day, as `waveguide run` does: the
+    // 2-hour timestamp was re-signed once after the publish, nothing else.
+    let signed = &timestamp["signed"];
+    let snapshot = signed["meta"]["snapshot.json"]["version"].as_u64().unwrap();
+    assert_eq!(signed["version"].as_u64().unwrap(), snapshot + 1, "{timestamp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

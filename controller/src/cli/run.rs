@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// from `WAVEGUIDE_WEBHOOK_SECRET`.
     #[arg(long, env = "WAVEGUIDE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Snapshots the daily prune of the TUF repository keeps, the published one included
+    /// (older metadata versions and device files nothing kept names are removed); 0 never
+    /// prunes.
+    #[arg(long, default_value_t = 10)]
+    pub tuf_keep_snapshots: u64,
 }
 
 impl RunArgs {
@@ -99,6 +104,7 @@ impl RunArgs {
                 .unwrap_or(jiff::SignedDuration::MAX),
         };
         config.webhook_secret = self.webhook_secret.clone();
+        config.tuf_keep_snapshots = self.tuf_keep_snapshots;
         Ok(config)
     }
 }
