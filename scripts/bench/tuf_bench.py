@@ -392,6 +392,14 @@ def run(args):
                 t, rss, out = timed([wg, "tuf", "rebin", "--repo", repo, "--keys", keys, "--leaves", leaves, "--json", *NO_SYNC])
                 notes.append(f"tuf rebin of {n:,} devices to {leaves:,} leaves: {t:.2f} s, {rss:.0f} MiB, {json.loads(out)['target_files']} target files written")
 
+            # Pruning what the last two snapshots no longer name (Waveguide only): the old
+            # instruction files of both waves, and every superseded metadata version.
+            t, rss, out = timed([wg, "tuf", "prune", "--repo", repo, "--keys", keys, "--keep", "2", "--json"])
+            pruned = json.loads(out)
+            notes.append(f"tuf prune --keep 2 of {n:,} devices after two waves and two rebins: {t:.2f} s, {rss:.0f} MiB, "
+                         f"removed {pruned['metadata_files']:,} metadata files and {pruned['target_files']:,} device files "
+                         f"({pruned['bytes'] / 1e6:.1f} MB)")
+
     for aside in work.glob("py-files-*"):
         subprocess.run(["rm", "-rf", str(aside)], check=True)  # faster than shutil at 1M files
     print(markdown(rows, args))
