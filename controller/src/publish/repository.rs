@@ -291,12 +291,7 @@ impl Repository {
         by_leaf
             .par_iter_mut()
             .for_each(|targets| targets.sort_unstable_by(|a, b| path_order(a.0.as_bytes(), b.0.as_bytes())));
-        let versions: BTreeMap<String, u64> = self
-            .snapshot
-            .meta
-            .iter()
-            .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
-            .collect();
+        let versions = self.published_versions();
         let published = self.snapshot.clone();
         self.config.layout = layout;
         let result = (|| {
@@ -447,12 +442,9 @@ impl Repository {
     pub fn refresh(&mut self, margin: SignedDuration) -> Result<CommitReport, PublishError> {
         let deadline = Timestamp::now().saturating_add(margin).expect("signed durations never fail to add");
         let meta = self.metadata_dir();
-        let names: Vec<(String, u64)> = self
-            .snapshot
-            .meta
-            .iter()
-            .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role.to_owned(), m.version.get())))
+        let names: Vec<(String, u64)> = listed_roles(&self.snapshot)
             .filter(|(role, _)| self.is_live(role))
+            .map(|(role, version)| (role.to_owned(), version))
             .collect();
         let stale = names
             .par_iter()
@@ -499,12 +491,7 @@ impl Repository {
         self.online = next;
         // Every role names the online key (targets via root, bins via delegations), so
         // every role gets a new version signed by the new key.
-        let mut versions: BTreeMap<String, u64> = BTreeMap::new();
-        for (file, m) in &self.snapshot.meta {
-            if let Some(role) = file.strip_suffix(".json") {
-                versions.insert(role.to_owned(), m.version.get());
-            }
-        }
+        let versions = self.published_versions();
         let mut files = self.all_delegating_roles(&versions)?;
         let meta = self.metadata_dir();
         let leaves: Vec<u32> = (0..self.config.layout.leaves()).collect();
@@ -855,6 +842,11 @@ impl Repository {
         version
     }
 
+    /// Every role the published snapshot lists, with its version.
+    fn published_versions(&self) -> BTreeMap<String, u64> {
+        listed_roles(&self.snapshot).map(|(role, version)| (role.to_owned(), version)).collect()
+    }
+
     fn role_version(&self, role: &str) -> u64 {
         self.snapshot.meta.get(&format!("{role}.json")).map_or(0, |m| m.version.get())
     }
@@ -1062,6 +1054,14 @@ fn new_target(length: u64, sha256: Vec<u8>, custom: HashMap<String, serde_json::
         custom,
         _extra: HashMap::new(),
     }
+}
+
+/// The roles `snapshot` lists (`<role>.json`), with their versions.
+fn listed_roles(snapshot: &Snapshot) -> impl Iterator<Item = (&str, u64)> {
+    snapshot
+        .meta
+        .iter()
+        .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role, m.version.get())))
 }
 
 fn timestamp_keyid(root: &Root) -> &[u8] {

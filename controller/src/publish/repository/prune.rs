@@ -12,7 +12,7 @@
 //! Everything removed is unreferenced by what clients are told, so a prune stopped at
 //! any point leaves a consistent repository, and the next commit or prune goes on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
@@ -20,7 +20,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tough::schema::{Signed, Snapshot};
 
-use super::{parse, Repository, RELEASES_ROLE, TARGETS};
+use super::{listed_roles, parse, Repository, RELEASES_ROLE, TARGETS};
+use crate::publish::target_files::device_file_name;
 use crate::publish::PublishError;
 
 /// What [`Repository::prune`] kept and removed.
@@ -43,29 +44,20 @@ impl Repository {
         let meta = self.metadata_dir();
         let current = self.snapshot.version.get();
         let mut report = PruneReport::default();
-        let mut named: HashSet<(String, u64)> = HashSet::new();
-        let mut published: HashMap<String, u64> = HashMap::new();
-        for version in current.saturating_sub(keep.max(1) - 1).max(1)..=current {
-            let snapshot = if version == current {
-                self.snapshot.clone()
-            } else {
-                let path = meta.join(format!("{version}.snapshot.json"));
-                match fs::read(&path) {
-                    Ok(bytes) => parse::<Signed<Snapshot>>("snapshot", &path, &bytes)?.signed,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // pruned before
-                    Err(e) => return Err(PublishError::Io { action: "read", path, source: e }),
-                }
+        let published = self.published_versions();
+        let mut named: HashSet<(String, u64)> =
+            published.iter().map(|(role, v)| (role.clone(), *v)).collect();
+        for version in current.saturating_sub(keep.max(1) - 1).max(1)..current {
+            let path = meta.join(format!("{version}.snapshot.json"));
+            let snapshot = match fs::read(&path) {
+                Ok(bytes) => parse::<Signed<Snapshot>>("snapshot", &path, &bytes)?.signed,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // pruned before
+                Err(e) => return Err(PublishError::Io { action: "read", path, source: e }),
             };
             report.snapshots_kept.push(version);
-            for (file, m) in &snapshot.meta {
-                if let Some(role) = file.strip_suffix(".json") {
-                    named.insert((role.to_owned(), m.version.get()));
-                    if version == current {
-                        published.insert(role.to_owned(), m.version.get());
-                    }
-                }
-            }
+            named.extend(listed_roles(&snapshot).map(|(role, v)| (role.to_owned(), v)));
         }
+        report.snapshots_kept.push(current);
         let oldest_kept = report.snapshots_kept[0];
 
         // The device files the kept leaves list (parents and `targets` list none; the
@@ -78,7 +70,11 @@ impl Repository {
                 let targets = self.read_leaf_version(role, *version)?;
                 Ok(targets
                     .into_iter()
-                    .map(|(id, e)| format!("{}.{id}.json", hex::encode(e.sha256)))
+                    .map(|(id, e)| {
+                        let mut name = String::new();
+                        device_file_name(&mut name, &e.sha256, &id);
+                        name
+                    })
                     .collect::<Vec<_>>())
             })
             .collect::<Result<Vec<_>, PublishError>>()?;
