@@ -356,7 +356,18 @@ pub struct Reconciler {
     source: Option<GitSource>,
     engine: Option<Engine>,
     desired: Option<Desired>,
+    /// When [`Reconciler::maintain_repository`] next re-signs expiring TUF roles.
+    next_refresh: Instant,
+    /// When it next prunes the TUF repository.
+    next_prune: Instant,
 }
+
+/// How often the controllers re-sign what expires within [`REFRESH_MARGIN`].
+const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+const REFRESH_MARGIN: SignedDuration = SignedDuration::from_hours(24);
+/// How often they prune the TUF repository (the first time one period after start).
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -406,6 +417,8 @@ impl Reconciler {
             source: Some(source),
             engine: None,
             desired: None,
+            next_refresh: Instant::now(),
+            next_prune: Instant::now() + FIRST_PRUNE_AFTER,
         })
     }
 
@@ -512,27 +525,38 @@ impl Reconciler {
         }
     }
 
-    /// Removes TUF metadata versions and device files that the last `keep` snapshots no
-    /// longer name (see [`crate::publish::Repository::prune`]).
-    pub fn prune(
-        &mut self,
-        keep: u64,
-    ) -> Result<Option<crate::publish::PruneReport>, crate::publish::PublishError> {
-        match self.engine.as_mut() {
-            Some(engine) => {
-                let repo = engine.repository();
-                tokio::task::block_in_place(|| repo.prune(keep)).map(Some)
+    /// Upkeep of the published TUF repository, for the controllers to call after each
+    /// pass: what expires within a day is re-signed (hourly, so that an idle fleet's
+    /// timestamp never runs out), and what the last `tuf_keep_snapshots` snapshots no
+    /// longer name is pruned (an hour after start, then daily; never when it is 0).
+    /// Nothing before the first applied commit. Failures are logged, and tried again
+    /// when next due.
+    pub fn maintain_repository(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_refresh {
+            if let Err(e) = self.with_repository(|repo| repo.refresh(REFRESH_MARGIN).map(drop)) {
+                tracing::error!(tuf = %self.config.tuf_dir().display(), "refreshing TUF expiries failed: {e}");
             }
-            None => Ok(None),
+            self.next_refresh = now + REFRESH_EVERY;
+        }
+        let keep = self.config.tuf_keep_snapshots;
+        if keep > 0 && now >= self.next_prune {
+            if let Err(e) = self.with_repository(|repo| repo.prune(keep).map(drop)) {
+                tracing::error!(tuf = %self.config.tuf_dir().display(), "pruning the TUF repository failed: {e}");
+            }
+            self.next_prune = now + PRUNE_EVERY;
         }
     }
 
-    /// Re-signs TUF roles that expire within `margin`.
-    pub fn refresh(&mut self, margin: SignedDuration) -> Result<(), crate::publish::PublishError> {
+    /// Runs `work` on the engine's TUF repository, off the async threads.
+    fn with_repository(
+        &mut self,
+        work: impl FnOnce(&mut crate::publish::Repository) -> Result<(), crate::publish::PublishError>,
+    ) -> Result<(), crate::publish::PublishError> {
         match self.engine.as_mut() {
             Some(engine) => {
                 let repo = engine.repository();
-                tokio::task::block_in_place(|| repo.refresh(margin)).map(|_| ())
+                tokio::task::block_in_place(|| work(repo))
             }
             None => Ok(()),
         }
@@ -549,7 +573,6 @@ async fn run_loop(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let step_interval = config.step_interval;
-    let keep_snapshots = config.tuf_keep_snapshots;
     let mut reconciler = Reconciler::new(config, keys, store, Some(api))?;
     let _watcher = match reconciler.source().local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
@@ -558,9 +581,6 @@ async fn run_loop(
         None => None,
     };
     let mut next_poll = Instant::now();
-    let mut next_refresh = Instant::now();
-    // The first prune an hour after start, then one a day.
-    let mut next_prune = Instant::now() + Duration::from_secs(3600);
     let mut woken = true;
     loop {
         if woken || Instant::now() >= next_poll {
@@ -600,19 +620,7 @@ async fn run_loop(
                 });
             }
         }
-        if Instant::now() >= next_refresh {
-            // Re-sign what expires within a day; a no-op most hours.
-            if let Err(e) = reconciler.refresh(SignedDuration::from_hours(24)) {
-                tracing::error!("refreshing TUF expiries failed: {e}");
-            }
-            next_refresh = Instant::now() + Duration::from_secs(3600);
-        }
-        if keep_snapshots > 0 && Instant::now() >= next_prune {
-            if let Err(e) = reconciler.prune(keep_snapshots) {
-                tracing::error!("pruning the TUF repository failed: {e}");
-            }
-            next_prune = Instant::now() + Duration::from_secs(24 * 3600);
-        }
+        reconciler.maintain_repository();
         let until_poll = next_poll.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = tokio::time::sleep(step_interval.min(until_poll)) => woken = false,

@@ -152,14 +152,7 @@ struct FleetEngine {
     fetch_error: Option<String>,
     /// The source is polled when this has passed.
     next_poll: SystemTime,
-    /// Expiring TUF roles are re-signed when this has passed (hourly).
-    next_refresh: SystemTime,
-    /// The TUF repository is pruned when this has passed (daily).
-    next_prune: SystemTime,
 }
-
-/// Snapshots the daily prune of a fleet's TUF repository keeps.
-const TUF_KEEP_SNAPSHOTS: u64 = 10;
 
 fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
@@ -295,21 +288,8 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
             engine.step_error = Some(e.to_string());
         }
     }
-    // As `waveguide run` does: what expires within a day is re-signed (hourly, so that an
-    // idle fleet's timestamp never runs out), and old versions are pruned (daily).
-    let now = SystemTime::now();
-    if now >= engine.next_refresh {
-        if let Err(e) = engine.reconciler.refresh(SignedDuration::from_hours(24)) {
-            tracing::error!(fleet = %name, "refreshing TUF expiries failed: {e}");
-        }
-        engine.next_refresh = now + Duration::from_secs(3600);
-    }
-    if now >= engine.next_prune {
-        if let Err(e) = engine.reconciler.prune(TUF_KEEP_SNAPSHOTS) {
-            tracing::error!(fleet = %name, "pruning the TUF repository failed: {e}");
-        }
-        engine.next_prune = now + Duration::from_secs(24 * 3600);
-    }
+    // As `waveguide run` does: expiring roles re-signed, old versions pruned, when due.
+    engine.reconciler.maintain_repository();
 
     let active =
         rollout::sync(&rollouts, fleet, &engine.store, &existing, ctx.settings.engine.stale_after).await?;
@@ -506,8 +486,6 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
         step_error: None,
         fetch_error: None,
         next_poll: SystemTime::UNIX_EPOCH,
-        next_refresh: SystemTime::UNIX_EPOCH,
-        next_prune: SystemTime::now() + Duration::from_secs(3600),
     }));
     ctx.engines.lock().await.insert(key, engine.clone());
     tracing::info!(fleet = %name, namespace, "engine started");
