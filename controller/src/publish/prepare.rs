@@ -154,6 +154,14 @@ impl Store {
 }
 
 impl Stores {
+    /// Store 0 is the batch file (or nothing); chunk k's buffer is store k + 1.
+    fn new(file: Option<Store>, buffers: Vec<Vec<u8>>) -> Stores {
+        let mut stores = Vec::with_capacity(buffers.len() + 1);
+        stores.push(file.unwrap_or(Store::Owned(Vec::new())));
+        stores.extend(buffers.into_iter().map(Store::Owned));
+        Stores(stores)
+    }
+
     /// The bytes of `span`.
     pub(crate) fn bytes(&self, span: Span) -> &[u8] {
         match self.0.get(span.store as usize) {
@@ -249,16 +257,6 @@ fn prepare_all<S: Source>(items: &[S], file: Option<&[u8]>) -> Result<Option<Pre
         .map(|(k, (out, items))| prepare_chunk(items, out, k as u32 + 1, file))
         .collect::<Result<Option<Vec<_>>, _>>()?;
     Ok(buffers.map(|buffers| (devices, buffers)))
-}
-
-impl Stores {
-    /// Store 0 is the batch file (or nothing); chunk k's buffer is store k + 1.
-    fn new(file: Option<Store>, buffers: Vec<Vec<u8>>) -> Stores {
-        let mut stores = Vec::with_capacity(buffers.len() + 1);
-        stores.push(file.unwrap_or(Store::Owned(Vec::new())));
-        stores.extend(buffers.into_iter().map(Store::Owned));
-        Stores(stores)
-    }
 }
 
 /// A batch with every device target document built and hashed: what

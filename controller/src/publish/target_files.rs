@@ -119,9 +119,7 @@ impl DeviceFiles {
         }
         Ok(written)
     }
-}
 
-impl DeviceFiles {
     /// Looks the names of `files` up from several threads. In a large directory whose
     /// blocks are not all cached (a wave into a repository of a million devices), each
     /// create first reads the directory block its name hashes to; lookups share the
