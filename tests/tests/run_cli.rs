@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,19 +12,12 @@ use serde_json::{json, Value};
 use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 mod common;
-use common::{git, waveguide};
+use common::{git, waveguide, KillOnDrop};
 
 struct Running {
-    child: Child,
+    _process: KillOnDrop,
     base: String,
     data: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `waveguide run` with `source` (`--repo PATH` or `--source FILE`) and `extra`
@@ -53,7 +46,7 @@ fn spawn(source: &[&std::ffi::OsStr], data: &Path, extra: &[&str]) -> Running {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).expect("waveguide run prints its address");
-    Running { child, base: format!("http://{addr}"), data: data.to_owned() }
+    Running { _process: KillOnDrop(child), base: format!("http://{addr}"), data: data.to_owned() }
 }
 
 /// Starts `waveguide run` on a local repository and waits until its first commit is

@@ -94,7 +94,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub struct GitDaemon {
     /// The port it listens on.
     pub port: u16,
-    child: std::process::Child,
+    _server: KillOnDrop,
 }
 
 impl GitDaemon {
@@ -113,16 +113,19 @@ impl GitDaemon {
             .arg(base)
             .spawn()
             .expect("git daemon runs");
-        let daemon = GitDaemon { port, child };
+        let daemon = GitDaemon { port, _server: KillOnDrop(child) };
         wait_for_port(port);
         daemon
     }
 }
 
-impl Drop for GitDaemon {
+/// A child process that is killed and reaped when dropped: the servers the tests start.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -137,7 +140,7 @@ pub struct Sshd {
     pub client_key: PathBuf,
     /// The server's host key, as a `known_hosts` line for 127.0.0.1 on this port.
     pub known_hosts_line: String,
-    child: std::process::Child,
+    _server: KillOnDrop,
 }
 
 impl Sshd {
@@ -190,17 +193,10 @@ impl Sshd {
             user: user.trim().to_owned(),
             client_key: dir.join("client_key"),
             known_hosts_line: format!("[127.0.0.1]:{port} {host_key}"),
-            child,
+            _server: KillOnDrop(child),
         };
         wait_for_port(port);
         server
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
