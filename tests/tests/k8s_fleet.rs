@@ -312,8 +312,20 @@ async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
         let body = &created["body"];
         let owner = &body["metadata"]["ownerReferences"][0];
         assert_eq!(
-            (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
-            (&json!("Fleet"), &json!("edge"), &json!("5c1f4a52-0000-4000-8000-000000000001"), &json!(true))
+            (
+                &owner["kind"],
+                &owner["name"],
+                &owner["uid"],
+                &owner["controller"],
+                &owner["blockOwnerDeletion"]
+            ),
+            (
+                &json!("Fleet"),
+                &json!("edge"),
+                &json!("5c1f4a52-0000-4000-8000-000000000001"),
+                &json!(true),
+                &json!(true)
+            )
         );
         assert_eq!(body["metadata"]["labels"]["waveguide.dev/fleet"], "edge");
         assert_eq!(body["spec"]["policy"], "apac");
@@ -353,7 +365,11 @@ async fn pausing_through_the_spec_pauses_the_engine() {
     let resource = json!({
         "apiVersion": "waveguide.dev/v1alpha1",
         "kind": "FleetRollout",
-        "metadata": {"name": "edge-apac-1", "namespace": NS, "generation": 2, "labels": {"waveguide.dev/fleet": "edge"}},
+        "metadata": {
+            "name": "edge-apac-1", "namespace": NS, "generation": 2, "labels": {"waveguide.dev/fleet": "edge"},
+            "ownerReferences": [{"apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet", "name": "edge",
+                                 "uid": "5c1f4a52-0000-4000-8000-000000000001", "controller": true}],
+        },
         "spec": {
             "fleet": "edge", "rolloutId": "apac-1", "policy": "apac", "release": "edge-os-1-5-0",
             "version": "1.5.0", "waves": [{"name": "canary", "devices": 1}], "paused": true,
@@ -365,6 +381,11 @@ async fn pausing_through_the_spec_pauses_the_engine() {
         expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
         let list = json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": [resource.clone()]});
         expect(&mut handle, Method::GET, ROLLOUTS, 200, list).await;
+        // The operator's change is an Event on the FleetRollout.
+        let event = expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        assert_eq!(event["body"]["reason"], "RolloutPaused");
+        assert_eq!(event["body"]["regarding"]["kind"], "FleetRollout");
+        assert_eq!(event["body"]["regarding"]["name"], "edge-apac-1");
         // The resource exists: only its status is written.
         let status =
             expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1/status"), 200, resource)
@@ -521,8 +542,12 @@ async fn deletion_releases_the_lease_and_removes_the_finalizer() {
     let (ctx, mut handle) = world.context();
     let server = tokio::spawn(async move {
         lease_taken(&mut handle).await;
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
-        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        // No garbage collector is relied on: the Fleet's FleetRollouts are deleted first.
+        let listed = expect(&mut handle, Method::GET, ROLLOUTS, 200, owned_rollouts()).await;
+        assert_eq!(listed["query"], "&labelSelector=waveguide.dev%2Ffleet%3Dedge");
+        let deleted = format!("{ROLLOUTS}/edge-apac-1");
+        expect(&mut handle, Method::DELETE, &deleted, 200, success()).await;
+        lease_released(&mut handle, "replica-a").await;
         let patch = expect(&mut handle, Method::PATCH, FLEET, 200, fleet_json()).await;
         let ops = patch["body"].as_array().unwrap().iter().map(|op| op["op"].clone()).collect::<Vec<_>>();
         assert!(ops.contains(&json!("remove")), "removes the finalizer: {}", patch["body"]);
@@ -562,17 +587,31 @@ fn operator_fields_map_onto_rollout_actions() {
         base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
     };
-    assert_eq!(operator_actions(&spec(json!({})), &status), vec![], "unset fields leave the rollout alone");
-    assert_eq!(operator_actions(&spec(json!({"paused": true})), &status), vec![Action::Pause]);
-    assert_eq!(operator_actions(&spec(json!({"paused": false})), &status), vec![]);
     assert_eq!(
-        operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status),
+        operator_actions(&spec(json!({})), &status, true),
+        vec![],
+        "unset fields leave the rollout alone"
+    );
+    assert_eq!(operator_actions(&spec(json!({"paused": true})), &status, true), vec![Action::Pause]);
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &status, true), vec![]);
+    assert_eq!(
+        operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status, false),
         vec![Action::Approve(Some(1))]
     );
-    assert_eq!(operator_actions(&spec(json!({"abort": true, "paused": true})), &status), vec![Action::Abort]);
+    assert_eq!(
+        operator_actions(&spec(json!({"abort": true, "paused": true})), &status, false),
+        vec![Action::Abort]
+    );
     let mut done = status.clone();
     done.phase = "completed".into();
-    assert_eq!(operator_actions(&spec(json!({"abort": true})), &done), vec![]);
+    assert_eq!(operator_actions(&spec(json!({"abort": true})), &done, true), vec![]);
+    // A halted rollout (not paused) resumes when an operator sets `paused: false`, once:
+    // for the change of the spec, not at every pass after it.
+    let mut halted = status.clone();
+    halted.phase = "halted".into();
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, true), vec![Action::Resume]);
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, false), vec![]);
+    assert_eq!(operator_actions(&spec(json!({})), &halted, true), vec![]);
     assert_eq!(resource_name("edge", "stable-1"), "edge-stable-1");
     assert_eq!(resource_name("Edge", "a_b"), "edge-a-b");
 }
@@ -583,8 +622,7 @@ async fn leases_are_released_on_shutdown() {
     let (ctx, mut handle) = world.context();
     let server = tokio::spawn(async move {
         lease_taken(&mut handle).await;
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
-        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        lease_released(&mut handle, "replica-a").await;
         handle
     });
     assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
@@ -592,4 +630,53 @@ async fn leases_are_released_on_shutdown() {
     assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
     let handle = server.await.unwrap();
     no_more_requests(ctx, handle).await;
+}
+
+/// A replica whose Lease another replica took over meanwhile (it stalled past the expiry)
+/// stops without deleting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_leaves_a_lease_it_no_longer_holds() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        lease_released(&mut handle, "replica-b").await;
+        handle
+    });
+    assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
+    ctx.leases().release_all().await;
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
+
+fn success() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
+}
+
+/// The Lease is read, and deleted only when `holder` is this replica (`replica-a`), on the
+/// condition that it is still the version read.
+async fn lease_released(handle: &mut Handle, holder: &str) {
+    let path = format!("{LEASE}/waveguide-fleet-edge");
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "waveguide-fleet-edge", "namespace": NS, "uid": "lease-uid", "resourceVersion": "42"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15},
+    });
+    expect(handle, Method::GET, &path, 200, lease).await;
+    if holder == "replica-a" {
+        let deleted = expect(handle, Method::DELETE, &path, 200, success()).await;
+        assert_eq!(
+            deleted["body"]["preconditions"],
+            json!({"uid": "lease-uid", "resourceVersion": "42"}),
+            "the delete is conditional"
+        );
+    }
+}
+
+/// The FleetRollouts of the Fleet, as the API server lists them.
+fn owned_rollouts() -> Value {
+    json!({
+        "apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {},
+        "items": [rollout_json()],
+    })
 }
