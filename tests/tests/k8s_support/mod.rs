@@ -156,7 +156,7 @@ impl Scene {
             .args(["--poll-interval", "300ms", "--install-time", "200ms", "--report-interval", "1s"])
             .args(["--stats-interval", "5s"]);
         if let Some(release) = fail_release {
-            command.args(["--fail-release", release]);
+            command.args(["--fail-release", release, "--fail-rate", "1"]);
         }
         let log = std::fs::File::create(self.dir.path().join("simulate.log")).unwrap();
         KillOnDrop(command.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap())
