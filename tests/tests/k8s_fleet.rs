@@ -349,6 +349,43 @@ async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
     no_more_requests(ctx, handle).await;
 }
 
+/// A FleetRollout left by a deleted Fleet of the same name (its owner reference names the
+/// old uid, and no garbage collector removed it) is adopted by the new Fleet with a merge
+/// patch of its owner references: the operators' spec fields stay as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_rollout_left_by_an_earlier_fleet_is_adopted() {
+    let world = World::new();
+    apac_rollout(&world).await;
+    let mut left = rollout_json();
+    left["metadata"]["labels"] = json!({"waveguide.dev/fleet": "edge"});
+    left["metadata"]["ownerReferences"] = json!([{"apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet",
+        "name": "edge", "uid": "0ld00000-0000-4000-8000-000000000000", "controller": true}]);
+    left["spec"]["paused"] = json!(true);
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        let list = json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": [left.clone()]});
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, list).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        let adopted =
+            expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1"), 200, left.clone()).await;
+        assert!(!adopted["query"].as_str().unwrap().contains("fieldManager"), "a merge patch, not an apply");
+        assert_eq!(
+            adopted["body"],
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet",
+                "name": "edge", "uid": "5c1f4a52-0000-4000-8000-000000000001", "controller": true,
+                "blockOwnerDeletion": true}]}})
+        );
+        expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1/status"), 200, left).await;
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
+
 fn rollout_json() -> Value {
     json!({
         "apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRollout",
