@@ -84,6 +84,9 @@ fn a_fleet_rolls_out_through_the_controller_with_kubectl_steering() {
     assert!(published[1].contains("wave 2 (rest) published to 3 devices"), "{published:?}");
     assert_eq!(reasons(&on_fleet, "WaveSucceeded").len(), 2, "{on_fleet:?}");
     assert_eq!(reasons(&on_fleet, "RolloutCompleted").len(), 1, "{on_fleet:?}");
+    // As docs/kubernetes.md shows them.
+    let listed = scene.kubectl(&["get", "events", "--field-selector", "involvedObject.name=edge"]);
+    assert!(listed.contains(&format!("commit {first} applied: 4 devices")), "{listed}");
     let on_rollout: Vec<String> = events(&scene.cluster, &scene.ns, "FleetRollout", &name)
         .into_iter()
         .map(|(reason, _)| reason)

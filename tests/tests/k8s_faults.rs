@@ -87,6 +87,19 @@ fn a_refused_commit_its_revert_and_a_suspended_fleet() {
     });
     let expires: jiff::Timestamp = resigned["signed"]["expires"].as_str().unwrap().parse().unwrap();
     assert!(expires > jiff::Timestamp::now(), "{resigned:#}");
+    // Also by a controller that starts while the Fleet is suspended (no commit applied
+    // in this process).
+    let mut controller = controller;
+    controller.signal("TERM");
+    assert!(controller.wait(Duration::from_secs(30)).success(), "{}", controller.log_text());
+    let controller = scene.controller_over("replica-b", &scene.dir.path().join("data-replica-a"), &[]);
+    let timestamp_url = format!("{}/tuf/metadata/timestamp.json", controller.fleet_url(&scene.ns, "edge"));
+    let timestamp = || -> Option<Value> { serde_json::from_str(&http_get(&timestamp_url)?).ok() };
+    let before = resigned["signed"]["version"].as_u64().unwrap();
+    scene.wait("the timestamp re-signed after a restart while suspended", MINUTE, || {
+        (timestamp()?["signed"]["version"].as_u64()? >= before + 2).then_some(())
+    });
+    let hook = format!("{}/v1/hooks/git", controller.fleet_url(&scene.ns, "edge"));
     // A suspended Fleet ignores new commits.
     scene.write("fleet.yaml", &fleet_yaml(2, "r3", "auto"));
     scene.commit("r3 while suspended");

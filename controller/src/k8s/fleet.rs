@@ -492,7 +492,10 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
     let name = fleet.name_any();
     let key = key(namespace, &name);
     if let Some(engine) = ctx.engines.lock().await.get(&key) {
-        if engine.lock().await.spec == fleet.spec {
+        // Suspending or resuming keeps the engine: it only changes what a pass does.
+        let spec = &engine.lock().await.spec;
+        let unchanged = FleetSpec { suspend: fleet.spec.suspend, ..spec.clone() } == fleet.spec;
+        if unchanged {
             return Ok(engine.clone());
         }
     }
