@@ -177,7 +177,17 @@ pub fn install_chart(cluster: &Cluster, namespace: &str, dir: &Path) -> Install 
         .collect();
     let args = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
     let account = pod["serviceAccountName"].as_str().unwrap();
-    let token = cluster.kubectl_ok(&["-n", namespace, "create", "token", account, "--duration=2h"]);
+    // The TokenRequest API itself (what `kubectl create token` calls, in kubectl 1.24 and
+    // later): any kubectl reaches it through `create --raw`.
+    let request = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 7200},
+    });
+    let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
+    let response =
+        cluster.kubectl_ok_with(&["create", "--raw", &path, "-f", "-"], Some(&request.to_string()));
+    let response: Value = serde_json::from_str(&response).unwrap();
+    let token = response["status"]["token"].as_str().expect("a TokenRequest answers with a token").to_owned();
     let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster.kubeconfig).unwrap()).unwrap();
     let server = &admin["clusters"][0]["cluster"];
     let kubeconfig = dir.join("controller.kubeconfig");
