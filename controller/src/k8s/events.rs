@@ -101,5 +101,7 @@ fn event_name(object: &str) -> String {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let nanos = Timestamp::now().as_nanosecond() as u128;
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    // Names have at most 253 characters; the object's name may have as many.
+    let object = &object[..object.len().min(200)];
     format!("{object}.{nanos:x}{sequence:x}")
 }
