@@ -16,12 +16,32 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// Delivers a GitLab push event to the Fleet's webhook; returns the HTTP status.
 fn push_event(url: &str, token: &str) -> String {
-    let output = std::process::Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url])
-        .args(["-H", &format!("X-Gitlab-Token: {token}"), "-H", "X-Gitlab-Event: Push Hook", "-d", "{}"])
-        .output()
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap()
+    post(url, &[&format!("X-Gitlab-Token: {token}"), "X-Gitlab-Event: Push Hook"], "{}")
+}
+
+/// Delivers a GitHub push event, its body signed with `secret` (HMAC-SHA256, computed by
+/// openssl as GitHub does); returns the HTTP status.
+fn github_push_event(url: &str, secret: &str) -> String {
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let digest = String::from_utf8(openssl.wait_with_output().unwrap().stdout).unwrap();
+    let signature = format!("X-Hub-Signature-256: sha256={}", digest.split_whitespace().next().unwrap());
+    post(url, &[&signature, "X-GitHub-Event: push", "Content-Type: application/json"], body)
+}
+
+fn post(url: &str, headers: &[&str], body: &str) -> String {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url, "--data-binary", body]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    String::from_utf8(command.output().unwrap().stdout).unwrap()
 }
 
 #[test]
@@ -54,7 +74,8 @@ fn a_refused_commit_its_revert_and_a_suspended_fleet() {
     // Its revert: the fleet in force again, so Validated and Ready come back.
     common::git(&scene.repo(), &["revert", "--no-edit", "HEAD"]);
     let revert = common::git_stdout(&scene.repo(), &["rev-parse", "HEAD"]);
-    assert_eq!(push_event(&hook, "s3cret"), "202");
+    assert_eq!(github_push_event(&hook, "wrong"), "401", "a wrong signature wakes nothing");
+    assert_eq!(github_push_event(&hook, "s3cret"), "202");
     let fleet = scene.wait_condition("Validated", "True", Duration::from_secs(20));
     assert_eq!(condition(&fleet, "Ready").unwrap()["status"], "True", "{fleet:#}");
     assert_eq!(fleet["status"]["lastAppliedCommit"], revert.as_str());

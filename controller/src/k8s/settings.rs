@@ -58,17 +58,21 @@ pub(super) async fn read(
                 ))
             }
         };
-    let interval = parse_duration(&spec.source.interval)
-        .map_err(|e| Error::spec(namespace, &name, format!("source.interval: {e}")))?;
+    let interval = humantime::parse_duration(&spec.source.interval).map_err(|e| {
+        Error::spec(
+            namespace,
+            &name,
+            format!("source.interval: {:?} is not a duration: {e}", spec.source.interval),
+        )
+    })?;
     let mut source = SourceSpec::new(spec.source.url.clone(), reference.clone());
     source.path = spec.source.path.clone();
     source.interval = interval;
     source.jitter = Duration::ZERO;
     if let Some(secret) = &spec.source.secret_ref {
         let data = secret_data(&secrets, namespace, &secret.name).await?;
-        source.auth = git_auth(&data, &settings.data.join(namespace).join(&name)).map_err(|reason| {
-            Error::Secret { namespace: namespace.into(), name: secret.name.clone(), reason }
-        })?;
+        source.auth = git_auth(&data, &settings.data.join(namespace).join(&name))
+            .map_err(|problem| problem.of(namespace, &secret.name))?;
     }
     if let Some(verify) = &spec.source.verify {
         let data = secret_data(&secrets, namespace, &verify.secret_ref.name).await?;
@@ -86,11 +90,7 @@ pub(super) async fn read(
     let keys = match &spec.tuf.keys_secret_ref {
         Some(secret) => {
             let files = secret_data(&secrets, namespace, &secret.name).await?;
-            write_keys(&keys_dir, &files).map_err(|reason| Error::Secret {
-                namespace: namespace.into(),
-                name: secret.name.clone(),
-                reason,
-            })?;
+            write_keys(&keys_dir, &files).map_err(|problem| problem.of(namespace, &secret.name))?;
             KeyDir::open(&keys_dir).map_err(|e| Error::spec(namespace, &name, format!("TUF keys: {e}")))?
         }
         None if keys_dir.join("roots").is_dir() => {
@@ -104,7 +104,7 @@ pub(super) async fn read(
         }
     };
     let database = database_url(fleet, &settings.database, &secrets, namespace).await?;
-    let expiries = expiries(spec).map_err(|e| Error::spec(namespace, &name, e))?;
+    let expiries = expiries(spec, namespace, &name)?;
 
     let mut config = RunConfig::new(spec.source.url.clone(), data.clone());
     config.reference = reference;
@@ -158,11 +158,8 @@ pub(super) async fn database_url(
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
-}
-
-fn expiries(spec: &FleetSpec) -> Result<Expiries, String> {
+/// The expiries `spec.tuf.expiries` sets, over the defaults.
+fn expiries(spec: &FleetSpec, namespace: &str, name: &str) -> Result<Expiries, Error> {
     let mut out = Expiries::default();
     if let Some(e) = &spec.tuf.expiries {
         for (field, value, slot) in [
@@ -171,12 +168,53 @@ fn expiries(spec: &FleetSpec) -> Result<Expiries, String> {
             ("targets", &e.targets, &mut out.targets),
         ] {
             if let Some(text) = value {
-                let d = parse_duration(text).map_err(|e| format!("tuf.expiries.{field}: {e}"))?;
-                *slot = SignedDuration::try_from(d).map_err(|e| format!("tuf.expiries.{field}: {e}"))?;
+                let invalid = |e: &dyn std::fmt::Display| {
+                    Error::spec(
+                        namespace,
+                        name,
+                        format!("tuf.expiries.{field}: {text:?} is not a duration: {e}"),
+                    )
+                };
+                let d = humantime::parse_duration(text).map_err(|e| invalid(&e))?;
+                *slot = SignedDuration::try_from(d).map_err(|e| invalid(&e))?;
             }
         }
     }
     Ok(out)
+}
+
+/// What is wrong with the content of a Secret a Fleet names.
+#[derive(Debug, thiserror::Error)]
+enum SecretProblem {
+    /// No credentials the Git source understands.
+    #[error("has none of `token`, `username` and `password`, or `identity`")]
+    NoCredentials,
+    /// No online TUF key.
+    #[error("has no `online.pk8` (the online TUF key)")]
+    NoOnlineKey,
+    /// No signed root.
+    #[error("has no `<version>.root.json` (the signed roots)")]
+    NoRoots,
+    /// Its content could not be written to the fleet's data directory.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SecretProblem {
+    /// The error of the Secret `namespace/name`.
+    fn of(self, namespace: &str, name: &str) -> Error {
+        Error::Secret { namespace: namespace.into(), name: name.into(), reason: self.to_string() }
+    }
+
+    fn write(path: &Path) -> impl FnOnce(std::io::Error) -> SecretProblem + '_ {
+        move |source| SecretProblem::Write { path: path.to_owned(), source }
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -208,7 +246,7 @@ async fn secret_data(
 /// Git credentials from a Secret's keys: `token`; `username` and `password`; or
 /// `identity` (an SSH private key, written to the fleet's data directory), `passphrase`
 /// and `known_hosts` (the server's host keys, checked when given).
-fn git_auth(data: &HashMap<String, Vec<u8>>, dir: &Path) -> Result<Auth, String> {
+fn git_auth(data: &HashMap<String, Vec<u8>>, dir: &Path) -> Result<Auth, SecretProblem> {
     if let Some(token) = data.get("token") {
         return Ok(Auth::Token(text(token).trim().to_string()));
     }
@@ -217,31 +255,31 @@ fn git_auth(data: &HashMap<String, Vec<u8>>, dir: &Path) -> Result<Auth, String>
     }
     if let Some(identity) = data.get("identity") {
         let path = dir.join("git-identity");
-        write_private(&path, identity).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_private(&path, identity).map_err(SecretProblem::write(&path))?;
         let known_hosts = match data.get("known_hosts") {
             Some(hosts) => {
                 let file = dir.join("git-known-hosts");
-                write_private(&file, hosts).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+                write_private(&file, hosts).map_err(SecretProblem::write(&file))?;
                 Some(file)
             }
             None => None,
         };
         return Ok(Auth::SshKey { path, passphrase: data.get("passphrase").map(|p| text(p)), known_hosts });
     }
-    Err("has none of `token`, `username` and `password`, or `identity`".into())
+    Err(SecretProblem::NoCredentials)
 }
 
 /// Writes the key directory from a Secret: `online.pk8`, `online.next.pk8`, and
 /// `<version>.root.json` files into `roots/`.
-fn write_keys(dir: &Path, files: &HashMap<String, Vec<u8>>) -> Result<(), String> {
+fn write_keys(dir: &Path, files: &HashMap<String, Vec<u8>>) -> Result<(), SecretProblem> {
     if !files.contains_key("online.pk8") {
-        return Err("has no `online.pk8` (the online TUF key)".into());
+        return Err(SecretProblem::NoOnlineKey);
     }
     if !files.keys().any(|k| k.ends_with(".root.json")) {
-        return Err("has no `<version>.root.json` (the signed roots)".into());
+        return Err(SecretProblem::NoRoots);
     }
     let roots = dir.join("roots");
-    std::fs::create_dir_all(&roots).map_err(|e| format!("cannot create {}: {e}", roots.display()))?;
+    std::fs::create_dir_all(&roots).map_err(SecretProblem::write(&roots))?;
     for (name, bytes) in files {
         let path = match name.as_str() {
             "online.pk8" | "online.next.pk8" => dir.join(name),
@@ -252,7 +290,7 @@ fn write_keys(dir: &Path, files: &HashMap<String, Vec<u8>>) -> Result<(), String
             continue;
         }
         let _ = std::fs::remove_file(&path);
-        write_private(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_private(&path, bytes).map_err(SecretProblem::write(&path))?;
     }
     Ok(())
 }
@@ -278,7 +316,10 @@ mod tests {
         let data = |pairs: &[(&str, &str)]| -> HashMap<String, Vec<u8>> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
         };
-        assert_eq!(git_auth(&data(&[("token", "t0ken\n")]), dir.path()), Ok(Auth::Token("t0ken".into())));
+        assert_eq!(
+            git_auth(&data(&[("token", "t0ken\n")]), dir.path()).unwrap(),
+            Auth::Token("t0ken".into())
+        );
         let ssh = git_auth(
             &data(&[
                 ("identity", "KEY"),
@@ -294,6 +335,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(path).unwrap(), "KEY");
         assert_eq!(passphrase.as_deref(), Some("p"));
         assert_eq!(std::fs::read_to_string(known_hosts).unwrap(), "example.com ssh-ed25519 AAAA");
-        assert!(git_auth(&data(&[("user", "x")]), dir.path()).is_err());
+        assert!(matches!(git_auth(&data(&[("user", "x")]), dir.path()), Err(SecretProblem::NoCredentials)));
     }
 }
