@@ -4,6 +4,7 @@ the default values and with the production example."""
 
 import json
 import re
+import subprocess
 
 import kubernetes_validate
 import helm_python as helm
@@ -163,3 +164,23 @@ def test_the_chart_states_the_minimum_kubernetes_version():
     assert chart["kubeVersion"] == ">=1.20.0-0"
     assert "kube_version=v1.20.2" in (ROOT / "scripts" / "kube-apiserver").read_text()
     assert "Kubernetes **1.20 or later**" in (ROOT / "docs" / "kubernetes.md").read_text()
+
+
+def test_the_containerfile_build_stage_builds_the_locked_dependencies():
+    """The build stage's commands, checked here where its base image cannot be pulled:
+    its Rust is new enough for every locked dependency, and `--locked` holds (Cargo.lock
+    matches the manifests)."""
+    text = (ROOT / "Containerfile").read_text()
+    rust = re.search(r"^ARG RUST_IMAGE=\S+/rust:(\d+)\.(\d+)-slim-bookworm$", text, flags=re.M)
+    assert rust, "RUST_IMAGE names a rust:<major>.<minor>-slim-bookworm image"
+    assert "cargo build --release --locked --bin waveguide" in text
+    metadata = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    needed = max(
+        tuple(int(x) for x in p["rust_version"].split(".")[:2])
+        for p in json.loads(metadata.stdout)["packages"]
+        if p.get("rust_version")
+    )
+    assert (int(rust.group(1)), int(rust.group(2))) >= needed, f"the locked dependencies need Rust {needed}"
