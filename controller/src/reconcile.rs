@@ -526,18 +526,29 @@ impl Reconciler {
     }
 
     /// Upkeep of the published TUF repository, for the controllers to call after each
-    /// pass: what expires within a day is re-signed (hourly, so that an idle fleet's
-    /// timestamp never runs out), and what the last `tuf_keep_snapshots` snapshots no
-    /// longer name is pruned (an hour after start, then daily; never when it is 0).
-    /// Nothing before the first applied commit. Failures are logged, and tried again
-    /// when next due.
+    /// pass: what expires within a day is re-signed (hourly, or every quarter of the
+    /// timestamp's period when shorter, so that an idle fleet's timestamp never runs out),
+    /// and what the last `tuf_keep_snapshots` snapshots no longer name is pruned (an hour
+    /// after start, then daily; never when it is 0). Nothing before a repository exists.
+    /// Failures are logged, and tried again when next due.
     pub fn maintain_repository(&mut self) {
         let now = Instant::now();
+        // A repository published before this process started is kept signed even while no
+        // commit is applied yet (a suspended Kubernetes Fleet after a restart).
+        if self.engine.is_none() && self.config.tuf_dir().join("waveguide-tuf.json").exists() {
+            match open_repository(&self.config, &self.keys, 0) {
+                Ok(repo) => self.engine = Some(Engine::new(self.store.clone(), repo, self.config.engine)),
+                Err(e) => tracing::error!(tuf = %self.config.tuf_dir().display(), "{e}"),
+            }
+        }
         if now >= self.next_refresh {
             if let Err(e) = self.with_repository(|repo| repo.refresh(REFRESH_MARGIN).map(drop)) {
                 tracing::error!(tuf = %self.config.tuf_dir().display(), "refreshing TUF expiries failed: {e}");
             }
-            self.next_refresh = now + REFRESH_EVERY;
+            // Hourly, or four times per timestamp period when that is shorter, so that a
+            // short-lived timestamp never runs out between two refreshes.
+            let quarter = Duration::try_from(self.config.expiries.timestamp / 4).unwrap_or(REFRESH_EVERY);
+            self.next_refresh = now + REFRESH_EVERY.min(quarter).max(Duration::from_secs(1));
         }
         let keep = self.config.tuf_keep_snapshots;
         if keep > 0 && now >= self.next_prune {
