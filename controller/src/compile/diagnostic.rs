@@ -91,6 +91,14 @@ codes! {
     InvalidValue = "WG008", Error;
     /// A mapping holds the same key twice.
     DuplicateKey = "WG009", Error;
+    /// A fleet file (`*.yaml`, `*.yml`) is a symbolic link: links are never followed.
+    SymbolicLink = "WG010", Error;
+    /// A symbolic link in the fleet directory is not followed: nothing under it is read.
+    IgnoredSymbolicLink = "WG011", Warning;
+    /// A document is larger than the limit (256 MiB).
+    DocumentTooLarge = "WG012", Error;
+    /// Collections nest deeper than the limit (64 levels).
+    NestingTooDeep = "WG013", Error;
     /// A name is not a DNS-1123 label.
     InvalidName = "WG101", Error;
     /// Two documents of one kind have the same name.
@@ -139,6 +147,10 @@ codes! {
     ZeroCount = "WG214", Error;
     /// An artifact URL is not an absolute URL.
     InvalidUrl = "WG215", Error;
+    /// A DeviceSet or the whole fleet declares more devices than the limit.
+    TooManyDevices = "WG216", Error;
+    /// A device range runs past the largest device number.
+    RangeOverflow = "WG217", Error;
     /// Two equal-priority policies give one device different releases.
     PolicyConflict = "WG301", Error;
     /// A release's `compatible` selector excludes devices its policy selects.
