@@ -281,6 +281,21 @@ pub fn render(diagnostics: &[Diagnostic], format: Format, root: &str) -> String 
     }
 }
 
+/// Renders an error that stopped the command before anything was checked (the fleet
+/// could not be read) in `format`, so that tools reading JSON or GitHub annotations see
+/// it too: text `error: …`, JSON `{"errors": 1, "warnings": 0, "diagnostics": [],
+/// "fatal": "…"}`, a GitHub `::error` annotation without a file.
+pub fn render_fatal(message: &str, format: Format) -> String {
+    match format {
+        Format::Text => format!("error: {message}\n"),
+        Format::Json => {
+            let report = serde_json::json!({"errors": 1, "warnings": 0, "diagnostics": [], "fatal": message});
+            format!("{report:#}\n")
+        }
+        Format::Github => format!("::error title=waveguide::{}\n", escape_data(message)),
+    }
+}
+
 fn counts(diagnostics: &[Diagnostic]) -> (usize, usize) {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     (errors, diagnostics.len() - errors)
@@ -329,12 +344,14 @@ fn render_json(diagnostics: &[Diagnostic]) -> String {
     out
 }
 
+/// A workflow command's message: `%`, CR and LF escaped.
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
 /// Workflow commands: properties escape `%`, CR, LF, `:` and `,`; the message escapes
 /// `%`, CR and LF (GitHub's own rules for `::error`).
 fn render_github(diagnostics: &[Diagnostic]) -> String {
-    fn escape_data(s: &str) -> String {
-        s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
-    }
     fn escape_property(s: &str) -> String {
         escape_data(s).replace(':', "%3A").replace(',', "%2C")
     }

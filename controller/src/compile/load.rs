@@ -313,7 +313,7 @@ pub fn load_cached(files: &FleetFiles, cache: &mut LoadCache) -> (Documents, Vec
     cache.files = kept;
 
     let mut documents = Documents::default();
-    let mut diagnostics: Vec<Diagnostic> = files.links().iter().map(|link| link_diagnostic(link)).collect();
+    let mut diagnostics: Vec<Diagnostic> = files.links().iter().map(link_diagnostic).collect();
     for file in files.files() {
         let load = &cache.files[&file.path].1;
         diagnostics.extend(load.undecodable.clone());

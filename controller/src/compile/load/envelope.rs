@@ -20,11 +20,12 @@ pub(super) struct Envelope {
 }
 
 /// A value read for what it is: a string, or anything else (consumed, not kept).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) enum Scalar {
     /// A string.
     Str(String),
     /// A number, boolean, null, list or mapping.
+    #[default]
     Other,
 }
 
@@ -58,12 +59,6 @@ macro_rules! other {
             Ok(Default::default())
         })*
     };
-}
-
-impl Default for Scalar {
-    fn default() -> Self {
-        Scalar::Other
-    }
 }
 
 impl<'de> Visitor<'de> for ScalarVisitor {

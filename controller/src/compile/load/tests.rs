@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn files(pairs: &[(&str, &str)]) -> FleetFiles {
