@@ -449,7 +449,10 @@ impl Failed {
 fn load_document(chunk: &Chunk<'_>) -> Result<Loaded, Failed> {
     let text = chunk.text();
     let fail = |code, location, message: String| Failed::new(Diagnostic::new(code, location, message));
-    if let Err(refusal) = scan::check(text) {
+    // A DeviceSet's device list in the common shape is read without the parser, and
+    // that shape nests no deeper than a label map: only the rest needs the depth scan.
+    let list = (scan::kind(text) == Some("DeviceSet")).then(|| device_list::read(text)).flatten();
+    if let Err(refusal) = scan::check(text, list.as_ref().map(|l| l.range.clone())) {
         let at = |offset: usize| {
             let (line, column) = line_column(text.as_bytes(), offset);
             Location { file: chunk.file.clone(), line: chunk.first_line + line - 1, column }
@@ -476,8 +479,12 @@ fn load_document(chunk: &Chunk<'_>) -> Result<Loaded, Failed> {
     // The common case: a plain `kind:` line names a known kind, and the typed parse is
     // the only one.
     if let Some(kind) = scan::kind(text).and_then(Kind::parse) {
-        return match parse_kind(chunk, kind) {
+        return match parse_kind(chunk, kind, list) {
             Ok(loaded) => check_envelope(chunk, kind, loaded),
+            // A document over a limit parsed well: its name is known, no second parse.
+            Err(ParseError::Limit { diagnostic, name }) => {
+                Err(Failed { diagnostic, envelope: Some((kind, name)) })
+            }
             Err(error) => Err(match envelope::read(text) {
                 Err(syntax) => Failed::new(yaml_error::syntax_error(chunk, &syntax)),
                 Ok(envelope) => Failed::new(error.into_diagnostic(chunk)).with_envelope(&envelope),
@@ -511,7 +518,7 @@ fn load_document(chunk: &Chunk<'_>) -> Result<Loaded, Failed> {
             format!("unknown kind {kind:?} (expected one of {known})"),
         ));
     };
-    match parse_kind(chunk, kind) {
+    match parse_kind(chunk, kind, list) {
         Ok(loaded) => check_envelope(chunk, kind, loaded),
         Err(error) => Err(Failed::new(error.into_diagnostic(chunk)).with_envelope(&envelope)),
     }
@@ -551,8 +558,8 @@ enum ParseError {
     Yaml(serde_yaml::Error),
     /// An error in a document read through a [`serde_yaml::Value`] (merge keys).
     Value(serde_path_to_error::Error<serde_yaml::Error>),
-    /// A diagnostic found after parsing (a DeviceSet over its limits).
-    Diagnostic(Diagnostic),
+    /// A document that parsed but is over a limit (a DeviceSet with too many devices).
+    Limit { diagnostic: Diagnostic, name: String },
 }
 
 impl ParseError {
@@ -560,18 +567,23 @@ impl ParseError {
         match self {
             ParseError::Yaml(e) => yaml_error::schema_error(chunk, &e),
             ParseError::Value(e) => yaml_error::value_error(chunk, &e),
-            ParseError::Diagnostic(d) => d,
+            ParseError::Limit { diagnostic, .. } => diagnostic,
         }
     }
 }
 
-/// Parses the document as `kind`.
-fn parse_kind(chunk: &Chunk<'_>, kind: Kind) -> Result<Loaded, ParseError> {
+/// Parses the document as `kind`; `list` is a DeviceSet's device list, when the fast
+/// path read it.
+fn parse_kind(
+    chunk: &Chunk<'_>,
+    kind: Kind,
+    list: Option<device_list::DeviceList>,
+) -> Result<Loaded, ParseError> {
     let text = chunk.text();
     Ok(match kind {
         Kind::Group => Loaded::Group(chunk.located(typed(text)?)),
         Kind::Device => Loaded::Device(chunk.located(Arc::new(typed(text)?))),
-        Kind::DeviceSet => Loaded::DeviceSet(chunk.located(Arc::new(device_set(chunk, text)?))),
+        Kind::DeviceSet => Loaded::DeviceSet(chunk.located(Arc::new(device_set(chunk, text, list)?))),
         Kind::Release => Loaded::Release(chunk.located(typed(text)?)),
         Kind::Policy => Loaded::Policy(chunk.located(typed(text)?)),
     })
@@ -591,9 +603,13 @@ fn typed<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
 /// A DeviceSet, its device list read by the fast path when it has the common shape
 /// (see [`device_list`]) and the rest by serde_yaml; otherwise, and for every error, the
 /// whole document by serde_yaml. Its size is checked without expanding its range.
-fn device_set(chunk: &Chunk<'_>, text: &str) -> Result<DeviceSet, ParseError> {
+fn device_set(
+    chunk: &Chunk<'_>,
+    text: &str,
+    list: Option<device_list::DeviceList>,
+) -> Result<DeviceSet, ParseError> {
     let mut fast = None;
-    if let Some(list) = device_list::read(text) {
+    if let Some(list) = list {
         let rest = format!("{}{}", &text[..list.range.start], &text[list.range.end..]);
         if let Ok(mut set) = typed::<DeviceSet>(&rest) {
             if set.spec.devices.is_empty() {
@@ -607,7 +623,8 @@ fn device_set(chunk: &Chunk<'_>, text: &str) -> Result<DeviceSet, ParseError> {
         None => typed(text)?,
     };
     let limit = |path: &str, code, message| {
-        Err(ParseError::Diagnostic(Diagnostic::new(code, chunk.located(()).locate(path), message)))
+        let diagnostic = Diagnostic::new(code, chunk.located(()).locate(path), message);
+        Err(ParseError::Limit { diagnostic, name: set.metadata.name.clone() })
     };
     let ranged = match &set.spec.range {
         Some(range) => match limits::range_size(range) {

@@ -2,6 +2,8 @@
 //! YAML parser (size, nesting depth, characters YAML forbids), and the envelope fields
 //! (`kind`, `metadata.name`) of a document the parser cannot read.
 
+use std::ops::Range;
+
 use crate::compile::limits::{MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH};
 
 /// Why a document is refused before it is parsed.
@@ -24,17 +26,32 @@ pub(super) enum Refusal {
 /// quotes, comments and block scalars). It is counted without parsing because the
 /// YAML parser's cost grows with the square of the flow depth: an 80 KB line of
 /// brackets would take minutes.
-pub(super) fn check(text: &str) -> Result<(), Refusal> {
+///
+/// `shallow` is a range of whole lines known to nest no deeper than a few levels (a
+/// device list the fast path read): only its characters are checked.
+pub(super) fn check(text: &str, shallow: Option<Range<usize>>) -> Result<(), Refusal> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(Refusal::TooLarge);
     }
+    let (before, after) = match shallow {
+        Some(range) => {
+            if let Some((at, character)) = forbidden_character(&text[range.clone()]) {
+                return Err(Refusal::Forbidden { offset: range.start + at, character });
+            }
+            (0..range.start, range.end..text.len())
+        }
+        None => (0..text.len(), text.len()..text.len()),
+    };
     let mut depth = Depth::default();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        forbidden_character(line)
-            .map_or(Ok(()), |(at, character)| Err(Refusal::Forbidden { offset: offset + at, character }))?;
-        depth.line(line).map_err(|at| Refusal::TooDeep { offset: offset + at })?;
-        offset += line.len();
+    for part in [before, after] {
+        let mut offset = part.start;
+        for line in text[part].split_inclusive('\n') {
+            if let Some((at, character)) = forbidden_character(line) {
+                return Err(Refusal::Forbidden { offset: offset + at, character });
+            }
+            depth.line(line).map_err(|at| Refusal::TooDeep { offset: offset + at })?;
+            offset += line.len();
+        }
     }
     Ok(())
 }
@@ -281,33 +298,39 @@ spec:
         url: http://example.com/a[1]{2} # see: [x
       - {a: [b]}
 ";
-        assert!(check(policy).is_ok());
+        assert!(check(policy, None).is_ok());
         assert!(depth_of(policy) < 12, "{}", depth_of(policy));
     }
 
     #[test]
     fn deep_flow_and_block_nesting_are_refused_where_they_cross_the_limit() {
         let deep = format!("spec: {{labels: {}{}}}\n", "[".repeat(100), "]".repeat(100));
-        let Err(Refusal::TooDeep { offset }) = check(&deep) else { panic!() };
+        let Err(Refusal::TooDeep { offset }) = check(&deep, None) else { panic!() };
         // Two levels come before the brackets: the document and `spec`'s flow mapping.
         assert_eq!(offset, "spec: {labels: ".len() + MAX_NESTING_DEPTH - 2);
         let block = format!("spec:\n  x:\n    {}a\n", "- ".repeat(100));
-        assert!(matches!(check(&block), Err(Refusal::TooDeep { .. })));
+        assert!(matches!(check(&block, None), Err(Refusal::TooDeep { .. })));
         let indented: String = (0..100).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
-        assert!(matches!(check(&indented), Err(Refusal::TooDeep { .. })));
+        assert!(matches!(check(&indented, None), Err(Refusal::TooDeep { .. })));
         // Brackets inside quotes, comments and block scalars are text.
         let text = format!("a: \"{0}\"\nb: '{0}'\nc: | \n  {0}\n# {0}\nd: x{0}\n", "[".repeat(100));
-        assert_eq!(check(&text), Ok(()));
+        assert_eq!(check(&text, None), Ok(()));
     }
 
     #[test]
     fn forbidden_characters_are_found_where_they_are() {
         assert_eq!(
-            check("a: b\nc: \"x\u{1}y\"\n"),
+            check("a: b\nc: \"x\u{1}y\"\n", None),
             Err(Refusal::Forbidden { offset: 10, character: '\u{1}' })
         );
-        assert_eq!(check("a: \u{85}é\t\r\n"), Ok(()));
-        assert!(matches!(check("a: \u{9f}\n"), Err(Refusal::Forbidden { offset: 3, .. })));
+        assert_eq!(check("a: \u{85}é\t\r\n", None), Ok(()));
+        assert!(matches!(check("a: \u{9f}\n", None), Err(Refusal::Forbidden { offset: 3, .. })));
+        // In a range known to be shallow, characters are still checked.
+        let list = "spec:\n  devices:\n    - id: a\u{7f}\n";
+        assert_eq!(
+            check(list, Some(6..list.len())),
+            Err(Refusal::Forbidden { offset: 28, character: '\u{7f}' })
+        );
     }
 
     #[test]
