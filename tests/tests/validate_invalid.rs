@@ -77,6 +77,21 @@ const SCENARIOS: &[(&str, &[Expected])] = &[
     ("policy-conflict", &[("WG301", "policies.yaml", 20)]),
     ("incompatible-release", &[("WG302", "fleet.yaml", 19), ("WG302", "fleet.yaml", 41)]),
     ("warnings-only", &[("WG304", "fleet.yaml", 14), ("WG303", "fleet.yaml", 37)]),
+    // Links to a file outside the repository, to itself, and to a directory: none is
+    // followed.
+    ("symbolic-links", &[("WG010", "loop.yaml", 1), ("WG010", "passwd.yaml", 1), ("WG011", "shared", 1)]),
+    ("limits", &[("WG013", "deep.yaml", 8), ("WG216", "devices.yaml", 11), ("WG217", "devices.yaml", 23)]),
+    (
+        "positions",
+        &[
+            ("WG002", "control.yaml", 8),
+            ("WG002", "eof.yaml", 7),
+            ("WG002", "groups.yaml", 9),
+            ("WG009", "keys.yaml", 10),
+            ("WG109", "keys.yaml", 19),
+            ("WG008", "keys.yaml", 23),
+        ],
+    ),
 ];
 
 fn compile_scenario(scenario: &str) -> compile::Compilation {

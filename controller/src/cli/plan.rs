@@ -54,7 +54,7 @@ pub enum PlanFormat {
 }
 
 /// Runs `waveguide plan`. Exit codes: 0 planned, 1 the head has errors, 2 the input
-/// could not be read.
+/// could not be read (reported in the chosen format).
 pub fn run(args: &PlanArgs) -> ExitCode {
     match output(args) {
         Ok((output, ok)) => {
@@ -66,7 +66,15 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             }
         }
         Err(message) => {
-            eprintln!("error: {message}");
+            match args.format {
+                PlanFormat::Text => eprintln!("error: {message}"),
+                PlanFormat::Json => {
+                    print!("{}", diagnostic::render_fatal(&message, diagnostic::Format::Json))
+                }
+                PlanFormat::Markdown => {
+                    print!("### Waveguide plan\n\n**The fleet could not be planned:** {message}\n")
+                }
+            }
             ExitCode::from(2)
         }
     }

@@ -12,7 +12,7 @@ use crate::source;
 /// policy. Prints all errors and warnings, sorted by file and line.
 ///
 /// Exit codes: 0 valid (warnings may be printed), 1 errors found, 2 the files could not
-/// be read or the command line is wrong.
+/// be read (reported in the chosen format) or the command line is wrong.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The fleet directory. With `--rev`, a directory inside a Git repository, read as it
@@ -58,7 +58,13 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let files = match files {
         Ok(files) => files,
         Err(e) => {
-            eprintln!("error: {e}");
+            let format = args.format.into();
+            let report = diagnostic::render_fatal(&e.to_string(), format);
+            if format == diagnostic::Format::Text {
+                eprint!("{report}");
+            } else {
+                print!("{report}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -91,6 +91,14 @@ codes! {
     InvalidValue = "WG008", Error;
     /// A mapping holds the same key twice.
     DuplicateKey = "WG009", Error;
+    /// A fleet file (`*.yaml`, `*.yml`) is a symbolic link: links are never followed.
+    SymbolicLink = "WG010", Error;
+    /// A symbolic link in the fleet directory is not followed: nothing under it is read.
+    IgnoredSymbolicLink = "WG011", Warning;
+    /// A document is larger than the limit (256 MiB).
+    DocumentTooLarge = "WG012", Error;
+    /// Collections nest deeper than the limit (64 levels).
+    NestingTooDeep = "WG013", Error;
     /// A name is not a DNS-1123 label.
     InvalidName = "WG101", Error;
     /// Two documents of one kind have the same name.
@@ -139,6 +147,10 @@ codes! {
     ZeroCount = "WG214", Error;
     /// An artifact URL is not an absolute URL.
     InvalidUrl = "WG215", Error;
+    /// A DeviceSet or the whole fleet declares more devices than the limit.
+    TooManyDevices = "WG216", Error;
+    /// A device range runs past the largest device number.
+    RangeOverflow = "WG217", Error;
     /// Two equal-priority policies give one device different releases.
     PolicyConflict = "WG301", Error;
     /// A release's `compatible` selector excludes devices its policy selects.
@@ -269,6 +281,21 @@ pub fn render(diagnostics: &[Diagnostic], format: Format, root: &str) -> String 
     }
 }
 
+/// Renders an error that stopped the command before anything was checked (the fleet
+/// could not be read) in `format`, so that tools reading JSON or GitHub annotations see
+/// it too: text `error: …`, JSON `{"errors": 1, "warnings": 0, "diagnostics": [],
+/// "fatal": "…"}`, a GitHub `::error` annotation without a file.
+pub fn render_fatal(message: &str, format: Format) -> String {
+    match format {
+        Format::Text => format!("error: {message}\n"),
+        Format::Json => {
+            let report = serde_json::json!({"errors": 1, "warnings": 0, "diagnostics": [], "fatal": message});
+            format!("{report:#}\n")
+        }
+        Format::Github => format!("::error title=waveguide::{}\n", escape_data(message)),
+    }
+}
+
 fn counts(diagnostics: &[Diagnostic]) -> (usize, usize) {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     (errors, diagnostics.len() - errors)
@@ -317,12 +344,14 @@ fn render_json(diagnostics: &[Diagnostic]) -> String {
     out
 }
 
+/// A workflow command's message: `%`, CR and LF escaped.
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
 /// Workflow commands: properties escape `%`, CR, LF, `:` and `,`; the message escapes
 /// `%`, CR and LF (GitHub's own rules for `::error`).
 fn render_github(diagnostics: &[Diagnostic]) -> String {
-    fn escape_data(s: &str) -> String {
-        s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
-    }
     fn escape_property(s: &str) -> String {
         escape_data(s).replace(':', "%3A").replace(',', "%2C")
     }

@@ -11,20 +11,28 @@
 //! of a field, which happens only on the error path.
 
 mod device_list;
+mod envelope;
+mod locate;
+mod scan;
+mod split;
+mod yaml_error;
 
-use std::borrow::Cow;
+pub use locate::key_segment;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use saphyr_parser::{Event, Parser, ScanError, Span};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use super::diagnostic::{Code, Diagnostic};
+use super::limits::{self, MAX_DEVICES_PER_SET, MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH};
 use crate::model::{Device, DeviceSet, Group, Kind, Object, Policy, Release, API_VERSION};
 use crate::source::{FleetFile, FleetFiles};
+use locate::{locate_in, parse_path, Target};
+use split::{split, Chunk};
 
 /// A place in a fleet file. Lines and columns are 1-based; columns count characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,12 +113,24 @@ impl<T> Located<T> {
     /// This re-reads the document, so call it when reporting, not in a loop over healthy
     /// data.
     pub fn locate(&self, path: &str) -> Location {
+        self.find(path, Target::Value)
+    }
+
+    /// The location of the key that ends `path` (see [`Located::locate`]), rather than
+    /// of its value: where a key itself is wrong, such as an invalid label key
+    /// (`spec.labels["-bad"]`). With `occurrence` 1, its second occurrence in the
+    /// mapping, where a key written twice is wrong.
+    pub fn locate_key(&self, path: &str, occurrence: usize) -> Location {
+        self.find(path, Target::Key(occurrence))
+    }
+
+    fn find(&self, path: &str, target: Target) -> Location {
         let Some(text) = &self.text else { return self.location.clone() };
         // Chunks start and end at line breaks of valid UTF-8, so this always succeeds.
         let Ok(doc) = std::str::from_utf8(&text.file_bytes[text.start..text.end]) else {
             return self.location.clone();
         };
-        match locate_in(doc, &parse_path(path)) {
+        match locate_in(doc, &parse_path(path), target) {
             Some((line, column)) => {
                 Location { file: self.location.file.clone(), line: text.first_line + line - 1, column }
             }
@@ -228,212 +248,6 @@ impl Documents {
     }
 }
 
-/// One segment of a field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// `spec.waves[2].percent` → `[Key(spec), Key(waves), Index(2), Key(percent)]`.
-fn parse_path(path: &str) -> Vec<Segment<'_>> {
-    let mut segments = Vec::new();
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
-        if !key.is_empty() {
-            segments.push(Segment::Key(key));
-        }
-        while let Some((index, tail)) = rest.split_once(']') {
-            if let Ok(i) = index.parse() {
-                segments.push(Segment::Index(i));
-            }
-            rest = tail.strip_prefix('[').unwrap_or(tail);
-        }
-    }
-    segments
-}
-
-type Events<'a> = Parser<'a, saphyr_parser::StrInput<'a>>;
-
-/// Finds the (line, column) of the node at `path` in a one-document YAML text, or of its
-/// deepest existing ancestor. `None` when the text does not parse that far.
-fn locate_in(doc: &str, path: &[Segment<'_>]) -> Option<(u32, u32)> {
-    let mut events: Events<'_> = Parser::new_from_str(doc);
-    // Up to the root node of the first document.
-    let (event, span) = loop {
-        match events.next()?.ok()? {
-            (Event::StreamStart | Event::DocumentStart(_), _) => continue,
-            (Event::StreamEnd, _) => return None,
-            other => break other,
-        }
-    };
-    let mut best = position(&span);
-    descend(&mut events, event, span, path, &mut best).ok()?;
-    Some(best)
-}
-
-fn position(span: &Span) -> (u32, u32) {
-    (span.start.line() as u32, span.start.col() as u32 + 1)
-}
-
-/// Walks from the node that starts with `event` along `path`, recording in `best` the
-/// position of the deepest node reached.
-fn descend(
-    events: &mut Events<'_>,
-    event: Event<'_>,
-    span: Span,
-    path: &[Segment<'_>],
-    best: &mut (u32, u32),
-) -> Result<(), ScanError> {
-    *best = position(&span);
-    let Some((segment, rest)) = path.split_first() else { return Ok(()) };
-    match (event, segment) {
-        (Event::MappingStart(..), Segment::Key(key)) => loop {
-            let (k, _) = next(events)?;
-            match k {
-                Event::MappingEnd => return Ok(()),
-                Event::Scalar(ref name, ..) if name == key => {
-                    let (value, value_span) = next(events)?;
-                    return descend(events, value, value_span, rest, best);
-                }
-                other => {
-                    skip(events, other)?;
-                    let (value, _) = next(events)?;
-                    skip(events, value)?;
-                }
-            }
-        },
-        (Event::SequenceStart(..), Segment::Index(index)) => {
-            for _ in 0..*index {
-                let (item, _) = next(events)?;
-                if item == Event::SequenceEnd {
-                    return Ok(());
-                }
-                skip(events, item)?;
-            }
-            let (item, item_span) = next(events)?;
-            if item == Event::SequenceEnd {
-                return Ok(());
-            }
-            descend(events, item, item_span, rest, best)
-        }
-        _ => Ok(()),
-    }
-}
-
-fn next<'a>(events: &mut Events<'a>) -> Result<(Event<'a>, Span), ScanError> {
-    match events.next() {
-        Some(result) => result,
-        None => Ok((Event::StreamEnd, Span::default())),
-    }
-}
-
-/// Consumes the rest of the node that starts with `event`.
-fn skip(events: &mut Events<'_>, event: Event<'_>) -> Result<(), ScanError> {
-    let mut depth = match event {
-        Event::MappingStart(..) | Event::SequenceStart(..) => 1usize,
-        _ => return Ok(()),
-    };
-    while depth > 0 {
-        match next(events)?.0 {
-            Event::MappingStart(..) | Event::SequenceStart(..) => depth += 1,
-            Event::MappingEnd | Event::SequenceEnd => depth -= 1,
-            Event::StreamEnd => return Ok(()),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// One document of a file, found by splitting at document markers.
-struct Chunk<'a> {
-    file: &'a Arc<str>,
-    /// The whole file, as text and as the shared bytes documents keep.
-    file_text: &'a str,
-    file_bytes: &'a Arc<[u8]>,
-    start: usize,
-    end: usize,
-    /// File line of the chunk's first line.
-    first_line: u32,
-    /// File line of the first line with content (the document's location).
-    content_line: u32,
-}
-
-impl Chunk<'_> {
-    /// Where the document starts.
-    fn location(&self) -> Location {
-        Location { file: self.file.clone(), line: self.content_line, column: 1 }
-    }
-
-    /// `value`, located in this document.
-    fn located<T>(&self, value: T) -> Located<T> {
-        Located {
-            value,
-            location: self.location(),
-            text: Some(DocumentText {
-                file_bytes: self.file_bytes.clone(),
-                start: self.start,
-                end: self.end,
-                first_line: self.first_line,
-            }),
-        }
-    }
-}
-
-/// Whether a line is a document marker (`---` or `...`, alone or followed by a space).
-fn is_marker(line: &str) -> bool {
-    let line = line.trim_end_matches(['\r', '\n']);
-    (line.starts_with("---") || line.starts_with("..."))
-        && line[3..].chars().next().is_none_or(|c| c == ' ' || c == '\t')
-}
-
-/// Splits a file into documents. Chunks holding only comments, blank lines and markers
-/// are dropped: they are not documents.
-fn split<'a>(file: &'a Arc<str>, file_bytes: &'a Arc<[u8]>, file_text: &'a str) -> Vec<Chunk<'a>> {
-    let mut chunks = Vec::new();
-    // A byte order mark is not content; the YAML parser misreads it before CRLF lines.
-    let bom = if file_text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
-    let mut start = bom;
-    let mut first_line = 1;
-    let mut content_line = None;
-    let mut line_no = 0u32;
-    let mut offset = bom;
-    let close =
-        |chunks: &mut Vec<Chunk<'a>>, start: usize, end: usize, first_line: u32, content: Option<u32>| {
-            if let Some(content_line) = content {
-                chunks.push(Chunk { file, file_text, file_bytes, start, end, first_line, content_line });
-            }
-        };
-    for line in file_text[bom..].split_inclusive('\n') {
-        line_no += 1;
-        if is_marker(line) {
-            // `--- ` may carry content on the same line (`--- {kind: Group, ...}`).
-            let starts_document = line.starts_with("---");
-            close(&mut chunks, start, offset, first_line, content_line.take());
-            start = offset;
-            first_line = line_no;
-            if starts_document && !is_blank_or_comment(&line[3..]) {
-                content_line = Some(line_no);
-            }
-            if !starts_document {
-                // `...` ends a document; what follows starts after it.
-                start = offset + line.len();
-                first_line = line_no + 1;
-            }
-        } else if content_line.is_none() && !is_blank_or_comment(line) && !line.starts_with('%') {
-            content_line = Some(line_no);
-        }
-        offset += line.len();
-    }
-    close(&mut chunks, start, offset, first_line, content_line);
-    chunks
-}
-
-fn is_blank_or_comment(line: &str) -> bool {
-    let t = line.trim();
-    t.is_empty() || t.starts_with('#')
-}
-
 /// What one document turned into.
 #[derive(Clone)]
 enum Loaded {
@@ -499,7 +313,7 @@ pub fn load_cached(files: &FleetFiles, cache: &mut LoadCache) -> (Documents, Vec
     cache.files = kept;
 
     let mut documents = Documents::default();
-    let mut diagnostics = Vec::new();
+    let mut diagnostics: Vec<Diagnostic> = files.links().iter().map(link_diagnostic).collect();
     for file in files.files() {
         let load = &cache.files[&file.path].1;
         diagnostics.extend(load.undecodable.clone());
@@ -551,10 +365,12 @@ fn parse_files(files: &[&FleetFile]) -> Vec<FileLoad> {
         .collect();
     let loaded: Vec<(usize, Loaded, Option<Unparsed>)> = chunks
         .par_iter()
-        .map(|(i, chunk)| {
-            let loaded = load_document(chunk);
-            let unparsed = matches!(loaded, Loaded::Failed(_)).then(|| unparsed(chunk)).flatten();
-            (*i, loaded, unparsed)
+        .map(|(i, chunk)| match load_document(chunk) {
+            Ok(loaded) => (*i, loaded, None),
+            Err(failed) => {
+                let unparsed = failed.unparsed(chunk);
+                (*i, Loaded::Failed(failed.diagnostic), unparsed)
+            }
         })
         .collect();
     for (i, item, unparsed) in loaded {
@@ -575,62 +391,142 @@ fn line_column(bytes: &[u8], offset: usize) -> (u32, u32) {
     (line, column)
 }
 
-/// The envelope fields needed to pick the document's type, read when the fast scan for a
-/// top-level `kind:` line finds nothing (flow-style documents, quoted keys).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Header {
-    kind: Option<serde_yaml::Value>,
+/// The diagnostic for a symbolic link found in the fleet directory: an error where a
+/// fleet file was expected, a warning otherwise (it may be a directory of fleet files).
+fn link_diagnostic(link: &Arc<str>) -> Diagnostic {
+    let location = Location { file: link.clone(), line: 1, column: 1 };
+    if crate::source::is_fleet_file(link) {
+        Diagnostic::new(
+            Code::SymbolicLink,
+            location,
+            "a fleet file may not be a symbolic link: links are not followed, so this file is not read",
+        )
+    } else {
+        Diagnostic::new(
+            Code::IgnoredSymbolicLink,
+            location,
+            "symbolic link not followed: if it leads to fleet files, they are not read",
+        )
+    }
 }
 
-fn load_document(chunk: &Chunk<'_>) -> Loaded {
-    let text = &chunk.file_text[chunk.start..chunk.end];
-    let doc_location = chunk.location();
-    let located = |value| chunk.located(value);
-    let fail = |code, location, message: String| Loaded::Failed(Diagnostic::new(code, location, message));
+/// A document that did not load: what is wrong, and what could be read of it.
+struct Failed {
+    diagnostic: Diagnostic,
+    /// Its kind and name, when readable.
+    envelope: Option<(Kind, String)>,
+}
 
-    let kind = match scan_kind(text) {
-        Some(kind) => Cow::Borrowed(kind),
-        None => match serde_yaml::from_str::<Header>(text) {
-            Ok(Header { kind: Some(serde_yaml::Value::String(kind)) }) => Cow::Owned(kind),
-            Ok(Header { kind: Some(_) }) => {
-                let location = located(()).locate("kind");
-                return fail(Code::InvalidValue, location, "`kind` must be a string".into());
+impl Failed {
+    /// A failure; the kind and name are read from the text when `envelope` is `None`.
+    fn new(diagnostic: Diagnostic) -> Failed {
+        Failed { diagnostic, envelope: None }
+    }
+
+    fn with_envelope(mut self, envelope: &envelope::Envelope) -> Failed {
+        if let (Some(envelope::Scalar::Str(kind)), Some(name)) = (&envelope.kind, &envelope.name) {
+            self.envelope = Kind::parse(kind).map(|kind| (kind, name.clone()));
+        }
+        self
+    }
+
+    fn unparsed(&self, chunk: &Chunk<'_>) -> Option<Unparsed> {
+        let (kind, name) = match &self.envelope {
+            Some(envelope) => envelope.clone(),
+            None => {
+                let (kind, name) = scan::envelope(chunk.text())?;
+                (Kind::parse(kind)?, name.to_owned())
             }
-            Ok(Header { kind: None }) => {
-                return fail(Code::NotAnObject, doc_location, "document has no `kind`".into());
+        };
+        Some(Unparsed { kind, name, location: chunk.location() })
+    }
+}
+
+/// Loads one document: checked before parsing, then parsed by its kind. A document
+/// that loads is parsed once; one that fails at most twice (the second time without
+/// its schema, to tell a syntax error from a schema error and to read its kind and
+/// name).
+fn load_document(chunk: &Chunk<'_>) -> Result<Loaded, Failed> {
+    let text = chunk.text();
+    let fail = |code, location, message: String| Failed::new(Diagnostic::new(code, location, message));
+    // A DeviceSet's device list in the common shape is read without the parser, and
+    // that shape nests no deeper than a label map: only the rest needs the depth scan.
+    let list = (scan::kind(text) == Some("DeviceSet")).then(|| device_list::read(text)).flatten();
+    if let Err(refusal) = scan::check(text, list.as_ref().map(|l| l.range.clone())) {
+        let at = |offset: usize| {
+            let (line, column) = line_column(text.as_bytes(), offset);
+            Location { file: chunk.file.clone(), line: chunk.first_line + line - 1, column }
+        };
+        return Err(match refusal {
+            scan::Refusal::TooLarge => fail(
+                Code::DocumentTooLarge,
+                chunk.location(),
+                format!("document of {} bytes is larger than the limit of {MAX_DOCUMENT_BYTES}", text.len()),
+            ),
+            scan::Refusal::TooDeep { offset } => fail(
+                Code::NestingTooDeep,
+                at(offset),
+                format!("collections nest deeper than the limit of {MAX_NESTING_DEPTH} levels"),
+            ),
+            scan::Refusal::Forbidden { offset, character } => fail(
+                Code::MalformedYaml,
+                at(offset),
+                format!("control character U+{:04X} is not allowed in YAML", character as u32),
+            ),
+        });
+    }
+
+    // The common case: a plain `kind:` line names a known kind, and the typed parse is
+    // the only one.
+    if let Some(kind) = scan::kind(text).and_then(Kind::parse) {
+        return match parse_kind(chunk, kind, list) {
+            Ok(loaded) => check_envelope(chunk, kind, loaded),
+            // A document over a limit parsed well: its name is known, no second parse.
+            Err(ParseError::Limit { diagnostic, name }) => {
+                Err(Failed { diagnostic, envelope: Some((kind, name)) })
             }
-            Err(e) => {
-                let diagnostic = yaml_error(chunk, text, e);
-                if diagnostic.code == Code::MalformedYaml {
-                    return Loaded::Failed(diagnostic);
-                }
-                // Valid YAML that is not a mapping (a scalar or a list).
-                return fail(
-                    Code::NotAnObject,
-                    doc_location,
-                    "a fleet document is a mapping with apiVersion, kind, metadata and spec".into(),
-                );
-            }
-        },
+            Err(error) => Err(match envelope::read(text) {
+                Err(syntax) => Failed::new(yaml_error::syntax_error(chunk, &syntax)),
+                Ok(envelope) => Failed::new(error.into_diagnostic(chunk)).with_envelope(&envelope),
+            }),
+        };
+    }
+
+    // Otherwise (a flow-style document, an odd `kind`) read the envelope first.
+    let envelope = envelope::read(text).map_err(|e| Failed::new(yaml_error::syntax_error(chunk, &e)))?;
+    let kind = match &envelope.kind {
+        _ if !envelope.mapping => {
+            return Err(fail(
+                Code::NotAnObject,
+                chunk.location(),
+                "a fleet document is a mapping with apiVersion, kind, metadata and spec".into(),
+            ))
+        }
+        None => return Err(fail(Code::NotAnObject, chunk.location(), "document has no `kind`".into())),
+        Some(envelope::Scalar::Other) => {
+            let location = chunk.located(()).locate("kind");
+            return Err(fail(Code::InvalidValue, location, "`kind` must be a string".into()));
+        }
+        Some(envelope::Scalar::Str(kind)) => kind,
     };
-    let Some(kind) = Kind::parse(&kind) else {
-        let location = located(()).locate("kind");
+    let Some(kind) = Kind::parse(kind) else {
+        let location = chunk.located(()).locate("kind");
         let known = Kind::ALL.map(Kind::as_str).join(", ");
-        return fail(Code::UnknownKind, location, format!("unknown kind {kind:?} (expected one of {known})"));
+        return Err(fail(
+            Code::UnknownKind,
+            location,
+            format!("unknown kind {kind:?} (expected one of {known})"),
+        ));
     };
+    match parse_kind(chunk, kind, list) {
+        Ok(loaded) => check_envelope(chunk, kind, loaded),
+        Err(error) => Err(Failed::new(error.into_diagnostic(chunk)).with_envelope(&envelope)),
+    }
+}
 
-    let result = match kind {
-        Kind::Group => typed(chunk, text).map(|v| Loaded::Group(chunk.located(v))),
-        Kind::Device => typed(chunk, text).map(|v| Loaded::Device(chunk.located(Arc::new(v)))),
-        Kind::DeviceSet => device_set(chunk, text).map(|v| Loaded::DeviceSet(chunk.located(Arc::new(v)))),
-        Kind::Release => typed(chunk, text).map(|v| Loaded::Release(chunk.located(v))),
-        Kind::Policy => typed(chunk, text).map(|v| Loaded::Policy(chunk.located(v))),
-    };
-    let loaded = match result {
-        Ok(loaded) => loaded,
-        Err(diagnostic) => return Loaded::Failed(diagnostic),
-    };
+/// Checks what the typed parse read of the envelope: the kind that chose the type (a
+/// `kind:` line inside a block scalar could have misled the scan) and the apiVersion.
+fn check_envelope(chunk: &Chunk<'_>, kind: Kind, loaded: Loaded) -> Result<Loaded, Failed> {
     let (api_version, actual_kind) = match &loaded {
         Loaded::Group(d) => (&d.value.api_version, &d.value.kind),
         Loaded::Device(d) => (&d.value.api_version, &d.value.kind),
@@ -639,384 +535,115 @@ fn load_document(chunk: &Chunk<'_>) -> Loaded {
         Loaded::Policy(d) => (&d.value.api_version, &d.value.kind),
         Loaded::Failed(_) => unreachable!("typed documents only"),
     };
+    let failed = |code, path, message| {
+        let diagnostic = Diagnostic::new(code, chunk.located(()).locate(path), message);
+        Err(Failed { diagnostic, envelope: None })
+    };
     if actual_kind != kind.as_str() {
-        // The fast scan saw a `kind:` line that is not the document's kind (e.g. one
-        // inside a block scalar); this document needs the careful path.
-        let location = located(()).locate("kind");
-        return fail(Code::InvalidValue, location, format!("`kind` is {actual_kind:?}, not {kind}"));
+        return failed(Code::InvalidValue, "kind", format!("`kind` is {actual_kind:?}, not {kind}"));
     }
     if api_version != API_VERSION {
-        let location = located(()).locate("apiVersion");
-        return fail(
+        return failed(
             Code::UnsupportedApiVersion,
-            location,
+            "apiVersion",
             format!("unsupported apiVersion {api_version:?} for {kind} (expected {API_VERSION:?})"),
         );
     }
-    loaded
+    Ok(loaded)
 }
 
-fn typed<S: DeserializeOwned>(chunk: &Chunk<'_>, text: &str) -> Result<Object<S>, Diagnostic> {
-    serde_yaml::from_str::<Object<S>>(text).map_err(|e| yaml_error(chunk, text, e))
+/// Why a typed parse failed.
+enum ParseError {
+    /// serde_yaml's error, with its position.
+    Yaml(serde_yaml::Error),
+    /// An error in a document read through a [`serde_yaml::Value`] (merge keys).
+    Value(serde_path_to_error::Error<serde_yaml::Error>),
+    /// A document that parsed but is over a limit (a DeviceSet with too many devices).
+    Limit { diagnostic: Diagnostic, name: String },
+}
+
+impl ParseError {
+    fn into_diagnostic(self, chunk: &Chunk<'_>) -> Diagnostic {
+        match self {
+            ParseError::Yaml(e) => yaml_error::schema_error(chunk, &e),
+            ParseError::Value(e) => yaml_error::value_error(chunk, &e),
+            ParseError::Limit { diagnostic, .. } => diagnostic,
+        }
+    }
+}
+
+/// Parses the document as `kind`; `list` is a DeviceSet's device list, when the fast
+/// path read it.
+fn parse_kind(
+    chunk: &Chunk<'_>,
+    kind: Kind,
+    list: Option<device_list::DeviceList>,
+) -> Result<Loaded, ParseError> {
+    let text = chunk.text();
+    Ok(match kind {
+        Kind::Group => Loaded::Group(chunk.located(typed(text)?)),
+        Kind::Device => Loaded::Device(chunk.located(Arc::new(typed(text)?))),
+        Kind::DeviceSet => Loaded::DeviceSet(chunk.located(Arc::new(device_set(chunk, text, list)?))),
+        Kind::Release => Loaded::Release(chunk.located(typed(text)?)),
+        Kind::Policy => Loaded::Policy(chunk.located(typed(text)?)),
+    })
+}
+
+/// Parses a document into its type. YAML merge keys (`<<: *defaults`) are applied first,
+/// on a [`serde_yaml::Value`]: serde_yaml's typed parse does not know them.
+fn typed<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
+    if !text.contains("<<") {
+        return serde_yaml::from_str(text).map_err(ParseError::Yaml);
+    }
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(ParseError::Yaml)?;
+    value.apply_merge().map_err(ParseError::Yaml)?;
+    serde_path_to_error::deserialize(value).map_err(ParseError::Value)
 }
 
 /// A DeviceSet, its device list read by the fast path when it has the common shape
 /// (see [`device_list`]) and the rest by serde_yaml; otherwise, and for every error, the
-/// whole document by serde_yaml.
-fn device_set(chunk: &Chunk<'_>, text: &str) -> Result<DeviceSet, Diagnostic> {
-    if let Some(list) = device_list::read(text) {
+/// whole document by serde_yaml. Its size is checked without expanding its range.
+fn device_set(
+    chunk: &Chunk<'_>,
+    text: &str,
+    list: Option<device_list::DeviceList>,
+) -> Result<DeviceSet, ParseError> {
+    let mut fast = None;
+    if let Some(list) = list {
         let rest = format!("{}{}", &text[..list.range.start], &text[list.range.end..]);
-        if let Ok(mut set) = serde_yaml::from_str::<DeviceSet>(&rest) {
+        if let Ok(mut set) = typed::<DeviceSet>(&rest) {
             if set.spec.devices.is_empty() {
                 set.spec.devices = list.entries;
-                return Ok(set);
+                fast = Some(set);
             }
         }
     }
-    typed(chunk, text)
-}
-
-/// The kind and name of a document that failed to load, when its YAML is well-formed
-/// enough to tell.
-fn unparsed(chunk: &Chunk<'_>) -> Option<Unparsed> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        kind: Option<String>,
-        metadata: Option<Metadata>,
-    }
-    #[derive(Deserialize)]
-    struct Metadata {
-        name: Option<String>,
-    }
-    let envelope: Envelope = serde_yaml::from_str(&chunk.file_text[chunk.start..chunk.end]).ok()?;
-    Some(Unparsed {
-        kind: Kind::parse(&envelope.kind?)?,
-        name: envelope.metadata?.name?,
-        location: chunk.location(),
-    })
-}
-
-/// The value of a top-level `kind:` line, if the document has one in block style: the
-/// common case, found without parsing.
-fn scan_kind(text: &str) -> Option<&str> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix("kind:")?;
-        let value = value.split(" #").next().unwrap_or(value).trim();
-        let value = value.trim_matches(|c| c == '"' || c == '\'');
-        (!value.is_empty()).then_some(value)
-    })
-}
-
-/// Turns a serde_yaml error into a diagnostic at the file position it refers to.
-fn yaml_error(chunk: &Chunk<'_>, text: &str, error: serde_yaml::Error) -> Diagnostic {
-    // Syntax errors and schema errors look alike from the outside; a schema-free parse
-    // tells them apart. This runs only for documents that failed.
-    let syntax = serde_yaml::from_str::<serde::de::IgnoredAny>(text).err();
-    let (code, error) = match syntax {
-        Some(syntax) => (Code::MalformedYaml, syntax),
-        None => (classify(&error.to_string()), error),
+    let set = match fast {
+        Some(set) => set,
+        None => typed(text)?,
     };
-    let (message, (line, column)) = message_and_position(chunk, &error);
-    Diagnostic::new(code, Location { file: chunk.file.clone(), line, column }, message)
-}
-
-/// The code of a serde schema error, from serde's stable message forms.
-fn classify(message: &str) -> Code {
-    if message.contains("missing field") {
-        Code::MissingField
-    } else if message.contains("unknown field") {
-        Code::UnknownField
-    } else if message.contains("duplicate field") || message.contains("duplicate entry") {
-        Code::DuplicateKey
-    } else {
-        Code::InvalidValue
+    let limit = |path: &str, code, message| {
+        let diagnostic = Diagnostic::new(code, chunk.located(()).locate(path), message);
+        Err(ParseError::Limit { diagnostic, name: set.metadata.name.clone() })
+    };
+    let ranged = match &set.spec.range {
+        Some(range) => match limits::range_size(range) {
+            Ok(n) => n,
+            Err(message) => return limit("spec.range.count", Code::RangeOverflow, message),
+        },
+        None => 0,
+    };
+    let listed = set.spec.devices.len() as u64;
+    if listed + ranged > MAX_DEVICES_PER_SET {
+        let path = if ranged > 0 { "spec.range.count" } else { "spec.devices" };
+        let message = format!(
+            "the DeviceSet declares {} devices, more than the limit of {MAX_DEVICES_PER_SET}; split it",
+            listed + ranged
+        );
+        return limit(path, Code::TooManyDevices, message);
     }
-}
-
-/// Splits serde_yaml's message into its text parts and the ` at line L column C` marks
-/// that follow them. libyaml's syntax errors have two: where the problem is, then, after
-/// `, while scanning …`, where the construct being read started.
-fn split_marks(message: &str) -> Vec<(&str, Option<(u32, u32)>)> {
-    let mut parts = Vec::new();
-    let mut rest = message;
-    while let Some(at) = rest.find(" at line ") {
-        let (text, tail) = rest.split_at(at);
-        let tail = &tail[" at line ".len()..];
-        let number_end = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let line_end = number_end(tail);
-        let Some(after_line) = tail[line_end..].strip_prefix(" column ") else { break };
-        let column_end = number_end(after_line);
-        let mark = tail[..line_end].parse().ok().zip(after_line[..column_end].parse().ok());
-        parts.push((text, mark));
-        rest = after_line[column_end..].trim_start_matches(", ");
-    }
-    if !rest.is_empty() || parts.is_empty() {
-        parts.push((rest, None));
-    }
-    parts
-}
-
-/// The diagnostic message and position for a serde_yaml error. Marks inside the
-/// message are rewritten to file lines; an unexpected end of input is reported where the
-/// unfinished construct (an unclosed quote or bracket) starts.
-fn message_and_position(chunk: &Chunk<'_>, error: &serde_yaml::Error) -> (String, (u32, u32)) {
-    let to_file = |(line, column): (u32, u32)| (chunk.first_line + line - 1, column);
-    let mut position = error
-        .location()
-        .map_or((chunk.content_line, 1), |at| to_file((at.line() as u32, at.column() as u32)));
-    let text = error.to_string();
-    let parts = split_marks(&text);
-    let mut message = parts[0].0.to_owned();
-    for (context, mark) in &parts[1..] {
-        message.push_str(", ");
-        message.push_str(context);
-        if let Some(mark) = mark {
-            let (line, column) = to_file(*mark);
-            if parts[0].0.contains("end of stream") {
-                position = (line, column);
-            } else {
-                message.push_str(&format!(" that starts at line {line}, column {column}"));
-            }
-        }
-    }
-    (message, position)
+    Ok(set)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn files(pairs: &[(&str, &str)]) -> FleetFiles {
-        FleetFiles::from_pairs(pairs.iter().map(|(p, t)| (*p, t.as_bytes().to_vec())))
-    }
-
-    fn codes(diagnostics: &[Diagnostic]) -> Vec<String> {
-        diagnostics.iter().map(|d| format!("{} {}", d.code, d.location)).collect()
-    }
-
-    const GROUPS: &str = "\
-# regions
-apiVersion: waveguide.dev/v1alpha1
-kind: Group
-metadata:
-  name: eu
-spec:
-  labels: {region: eu}
----
-apiVersion: waveguide.dev/v1alpha1
-kind: Group
-metadata: {name: eu-west}
-spec:
-  parent: eu
-  maintenanceWindows:
-    - schedule: \"0 2 * * *\"
-      duration: 2h
-";
-
-    #[test]
-    fn a_cached_load_parses_only_changed_files_and_matches_a_full_load() {
-        let set = |name: &str, id: &str| {
-            format!(
-                "apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {{name: {name}}}\nspec:\n  group: eu\n  devices:\n    - id: {id}\n"
-            )
-        };
-        let broken = "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: x}\nspec: [\n";
-        let (a, b) = (set("a", "a-1"), set("b", "b-1"));
-        let first =
-            files(&[("groups.yaml", GROUPS), ("a.yaml", &a), ("b.yaml", &b), ("broken.yaml", broken)]);
-        let mut cache = LoadCache::default();
-        let (docs1, diags1) = load_cached(&first, &mut cache);
-        assert_eq!(docs1.device_sets.len(), 2);
-
-        // b changes, broken.yaml and groups.yaml stay, c is new, a is unchanged but read
-        // into a new buffer (as from a directory): equal bytes are enough.
-        let b2 = set("b", "b-2");
-        let c = set("c", "c-1");
-        let second = files(&[
-            ("groups.yaml", GROUPS),
-            ("a.yaml", &a),
-            ("b.yaml", &b2),
-            ("broken.yaml", broken),
-            ("c.yaml", &c),
-        ]);
-        let (docs2, diags2) = load_cached(&second, &mut cache);
-        let (full, full_diags) = load(&second);
-        assert_eq!(codes(&diags2), codes(&full_diags));
-        assert_eq!(codes(&diags2), codes(&diags1), "the unchanged broken file is still reported");
-        let ids = |d: &Documents| -> Vec<String> {
-            d.device_sets.iter().map(|s| format!("{}:{}", s.location, s.value.spec.devices[0].id)).collect()
-        };
-        assert_eq!(ids(&docs2), ids(&full));
-        assert_eq!(ids(&docs2), ["a.yaml:1:1:a-1", "b.yaml:1:1:b-2", "c.yaml:1:1:c-1"]);
-        assert_eq!(docs2.groups.len(), 2);
-        assert!(
-            Arc::ptr_eq(&docs1.device_sets[0].value, &docs2.device_sets[0].value),
-            "a was not parsed again"
-        );
-        assert!(!Arc::ptr_eq(&docs1.device_sets[1].value, &docs2.device_sets[1].value));
-
-        // A file removed from the fleet leaves the cache.
-        let third = files(&[("groups.yaml", GROUPS), ("c.yaml", &c)]);
-        let (docs3, diags3) = load_cached(&third, &mut cache);
-        assert!(diags3.is_empty(), "{:?}", codes(&diags3));
-        assert_eq!(ids(&docs3), ["c.yaml:1:1:c-1"]);
-        assert_eq!(cache.files.len(), 2);
-    }
-
-    #[test]
-    fn loads_multi_document_files_with_locations() {
-        let (docs, diagnostics) = load(&files(&[("groups.yaml", GROUPS)]));
-        assert!(diagnostics.is_empty(), "{diagnostics:?}");
-        assert_eq!(docs.groups.len(), 2);
-        assert_eq!(docs.groups[0].location.to_string(), "groups.yaml:2:1");
-        assert_eq!(docs.groups[1].location.to_string(), "groups.yaml:9:1");
-        assert_eq!(docs.groups[1].name(), "eu-west");
-        assert_eq!(docs.groups[1].locate("spec.parent").to_string(), "groups.yaml:13:11");
-        assert_eq!(docs.groups[1].name_location().to_string(), "groups.yaml:11:18");
-        assert_eq!(
-            docs.groups[1].locate("spec.maintenanceWindows[0].duration").to_string(),
-            "groups.yaml:16:17"
-        );
-        // A defaulted field answers with its deepest existing parent.
-        assert_eq!(docs.groups[1].locate("spec.maxConcurrent").to_string(), "groups.yaml:13:3");
-    }
-
-    #[test]
-    fn every_broken_document_is_reported() {
-        let text = "\
-apiVersion: waveguide.dev/v1alpha1
-kind: Grop
-metadata: {name: a}
-spec: {}
----
-apiVersion: waveguide.dev/v1beta9
-kind: Group
-metadata: {name: b}
-spec: {}
----
-apiVersion: waveguide.dev/v1alpha1
-kind: Group
-metadata: {name: c}
-spec:
-  parnet: x
----
-apiVersion: waveguide.dev/v1alpha1
-kind: Device
-metadata: {name: d}
-spec: {labels: {}}
----
-apiVersion: waveguide.dev/v1alpha1
-kind: Release
-metadata: {name: e}
-spec:
-  version: [1]
----
-apiVersion: waveguide.dev/v1alpha1
-kind: Group
-metadata: {name: f
-spec: {}
----
-apiVersion: waveguide.dev/v1alpha1
-kind: Group
-metadata: {name: ok}
-spec: {}
-";
-        let (docs, diagnostics) = load(&files(&[("all.yaml", text)]));
-        assert_eq!(docs.groups.len(), 1, "{diagnostics:?}");
-        assert_eq!(
-            codes(&diagnostics),
-            [
-                "WG004 all.yaml:2:7",
-                "WG005 all.yaml:6:13",
-                "WG007 all.yaml:15:3",
-                "WG006 all.yaml:20:7",
-                "WG008 all.yaml:26:12",
-                "WG002 all.yaml:31:5",
-            ]
-        );
-        assert!(diagnostics[2].message.contains("unknown field `parnet`"), "{}", diagnostics[2].message);
-        assert!(diagnostics[3].message.contains("missing field `group`"), "{}", diagnostics[3].message);
-    }
-
-    #[test]
-    fn flow_style_and_invalid_utf8() {
-        let flow = "--- {apiVersion: waveguide.dev/v1alpha1, kind: Release, metadata: {name: r}, spec: {version: 1.0.0}}\n";
-        let fleet = FleetFiles::from_pairs([
-            ("a.yaml", flow.as_bytes().to_vec()),
-            ("b.yaml", b"ok: \xff\n".to_vec()),
-        ]);
-        let (docs, diagnostics) = load(&fleet);
-        assert_eq!(docs.releases.len(), 1);
-        assert_eq!(docs.releases[0].location.to_string(), "a.yaml:1:1");
-        assert_eq!(codes(&diagnostics), ["WG001 b.yaml:1:5"]);
-    }
-
-    #[test]
-    fn locates_entries_of_large_lists() {
-        let mut text = String::from(
-            "apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {name: s}\nspec:\n  group: g\n  devices:\n",
-        );
-        for i in 0..1000 {
-            text.push_str(&format!("    - id: dev-{i:04}\n      labels: {{n: \"{i}\"}}\n"));
-        }
-        let (docs, diagnostics) = load(&files(&[("set.yaml", "# header\n"), ("z/set.yml", &text)]));
-        assert!(diagnostics.is_empty());
-        let set = &docs.device_sets[0];
-        assert_eq!(set.value.spec.devices.len(), 1000);
-        assert_eq!(set.locate("spec.devices[500].id").to_string(), "z/set.yml:1007:11");
-        assert_eq!(set.locate("spec.devices[500].labels.n").to_string(), "z/set.yml:1008:19");
-    }
-
-    #[test]
-    fn syntax_errors_point_at_the_unfinished_construct() {
-        let text =
-            "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: a}\nspec:\n  parent: \"eu\n";
-        let (_, diagnostics) =
-            load(&files(&[("g.yaml", "# one\n---\n# two\n"), ("h.yaml", &format!("---\n{text}"))]));
-        assert_eq!(codes(&diagnostics), ["WG002 h.yaml:6:11"]);
-        assert_eq!(diagnostics[0].message, "found unexpected end of stream, while scanning a quoted scalar");
-        let (_, diagnostics) = load(&files(&[("m.yaml", "a: b: c\n")]));
-        assert_eq!(codes(&diagnostics), ["WG002 m.yaml:1:5"]);
-        assert_eq!(diagnostics[0].message, "mapping values are not allowed in this context");
-    }
-
-    #[test]
-    fn documents_that_are_not_objects() {
-        let (_, diagnostics) = load(&files(&[
-            ("a.yaml", "just text\n---\n- a list\n---\nmetadata: {name: x}\n"),
-            ("b.yaml", "kind: Group\nkind: Group\napiVersion: waveguide.dev/v1alpha1\nmetadata: {name: x}\nspec: {}\n"),
-            ("c.yaml", "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: x}\nspec:\n  labels: {a: b, a: c}\n"),
-        ]));
-        assert_eq!(
-            codes(&diagnostics),
-            [
-                "WG003 a.yaml:1:1",
-                "WG003 a.yaml:3:1",
-                "WG003 a.yaml:5:1",
-                "WG009 b.yaml:1:1",
-                "WG009 c.yaml:5:11"
-            ],
-            "{diagnostics:#?}"
-        );
-    }
-
-    #[test]
-    fn crlf_and_byte_order_mark() {
-        let text = "\u{feff}apiVersion: waveguide.dev/v1alpha1\r\nkind: Group\r\nmetadata: {name: eu}\r\nspec:\r\n  parent: world\r\n---\r\napiVersion: waveguide.dev/v1alpha1\r\nkind: DeviceSet\r\nmetadata: {name: s}\r\nspec:\r\n  group: eu\r\n  devices:\r\n    - id: a\r\n";
-        let (docs, diagnostics) = load(&files(&[("w.yaml", text)]));
-        assert!(diagnostics.is_empty(), "{diagnostics:?}");
-        assert_eq!(docs.groups[0].locate("spec.parent").to_string(), "w.yaml:5:11");
-        assert_eq!(docs.device_sets[0].location.to_string(), "w.yaml:7:1");
-        assert_eq!(docs.device_sets[0].value.spec.devices[0].id, "a");
-        assert_eq!(docs.device_sets[0].locate("spec.devices[0].id").to_string(), "w.yaml:13:11");
-    }
-
-    #[test]
-    fn paths_parse() {
-        assert_eq!(
-            parse_path("spec.waves[2].percent"),
-            [Segment::Key("spec"), Segment::Key("waves"), Segment::Index(2), Segment::Key("percent")]
-        );
-        assert_eq!(parse_path("a[1][2]"), [Segment::Key("a"), Segment::Index(1), Segment::Index(2)]);
-    }
-}
+mod tests;

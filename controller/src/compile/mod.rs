@@ -7,6 +7,7 @@
 //! never be planned or published.
 
 pub mod diagnostic;
+pub mod limits;
 pub mod load;
 mod resolve;
 pub mod validate;
@@ -74,6 +75,13 @@ impl Compiler {
         let started = Instant::now();
         let (documents, mut diagnostics) = load::load_cached(files, &mut self.cache);
         let loaded = Instant::now();
+        if let Some(too_many) = limits::check_fleet_size(&documents) {
+            // The checks and resolving cost time per device: not for a fleet this size.
+            diagnostics.push(too_many);
+            diagnostic::sort(&mut diagnostics);
+            let timings = CompileTimings { load: loaded - started, ..CompileTimings::default() };
+            return Compilation { fleet: None, diagnostics, documents, timings };
+        }
         diagnostics.extend(validate::check_cached(&documents, &mut self.checks));
         let checked = Instant::now();
         let mut timings =

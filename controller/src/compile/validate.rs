@@ -17,7 +17,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use rayon::prelude::*;
 
 use super::diagnostic::{self, Code, Diagnostic};
-use super::load::{AsObject, DeviceDocuments, Documents, Located, Location};
+use super::load::{key_segment, AsObject, DeviceDocuments, Documents, Located, Location};
 use crate::model::{Group, Kind, Labels, Operator, Policy, SelectorRequirement};
 
 /// At most this many diagnostics of one code are reported per document; the rest are
@@ -226,15 +226,23 @@ pub fn label_value_problem(value: &str) -> Option<String> {
 
 /// Problems of a label map, as `(path, message)`. `path` gives the map's path; it is
 /// only called when there is a problem, since this runs once per device.
-fn label_problems(path: impl Fn() -> String, labels: &Labels) -> Vec<(String, String)> {
+/// Invalid label keys (reported at the key) and values (at the value) of the labels map
+/// at `path`.
+fn label_problems(path: impl Fn() -> String, labels: &Labels) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (key, value) in labels {
+        let at = || format!("{}{}", path(), key_segment(key));
         if let Some(p) = label_key_problem(key) {
-            problems.push((path(), format!("invalid label key {key:?}: {p}")));
+            problems.push(Problem::at_key(
+                Code::InvalidLabel,
+                at(),
+                format!("invalid label key {key:?}: {p}"),
+            ));
         }
         if let Some(p) = label_value_problem(value) {
-            problems.push((
-                format!("{}.{key}", path()),
+            problems.push(Problem::new(
+                Code::InvalidLabel,
+                at(),
                 format!("invalid value {value:?} of label {key:?}: {p}"),
             ));
         }
@@ -243,8 +251,8 @@ fn label_problems(path: impl Fn() -> String, labels: &Labels) -> Vec<(String, St
 }
 
 fn check_labels<T>(doc: &Located<T>, path: &str, labels: &Labels, out: &mut Vec<Diagnostic>) {
-    for (path, message) in label_problems(|| path.to_owned(), labels) {
-        out.push(Diagnostic::new(Code::InvalidLabel, doc.locate(&path), message));
+    for problem in label_problems(|| path.to_owned(), labels) {
+        out.push(Diagnostic::new(problem.code, problem.location(doc), problem.message));
     }
 }
 
@@ -422,12 +430,26 @@ fn report_cycle(groups: &[Located<Group>], cycle: &[usize], out: &mut Vec<Diagno
 struct Problem {
     code: Code,
     path: String,
+    /// Whether the key at the end of `path` is wrong, rather than its value.
+    at_key: bool,
     message: String,
 }
 
 impl Problem {
     fn new(code: Code, path: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem { code, path: path.into(), message: message.into() }
+        Problem { code, path: path.into(), at_key: false, message: message.into() }
+    }
+
+    fn at_key(code: Code, path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem { at_key: true, ..Problem::new(code, path, message) }
+    }
+
+    fn location<T>(&self, doc: &Located<T>) -> Location {
+        if self.at_key {
+            doc.locate_key(&self.path, 0)
+        } else {
+            doc.locate(&self.path)
+        }
     }
 }
 
@@ -439,7 +461,7 @@ fn report_capped<T>(doc: &Located<T>, problems: Vec<Problem>, out: &mut Vec<Diag
         let n = per_code.entry(problem.code).or_default();
         *n += 1;
         if *n <= MAX_PER_DOCUMENT {
-            out.push(Diagnostic::new(problem.code, doc.locate(&problem.path), problem.message));
+            out.push(Diagnostic::new(problem.code, problem.location(doc), problem.message));
         }
     }
     for (code, n) in per_code {
@@ -489,11 +511,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
                 ));
             }
         }
-        problems.extend(
-            label_problems(|| "spec.labels".to_owned(), &spec.labels)
-                .into_iter()
-                .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
-        );
+        problems.extend(label_problems(|| "spec.labels".to_owned(), &spec.labels));
         report_capped(doc, problems, out);
     }
 
@@ -505,11 +523,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
             let mut problems: Vec<Problem> = Vec::new();
             problems.extend(group_problem(&spec.group));
             problems.extend(pin_problem("spec.pin", &spec.pin));
-            problems.extend(
-                label_problems(|| "spec.labels".to_owned(), &spec.labels)
-                    .into_iter()
-                    .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
-            );
+            problems.extend(label_problems(|| "spec.labels".to_owned(), &spec.labels));
             if let Some(range) = &spec.range {
                 if range.count == 0 {
                     problems.push(Problem::new(
@@ -517,7 +531,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
                         "spec.range.count",
                         "a device range must hold at least 1 device",
                     ));
-                } else if let Some(last) = range.ids().last() {
+                } else if let Some(last) = range.last_number().map(|n| range.id(n)) {
                     // Every id of a range differs only in its digits: checking the
                     // longest (the last) checks them all.
                     if let Some(p) = device_id_problem(&last) {
@@ -555,11 +569,7 @@ fn check_devices(documents: &Documents, names: &Names<'_>, out: &mut Vec<Diagnos
                         problem.path = format!("spec.devices[{i}].pin");
                         problems.push(problem);
                     }
-                    problems.extend(
-                        label_problems(|| format!("spec.devices[{i}].labels"), &entry.labels)
-                            .into_iter()
-                            .map(|(p, m)| Problem::new(Code::InvalidLabel, p, m)),
-                    );
+                    problems.extend(label_problems(|| format!("spec.devices[{i}].labels"), &entry.labels));
                     problems
                 })
                 .collect();
@@ -1012,7 +1022,7 @@ spec: {}
 ---
 kind: Group
 metadata: {name: eu}
-spec: {labels: {\"-bad\": x, ok: \"no spaces\"}}
+spec: {labels: {\"-bad\": x, ok: \"no spaces\", example.com/t: \"a b\"}}
 ";
         let out = run(&[("base.yaml", BASE), ("groups.yaml", groups)]);
         assert_eq!(
@@ -1020,8 +1030,9 @@ spec: {labels: {\"-bad\": x, ok: \"no spaces\"}}
             [
                 "WG101 groups.yaml:3:18 invalid name \"EU_West\": a name may hold only lower-case letters, digits and '-'",
                 "WG102 groups.yaml:8:18 duplicate group name \"eu\"",
-                "WG109 groups.yaml:9:16 invalid label key \"-bad\": the name part must start and end with a letter or digit",
+                "WG109 groups.yaml:9:17 invalid label key \"-bad\": the name part must start and end with a letter or digit",
                 "WG109 groups.yaml:9:32 invalid value \"no spaces\" of label \"ok\": a label value may hold only letters, digits, '-', '_' and '.'",
+                "WG109 groups.yaml:9:60 invalid value \"a b\" of label \"example.com/t\": a label value may hold only letters, digits, '-', '_' and '.'",
             ]
         );
     }

@@ -54,10 +54,11 @@ pub struct Metadata {
     /// Unique per kind; a DNS-1123 label (lower-case alphanumerics and `-`, at most 63).
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
     pub name: String,
-    /// Free-form labels on the document itself (not inherited; see `spec.labels`).
+    /// Labels on the document itself, for your own tooling, in Kubernetes label syntax
+    /// (not inherited, not seen by selectors; see `spec.labels`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_labels")]
     pub labels: Labels,
-    /// Free-form annotations, ignored by Waveguide.
+    /// Annotations: any string keys and values, ignored by Waveguide.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_labels")]
     pub annotations: Labels,
 }

@@ -130,10 +130,20 @@ pub struct DeviceRange {
 }
 
 impl DeviceRange {
-    /// The device ids of the range, in order.
+    /// The number of the range's last device; `None` when the range is empty or its
+    /// numbers would run past `u64::MAX` (the compiler refuses such a range).
+    pub fn last_number(&self) -> Option<u64> {
+        self.start.checked_add(self.count.checked_sub(1)?)
+    }
+
+    /// The id of device number `n`.
+    pub fn id(&self, n: u64) -> String {
+        format!("{}{:0width$}", self.prefix, n, width = self.width as usize)
+    }
+
+    /// The device ids of the range, in order; numbers past `u64::MAX` are not made up.
     pub fn ids(&self) -> impl Iterator<Item = String> + '_ {
-        (self.start..self.start + self.count)
-            .map(|n| format!("{}{:0width$}", self.prefix, n, width = self.width as usize))
+        (0..self.count).map_while(|i| self.start.checked_add(i)).map(|n| self.id(n))
     }
 }
 

@@ -9,26 +9,53 @@ use super::{is_fleet_file, FleetFile, FleetFiles, SourceError};
 
 /// Reads every `*.yaml` / `*.yml` file under `root`, recursively. Hidden entries (names
 /// starting with `.`, such as `.git`) are skipped. Paths are relative to `root`.
+///
+/// Symbolic links under `root` are never followed, neither to read a file nor to look at
+/// what they point to: a link could lead out of the repository (to a secret that a
+/// pull request would then print) or into a loop. They are listed in
+/// [`FleetFiles::links`] for the compiler to report. `root` itself may be a link: the
+/// user named it.
 pub fn read_dir(root: &Path) -> Result<FleetFiles, SourceError> {
     let meta = fs::metadata(root).map_err(|source| SourceError::Io { path: root.to_owned(), source })?;
     if !meta.is_dir() {
         return Err(SourceError::NotADirectory { path: root.to_owned() });
     }
-    let mut found = Vec::new();
+    let mut found = Found::default();
     collect(root, "", &mut found)?;
     // Reading is mostly copying out of the page cache: worth both cores for a large fleet.
     let files = found
+        .files
         .into_par_iter()
-        .map(|(relative, path)| match fs::read(&path) {
+        .map(|(relative, path)| match read_regular_file(&path) {
             Ok(contents) => Ok(FleetFile { path: relative.into(), contents: contents.into() }),
             Err(source) => Err(SourceError::Io { path, source }),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(FleetFiles::new(files))
+    Ok(FleetFiles::new(files).with_links(found.links))
 }
 
-/// Finds the fleet files under `dir`: their paths relative to the root, and on disk.
-fn collect(dir: &Path, prefix: &str, files: &mut Vec<(String, PathBuf)>) -> Result<(), SourceError> {
+/// Reads a file that was a regular file when it was listed. On Unix it is opened with
+/// `O_NOFOLLOW`, so a file swapped for a link in between is refused, not followed.
+fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut contents = Vec::new();
+    std::io::Read::read_to_end(&mut options.open(path)?, &mut contents)?;
+    Ok(contents)
+}
+
+/// What [`collect`] found: fleet files (relative path, path on disk) and the relative
+/// paths of symbolic links.
+#[derive(Default)]
+struct Found {
+    files: Vec<(String, PathBuf)>,
+    links: Vec<String>,
+}
+
+/// Finds the fleet files and symbolic links under `dir`.
+fn collect(dir: &Path, prefix: &str, found: &mut Found) -> Result<(), SourceError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SourceError::Io { path, source }
@@ -42,13 +69,15 @@ fn collect(dir: &Path, prefix: &str, files: &mut Vec<(String, PathBuf)>) -> Resu
             continue;
         }
         let path = entry.path();
-        // Follows symbolic links, like a checkout would present them.
-        let file_type = fs::metadata(&path).map_err(io(&path))?.file_type();
+        // The entry's own type, as the directory lists it: a link is not followed.
+        let file_type = entry.file_type().map_err(io(&path))?;
         let relative = format!("{prefix}{name}");
-        if file_type.is_dir() {
-            collect(&path, &format!("{relative}/"), files)?;
+        if file_type.is_symlink() {
+            found.links.push(relative);
+        } else if file_type.is_dir() {
+            collect(&path, &format!("{relative}/"), found)?;
         } else if file_type.is_file() && is_fleet_file(name) {
-            files.push((relative, path));
+            found.files.push((relative, path));
         }
     }
     Ok(())
@@ -72,6 +101,29 @@ mod tests {
         let paths: Vec<_> = files.files().iter().map(|f| &*f.path).collect();
         assert_eq!(paths, ["groups/eu/sites.yaml", "releases.yml"]);
         assert_eq!(&*files.files()[0].contents, b"a: 1");
+    }
+
+    #[test]
+    fn symbolic_links_are_listed_not_followed() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret.yaml"), "kind: Secret").unwrap();
+        fs::create_dir(outside.path().join("more")).unwrap();
+        fs::write(outside.path().join("more/devices.yaml"), "kind: DeviceSet").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("groups")).unwrap();
+        fs::write(root.join("groups/eu.yaml"), "a: 1").unwrap();
+        symlink(outside.path().join("secret.yaml"), root.join("groups/secret.yaml")).unwrap();
+        symlink(outside.path().join("more"), root.join("more")).unwrap();
+        symlink("loop.yaml", root.join("loop.yaml")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        symlink("b", root.join("a")).unwrap();
+        let files = read_dir(root).unwrap();
+        let paths: Vec<_> = files.files().iter().map(|f| &*f.path).collect();
+        assert_eq!(paths, ["groups/eu.yaml"]);
+        let links: Vec<_> = files.links().iter().map(|l| &**l).collect();
+        assert_eq!(links, ["a", "b", "groups/secret.yaml", "loop.yaml", "more"]);
     }
 
     #[test]

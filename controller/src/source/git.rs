@@ -97,10 +97,11 @@ pub(super) fn fleet_tree<'r>(
 /// Blob contents by blob id.
 pub(super) type Blobs = HashMap<Oid, Arc<[u8]>>;
 
-/// Reads the fleet files of `tree` from the object database. Hidden entries, symbolic
-/// links and submodules are skipped. Blobs already in `known` are not read again (and
-/// keep sharing their buffer, which lets the compiler see they are unchanged); `known`
-/// then holds the blobs of `tree`.
+/// Reads the fleet files of `tree` from the object database. Hidden entries and
+/// submodules are skipped; symbolic links are not followed but listed in
+/// [`FleetFiles::links`], as a working directory's are. Blobs already in `known` are not
+/// read again (and keep sharing their buffer, which lets the compiler see they are
+/// unchanged); `known` then holds the blobs of `tree`.
 pub(super) fn read_blobs(
     repo: &Repository,
     repository: &Path,
@@ -110,16 +111,19 @@ pub(super) fn read_blobs(
     // Collect the blob ids first: reading blobs inside the walk callback could not report
     // errors with context.
     let mut blobs = Vec::new();
+    let mut links = Vec::new();
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let Ok(name) = entry.name() else { return TreeWalkResult::Skip };
         if name.starts_with('.') {
             return TreeWalkResult::Skip;
         }
-        // 0o100644 and 0o100755 are regular files; 0o120000 (symlink) and 0o160000
-        // (submodule) are not fleet files.
-        let regular_file = entry.kind() == Some(ObjectType::Blob) && entry.filemode() & 0o170000 == 0o100000;
-        if regular_file && is_fleet_file(name) {
-            blobs.push((format!("{dir}{name}"), entry.id()));
+        // 0o100644 and 0o100755 are regular files, 0o120000 a symbolic link (its blob is
+        // the target's path), 0o160000 a submodule.
+        let blob = entry.kind() == Some(ObjectType::Blob);
+        match entry.filemode() & 0o170000 {
+            0o100000 if blob && is_fleet_file(name) => blobs.push((format!("{dir}{name}"), entry.id())),
+            0o120000 if blob => links.push(format!("{dir}{name}")),
+            _ => {}
         }
         TreeWalkResult::Ok
     })
@@ -139,7 +143,7 @@ pub(super) fn read_blobs(
         files.push(FleetFile { path: path.into(), contents });
     }
     *known = read;
-    Ok(FleetFiles::new(files))
+    Ok(FleetFiles::new(files).with_links(links))
 }
 
 #[cfg(test)]
@@ -203,6 +207,24 @@ mod tests {
         let of_dir = |rev: &str| paths_and_text(&read_commit_of_dir(&dir.path().join("fleet"), rev).unwrap());
         assert_eq!(of_dir("v1"), v1);
         assert_eq!(of_dir("HEAD"), v2);
+    }
+
+    #[test]
+    fn symbolic_links_are_listed_not_followed() {
+        let (dir, _, _) = repository();
+        let repo = Repository::open(dir.path()).unwrap();
+        // Links as Git stores them: blobs holding the target, with mode 0o120000.
+        let mut builder = repo.treebuilder(None).unwrap();
+        let target = repo.blob(b"/etc/passwd").unwrap();
+        builder.insert("secret.yaml", target, 0o120000).unwrap();
+        let to_itself = repo.blob(b"loop.yaml").unwrap();
+        builder.insert("loop.yaml", to_itself, 0o120000).unwrap();
+        builder.insert("groups.yaml", repo.blob(b"g").unwrap(), 0o100644).unwrap();
+        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
+        let files = read_blobs(&repo, dir.path(), &tree, &mut Blobs::new()).unwrap();
+        assert_eq!(paths_and_text(&files), [("groups.yaml".to_owned(), "g".to_owned())]);
+        let links: Vec<_> = files.links().iter().map(|l| &**l).collect();
+        assert_eq!(links, ["loop.yaml", "secret.yaml"]);
     }
 
     #[test]

@@ -49,13 +49,29 @@ pub struct FleetFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FleetFiles {
     files: Vec<FleetFile>,
+    links: Vec<Arc<str>>,
 }
 
 impl FleetFiles {
     /// Builds the set from files in any order; they are sorted by path.
     pub fn new(mut files: Vec<FleetFile>) -> FleetFiles {
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        FleetFiles { files }
+        FleetFiles { files, links: Vec::new() }
+    }
+
+    /// The same files, with the symbolic links found next to them (paths relative to the
+    /// fleet root, in any order; they are sorted).
+    pub fn with_links(mut self, links: Vec<String>) -> FleetFiles {
+        self.links = links.into_iter().map(Arc::from).collect();
+        self.links.sort();
+        self
+    }
+
+    /// The symbolic links under the fleet root, sorted by path. Readers never follow
+    /// them (a link may lead out of the repository or into a loop); the compiler reports
+    /// them.
+    pub fn links(&self) -> &[Arc<str>] {
+        &self.links
     }
 
     /// Builds the set from `(path, contents)` pairs, e.g. in tests.
