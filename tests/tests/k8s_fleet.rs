@@ -281,6 +281,7 @@ async fn apac_rollout(world: &World) -> Store {
         message: None,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
     let wave = WaveRecord {
         index: 0,
@@ -567,7 +568,7 @@ fn operator_fields_map_onto_rollout_actions() {
     assert_eq!(operator_actions(&spec(json!({"paused": false})), &status), vec![]);
     assert_eq!(
         operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status),
-        vec![Action::Approve(Some(1))]
+        vec![Action::Approve(1)]
     );
     assert_eq!(operator_actions(&spec(json!({"abort": true, "paused": true})), &status), vec![Action::Abort]);
     let mut done = status.clone();
