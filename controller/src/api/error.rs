@@ -177,14 +177,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 
 /// `Ok` when the request says its body is JSON; 415 otherwise.
 pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if content_type.is_some_and(is_json) {
-        return Ok(());
+    let types: Vec<&str> =
+        headers.get_all(header::CONTENT_TYPE).iter().map(|v| v.to_str().unwrap_or("(not text)")).collect();
+    match types[..] {
+        [one] if is_json(one) => Ok(()),
+        [] => Err(ApiError::UnsupportedMediaType(
+            "the body must be JSON (Content-Type: application/json), not a body without Content-Type".into(),
+        )),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be JSON (one Content-Type: application/json), not {}",
+            types.join(", ")
+        ))),
     }
-    Err(ApiError::UnsupportedMediaType(format!(
-        "the body must be JSON (Content-Type: application/json), not {}",
-        content_type.map_or("a body without Content-Type".to_string(), |t| format!("{t:?}"))
-    )))
 }
 
 /// `application/json` or `application/<anything>+json`, parameters (charset) allowed.
