@@ -100,7 +100,9 @@ impl IntoResponse for ApiError {
                 "internal server error".to_string()
             }
             ApiError::Unavailable(detail) => {
-                tracing::warn!(%detail, "API request refused: the inventory database is unavailable");
+                // Per request, so only at debug: during an outage every device gets one,
+                // and the report writer and the engine log the outage itself.
+                tracing::debug!(%detail, "API request refused: the inventory database is unavailable");
                 format!("the inventory database is unavailable; try again in {RETRY_AFTER_SECS} s")
             }
             other => other.to_string(),

@@ -201,6 +201,7 @@ pub(super) async fn run_writer(api: Weak<Api>, mut rx: mpsc::Receiver<Pending>) 
                 }
             }
             Err(e) => {
+                tracing::warn!(error = %e, reports = batch.len(), "storing reports failed");
                 for p in batch {
                     let _ = p.done.send(Err(ApiError::from(&e)));
                 }
