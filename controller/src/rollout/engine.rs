@@ -14,6 +14,11 @@
 //! A pass interrupted between the two is simply repeated by the next one: the same devices
 //! are admitted, the publisher writes nothing new, and the database catches up. A wave is
 //! never skipped: the current wave is the last one the database marks as started.
+//!
+//! A rollout's new state is written with a compare-and-swap on the revision the pass read
+//! (see [`Store::update_rollout`]): when an operator acted on the rollout during the pass,
+//! the pass's write is dropped rather than undoing the action, and the next pass decides
+//! again from what the operator left. What the pass published is recorded all the same.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
