@@ -217,12 +217,15 @@ pub async fn start(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut server_stop = stop_rx.clone();
+    // Every error answer is JSON, whichever of the merged routers made it.
+    let router = router.layer(axum::middleware::map_response(crate::api::json_errors));
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let stopped = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::api::serve(listener, router, stopped).await {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
     });
     tokio::spawn(async move {
         shutdown.await;

@@ -3,8 +3,8 @@
 //! `WAVEGUIDE_TEST_POSTGRES_URL`). Every scenario runs on both.
 
 use waveguide::inventory::store::{
-    Backend, DeclaredDevice, IncomingReport, RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord,
-    WaveState, HISTORY_PER_DEVICE,
+    Backend, DeclaredDevice, Enrollment, IncomingReport, ReportOutcome, RolloutPhase, RolloutRecord, Store,
+    WaveRecord, WaveState, HISTORY_PER_DEVICE,
 };
 use waveguide::inventory::{DeviceReport, UpdateState};
 
@@ -65,12 +65,58 @@ async fn declared_devices_sync_writes_only_differences() {
 #[tokio::test]
 async fn enrolled_device_keeps_its_key() {
     for (store, _guard) in stores().await {
-        let record = store.enroll("new-1", "berlin", "PUB", 10).await.unwrap();
+        let Enrollment::Enrolled(record) = store.enroll("new-1", "berlin", "PUB", 10).await.unwrap() else {
+            panic!("a new device enrolls")
+        };
         assert_eq!(record.public_key.as_deref(), Some("PUB"));
         assert_eq!(record.enrolled_at, Some(10));
         assert!(!record.declared);
-        assert_eq!(store.device("new-1").await.unwrap(), Some(record));
+        assert_eq!(store.device("new-1").await.unwrap(), Some(record.clone()));
         assert_eq!(store.device("nope").await.unwrap(), None);
+        // The same key again: nothing changes. Another key, or a declared device's other
+        // group: refused, nothing changes.
+        assert_eq!(
+            store.enroll("new-1", "berlin", "PUB", 11).await.unwrap(),
+            Enrollment::Enrolled(record.clone())
+        );
+        assert_eq!(
+            store.enroll("new-1", "berlin", "OTHER", 12).await.unwrap(),
+            Enrollment::OtherKey(record.clone())
+        );
+        store.sync_declared(&[declared("gw-1", "munich", None)], 0).await.unwrap();
+        let Enrollment::OtherGroup(gw) = store.enroll("gw-1", "berlin", "GW", 13).await.unwrap() else {
+            panic!("a declared device keeps its group")
+        };
+        assert_eq!(gw.public_key, None);
+        assert!(matches!(store.enroll("gw-1", "munich", "GW", 14).await.unwrap(), Enrollment::Enrolled(_)));
+        assert_eq!(store.device("new-1").await.unwrap(), Some(record));
+    }
+}
+
+/// Thirty enrollments of one new id with different keys at once: exactly one key wins and
+/// stays, whatever the interleaving; the others are told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_enrollments_cannot_overwrite_a_key() {
+    for (store, _guard) in stores().await {
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    (i, store.enroll("racer", "berlin", &format!("KEY{i}"), i).await.unwrap())
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (i, Enrollment::Enrolled(_)) => winners.push(format!("KEY{i}")),
+                (_, Enrollment::OtherKey(record)) => assert!(record.public_key.is_some()),
+                (_, other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{:?}: {winners:?}", store.backend());
+        let stored = store.device("racer").await.unwrap().unwrap();
+        assert_eq!(stored.public_key.as_deref(), Some(winners[0].as_str()));
     }
 }
 
@@ -84,7 +130,8 @@ async fn reports_keep_latest_and_bounded_history() {
         }
         batch.push(report("b", "1.0.0", UpdateState::Downloading, 100));
         batch.push(report("b", "2.0.0", UpdateState::Installed, 200));
-        store.record_reports(&batch).await.unwrap();
+        let outcomes = store.record_reports(&batch).await.unwrap();
+        assert!(outcomes.iter().all(|o| *o == ReportOutcome::Stored), "{outcomes:?}");
 
         let inventory = store.inventory().await.unwrap();
         assert_eq!(inventory.len(), 2);
@@ -103,15 +150,50 @@ async fn reports_keep_latest_and_bounded_history() {
 }
 
 #[tokio::test]
-async fn a_batch_with_an_unknown_device_stores_nothing() {
-    for (store, _guard) in stores().await {
-        store.sync_declared(&[declared("a", "g", None)], 0).await.unwrap();
-        let batch =
-            vec![report("a", "1.0.0", UpdateState::Idle, 1), report("ghost", "1.0.0", UpdateState::Idle, 1)];
-        let err = store.record_reports(&batch).await.unwrap_err();
-        assert!(matches!(&err, StoreError::UnknownDevice(id) if id == "ghost"), "{err}");
-        assert!(store.inventory().await.unwrap().is_empty());
-        assert!(store.history("a", 10).await.unwrap().is_empty());
+async fn reports_of_unknown_devices_and_replays_are_refused_and_stored_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_path = dir.path().join("inventory.db").to_str().unwrap().to_string();
+    for url in [sqlite_path, common::fresh_postgres_database().await] {
+        let store = Store::open(&url).await.unwrap();
+        store.sync_declared(&[declared("a", "g", None), declared("b", "g", None)], 0).await.unwrap();
+        let batch = vec![
+            report("a", "1.0.0", UpdateState::Idle, 100),
+            report("ghost", "1.0.0", UpdateState::Idle, 100),
+            // Not newer than the report before it in the same batch.
+            report("a", "2.0.0", UpdateState::Idle, 100),
+            report("b", "1.0.0", UpdateState::Idle, 50),
+        ];
+        let outcomes = store.record_reports(&batch).await.unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                ReportOutcome::Stored,
+                ReportOutcome::UnknownDevice,
+                ReportOutcome::NotNewer { latest: 100 },
+                ReportOutcome::Stored
+            ]
+        );
+        assert_eq!(store.history("a", 10).await.unwrap().len(), 1);
+        assert!(store.device("ghost").await.unwrap().is_none());
+        drop(store);
+
+        // The check is against what is stored: after reopening (a restart, or another
+        // replica), the same reports are still refused and an older one too.
+        let reopened = Store::open(&url).await.unwrap();
+        let again = reopened
+            .record_reports(&[
+                report("a", "1.0.0", UpdateState::Idle, 100),
+                report("b", "9.0.0", UpdateState::Idle, 49),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(again, [ReportOutcome::NotNewer { latest: 100 }, ReportOutcome::NotNewer { latest: 50 }]);
+        let inventory = reopened.inventory().await.unwrap();
+        assert_eq!(inventory.get("a").unwrap().version.to_string(), "1.0.0");
+        assert_eq!(inventory.get("b").unwrap().version.to_string(), "1.0.0");
+        assert_eq!(reopened.history("b", 10).await.unwrap().len(), 1);
+        let newer = reopened.record_reports(&[report("a", "3.0.0", UpdateState::Idle, 101)]).await.unwrap();
+        assert_eq!(newer, [ReportOutcome::Stored]);
     }
 }
 
@@ -135,6 +217,7 @@ async fn rollout_state_survives_reopening() {
             message: None,
             created_at: 5,
             updated_at: 5,
+            revision: 0,
         };
         let waves = vec![
             WaveRecord {
@@ -169,15 +252,22 @@ async fn rollout_state_survives_reopening() {
         first.state = WaveState::Published;
         first.published_at = Some(7);
         first.healthy_at = Some(8);
-        store.update_wave("stable-1", &first).await.unwrap();
         rollout.phase = RolloutPhase::Halted;
         rollout.message = Some("failure threshold crossed".into());
         rollout.updated_at = 9;
-        store.update_rollout(&rollout).await.unwrap();
+        assert!(store.update_rollout(&rollout, std::slice::from_ref(&first)).await.unwrap());
+        rollout.revision += 1;
+        // A write based on the revision before is refused and changes nothing: neither
+        // the record nor the waves.
+        let stale = RolloutRecord { revision: 0, phase: RolloutPhase::Progressing, ..rollout.clone() };
+        let unpublished = WaveRecord { state: WaveState::Pending, ..first.clone() };
+        assert!(!store.update_rollout(&stale, &[unpublished]).await.unwrap());
         store.mark_published("stable-1", &["d0001".to_string(), "d0002".to_string()], 10).await.unwrap();
         // Marking again keeps the first publication time.
         store.mark_published("stable-1", &["d0001".to_string()], 11).await.unwrap();
-        store.approve_wave("stable-1", 1, Some(12)).await.unwrap();
+        let second = WaveRecord { approved_at: Some(12), ..waves[1].clone() };
+        assert!(store.update_rollout(&rollout, &[second]).await.unwrap());
+        rollout.revision += 1;
         drop(store);
 
         let reopened = Store::open(&url).await.unwrap();

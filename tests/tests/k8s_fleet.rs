@@ -454,7 +454,7 @@ fn operator_fields_map_onto_rollout_actions() {
     assert_eq!(operator_actions(&spec(json!({"paused": false})), &status, true), vec![]);
     assert_eq!(
         operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status, false),
-        vec![Action::Approve(Some(1))]
+        vec![Action::Approve(1)]
     );
     assert_eq!(
         operator_actions(&spec(json!({"abort": true, "paused": true})), &status, false),

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -105,6 +106,7 @@ struct Harness {
     engine: Option<Engine>,
     desired: Desired,
     now: Timestamp,
+    last_report: AtomicI64,
 }
 
 async fn harness(store: Store, extra: &str) -> Harness {
@@ -121,7 +123,14 @@ async fn harness(store: Store, extra: &str) -> Harness {
     store.sync_declared(&declared, 0).await.unwrap();
     let engine =
         Engine::new(store.clone(), repo, EngineConfig { stale_after: SignedDuration::from_mins(10) });
-    let h = Harness { dir, store, engine: Some(engine), desired, now: Timestamp::now() };
+    let h = Harness {
+        dir,
+        store,
+        engine: Some(engine),
+        desired,
+        now: Timestamp::now(),
+        last_report: AtomicI64::new(0),
+    };
     let all: Vec<String> = h.ids();
     h.report(&all, "v1", "1.0.0", UpdateState::Idle, true).await;
     h
@@ -141,7 +150,10 @@ impl Harness {
     }
 
     async fn report(&self, ids: &[String], release: &str, version: &str, state: UpdateState, healthy: bool) {
-        let at = self.now.as_millisecond();
+        // Each report must be newer than the device's last one: a millisecond apart when
+        // the harness's clock stands still.
+        let at = self.now.as_millisecond().max(self.last_report.load(Ordering::Relaxed) + 1);
+        self.last_report.store(at, Ordering::Relaxed);
         let reports: Vec<IncomingReport> = ids
             .iter()
             .map(|id| IncomingReport {
@@ -302,15 +314,22 @@ async fn waves_advance_in_order_on_health_and_bake_then_halt_on_failures() {
     }
 }
 
+/// A rollout with manual approval whose canaries are healthy and baked: its second wave
+/// waits for an operator.
+async fn canaries_baked_with_manual_approval(store: Store) -> Harness {
+    let mut h = harness(store, "    approval: manual\n").await;
+    h.step().await;
+    let canaries = h.wave_members("stable-1", 0).await;
+    h.report(&canaries, "v2", "2.0.0", UpdateState::Installed, true).await;
+    h.step().await;
+    h.advance(SignedDuration::from_mins(2));
+    h
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_approval_waits_and_a_restart_resumes_without_republishing() {
     for (store, _guard) in stores().await {
-        let mut h = harness(store, "    approval: manual\n").await;
-        h.step().await;
-        let canaries = h.wave_members("stable-1", 0).await;
-        h.report(&canaries, "v2", "2.0.0", UpdateState::Installed, true).await;
-        h.step().await;
-        h.advance(SignedDuration::from_mins(2));
+        let mut h = canaries_baked_with_manual_approval(store).await;
         for _ in 0..3 {
             assert!(published_wave(&h.step().await).is_empty(), "waits for approval");
         }
@@ -318,7 +337,7 @@ async fn manual_approval_waits_and_a_restart_resumes_without_republishing() {
         assert_eq!(rollout.message.as_deref(), Some("wave 2 (half) waits for approval"));
         assert_eq!(h.published().len(), 2);
 
-        control::act(&h.store, "stable-1", Action::Approve(None), h.now).await.unwrap();
+        control::act(&h.store, "stable-1", Action::Approve(1), h.now).await.unwrap();
         let events = h.step().await;
         assert_eq!(published_wave(&events), [(1, 10)]);
         let published_at: Vec<_> = h.members("stable-1").await;
@@ -335,7 +354,7 @@ async fn manual_approval_waits_and_a_restart_resumes_without_republishing() {
         h.step().await;
         h.advance(SignedDuration::from_mins(2));
         assert!(published_wave(&h.step().await).is_empty());
-        control::act(&h.store, "stable-1", Action::Approve(None), h.now).await.unwrap();
+        control::act(&h.store, "stable-1", Action::Approve(2), h.now).await.unwrap();
         assert_eq!(published_wave(&h.step().await), [(2, 8)]);
         let rest = h.wave_members("stable-1", 2).await;
         h.report(&rest, "v2", "2.0.0", UpdateState::Installed, true).await;
@@ -415,4 +434,41 @@ async fn a_later_commit_supersedes_a_rollout_and_pause_holds_publishing() {
     assert!(!published.contains_key("p09"), "the rest wave of the aborted rollout was never told");
     let err = control::act(&h.store, "stable-1", Action::Resume, h.now).await.unwrap_err();
     assert!(err.to_string().contains("aborted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_actions_name_their_target_and_are_idempotent() {
+    for (store, _guard) in stores().await {
+        let mut h = canaries_baked_with_manual_approval(store).await;
+        h.step().await;
+
+        // Approving wave 2 twice (a retry) approves it once, and never wave 3.
+        let approved = control::act(&h.store, "stable-1", Action::Approve(1), h.now).await.unwrap();
+        h.advance(SignedDuration::from_secs(1));
+        let again = control::act(&h.store, "stable-1", Action::Approve(1), h.now).await.unwrap();
+        assert_eq!(again.revision, approved.revision, "a repeated approval writes nothing");
+        let waves = h.store.waves("stable-1").await.unwrap();
+        assert_eq!(waves[1].approved_at, Some(approved.updated_at));
+        assert_eq!(waves[2].approved_at, None, "the next wave is not approved by a repeat");
+        assert_eq!(published_wave(&h.step().await), [(1, 10)]);
+        let err = control::act(&h.store, "stable-1", Action::Approve(7), h.now).await.unwrap_err();
+        assert!(err.to_string().contains("no wave 8"), "{err}");
+        let err = control::act(&h.store, "stable-1", Action::Approve(0), h.now).await.unwrap_err();
+        assert!(err.to_string().contains("already started"), "{err}");
+
+        // Pause, resume and abort: each a second time changes nothing.
+        for (action, phase) in [
+            (Action::Pause, RolloutPhase::Paused),
+            (Action::Resume, RolloutPhase::Progressing),
+            (Action::Abort, RolloutPhase::Aborted),
+        ] {
+            let first = control::act(&h.store, "stable-1", action, h.now).await.unwrap();
+            assert_eq!(first.phase, phase, "{action:?}");
+            let second = control::act(&h.store, "stable-1", action, h.now).await.unwrap();
+            assert_eq!((second.phase, second.revision), (phase, first.revision), "{action:?} again");
+            assert_eq!(h.store.rollout("stable-1").await.unwrap().unwrap(), first);
+        }
+        let err = control::act(&h.store, "stable-1", Action::Pause, h.now).await.unwrap_err();
+        assert!(err.to_string().contains("aborted"), "{err}");
+    }
 }

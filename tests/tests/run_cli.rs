@@ -196,7 +196,7 @@ async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
     assert_eq!(show(&running, "lab-1")["phase"], "paused");
     let (ok, _, _) = rollout(&running, &["resume", "lab-1"]);
     assert!(ok);
-    let (ok, _, err) = rollout(&running, &["approve", "nope-1"]);
+    let (ok, _, err) = rollout(&running, &["approve", "nope-1", "--wave", "2"]);
     assert!(!ok && err.contains("404") && err.contains("no rollout"), "{err}");
     let out = waveguide()
         .args(["rollout", "--server", &running.base, "--token", "wrong", "list"])
@@ -204,7 +204,7 @@ async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-    let (ok, _, err) = rollout(&running, &["approve", "lab-1"]);
+    let (ok, _, err) = rollout(&running, &["approve", "lab-1", "--wave", "2"]);
     assert!(ok, "{err}");
     wait_until("the rollout to complete", || show(&running, "lab-1")["phase"] == "completed");
     let status = show(&running, "lab-1");

@@ -7,8 +7,13 @@
 //! | `GET /v1/rollouts/{id}` | one rollout |
 //! | `POST /v1/rollouts/{id}/pause` | stop publishing |
 //! | `POST /v1/rollouts/{id}/resume` | go on |
-//! | `POST /v1/rollouts/{id}/approve` | approve the next wave, or `{"wave": <index>}` |
+//! | `POST /v1/rollouts/{id}/approve` | approve the wave `{"wave": <index from 0>}` |
 //! | `POST /v1/rollouts/{id}/abort` | give the rollout up |
+//!
+//! Each action names what it acts on and is idempotent: sent twice, it answers the same
+//! and changes nothing more (approving a wave twice does not approve the next one). It is
+//! applied with a compare-and-swap on the rollout's revision, so a pass of the engine
+//! running at the same moment cannot undo it (see [`control::act`]).
 
 use std::sync::Arc;
 
@@ -21,7 +26,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::ApiError;
+use super::{require_json, ApiError};
 use crate::inventory::store::Store;
 use crate::rollout::control::{self, Action, ControlError, RolloutStatus};
 
@@ -86,6 +91,8 @@ pub fn router(store: Store, config: AdminConfig) -> Router {
         .route("/v1/rollouts", get(list))
         .route("/v1/rollouts/{id}", get(show))
         .route("/v1/rollouts/{id}/{action}", post(act))
+        .layer(axum::extract::DefaultBodyLimit::max(super::MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(super::json_errors))
         .with_state(admin)
 }
 
@@ -115,11 +122,11 @@ async fn show(
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id:?}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
     /// The wave's index, from 0.
-    wave: Option<u32>,
+    wave: u32,
 }
 
 async fn act(
@@ -134,12 +141,14 @@ async fn act(
         "resume" => Action::Resume,
         "abort" => Action::Abort,
         "approve" => {
-            let body: ApproveBody = if body.iter().all(u8::is_ascii_whitespace) {
-                ApproveBody::default()
-            } else {
-                serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::BadRequest(format!("invalid approval body: {e}")))?
-            };
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Err(ApiError::BadRequest(
+                    "name the wave to approve: {\"wave\": <index from 0>}".into(),
+                ));
+            }
+            require_json(&headers)?;
+            let body: ApproveBody = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid approval body: {e}")))?;
             Action::Approve(body.wave)
         }
         other => {
@@ -151,6 +160,7 @@ async fn act(
     control::act(&admin.store, &id, action, Timestamp::now()).await.map_err(|e| match e {
         ControlError::NotFound(_) => ApiError::NotFound(e.to_string()),
         ControlError::Conflict(_) => ApiError::Conflict(e.to_string()),
+        ControlError::Contended(_) => ApiError::Unavailable(e.to_string()),
         ControlError::Store(e) => e.into(),
     })?;
     admin.wake.notify_one();

@@ -10,7 +10,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{now_ms, Api, ApiError};
+use super::{now_ms, Api, ApiError, JsonBytes};
+use crate::inventory::store::Enrollment;
 
 /// The JSON body of an enrollment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ pub struct EnrollResponse {
 
 pub(super) async fn enroll(
     State(api): State<Arc<Api>>,
-    body: axum::body::Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
     let refuse = |e: ApiError| {
         api.metrics.enrollments_refused.inc();
@@ -61,25 +62,24 @@ pub(super) async fn enroll(
     let Some(group) = group else {
         return Err(refuse(ApiError::Unauthorized("unknown enrollment token".into())));
     };
-    if let Some(existing) = api.store.device(&request.device_id).await? {
-        // A device that already has a key keeps it: a token must not let anyone take
-        // over a known device. Enrolling again with the same key is harmless.
-        if let Some(key) = &existing.public_key {
-            if key != &request.public_key {
-                return Err(refuse(ApiError::Conflict(format!(
-                    "device {:?} already has a different key; remove it from the inventory to re-enroll",
-                    request.device_id
-                ))));
-            }
+    // A device that already has a key keeps it (a token must not let anyone take over a
+    // known device), and a declared device keeps its group. The store decides in one
+    // conditional write, so concurrent enrollments cannot both win.
+    let record = match api.store.enroll(&request.device_id, &group, &request.public_key, now_ms()).await? {
+        Enrollment::Enrolled(record) => record,
+        Enrollment::OtherKey(_) => {
+            return Err(refuse(ApiError::Conflict(format!(
+                "device {:?} already has a different key; remove it from the inventory to re-enroll",
+                request.device_id
+            ))))
         }
-        if existing.declared && existing.group != group {
+        Enrollment::OtherGroup(existing) => {
             return Err(refuse(ApiError::Conflict(format!(
                 "device {:?} is declared in group {:?}, not in the token's group {:?}",
                 request.device_id, existing.group, group
-            ))));
+            ))))
         }
-    }
-    let record = api.store.enroll(&request.device_id, &group, &request.public_key, now_ms()).await?;
+    };
     api.keys.write().expect("key lock").insert(record.id.clone(), request.public_key.clone());
     api.unknown.write().expect("unknown lock").remove(&record.id);
     api.metrics.enrollments.inc();

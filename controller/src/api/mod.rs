@@ -7,12 +7,14 @@
 //! | `POST /v1/devices/{id}/reports` | a signed report (see [`auth`]) |
 //! | `GET /healthz` | liveness and database reachability |
 //! | `GET /metrics` | Prometheus metrics |
-//! | `GET /tuf/...` | the TUF repository, as static files |
+//! | `GET /tuf/...` | the TUF repository's files (see [`tuf_files`]) |
 //!
-//! Malformed requests get 400 with a JSON error; an unknown device, a bad signature or a
-//! replay gets 401 and nothing is stored. Reports are written in batches by one writer
-//! task: whatever arrived while the previous batch was being written goes into the next
-//! one, so the database sees few large transactions under load and no delay when idle.
+//! Every error is JSON (see [`ApiError`]). Malformed requests get 400; a body that is not
+//! JSON 415; an unknown device, a bad signature or a replay 401, and nothing is stored; an
+//! unreachable database 503 with `Retry-After`. Reports are written in batches by one
+//! writer task: whatever arrived while the previous batch was being written goes into the
+//! next one, so the database sees few large transactions under load and no delay when
+//! idle.
 
 pub mod admin;
 pub mod auth;
@@ -20,21 +22,23 @@ mod enroll;
 mod error;
 mod metrics;
 mod reports;
+pub mod tuf_files;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::mpsc;
 
 pub use enroll::{EnrollRequest, EnrollResponse};
-pub use error::ApiError;
+pub use error::{json_errors, require_json, ApiError, JsonBytes, RETRY_AFTER_SECS};
 pub use metrics::Metrics;
 pub use reports::ReportBody;
 
@@ -42,12 +46,21 @@ use crate::inventory::store::Store;
 
 /// Most unknown device ids remembered at once.
 const MAX_UNKNOWN: usize = 100_000;
+/// Largest request body the device API reads: a report is a few hundred bytes, its
+/// `detail` at most a few KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest total size of a request's header names and values.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Settings of the device API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// How far a report's timestamp may be from the server's clock.
+    /// How old a report's timestamp may be, by the server's clock.
     pub replay_window: Duration,
+    /// How far ahead of the server's clock a report's timestamp may be. Small: a report
+    /// accepted from the future holds the device's later reports back (each must be
+    /// newer) until the clock catches up.
+    pub max_clock_skew: Duration,
     /// The TUF repository served under `/tuf/`, if any.
     pub tuf_dir: Option<PathBuf>,
     /// Most reports written in one transaction.
@@ -56,7 +69,12 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { replay_window: Duration::from_secs(300), tuf_dir: None, max_batch: 2000 }
+        ApiConfig {
+            replay_window: Duration::from_secs(300),
+            max_clock_skew: Duration::from_secs(30),
+            tuf_dir: None,
+            max_batch: 2000,
+        }
     }
 }
 
@@ -77,8 +95,6 @@ pub struct Api {
     /// Device ids the inventory does not know (or that have no key), so a flood of
     /// reports from unknown devices costs no database reads. Cleared with the keys.
     unknown: RwLock<std::collections::HashSet<String>>,
-    /// The newest report timestamp accepted per device: a report must be newer.
-    last_seen: Mutex<HashMap<String, i64>>,
 }
 
 impl Api {
@@ -93,7 +109,6 @@ impl Api {
             tokens: RwLock::default(),
             keys: RwLock::default(),
             unknown: RwLock::default(),
-            last_seen: Mutex::default(),
         });
         tokio::spawn(reports::run_writer(Arc::downgrade(&api), rx));
         api
@@ -121,17 +136,22 @@ impl Api {
         &self.store
     }
 
-    /// The router serving every route of the device API.
+    /// The router serving every route of the device API. Every error it answers is JSON,
+    /// including 404 for a route it does not have.
     pub fn router(self: &Arc<Api>) -> Router {
-        let mut router = Router::new()
+        Router::new()
             .route("/v1/enroll", post(enroll::enroll))
             .route("/v1/devices/{id}/reports", post(reports::report))
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics_text));
-        if let Some(dir) = &self.config.tuf_dir {
-            router = router.nest_service("/tuf", tower_http::services::ServeDir::new(dir));
-        }
-        router.with_state(self.clone())
+            .route("/metrics", get(metrics_text))
+            .route("/tuf/{*path}", get(tuf_files::tuf_file))
+            .fallback(|request: Request| async move {
+                ApiError::NotFound(format!("no route {} {}", request.method(), request.uri().path()))
+            })
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(middleware::from_fn(limit_headers))
+            .layer(middleware::map_response(json_errors))
+            .with_state(self.clone())
     }
 
     /// A device's public key, from the cache or the inventory.
@@ -154,6 +174,37 @@ impl Api {
         self.keys.write().expect("key lock").insert(device_id.to_string(), key.clone());
         Ok(Some(key))
     }
+}
+
+/// Refuses requests whose headers are larger than [`MAX_HEADER_BYTES`] with 431. (The HTTP
+/// layer itself refuses more than 100 headers, or about 400 KB of them, before any route.)
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let size: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(format!(
+            "the request's headers are {size} bytes; at most {MAX_HEADER_BYTES} are accepted"
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, with `TCP_NODELAY` on every
+/// connection: without it, a keep-alive client's second request waits for the delayed
+/// ACK of the first answer (about 40 ms on Linux) whenever an answer is written in two
+/// parts. Both controllers serve through here.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 async fn healthz(State(api): State<Arc<Api>>) -> Result<&'static str, ApiError> {

@@ -228,16 +228,17 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
             if waits && r.phase == "progressing" {
                 let since = *waiting_since.entry(r.id.clone()).or_insert_with(Instant::now);
                 if since.elapsed() >= Duration::from_secs(2) {
-                    control::act(&store, &r.id, Action::Approve(None), Timestamp::now())
+                    control::act(&store, &r.id, Action::Approve(r.current_wave + 1), Timestamp::now())
                         .await
                         .map_err(|e| e.to_string())?;
                     controller.wake.notify_one();
                     waiting_since.remove(&r.id);
                     let line = format!(
-                        "{}: {} — approving (as `waveguide rollout approve {}` would)",
+                        "{}: {} — approving (as `waveguide rollout approve {} --wave {}` would)",
                         r.id,
                         r.message.as_deref().unwrap_or_default(),
-                        r.id
+                        r.id,
+                        r.current_wave + 2
                     );
                     if tty {
                         bars.println(line).ok();

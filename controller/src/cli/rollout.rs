@@ -55,12 +55,13 @@ pub enum RolloutCommand {
     Pause { id: String },
     /// Go on after a pause (a halted rollout is re-evaluated).
     Resume { id: String },
-    /// Approve the next wave that waits for approval.
+    /// Approve a wave that waits (or will wait) for approval. Approving it again changes
+    /// nothing, so a retry never approves the wave after it.
     Approve {
         id: String,
-        /// Approve this wave (its number as shown, from 1) instead of the next one.
+        /// The wave, by its number as shown (from 1).
         #[arg(long)]
-        wave: Option<u32>,
+        wave: u32,
     },
     /// Give the rollout up: nothing more is published.
     Abort { id: String },
@@ -127,11 +128,8 @@ async fn call(args: &RolloutArgs) -> Result<String, String> {
         RolloutCommand::Resume { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/resume"), None),
         RolloutCommand::Abort { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/abort"), None),
         RolloutCommand::Approve { id, wave } => {
-            let body = match wave {
-                Some(0) => return Err("waves are numbered from 1".into()),
-                Some(n) => serde_json::json!({"wave": n - 1}),
-                None => serde_json::json!({}),
-            };
+            let Some(index) = wave.checked_sub(1) else { return Err("waves are numbered from 1".into()) };
+            let body = serde_json::json!({ "wave": index });
             (reqwest::Method::POST, format!("/v1/rollouts/{id}/approve"), Some(body))
         }
     };

@@ -143,9 +143,9 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.health_listen))?;
     tracing::info!(device_api = %config.listen, health = %config.health_listen, "serving");
     let device_router = serve::device_router(routes.clone());
-    tokio::spawn(async move { axum::serve(device, device_router).await });
+    tokio::spawn(crate::api::serve(device, device_router, std::future::pending()));
     let health_router = serve::health_router(metrics.clone(), ready.clone());
-    tokio::spawn(async move { axum::serve(health, health_router).await });
+    tokio::spawn(crate::api::serve(health, health_router, std::future::pending()));
 
     let (fleets, rollouts): (Api<Fleet>, Api<FleetRollout>) = match &config.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),

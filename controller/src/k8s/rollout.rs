@@ -50,7 +50,7 @@ pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus, spec_c
     for number in spec.approved_waves.iter().flatten() {
         let Some(index) = number.checked_sub(1) else { continue };
         if rollout.waves.get(index as usize).is_some_and(|w| w.approved_at.is_none()) {
-            actions.push(Action::Approve(Some(index)));
+            actions.push(Action::Approve(index));
         }
     }
     actions

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::progress::{classify, Progress, Target};
 use crate::inventory::store::{RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord, WaveState};
 
-/// An operator's action on a rollout.
+/// An operator's action on a rollout. Each names what it acts on and is idempotent:
+/// applying it again (a retry, a second click) changes nothing more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Stop publishing; devices already told keep going.
@@ -17,14 +18,17 @@ pub enum Action {
     /// under the failure threshold (failed devices fixed and reporting healthy), and halts
     /// again otherwise.
     Resume,
-    /// Approve a wave that waits for manual approval: the given one, or the next one.
-    Approve(Option<u32>),
+    /// Approve one wave (its index, from 0) that waits, or will wait, for manual approval.
+    /// Approving a wave that is already approved changes nothing, so approving twice
+    /// never approves the wave after it.
+    Approve(u32),
     /// Give the rollout up. Published instructions stay; nothing more is published.
     Abort,
 }
 
 /// Why an action was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ControlError {
     /// No such rollout.
     #[error("no rollout {0:?}")]
@@ -32,67 +36,107 @@ pub enum ControlError {
     /// The action makes no sense in the rollout's state.
     #[error("{0}")]
     Conflict(String),
+    /// Other writers changed the rollout every time the action was about to be written.
+    #[error("rollout {0} kept changing while the action was applied; try again")]
+    Contended(String),
     /// The inventory failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Applies an operator's action and returns the rollout as it now is.
+/// How often [`act`] reads the rollout again when another writer changed it between its
+/// read and its write. The engine writes a rollout at most once per pass, so a few
+/// attempts are plenty.
+const ATTEMPTS: usize = 8;
+
+/// Applies an operator's action and returns the rollout as it now is. The write is a
+/// compare-and-swap on the rollout's revision: when the engine (or another operator)
+/// wrote in between, the action is decided again on what they wrote, so neither undoes
+/// the other.
 pub async fn act(
     store: &Store,
     id: &str,
     action: Action,
     now: Timestamp,
 ) -> Result<RolloutRecord, ControlError> {
-    let mut rollout = store.rollout(id).await?.ok_or_else(|| ControlError::NotFound(id.to_string()))?;
-    let now_ms = now.as_millisecond();
-    if matches!(rollout.phase, RolloutPhase::Completed | RolloutPhase::Aborted) {
-        return Err(ControlError::Conflict(format!(
-            "rollout {id} is {}; nothing to change",
-            rollout.phase.as_str()
-        )));
+    for _ in 0..ATTEMPTS {
+        let rollout = store.rollout(id).await?.ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        let waves = match action {
+            Action::Approve(_) => store.waves(id).await?,
+            _ => Vec::new(),
+        };
+        let Some((changed, waves)) = apply(action, &rollout, &waves, now.as_millisecond())? else {
+            return Ok(rollout);
+        };
+        if store.update_rollout(&changed, &waves).await? {
+            return Ok(RolloutRecord { revision: changed.revision + 1, ..changed });
+        }
     }
+    Err(ControlError::Contended(id.to_string()))
+}
+
+/// What `action` changes: the rollout's new record and the waves to write with it, or
+/// `None` when it is already in effect.
+fn apply(
+    action: Action,
+    rollout: &RolloutRecord,
+    waves: &[WaveRecord],
+    now_ms: i64,
+) -> Result<Option<(RolloutRecord, Vec<WaveRecord>)>, ControlError> {
+    let id = &rollout.id;
+    let finished = matches!(rollout.phase, RolloutPhase::Completed | RolloutPhase::Aborted);
+    let refuse_finished =
+        || ControlError::Conflict(format!("rollout {id} is {}; nothing to change", rollout.phase.as_str()));
+    let mut changed = rollout.clone();
+    let mut changed_waves = Vec::new();
     match action {
-        Action::Pause => {
-            rollout.paused = true;
-            if rollout.phase == RolloutPhase::Progressing {
-                rollout.phase = RolloutPhase::Paused;
+        Action::Pause if rollout.paused => return Ok(None),
+        Action::Resume if !rollout.paused && rollout.phase == RolloutPhase::Progressing => return Ok(None),
+        Action::Abort if rollout.phase == RolloutPhase::Aborted => return Ok(None),
+        Action::Approve(index) => {
+            let wave = waves.get(index as usize).ok_or_else(|| {
+                ControlError::Conflict(format!(
+                    "rollout {id} has {} waves; there is no wave {}",
+                    waves.len(),
+                    u64::from(index) + 1
+                ))
+            })?;
+            if wave.approved_at.is_some() {
+                return Ok(None);
             }
-            rollout.message = Some("paused by an operator".into());
+            if finished {
+                return Err(refuse_finished());
+            }
+            if wave.state != WaveState::Pending {
+                return Err(ControlError::Conflict(format!(
+                    "wave {} ({}) of rollout {id} has already started",
+                    index + 1,
+                    wave.name
+                )));
+            }
+            changed_waves.push(WaveRecord { approved_at: Some(now_ms), ..wave.clone() });
+            changed.message = Some(format!("wave {} ({}) approved", index + 1, wave.name));
+        }
+        _ if finished => return Err(refuse_finished()),
+        Action::Pause => {
+            changed.paused = true;
+            if changed.phase == RolloutPhase::Progressing {
+                changed.phase = RolloutPhase::Paused;
+            }
+            changed.message = Some("paused by an operator".into());
         }
         Action::Resume => {
-            rollout.paused = false;
-            rollout.phase = RolloutPhase::Progressing;
-            rollout.message = Some("resumed by an operator".into());
-        }
-        Action::Approve(wave) => {
-            let waves = store.waves(id).await?;
-            let next = waves.iter().find(|w| w.state == WaveState::Pending).map(|w| w.index);
-            let index = match (wave, next) {
-                (Some(w), _) if (w as usize) < waves.len() => w,
-                (Some(w), _) => {
-                    return Err(ControlError::Conflict(format!(
-                        "rollout {id} has {} waves; there is no wave {}",
-                        waves.len(),
-                        w + 1
-                    )))
-                }
-                (None, Some(n)) => n,
-                (None, None) => {
-                    return Err(ControlError::Conflict(format!("every wave of rollout {id} has started")))
-                }
-            };
-            store.approve_wave(id, index, Some(now_ms)).await?;
-            rollout.message = Some(format!("wave {} ({}) approved", index + 1, waves[index as usize].name));
+            changed.paused = false;
+            changed.phase = RolloutPhase::Progressing;
+            changed.message = Some("resumed by an operator".into());
         }
         Action::Abort => {
-            rollout.phase = RolloutPhase::Aborted;
-            rollout.message = Some("aborted by an operator".into());
+            changed.phase = RolloutPhase::Aborted;
+            changed.message = Some("aborted by an operator".into());
         }
     }
-    rollout.updated_at = now_ms;
-    store.update_rollout(&rollout).await?;
-    Ok(rollout)
+    changed.updated_at = now_ms;
+    Ok(Some((changed, changed_waves)))
 }
 
 /// A rollout as operators see it.

@@ -14,6 +14,11 @@
 //! A pass interrupted between the two is simply repeated by the next one: the same devices
 //! are admitted, the publisher writes nothing new, and the database catches up. A wave is
 //! never skipped: the current wave is the last one the database marks as started.
+//!
+//! A rollout's new state is written with a compare-and-swap on the revision the pass read
+//! (see [`Store::update_rollout`]): when an operator acted on the rollout during the pass,
+//! the pass's write is dropped rather than undoing the action, and the next pass decides
+//! again from what the operator left. What the pass published is recorded all the same.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -158,8 +163,16 @@ struct Pending {
     releases: HashSet<String>,
     /// Rollout → devices published by this pass.
     marks: HashMap<String, Vec<String>>,
-    waves: Vec<(String, WaveRecord)>,
-    rollouts: Vec<RolloutRecord>,
+    /// What the pass decided for each rollout it changed.
+    rollouts: Vec<RolloutWrite>,
+    events: Vec<Event>,
+}
+
+/// One rollout's changes in a pass: its record, the waves that changed, and the events
+/// that happen if the write goes through.
+struct RolloutWrite {
+    record: RolloutRecord,
+    waves: Vec<WaveRecord>,
     events: Vec<Event>,
 }
 
@@ -217,9 +230,12 @@ impl Engine {
                 rollout.phase = RolloutPhase::Aborted;
                 rollout.message = Some(reason.clone());
                 rollout.updated_at = now_ms;
-                self.store.update_rollout(rollout).await?;
-                self.members.remove(&rollout.id);
-                pending.events.push(Event::RolloutAborted { rollout: rollout.id.clone(), reason });
+                // An operator who changed it meanwhile wins; the next pass supersedes it.
+                if self.store.update_rollout(rollout, &[]).await? {
+                    rollout.revision += 1;
+                    self.members.remove(&rollout.id);
+                    pending.events.push(Event::RolloutAborted { rollout: rollout.id.clone(), reason });
+                }
             }
         }
 
@@ -391,6 +407,7 @@ impl Engine {
             message: Some("started".into()),
             created_at: now_ms,
             updated_at: now_ms,
+            revision: 0,
         };
         let waves: Vec<WaveRecord> = policy_plan
             .waves
@@ -522,13 +539,20 @@ impl Engine {
                 }
             }
         }
-        for (rollout, wave) in &pending.waves {
-            self.store.update_wave(rollout, wave).await?;
-        }
-        for rollout in &pending.rollouts {
-            self.store.update_rollout(rollout).await?;
-        }
         report.events = pending.events;
+        for write in pending.rollouts {
+            // Conditional on the revision the pass read: an operator's action that landed
+            // during the pass is kept, and the next pass decides again from it. What was
+            // published stays published (recorded above).
+            if self.store.update_rollout(&write.record, &write.waves).await? {
+                report.events.extend(write.events);
+            } else {
+                tracing::info!(rollout = %write.record.id, "changed during the pass; deciding again at the next one");
+                report
+                    .events
+                    .extend(write.events.into_iter().filter(|e| matches!(e, Event::WavePublished { .. })));
+            }
+        }
         timings.record = started.elapsed() - timings.publish;
         Ok(report)
     }
@@ -583,31 +607,31 @@ impl RolloutStep<'_> {
         let verdict = decide(&gates, &position, &progress.tally(), self.now);
         let healthy_since = verdict.healthy_since(&position, self.now).map(|t| t.as_millisecond());
         let before = (rollout.phase, rollout.message.clone());
+        let mut waves = Vec::new();
+        let mut events = Vec::new();
         let mut admit_wave = None;
         match &verdict {
             Verdict::Halt { reason } => {
-                self.finish_wave(rollout, current, WaveState::Failed, now_ms, pending);
+                self.finish_wave(rollout, current, WaveState::Failed, now_ms, &mut waves, &mut events);
                 rollout.phase = RolloutPhase::Halted;
                 rollout.message = Some(reason.clone());
-                pending
-                    .events
-                    .push(Event::RolloutHalted { rollout: rollout.id.clone(), reason: reason.clone() });
+                events.push(Event::RolloutHalted { rollout: rollout.id.clone(), reason: reason.clone() });
                 tracing::warn!(rollout = %rollout.id, %reason, "rollout halted");
             }
             Verdict::Complete => {
-                self.finish_wave(rollout, current, WaveState::Succeeded, now_ms, pending);
+                self.finish_wave(rollout, current, WaveState::Succeeded, now_ms, &mut waves, &mut events);
                 rollout.phase = RolloutPhase::Completed;
                 rollout.message = Some(format!("all {} waves succeeded", self.waves.len()));
-                pending.events.push(Event::RolloutCompleted { rollout: rollout.id.clone() });
+                events.push(Event::RolloutCompleted { rollout: rollout.id.clone() });
                 tracing::info!(rollout = %rollout.id, "rollout completed");
             }
             Verdict::Advance => {
-                self.finish_wave(rollout, current, WaveState::Succeeded, now_ms, pending);
+                self.finish_wave(rollout, current, WaveState::Succeeded, now_ms, &mut waves, &mut events);
                 current += 1;
                 let next = &mut self.waves[current];
                 next.state = WaveState::Published;
                 next.published_at = Some(now_ms);
-                pending.waves.push((rollout.id.clone(), next.clone()));
+                waves.push(next.clone());
                 rollout.phase = RolloutPhase::Progressing;
                 rollout.message = Some(format!("wave {} ({}) started", current + 1, next.name));
                 admit_wave = Some(current);
@@ -615,7 +639,7 @@ impl RolloutStep<'_> {
             Verdict::Wait(wait) => {
                 if self.waves[current].healthy_at != healthy_since {
                     self.waves[current].healthy_at = healthy_since;
-                    pending.waves.push((rollout.id.clone(), self.waves[current].clone()));
+                    waves.push(self.waves[current].clone());
                 }
                 rollout.phase = if paused { RolloutPhase::Paused } else { RolloutPhase::Progressing };
                 rollout.message = Some(describe(wait, &self.waves, &progress));
@@ -640,7 +664,7 @@ impl RolloutStep<'_> {
                 |g| windows.is_open(g, self.now),
             );
             if !admission.admitted.is_empty() {
-                pending.events.push(Event::WavePublished {
+                events.push(Event::WavePublished {
                     rollout: rollout.id.clone(),
                     wave: wave as u32,
                     name: self.waves[wave].name.clone(),
@@ -660,9 +684,14 @@ impl RolloutStep<'_> {
             }
             (!admission.admitted.is_empty()).then_some((wave as u32, admission.admitted))
         });
-        if (rollout.phase, rollout.message.clone()) != before {
+        let changed = (rollout.phase, rollout.message.clone()) != before;
+        if changed {
             rollout.updated_at = now_ms;
-            pending.rollouts.push(rollout.clone());
+        }
+        if changed || !waves.is_empty() {
+            pending.rollouts.push(RolloutWrite { record: rollout.clone(), waves, events });
+        } else {
+            pending.events.extend(events);
         }
         admitted
     }
@@ -682,15 +711,16 @@ impl RolloutStep<'_> {
         index: usize,
         state: WaveState,
         now_ms: i64,
-        pending: &mut Pending,
+        waves: &mut Vec<WaveRecord>,
+        events: &mut Vec<Event>,
     ) {
         let wave = &mut self.waves[index];
         wave.state = state;
         wave.finished_at = Some(now_ms);
         wave.healthy_at = wave.healthy_at.or((state == WaveState::Succeeded).then_some(now_ms));
-        pending.waves.push((rollout.id.clone(), wave.clone()));
+        waves.push(wave.clone());
         if state == WaveState::Succeeded {
-            pending.events.push(Event::WaveSucceeded {
+            events.push(Event::WaveSucceeded {
                 rollout: rollout.id.clone(),
                 wave: index as u32,
                 name: wave.name.clone(),

@@ -215,6 +215,7 @@ pub async fn apac_rollout(world: &World) -> Store {
         message: None,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
     let wave = WaveRecord {
         index: 0,
