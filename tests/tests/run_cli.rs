@@ -91,15 +91,7 @@ fn show(running: &Run, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("fleet");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    let keys: Vec<(String, DeviceKey)> =
-        (0..3).map(|i| (format!("lab-{i}"), DeviceKey::generate())).collect();
-    fleet(&repo, &keys, "v1");
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "lab on v1"]);
-
+    let (repo, keys) = lab_repository(tmp.path());
     let running = start(&repo, &tmp.path().join("data")).await;
     for (id, key) in &keys {
         report(&running.base, id, key, "v1", "1.0.0", "idle").await;
@@ -309,4 +301,52 @@ async fn sigterm_and_sigint_stop_run_gracefully() {
         let history = store.history(id, 10).await.unwrap();
         assert_eq!(history.len(), 1, "{name}: the accepted report is stored");
     }
+}
+
+/// `waveguide agent` stops on SIGTERM too: its step under way finishes, its state is
+/// saved, and it exits 0 saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, keys) = lab_repository(tmp.path());
+    let running = start(&repo, &tmp.path().join("data")).await;
+    let (id, key) = &keys[0];
+    let key_file = tmp.path().join("device.pk8");
+    std::fs::write(&key_file, key.pkcs8()).unwrap();
+    let state = tmp.path().join("state");
+    let mut agent = waveguide()
+        .args(["agent", "--server", &running.base, "--device-id", id, "--key"])
+        .arg(&key_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--root")
+        .arg(running.data.join("tuf/metadata/1.root.json"))
+        .args(["--release", "v1", "--version", "1.0.0", "--poll-interval", "1s", "--report-interval", "1s"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store_url = running.data.join("inventory.sqlite");
+    let store = waveguide::inventory::store::Store::open(store_url.to_str().unwrap()).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while store.history(id, 1).await.unwrap().is_empty() {
+        assert!(Instant::now() < until, "the agent did not report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    let until = Instant::now() + Duration::from_secs(20);
+    while agent.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = agent.kill();
+            panic!("the agent did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = agent.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("SIGTERM received, stopping") && stderr.contains("agent stopped"), "{stderr}");
+    assert!(state.read_dir().unwrap().next().is_some(), "the state is saved");
 }

@@ -12,6 +12,11 @@
 //! directory is given), `tuf/` (the repository, sized for the fleet at its first commit),
 //! `inventory.sqlite` (unless a database URL is given), `source/` (the Git mirror) and
 //! `admin-token` (the operators' bearer token).
+//!
+//! [`Reconciler`] (here) is one fleet's engine, which the Kubernetes controller drives too;
+//! [`standalone`] runs it in a loop that survives its errors, [`health`] is what that loop
+//! reports of itself, and [`startup`] refuses an inventory that does not match the TUF
+//! repository.
 
 mod health;
 mod standalone;

@@ -29,7 +29,7 @@ use crate::source::{backoff, GitSource, LocalWatcher, Retry};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest wait between passes after failed ones.
-const MAX_PASS_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_PASS_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The source as operators see it (`GET /v1/status`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -265,8 +265,11 @@ async fn run_loop(
     };
     let mut next_poll = Instant::now();
     let mut woken = true;
+    // A commit that could not be applied (the database was down) is retried as soon as a
+    // pass shows the database answering again, rather than at the source's next backoff.
+    let (mut apply_failed, mut step_ok) = (false, true);
     loop {
-        let poll = woken || Instant::now() >= next_poll;
+        let poll = woken || (apply_failed && step_ok) || Instant::now() >= next_poll;
         let pass = one_pass(&mut reconciler, poll, &status);
         let mut stopping = stop.clone();
         let pass = tokio::select! {
@@ -279,7 +282,10 @@ async fn run_loop(
                 return Ok(());
             }
         };
+        let failed = |stage| pass.failed.iter().any(|(s, _)| *s == stage);
+        step_ok = !failed(Stage::Rollout);
         if poll {
+            apply_failed = failed(Stage::Apply);
             next_poll = Instant::now() + reconciler.source().status().wait(std::time::SystemTime::now());
             let view = source_view(reconciler.source());
             status.send_modify(|s| s.source = view);

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,17 +28,7 @@ impl Run {
     /// Starts `waveguide run --data DATA --listen 127.0.0.1:0 ARGS...` and waits for the
     /// address it prints.
     pub fn spawn(data: &Path, args: &[&OsStr]) -> Run {
-        let mut child = waveguide()
-            .arg("run")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Run::command(data, args).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -55,6 +45,21 @@ impl Run {
         });
         let addr = rx.recv_timeout(Duration::from_secs(60)).expect("waveguide run prints its address");
         Run { child: Some(child), base: format!("http://{addr}"), data: data.to_owned(), log }
+    }
+
+    /// The command `waveguide run --data DATA --listen 127.0.0.1:0 ARGS...`, its standard
+    /// output dropped.
+    pub fn command(data: &Path, args: &[&OsStr]) -> Command {
+        let mut command = waveguide();
+        command
+            .arg("run")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null());
+        command
     }
 
     /// The operators' token.
