@@ -291,6 +291,13 @@ async fn run_loop(
             status.send_modify(|s| s.source = view);
         }
         let failure = health.pass_completed(&pass.failed, Timestamp::now());
+        if let (Some(previous), None) = (&status.borrow().failure, &failure) {
+            tracing::info!(
+                "passes succeed again, after {} failed ones since {}",
+                previous.consecutive,
+                previous.since
+            );
+        }
         status.send_modify(|s| {
             s.passes += 1;
             s.last_pass = Some(Timestamp::now());
@@ -304,11 +311,11 @@ async fn run_loop(
         // A fetch failure backs the source off on its own (`next_poll`); a failure of the
         // pass itself backs the passes off, so an outage is not hammered every step.
         let wait = match &failure {
-            Some(f) if f.stage != Stage::Source => backoff(
+            Some(f) => backoff(
                 Retry { initial: step_interval.max(Duration::from_millis(100)), max: MAX_PASS_BACKOFF },
                 f.consecutive,
             ),
-            _ => step_interval,
+            None => step_interval,
         };
         let until_poll = next_poll.saturating_duration_since(Instant::now());
         tokio::select! {
