@@ -2,6 +2,10 @@
 rendered manifest validated against the Kubernetes API schema (kubernetes-validate), with
 the default values and with the production example."""
 
+import json
+import re
+import subprocess
+
 import kubernetes_validate
 import helm_python as helm
 import pytest
@@ -112,3 +116,71 @@ def test_settings_that_cannot_work_fail_the_install():
         render({"replicaCount": 2, "postgresql": {"existingSecret": "db"}})
     with pytest.raises(helm.HelmError):
         render({"replicaCount": 0})
+
+
+def containerfile_runtime():
+    """The Containerfile's runtime (last) stage, continuation lines joined: its USER,
+    ENTRYPOINT, CMD, ENV, WORKDIR and EXPOSE instructions."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Containerfile").read_text())
+    stage = re.split(r"^FROM ", text, flags=re.M)[-1]
+    out = {}
+    for line in stage.splitlines():
+        instruction, _, rest = line.partition(" ")
+        if instruction in {"USER", "ENTRYPOINT", "CMD", "ENV", "WORKDIR", "EXPOSE"}:
+            out[instruction] = rest.strip()
+    return out
+
+
+def test_the_default_image_is_the_one_the_containerfile_builds():
+    runtime = containerfile_runtime()
+    (deployment,) = by_kind(render(None), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # The user: the chart's securityContext runs what the image's USER is.
+    uid, gid = runtime["USER"].split(":")
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (int(uid), int(gid))
+    assert pod["securityContext"]["fsGroup"] == int(gid)
+    # The command: the image's entrypoint with the chart's arguments.
+    assert json.loads(runtime["ENTRYPOINT"]) == ["/usr/local/bin/waveguide"]
+    assert container["args"] == json.loads(runtime["CMD"]) == ["controller"]
+    # The data directory and the ports.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert runtime["ENV"] == f"WAVEGUIDE_DATA={env['WAVEGUIDE_DATA']}"
+    assert runtime["WORKDIR"] == env["WAVEGUIDE_DATA"]
+    assert any(m["mountPath"] == env["WAVEGUIDE_DATA"] for m in container["volumeMounts"])
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert ports == {int(p) for p in runtime["EXPOSE"].split()}
+    # The name: what scripts/image (a local buildah build) tags, at the chart's appVersion.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert container["image"] == f"localhost/waveguide:{chart['appVersion']}"
+    image_script = (ROOT / "scripts" / "image").read_text()
+    assert 'tag="localhost/waveguide:$(sed' in image_script
+
+
+def test_the_chart_states_the_minimum_kubernetes_version():
+    # The version the Kubernetes end-to-end tests run against (scripts/kube-apiserver), and
+    # the one docs/kubernetes.md states.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == ">=1.20.0-0"
+    assert "kube_version=v1.20.2" in (ROOT / "scripts" / "kube-apiserver").read_text()
+    assert "Kubernetes **1.20 or later**" in (ROOT / "docs" / "kubernetes.md").read_text()
+
+
+def test_the_containerfile_build_stage_builds_the_locked_dependencies():
+    """The build stage's commands, checked here where its base image cannot be pulled:
+    its Rust is new enough for every locked dependency, and `--locked` holds (Cargo.lock
+    matches the manifests)."""
+    text = (ROOT / "Containerfile").read_text()
+    rust = re.search(r"^ARG RUST_IMAGE=\S+/rust:(\d+)\.(\d+)-slim-bookworm$", text, flags=re.M)
+    assert rust, "RUST_IMAGE names a rust:<major>.<minor>-slim-bookworm image"
+    assert "cargo build --release --locked --bin waveguide" in text
+    metadata = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    needed = max(
+        tuple(int(x) for x in p["rust_version"].split(".")[:2])
+        for p in json.loads(metadata.stdout)["packages"]
+        if p.get("rust_version")
+    )
+    assert (int(rust.group(1)), int(rust.group(2))) >= needed, f"the locked dependencies need Rust {needed}"

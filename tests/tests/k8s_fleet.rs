@@ -4,163 +4,20 @@
 //! inventory (SQLite in a temp dir) are real.
 
 mod common;
+mod k8s_fake;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::Method;
 use jiff::{SignedDuration, Timestamp};
-use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::Client;
 use serde_json::{json, Value};
-use tempfile::TempDir;
-use waveguide::inventory::store::{RolloutPhase, RolloutRecord, Store, WaveRecord, WaveState};
-use waveguide::k8s::crd::Fleet;
-use waveguide::k8s::fleet::{self, Context, Settings, FINALIZER};
-use waveguide::k8s::lease::Leases;
-use waveguide::k8s::metrics::Metrics;
-use waveguide::k8s::serve::FleetRoutes;
+use waveguide::inventory::store::RolloutPhase;
+use waveguide::k8s::fleet::{self, Settings, FINALIZER};
 
-use common::{copy_dir, git, git_stdout, repo_root};
+use common::git;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-const NS: &str = "fleets";
-const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/fleets/leases";
-const FLEET: &str = "/apis/waveguide.dev/v1alpha1/namespaces/fleets/fleets/edge";
-const ROLLOUTS: &str = "/apis/waveguide.dev/v1alpha1/namespaces/fleets/fleetrollouts";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fleets/events";
-
-/// A fleet repository (the example fleet, committed) and a data directory.
-struct World {
-    dir: TempDir,
-    routes: FleetRoutes,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        copy_dir(&repo_root().join("examples/fleet"), &repo);
-        git(&repo, &["init", "-q", "-b", "main"]);
-        git(&repo, &["add", "."]);
-        git(&repo, &["commit", "-q", "-m", "fleet"]);
-        World { dir, routes: FleetRoutes::default() }
-    }
-
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn head(&self) -> String {
-        git_stdout(&self.repo(), &["rev-parse", "HEAD"])
-    }
-
-    /// The Fleet `fleets/edge` following the repository's `main`.
-    fn fleet(&self, finalizer: bool) -> Fleet {
-        serde_json::from_value(json!({
-            "apiVersion": "waveguide.dev/v1alpha1",
-            "kind": "Fleet",
-            "metadata": {
-                "name": "edge",
-                "namespace": NS,
-                "uid": "5c1f4a52-0000-4000-8000-000000000001",
-                "generation": 1,
-                "resourceVersion": "100",
-                "finalizers": if finalizer { vec![FINALIZER] } else { vec![] },
-            },
-            "spec": {
-                "source": {"url": self.repo().display().to_string(), "ref": {"branch": "main"}, "interval": "10ms"},
-                // Shorter than the day within which the controller re-signs a timestamp.
-                "tuf": {"expiries": {"timestamp": "2h"}},
-            },
-        }))
-        .unwrap()
-    }
-
-    /// A reconciler context over a fake API server, as replica `replica-a`.
-    fn context(&self) -> (Arc<Context>, Handle) {
-        self.context_with_lease(SignedDuration::from_secs(15))
-    }
-
-    fn context_with_lease(&self, lease: SignedDuration) -> (Arc<Context>, Handle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        let leases = Leases::new(client.clone(), "replica-a", lease);
-        let settings = Settings::new(self.data());
-        let ctx = Context::new(client, leases, settings, self.routes.clone(), Arc::new(Metrics::default()));
-        (ctx, handle)
-    }
-}
-
-/// Takes the next request: asserts its method and path (query ignored), returns its JSON
-/// body and answers it with `status` and `response`.
-async fn expect(handle: &mut Handle, method: Method, path: &str, status: u16, response: Value) -> Value {
-    let next = tokio::time::timeout(std::time::Duration::from_secs(30), handle.next_request());
-    let (request, send) = next
-        .await
-        .unwrap_or_else(|_| panic!("expected {method} {path} within 30 s"))
-        .unwrap_or_else(|| panic!("expected {method} {path}"));
-    assert_eq!((request.method(), request.uri().path()), (&method, path), "request {}", request.uri());
-    let query = request.uri().query().unwrap_or("").to_string();
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-    let mut response = response;
-    if response.is_null() {
-        response = body.clone();
-    }
-    send.send_response(
-        Response::builder().status(status).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap(),
-    );
-    json!({"query": query, "body": body})
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
-}
-
-fn conflict() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"})
-}
-
-/// The Lease is free: the replica creates it.
-async fn lease_taken(handle: &mut Handle) {
-    expect(handle, Method::GET, &format!("{LEASE}/waveguide-fleet-edge"), 404, not_found()).await;
-    let created = expect(handle, Method::POST, LEASE, 201, Value::Null).await;
-    assert_eq!(created["body"]["spec"]["holderIdentity"], "replica-a");
-    assert_eq!(created["body"]["metadata"]["name"], "waveguide-fleet-edge");
-}
-
-/// What the API server answers to a write of the Fleet (its content does not matter to
-/// the reconciler, only that it is a Fleet).
-fn fleet_json() -> Value {
-    json!({
-        "apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet",
-        "metadata": {"name": "edge", "namespace": NS, "uid": "5c1f4a52-0000-4000-8000-000000000001"},
-        "spec": {"source": {"url": "/srv/fleet", "ref": {"branch": "main"}}},
-    })
-}
-
-fn empty_list() -> Value {
-    json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": []})
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap()
-}
-
-/// Nothing more is sent once the context is gone.
-async fn no_more_requests(ctx: Arc<Context>, mut handle: Handle) {
-    drop(ctx);
-    if let Some((request, _)) = handle.next_request().await {
-        panic!("unexpected request {} {}", request.method(), request.uri());
-    }
-}
+use k8s_fake::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_fleet_gets_a_finalizer_then_status_and_events() {
@@ -263,40 +120,6 @@ async fn a_refused_commit_sets_the_conditions_and_keeps_the_last_good_one() {
     assert_eq!(condition(&status, "SourceReady")["status"], "True");
 }
 
-/// A rollout of the `apac` policy in the fleet's inventory, as the engine would have
-/// started it.
-async fn apac_rollout(world: &World) -> Store {
-    let db = world.data().join(NS).join("edge");
-    std::fs::create_dir_all(&db).unwrap();
-    let store = Store::open(&db.join("inventory.sqlite").display().to_string()).await.unwrap();
-    let now = Timestamp::now().as_millisecond();
-    let rollout = RolloutRecord {
-        id: "apac-1".into(),
-        policy: "apac".into(),
-        release: "edge-os-1-5-0".into(),
-        version: "1.5.0".into(),
-        commit: Some(world.head()),
-        phase: RolloutPhase::Progressing,
-        paused: false,
-        message: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let wave = WaveRecord {
-        index: 0,
-        name: "canary".into(),
-        state: WaveState::Pending,
-        size: 1,
-        published_at: None,
-        healthy_at: None,
-        approved_at: None,
-        finished_at: None,
-        bake_ms: None,
-    };
-    store.create_rollout(&rollout, &[wave], &[vec!["tokyo-pos-0001".into()]]).await.unwrap();
-    store
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
     let world = World::new();
@@ -306,14 +129,32 @@ async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
         lease_taken(&mut handle).await;
         expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
         expect(&mut handle, Method::GET, ROLLOUTS, 200, empty_list()).await;
-        let created =
-            expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1"), 200, rollout_json()).await;
+        let created = expect_after_events(
+            &mut handle,
+            Method::PATCH,
+            &format!("{ROLLOUTS}/edge-apac-1"),
+            200,
+            rollout_json(),
+        )
+        .await;
         assert!(created["query"].as_str().unwrap().contains("fieldManager=waveguide"), "server-side apply");
         let body = &created["body"];
         let owner = &body["metadata"]["ownerReferences"][0];
         assert_eq!(
-            (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
-            (&json!("Fleet"), &json!("edge"), &json!("5c1f4a52-0000-4000-8000-000000000001"), &json!(true))
+            (
+                &owner["kind"],
+                &owner["name"],
+                &owner["uid"],
+                &owner["controller"],
+                &owner["blockOwnerDeletion"]
+            ),
+            (
+                &json!("Fleet"),
+                &json!("edge"),
+                &json!("5c1f4a52-0000-4000-8000-000000000001"),
+                &json!(true),
+                &json!(true)
+            )
         );
         assert_eq!(body["metadata"]["labels"]["waveguide.dev/fleet"], "edge");
         assert_eq!(body["spec"]["policy"], "apac");
@@ -337,12 +178,41 @@ async fn a_rollout_gets_a_fleet_rollout_owned_by_its_fleet() {
     no_more_requests(ctx, handle).await;
 }
 
-fn rollout_json() -> Value {
-    json!({
-        "apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRollout",
-        "metadata": {"name": "edge-apac-1", "namespace": NS},
-        "spec": {"fleet": "edge", "rolloutId": "apac-1", "policy": "apac", "release": "edge-os-1-5-0", "version": "1.5.0"},
-    })
+/// A FleetRollout left by a deleted Fleet of the same name (its owner reference names the
+/// old uid, and no garbage collector removed it) is adopted by the new Fleet with a merge
+/// patch of its owner references: the operators' spec fields stay as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_rollout_left_by_an_earlier_fleet_is_adopted() {
+    let world = World::new();
+    apac_rollout(&world).await;
+    let mut left = rollout_json();
+    left["metadata"]["labels"] = json!({"waveguide.dev/fleet": "edge"});
+    left["metadata"]["ownerReferences"] = json!([{"apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet",
+        "name": "edge", "uid": "0ld00000-0000-4000-8000-000000000000", "controller": true}]);
+    left["spec"]["paused"] = json!(true);
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        let list = json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": [left.clone()]});
+        expect(&mut handle, Method::GET, ROLLOUTS, 200, list).await;
+        expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        let adopted =
+            expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1"), 200, left.clone()).await;
+        assert!(!adopted["query"].as_str().unwrap().contains("fieldManager"), "a merge patch, not an apply");
+        assert_eq!(
+            adopted["body"],
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet",
+                "name": "edge", "uid": "5c1f4a52-0000-4000-8000-000000000001", "controller": true,
+                "blockOwnerDeletion": true}]}})
+        );
+        expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1/status"), 200, left).await;
+        expect(&mut handle, Method::PATCH, &format!("{FLEET}/status"), 200, fleet_json()).await;
+        handle
+    });
+    fleet::reconcile(Arc::new(world.fleet(true)), ctx.clone()).await.unwrap();
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +223,11 @@ async fn pausing_through_the_spec_pauses_the_engine() {
     let resource = json!({
         "apiVersion": "waveguide.dev/v1alpha1",
         "kind": "FleetRollout",
-        "metadata": {"name": "edge-apac-1", "namespace": NS, "generation": 2, "labels": {"waveguide.dev/fleet": "edge"}},
+        "metadata": {
+            "name": "edge-apac-1", "namespace": NS, "generation": 2, "labels": {"waveguide.dev/fleet": "edge"},
+            "ownerReferences": [{"apiVersion": "waveguide.dev/v1alpha1", "kind": "Fleet", "name": "edge",
+                                 "uid": "5c1f4a52-0000-4000-8000-000000000001", "controller": true}],
+        },
         "spec": {
             "fleet": "edge", "rolloutId": "apac-1", "policy": "apac", "release": "edge-os-1-5-0",
             "version": "1.5.0", "waves": [{"name": "canary", "devices": 1}], "paused": true,
@@ -365,6 +239,11 @@ async fn pausing_through_the_spec_pauses_the_engine() {
         expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
         let list = json!({"apiVersion": "waveguide.dev/v1alpha1", "kind": "FleetRolloutList", "metadata": {}, "items": [resource.clone()]});
         expect(&mut handle, Method::GET, ROLLOUTS, 200, list).await;
+        // The operator's change is an Event on the FleetRollout.
+        let event = expect(&mut handle, Method::POST, EVENTS, 201, Value::Null).await;
+        assert_eq!(event["body"]["reason"], "RolloutPaused");
+        assert_eq!(event["body"]["regarding"]["kind"], "FleetRollout");
+        assert_eq!(event["body"]["regarding"]["name"], "edge-apac-1");
         // The resource exists: only its status is written.
         let status =
             expect(&mut handle, Method::PATCH, &format!("{ROLLOUTS}/edge-apac-1/status"), 200, resource)
@@ -521,8 +400,12 @@ async fn deletion_releases_the_lease_and_removes_the_finalizer() {
     let (ctx, mut handle) = world.context();
     let server = tokio::spawn(async move {
         lease_taken(&mut handle).await;
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
-        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        // No garbage collector is relied on: the Fleet's FleetRollouts are deleted first.
+        let listed = expect(&mut handle, Method::GET, ROLLOUTS, 200, owned_rollouts()).await;
+        assert_eq!(listed["query"], "&labelSelector=waveguide.dev%2Ffleet%3Dedge");
+        let deleted = format!("{ROLLOUTS}/edge-apac-1");
+        expect(&mut handle, Method::DELETE, &deleted, 200, success()).await;
+        lease_released(&mut handle, "replica-a").await;
         let patch = expect(&mut handle, Method::PATCH, FLEET, 200, fleet_json()).await;
         let ops = patch["body"].as_array().unwrap().iter().map(|op| op["op"].clone()).collect::<Vec<_>>();
         assert!(ops.contains(&json!("remove")), "removes the finalizer: {}", patch["body"]);
@@ -562,17 +445,31 @@ fn operator_fields_map_onto_rollout_actions() {
         base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
     };
-    assert_eq!(operator_actions(&spec(json!({})), &status), vec![], "unset fields leave the rollout alone");
-    assert_eq!(operator_actions(&spec(json!({"paused": true})), &status), vec![Action::Pause]);
-    assert_eq!(operator_actions(&spec(json!({"paused": false})), &status), vec![]);
     assert_eq!(
-        operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status),
+        operator_actions(&spec(json!({})), &status, true),
+        vec![],
+        "unset fields leave the rollout alone"
+    );
+    assert_eq!(operator_actions(&spec(json!({"paused": true})), &status, true), vec![Action::Pause]);
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &status, true), vec![]);
+    assert_eq!(
+        operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status, false),
         vec![Action::Approve(Some(1))]
     );
-    assert_eq!(operator_actions(&spec(json!({"abort": true, "paused": true})), &status), vec![Action::Abort]);
+    assert_eq!(
+        operator_actions(&spec(json!({"abort": true, "paused": true})), &status, false),
+        vec![Action::Abort]
+    );
     let mut done = status.clone();
     done.phase = "completed".into();
-    assert_eq!(operator_actions(&spec(json!({"abort": true})), &done), vec![]);
+    assert_eq!(operator_actions(&spec(json!({"abort": true})), &done, true), vec![]);
+    // A halted rollout (not paused) resumes when an operator sets `paused: false`, once:
+    // for the change of the spec, not at every pass after it.
+    let mut halted = status.clone();
+    halted.phase = "halted".into();
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, true), vec![Action::Resume]);
+    assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, false), vec![]);
+    assert_eq!(operator_actions(&spec(json!({})), &halted, true), vec![]);
     assert_eq!(resource_name("edge", "stable-1"), "edge-stable-1");
     assert_eq!(resource_name("Edge", "a_b"), "edge-a-b");
 }
@@ -583,13 +480,29 @@ async fn leases_are_released_on_shutdown() {
     let (ctx, mut handle) = world.context();
     let server = tokio::spawn(async move {
         lease_taken(&mut handle).await;
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
-        expect(&mut handle, Method::DELETE, &format!("{LEASE}/waveguide-fleet-edge"), 200, status).await;
+        lease_released(&mut handle, "replica-a").await;
         handle
     });
     assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
     ctx.leases().release_all().await;
     assert!(!ctx.leases().holds(NS, "waveguide-fleet-edge"));
+    let handle = server.await.unwrap();
+    no_more_requests(ctx, handle).await;
+}
+
+/// A replica whose Lease another replica took over meanwhile (it stalled past the expiry)
+/// stops without deleting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_leaves_a_lease_it_no_longer_holds() {
+    let world = World::new();
+    let (ctx, mut handle) = world.context();
+    let server = tokio::spawn(async move {
+        lease_taken(&mut handle).await;
+        lease_released(&mut handle, "replica-b").await;
+        handle
+    });
+    assert!(ctx.leases().hold(NS, "waveguide-fleet-edge").await.unwrap());
+    ctx.leases().release_all().await;
     let handle = server.await.unwrap();
     no_more_requests(ctx, handle).await;
 }

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::Path;
 use axum::http::{Request, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceExt;
 use waveguide::k8s::metrics::Metrics;
@@ -43,7 +44,12 @@ async fn each_fleet_is_served_under_its_own_prefix() {
     let router = device_router(routes.clone());
     let fleet = Router::new()
         .route("/tuf/metadata/timestamp.json", get(|| async { "timestamp of edge" }))
-        .route("/v1/echo", get(|query: axum::extract::RawQuery| async move { query.0.unwrap_or_default() }));
+        .route("/v1/echo", get(|query: axum::extract::RawQuery| async move { query.0.unwrap_or_default() }))
+        // A route with its own path parameter, as the device reports have.
+        .route(
+            "/v1/devices/{id}/reports",
+            post(|Path(id): Path<String>, body: String| async move { format!("{id}: {body}") }),
+        );
     routes.insert("fleets", "edge", fleet);
 
     assert_eq!(
@@ -51,6 +57,13 @@ async fn each_fleet_is_served_under_its_own_prefix() {
         (StatusCode::OK, "timestamp of edge".into())
     );
     assert_eq!(get_text(&router, "/fleets/fleets/edge/v1/echo?device=a").await.1, "device=a");
+    // The fleet's route sees its own parameter, not the outer route's three.
+    let report =
+        Request::post("/fleets/fleets/edge/v1/devices/pos-1/reports").body(Body::from("{}")).unwrap();
+    let response = router.clone().oneshot(report).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    assert_eq!(bytes, "pos-1: {}");
     let (status, text) = get_text(&router, "/fleets/fleets/other/tuf/metadata/timestamp.json").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(text.contains("fleets/other"), "{text}");

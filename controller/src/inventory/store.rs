@@ -469,6 +469,19 @@ impl Store {
             .map_err(query_error("counting devices"))
     }
 
+    /// How many devices report each (update state, release), from their latest reports,
+    /// counted by the database; devices that never reported are not included.
+    pub async fn device_counts(&self) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, release, COUNT(*) FROM device_status GROUP BY state, release")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("counting devices by state and release"))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("counting devices by state and release"))
+    }
+
     /// Every known device, sorted by id.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let rows =

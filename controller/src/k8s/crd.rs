@@ -70,6 +70,12 @@ pub struct FleetSource {
     /// Which commits may be applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<SourceVerify>,
+    /// The key of a Secret holding the shared secret of the push webhook (GitHub's
+    /// "Secret", GitLab's "Secret token"). With it, the controller receives push events at
+    /// `/fleets/<namespace>/<name>/v1/hooks/git` and fetches at once instead of at the
+    /// next poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_ref: Option<SecretKeyRef>,
 }
 
 fn default_interval() -> String {

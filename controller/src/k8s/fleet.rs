@@ -9,32 +9,34 @@
 //! or repeated trigger does no harm, and an idle fleet writes nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
-use super::crd::{Condition, Fleet, FleetRollout, FleetSpec, FleetStatus, VerifyMode};
+use super::crd::{Fleet, FleetRollout, FleetSpec};
+use super::events::{EventType, Events};
 use super::lease::{lease_name, Leases};
-use super::metrics::Metrics;
-use super::rollout;
+use super::metrics::{FleetGauges, Metrics, RolloutGauges, Stage};
+use super::rollout::{self, OperatorChange};
 use super::serve::FleetRoutes;
+use super::settings::{self, database_url};
+use super::status::{fleet_status, not_ready_status, suspended_status, write_status, Outcome};
 use super::Error;
 use crate::api::{Api as DeviceApi, ApiConfig};
 use crate::inventory::store::Store;
-use crate::publish::{Expiries, KeyDir};
-use crate::reconcile::{Reconciler, RunConfig, SourceOutcome};
+use crate::reconcile::{Reconciler, SourceOutcome};
+use crate::rollout::control::{Action as RolloutAction, RolloutStatus};
 use crate::rollout::engine::{EngineConfig, Event as EngineEvent};
-use crate::source::{Auth, GitReference, SourceSpec, VerifySpec};
+use crate::source::webhook::Webhook;
 
 /// The finalizer the controller puts on every Fleet it manages.
 pub const FINALIZER: &str = "waveguide.dev/cleanup";
@@ -78,7 +80,7 @@ pub struct Context {
     client: Client,
     leases: Leases,
     settings: Settings,
-    recorder: Recorder,
+    events: Events,
     engines: Mutex<HashMap<String, Arc<Mutex<FleetEngine>>>>,
     standby: Mutex<HashMap<String, StandbyApi>>,
     routes: FleetRoutes,
@@ -100,10 +102,8 @@ impl Context {
         routes: FleetRoutes,
         metrics: Arc<Metrics>,
     ) -> Arc<Context> {
-        let reporter =
-            Reporter { controller: "waveguide-controller".into(), instance: Some(leases.identity().into()) };
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::new(client.clone(), "waveguide-controller", leases.identity()),
             client,
             leases,
             settings,
@@ -144,14 +144,24 @@ struct FleetEngine {
     spec: FleetSpec,
     reconciler: Reconciler,
     store: Store,
-    /// The last refused commit and its errors.
-    refused: Option<(String, Vec<String>)>,
-    /// The last engine error, if the last pass failed.
-    step_error: Option<String>,
-    /// Why the last poll of the source failed (fetch, reference, signature).
-    fetch_error: Option<String>,
+    outcome: Outcome,
     /// The source is polled when this has passed.
     next_poll: SystemTime,
+    /// When the source was last fetched without error.
+    last_fetch: Option<Timestamp>,
+    /// Set by the push webhook: poll the source at the next pass (within the step
+    /// interval), whatever the poll interval.
+    poll_now: Arc<AtomicBool>,
+    /// Turns the webhook's wake-ups into `poll_now`.
+    webhook_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FleetEngine {
+    fn drop(&mut self) {
+        if let Some(task) = &self.webhook_task {
+            task.abort();
+        }
+    }
 }
 
 fn key(namespace: &str, name: &str) -> String {
@@ -161,8 +171,19 @@ fn key(namespace: &str, name: &str) -> String {
 /// Reconciles one Fleet.
 pub async fn reconcile(fleet: Arc<Fleet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let namespace = fleet.namespace().unwrap_or_else(|| "default".into());
+    let name = fleet.name_any();
     let result = reconcile_inner(fleet, &ctx).await;
     ctx.metrics.reconciled(started.elapsed(), result.is_ok());
+    if let Err(e) = &result {
+        let stage = match e {
+            Error::Lease { .. } => Stage::lease,
+            Error::Secret { .. } | Error::Spec { .. } => Stage::settings,
+            Error::Run { .. } | Error::Rollout { .. } => Stage::engine,
+            _ => Stage::kubernetes,
+        };
+        ctx.metrics.failed(&namespace, &name, stage);
+    }
     result
 }
 
@@ -171,15 +192,16 @@ async fn reconcile_inner(fleet: Arc<Fleet>, ctx: &Context) -> Result<Action, Err
     let name = fleet.name_any();
     // Only the Lease holder writes anything for this fleet: the API server, the TUF
     // repository and the inventory.
-    let held = ctx
-        .leases
-        .hold(&namespace, &lease_name(&name))
-        .await
-        .map_err(|e| Error::kube(format!("holding the Lease of Fleet {namespace}/{name}"), e))?;
+    let held = ctx.leases.hold(&namespace, &lease_name(&name)).await.map_err(|source| Error::Lease {
+        namespace: namespace.clone(),
+        name: lease_name(&name),
+        source,
+    })?;
     if !held {
         // A replica that lost the Lease drops its engine: it must not publish.
         if ctx.engines.lock().await.remove(&key(&namespace, &name)).is_some() {
             ctx.routes.remove(&namespace, &name);
+            ctx.metrics.remove_fleet(&namespace, &name);
             tracing::info!(fleet = %name, namespace, "engine stopped: another replica holds the Lease");
         }
         if fleet.spec.suspend || fleet.metadata.deletion_timestamp.is_some() {
@@ -200,7 +222,12 @@ async fn reconcile_inner(fleet: Arc<Fleet>, ctx: &Context) -> Result<Action, Err
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| match e {
+        // The pass's own error keeps its type (and its stage in the metrics).
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        e => Error::Finalizer(Box::new(e)),
+    })
 }
 
 /// What the controller does after a failed pass: retry with a delay.
@@ -212,14 +239,10 @@ pub fn error_policy(fleet: Arc<Fleet>, error: &Error, ctx: Arc<Context>) -> Acti
 async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, Error> {
     let name = fleet.name_any();
     let api: Api<Fleet> = Api::namespaced(ctx.client.clone(), namespace);
-    if fleet.spec.suspend {
-        let status = suspended_status(fleet);
-        write_status(&api, fleet, status).await?;
-        return Ok(Action::await_change());
-    }
     let engine = match engine(fleet, ctx, namespace).await {
         Ok(engine) => engine,
         Err(e @ (Error::Secret { .. } | Error::Spec { .. })) => {
+            ctx.metrics.failed(namespace, &name, Stage::settings);
             let status = not_ready_status(fleet, "InvalidSettings", &e.to_string());
             write_status(&api, fleet, status).await?;
             return Ok(Action::requeue(ctx.settings.step_interval.max(Duration::from_secs(30))));
@@ -227,35 +250,55 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         Err(e) => return Err(e),
     };
     let mut engine = engine.lock().await;
+    if fleet.spec.suspend {
+        // No fetch and no rollout pass, but the published metadata stays signed: a fleet
+        // suspended for longer than the timestamp's expiry must not strand its devices.
+        engine.reconciler.maintain_repository();
+        write_status(&api, fleet, suspended_status(fleet)).await?;
+        return Ok(Action::requeue(ctx.settings.step_interval.min(ctx.leases.renew_interval())));
+    }
     let fleet_ref = fleet.object_ref(&());
 
-    // The source, when due.
+    // The source, when due or when a push webhook asked.
     let now = SystemTime::now();
-    if now >= engine.next_poll {
+    if now >= engine.next_poll || engine.poll_now.swap(false, Ordering::Relaxed) {
         let outcome = engine.reconciler.sync_source().await.map_err(|e| Error::run(namespace, &name, e))?;
-        engine.fetch_error = match &outcome {
+        engine.outcome.fetch_error = match &outcome {
             SourceOutcome::Failed(e) => Some(e.clone()),
             _ => None,
         };
+        if !matches!(outcome, SourceOutcome::Failed(_)) {
+            engine.last_fetch = Some(Timestamp::now());
+        }
         match outcome {
             SourceOutcome::Applied { commit, devices } => {
-                engine.refused = None;
                 let note = format!("commit {commit} applied: {devices} devices");
-                publish(ctx, &fleet_ref, EventType::Normal, "CommitApplied", "Apply", note).await;
+                ctx.events.publish(&fleet_ref, EventType::Normal, "CommitApplied", "Apply", note).await;
             }
             SourceOutcome::Refused { commit, errors } => {
+                ctx.metrics.failed(namespace, &name, Stage::compile);
                 let note = format!(
                     "commit {commit} refused ({} errors); the last good commit stays in force. First: {}",
                     errors.len(),
                     errors.first().map_or("", String::as_str)
                 );
-                engine.refused = Some((commit, errors));
-                publish(ctx, &fleet_ref, EventType::Warning, "CommitRefused", "Apply", note).await;
+                engine.outcome.refused = Some((commit, errors));
+                ctx.events.publish(&fleet_ref, EventType::Warning, "CommitRefused", "Apply", note).await;
             }
             SourceOutcome::Unchanged => {}
-            SourceOutcome::Failed(e) => tracing::warn!(fleet = %name, "fleet source: {e}"),
+            SourceOutcome::Failed(e) => {
+                ctx.metrics.failed(namespace, &name, Stage::source);
+                tracing::warn!(fleet = %name, "fleet source: {e}");
+            }
         }
-        let wait = engine.reconciler.source().status().wait(SystemTime::now());
+        // A refusal stands only while the source's head is not in force: a revert to the
+        // fleet in force (which the source reports as unchanged) clears it.
+        let source = engine.reconciler.source().status();
+        let head_in_force = source.last_attempted.is_some() && source.last_attempted == source.last_applied;
+        let wait = source.wait(SystemTime::now());
+        if head_in_force {
+            engine.outcome.refused = None;
+        }
         engine.next_poll = SystemTime::now() + wait;
     }
 
@@ -272,29 +315,36 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         .await
         .map_err(|e| Error::kube(format!("listing the FleetRollouts of Fleet {namespace}/{name}"), e))?
         .items;
-    rollout::apply_operator_changes(&engine.store, &existing, Timestamp::now()).await?;
+    for change in rollout::apply_operator_changes(&engine.store, &existing, Timestamp::now()).await? {
+        let (reason, note) = describe_change(&change);
+        ctx.events.publish(&change.resource, EventType::Normal, reason, "Operate", note).await;
+    }
 
     // One engine pass.
     match engine.reconciler.step(Timestamp::now()).await {
         Ok(report) => {
-            engine.step_error = None;
+            engine.outcome.step_error = None;
             for event in &report.events {
                 let (kind, reason, note) = describe(event);
-                publish(ctx, &fleet_ref, kind, reason, "Rollout", note).await;
+                ctx.events.publish(&fleet_ref, kind, reason, "Rollout", note).await;
             }
         }
         Err(e) => {
+            ctx.metrics.failed(namespace, &name, Stage::engine);
             tracing::error!(fleet = %name, "engine pass failed: {e}");
-            engine.step_error = Some(e.to_string());
+            engine.outcome.step_error = Some(e.to_string());
         }
     }
     // As `waveguide run` does: expiring roles re-signed, old versions pruned, when due.
     engine.reconciler.maintain_repository();
 
-    let active =
+    let statuses =
         rollout::sync(&rollouts, fleet, &engine.store, &existing, ctx.settings.engine.stale_after).await?;
-    let status = fleet_status(fleet, &engine, active);
+    let active = statuses.iter().filter(|r| !is_finished(r)).count() as u64;
+    let devices = engine.reconciler.desired().map(|d| d.fleet.devices().len() as u64);
+    let status = fleet_status(fleet, engine.reconciler.source().status(), &engine.outcome, devices, active);
     write_status(&api, fleet, status).await?;
+    record_gauges(ctx, namespace, &name, &engine, &statuses).await;
     let until_poll = engine
         .next_poll
         .duration_since(SystemTime::now())
@@ -306,24 +356,97 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
     Ok(Action::requeue(next))
 }
 
+fn is_finished(rollout: &RolloutStatus) -> bool {
+    matches!(rollout.phase.as_str(), "completed" | "aborted")
+}
+
+/// The fleet's gauges after a pass. A failed count is logged and leaves the device
+/// gauges out of this snapshot.
+async fn record_gauges(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    engine: &FleetEngine,
+    rollouts: &[RolloutStatus],
+) {
+    let mut devices = Vec::new();
+    match engine.store.device_counts().await {
+        Ok(counts) => {
+            let reported: i64 = counts.iter().map(|(_, _, n)| n).sum();
+            for (state, release, count) in counts {
+                devices.push((state, release.unwrap_or_default(), count.max(0) as u64));
+            }
+            if let Ok(known) = engine.store.devices_count().await {
+                if known > reported {
+                    devices.push(("unknown".into(), String::new(), (known - reported) as u64));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(fleet = %name, "cannot count devices for the metrics: {e}"),
+    }
+    let rollouts = rollouts
+        .iter()
+        .map(|r| RolloutGauges {
+            rollout: r.id.clone(),
+            phase: r.phase.clone(),
+            wave: u64::from(r.current_wave + 1).min(r.waves.len() as u64),
+            waves: r.waves.len() as u64,
+            devices: vec![
+                ("healthy", r.total.healthy),
+                ("in_flight", r.total.in_flight),
+                ("failed", r.total.failed),
+                ("stale", r.total.stale),
+                ("unpublished", r.total.unpublished),
+            ],
+        })
+        .collect();
+    let gauges = FleetGauges {
+        rollouts,
+        devices,
+        last_fetch: engine.last_fetch,
+        tuf_dir: Some(ctx.data_dir(namespace, name).join("tuf")),
+    };
+    ctx.metrics.set_fleet(namespace, name, gauges);
+}
+
 async fn cleanup(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, Error> {
     let name = fleet.name_any();
-    // The FleetRollouts go with their owner (garbage collection). The TUF repository and
-    // the inventory stay in the data volume: devices keep their verified instructions, and
-    // a Fleet created again under this name resumes where this one stopped.
+    // The TUF repository and the inventory stay in the data volume: devices keep their
+    // verified instructions, and a Fleet created again under this name resumes where
+    // this one stopped.
     ctx.engines.lock().await.remove(&key(namespace, &name));
     ctx.standby.lock().await.remove(&key(namespace, &name));
     ctx.routes.remove(namespace, &name);
+    ctx.metrics.remove_fleet(namespace, &name);
     let mirror = ctx.data_dir(namespace, &name).join("source");
     if let Err(e) = std::fs::remove_dir_all(&mirror) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %mirror.display(), "cannot remove the source mirror: {e}");
         }
     }
-    ctx.leases
-        .release(namespace, &lease_name(&name))
+    // The FleetRollouts are deleted here rather than left to the garbage collector: a
+    // cluster without one (or one that lags) would otherwise keep them, still owned by
+    // this Fleet's uid, when a Fleet of the same name is created again.
+    let rollouts: Api<FleetRollout> = Api::namespaced(ctx.client.clone(), namespace);
+    let owned = rollouts
+        .list(&ListParams::default().labels(&format!("{FLEET_LABEL}={name}")))
         .await
-        .map_err(|e| Error::kube(format!("deleting the Lease of Fleet {namespace}/{name}"), e))?;
+        .map_err(|e| Error::kube(format!("listing the FleetRollouts of Fleet {namespace}/{name}"), e))?;
+    for resource in owned.items {
+        let resource_name = resource.name_any();
+        match rollouts.delete(&resource_name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(format!("deleting FleetRollout {namespace}/{resource_name}"), e))
+            }
+        }
+    }
+    ctx.leases.release(namespace, &lease_name(&name)).await.map_err(|source| Error::Lease {
+        namespace: namespace.into(),
+        name: lease_name(&name),
+        source,
+    })?;
     tracing::info!(fleet = %name, namespace, "fleet deleted; engine stopped");
     Ok(Action::await_change())
 }
@@ -346,7 +469,9 @@ async fn serve_standby(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<
         }
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(url) = database_url(fleet, ctx, &secrets, namespace).await? else { return Ok(()) };
+    let Some(url) = database_url(fleet, &ctx.settings.database, &secrets, namespace).await? else {
+        return Ok(());
+    };
     if !url.starts_with("postgres") {
         return Ok(());
     }
@@ -361,245 +486,80 @@ async fn serve_standby(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<
     Ok(())
 }
 
-/// The inventory database of a fleet: its Secret's URL, else the controller's default.
-async fn database_url(
-    fleet: &Fleet,
-    ctx: &Context,
-    secrets: &Api<Secret>,
-    namespace: &str,
-) -> Result<Option<String>, Error> {
-    match &fleet.spec.inventory.database_secret_ref {
-        Some(r) => {
-            let data = secret_data(secrets, namespace, &r.name).await?;
-            let url = data.get(&r.key).map(|b| text(b)).ok_or_else(|| Error::Secret {
-                namespace: namespace.into(),
-                name: r.name.clone(),
-                reason: format!("has no key {:?}", r.key),
-            })?;
-            Ok(Some(url.trim().to_string()))
-        }
-        None => Ok(ctx.settings.database.clone()),
-    }
-}
-
 /// The engine of a fleet, built (or rebuilt when the spec changed) from its spec and the
 /// Secrets it references.
 async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mutex<FleetEngine>>, Error> {
     let name = fleet.name_any();
     let key = key(namespace, &name);
     if let Some(engine) = ctx.engines.lock().await.get(&key) {
-        if engine.lock().await.spec == fleet.spec {
+        // Suspending or resuming keeps the engine: it only changes what a pass does.
+        let spec = &engine.lock().await.spec;
+        let unchanged = FleetSpec { suspend: fleet.spec.suspend, ..spec.clone() } == fleet.spec;
+        if unchanged {
             return Ok(engine.clone());
         }
     }
-    let data = ctx.data_dir(namespace, &name);
-    std::fs::create_dir_all(&data)
-        .map_err(|e| Error::spec(namespace, &name, format!("cannot create {}: {e}", data.display())))?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let spec = &fleet.spec;
-
-    let reference =
-        match (&spec.source.reference.branch, &spec.source.reference.tag, &spec.source.reference.commit) {
-            (Some(b), None, None) => GitReference::Branch(b.clone()),
-            (None, Some(t), None) => GitReference::Tag(t.clone()),
-            (None, None, Some(c)) => GitReference::Commit(c.clone()),
-            _ => {
-                return Err(Error::spec(
-                    namespace,
-                    &name,
-                    "source.ref: set exactly one of branch, tag and commit",
-                ))
-            }
-        };
-    let interval = parse_duration(&spec.source.interval)
-        .map_err(|e| Error::spec(namespace, &name, format!("source.interval: {e}")))?;
-    let mut source = SourceSpec::new(spec.source.url.clone(), reference.clone());
-    source.path = spec.source.path.clone();
-    source.interval = interval;
-    source.jitter = Duration::ZERO;
-    if let Some(secret) = &spec.source.secret_ref {
-        let data = secret_data(&secrets, namespace, &secret.name).await?;
-        source.auth = git_auth(&data, &ctx.data_dir(namespace, &name)).map_err(|reason| Error::Secret {
-            namespace: namespace.into(),
-            name: secret.name.clone(),
-            reason,
-        })?;
-    }
-    if let Some(verify) = &spec.source.verify {
-        let data = secret_data(&secrets, namespace, &verify.secret_ref.name).await?;
-        source.verify = VerifySpec {
-            mode: match verify.mode {
-                VerifyMode::None => crate::source::VerifyMode::None,
-                VerifyMode::Head => crate::source::VerifyMode::Head,
-            },
-            allowed_signers: data.get("allowedSigners").map(|b| text(b)).unwrap_or_default(),
-            openpgp_keys: data.get("openpgpKeys").map(|b| vec![text(b)]).unwrap_or_default(),
-        };
-    }
-
-    let keys_dir = data.join("keys");
-    let keys = match &spec.tuf.keys_secret_ref {
-        Some(secret) => {
-            let files = secret_data(&secrets, namespace, &secret.name).await?;
-            write_keys(&keys_dir, &files).map_err(|reason| Error::Secret {
-                namespace: namespace.into(),
-                name: secret.name.clone(),
-                reason,
-            })?;
-            KeyDir::open(&keys_dir).map_err(|e| Error::spec(namespace, &name, format!("TUF keys: {e}")))?
-        }
-        None if keys_dir.join("roots").is_dir() => {
-            KeyDir::open(&keys_dir).map_err(|e| Error::spec(namespace, &name, format!("TUF keys: {e}")))?
-        }
-        None => {
-            tracing::warn!(fleet = %name, "no tuf.keysSecretRef: creating keys in the data volume (trials only)");
-            KeyDir::init(&keys_dir, 1, 1, SignedDuration::from_hours(24 * 365))
-                .map_err(|e| Error::spec(namespace, &name, format!("creating TUF keys: {e}")))?
-                .0
-        }
-    };
-    let database = database_url(fleet, ctx, &secrets, namespace).await?;
-    let expiries = expiries(spec).map_err(|e| Error::spec(namespace, &name, e))?;
-
-    let mut config = RunConfig::new(spec.source.url.clone(), data.clone());
-    config.reference = reference;
-    config.path = spec.source.path.clone();
-    config.poll_interval = interval;
-    config.database = database;
-    config.keys = Some(keys_dir);
-    config.engine = ctx.settings.engine;
-    config.expiries = expiries;
+    let settings::FleetSettings { config, source, keys, webhook_secret } =
+        settings::read(fleet, &ctx.client, &ctx.settings, namespace).await?;
     let store = Store::open(&config.database_url())
         .await
         .map_err(|e| Error::spec(namespace, &name, format!("cannot open the inventory: {e}")))?;
     let device_api =
         DeviceApi::new(store.clone(), ApiConfig { tuf_dir: Some(config.tuf_dir()), ..ApiConfig::default() });
+    let mut router = device_api.router();
+    let poll_now = Arc::new(AtomicBool::new(false));
+    let mut webhook_task = None;
+    if let Some(secret) = webhook_secret {
+        let wake = Arc::new(Notify::new());
+        let hook =
+            Webhook::new(secret, wake.clone()).map_err(|e| Error::spec(namespace, &name, e.to_string()))?;
+        router = router.merge(hook.router());
+        // A push event makes the next pass (due within the step interval) poll the source.
+        let poll_now = poll_now.clone();
+        webhook_task = Some(tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                poll_now.store(true, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Reconciler::with_source takes the source in full, credentials and verification included.
     let reconciler = Reconciler::with_source(config, source, keys, store.clone(), Some(device_api.clone()))
         .map_err(|e| Error::run(namespace, &name, e))?;
     ctx.standby.lock().await.remove(&key);
-    ctx.routes.insert(namespace, &name, device_api.router());
+    ctx.routes.insert(namespace, &name, router);
     let engine = Arc::new(Mutex::new(FleetEngine {
         spec: fleet.spec.clone(),
         reconciler,
         store,
-        refused: None,
-        step_error: None,
-        fetch_error: None,
+        outcome: Outcome::default(),
         next_poll: SystemTime::UNIX_EPOCH,
+        last_fetch: None,
+        poll_now,
+        webhook_task,
     }));
     ctx.engines.lock().await.insert(key, engine.clone());
     tracing::info!(fleet = %name, namespace, "engine started");
     Ok(engine)
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
-}
-
-fn expiries(spec: &FleetSpec) -> Result<Expiries, String> {
-    let mut out = Expiries::default();
-    if let Some(e) = &spec.tuf.expiries {
-        for (field, value, slot) in [
-            ("timestamp", &e.timestamp, &mut out.timestamp),
-            ("snapshot", &e.snapshot, &mut out.snapshot),
-            ("targets", &e.targets, &mut out.targets),
-        ] {
-            if let Some(text) = value {
-                let d = parse_duration(text).map_err(|e| format!("tuf.expiries.{field}: {e}"))?;
-                *slot = SignedDuration::try_from(d).map_err(|e| format!("tuf.expiries.{field}: {e}"))?;
-            }
+/// The Event of an operator's change to a FleetRollout.
+fn describe_change(change: &OperatorChange) -> (&'static str, String) {
+    let rollout = &change.rollout;
+    match change.action {
+        RolloutAction::Pause => ("RolloutPaused", format!("rollout {rollout} paused (spec.paused)")),
+        RolloutAction::Resume => {
+            ("RolloutResumed", format!("rollout {rollout} resumed (spec.paused: false)"))
         }
+        RolloutAction::Approve(wave) => (
+            "WaveApproved",
+            match wave {
+                Some(index) => format!("rollout {rollout}: wave {} approved (spec.approvedWaves)", index + 1),
+                None => format!("rollout {rollout}: next wave approved"),
+            },
+        ),
+        RolloutAction::Abort => ("RolloutAborted", format!("rollout {rollout} aborted (spec.abort)")),
     }
-    Ok(out)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-async fn secret_data(
-    secrets: &Api<Secret>,
-    namespace: &str,
-    name: &str,
-) -> Result<HashMap<String, Vec<u8>>, Error> {
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| Error::kube(format!("reading Secret {namespace}/{name}"), e))?
-        .ok_or_else(|| Error::Secret {
-            namespace: namespace.into(),
-            name: name.into(),
-            reason: "not found".into(),
-        })?;
-    let mut out: HashMap<String, Vec<u8>> =
-        secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    for (k, v) in secret.string_data.unwrap_or_default() {
-        out.insert(k, v.into_bytes());
-    }
-    Ok(out)
-}
-
-/// Git credentials from a Secret's keys: `token`; `username` and `password`; or
-/// `identity` (an SSH private key, written to the fleet's data directory), `passphrase`
-/// and `known_hosts` (the server's host keys, checked when given).
-fn git_auth(data: &HashMap<String, Vec<u8>>, dir: &Path) -> Result<Auth, String> {
-    if let Some(token) = data.get("token") {
-        return Ok(Auth::Token(text(token).trim().to_string()));
-    }
-    if let (Some(user), Some(password)) = (data.get("username"), data.get("password")) {
-        return Ok(Auth::Basic { user: text(user), password: text(password) });
-    }
-    if let Some(identity) = data.get("identity") {
-        let path = dir.join("git-identity");
-        write_private(&path, identity).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        let known_hosts = match data.get("known_hosts") {
-            Some(hosts) => {
-                let file = dir.join("git-known-hosts");
-                write_private(&file, hosts).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-                Some(file)
-            }
-            None => None,
-        };
-        return Ok(Auth::SshKey { path, passphrase: data.get("passphrase").map(|p| text(p)), known_hosts });
-    }
-    Err("has none of `token`, `username` and `password`, or `identity`".into())
-}
-
-/// Writes the key directory from a Secret: `online.pk8`, `online.next.pk8`, and
-/// `<version>.root.json` files into `roots/`.
-fn write_keys(dir: &Path, files: &HashMap<String, Vec<u8>>) -> Result<(), String> {
-    if !files.contains_key("online.pk8") {
-        return Err("has no `online.pk8` (the online TUF key)".into());
-    }
-    if !files.keys().any(|k| k.ends_with(".root.json")) {
-        return Err("has no `<version>.root.json` (the signed roots)".into());
-    }
-    let roots = dir.join("roots");
-    std::fs::create_dir_all(&roots).map_err(|e| format!("cannot create {}: {e}", roots.display()))?;
-    for (name, bytes) in files {
-        let path = match name.as_str() {
-            "online.pk8" | "online.next.pk8" => dir.join(name),
-            n if n.ends_with(".root.json") => roots.join(n),
-            _ => continue,
-        };
-        if std::fs::read(&path).is_ok_and(|old| old == *bytes) {
-            continue;
-        }
-        let _ = std::fs::remove_file(&path);
-        write_private(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// The Kubernetes Event for an engine event: halts are Warnings, the rest Normal.
@@ -629,167 +589,5 @@ fn describe(event: &EngineEvent) -> (EventType, &'static str, String) {
         EngineEvent::RolloutAborted { rollout, reason } => {
             (EventType::Normal, "RolloutAborted", format!("rollout {rollout} aborted: {reason}"))
         }
-    }
-}
-
-async fn publish(
-    ctx: &Context,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut end = 1000;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    let event =
-        KubeEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    // An Event that cannot be written is logged, never fatal: Events are for people.
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
-        tracing::warn!(reason, "cannot publish a Kubernetes Event: {e}");
-    }
-}
-
-fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-        observed_generation: None,
-    }
-}
-
-fn unknown(type_: &str, reason: &str, message: &str) -> Condition {
-    Condition { status: "Unknown".into(), ..condition(type_, false, reason, message.into()) }
-}
-
-fn fleet_status(fleet: &Fleet, engine: &FleetEngine, active: u64) -> FleetStatus {
-    let source = engine.reconciler.source().status();
-    let applied = source.last_applied.as_ref().map(|r| r.commit.to_string());
-    let attempted = source.last_attempted.as_ref().map(|r| r.commit.to_string());
-    let source_ready = match (&engine.fetch_error, &attempted) {
-        (Some(e), _) => condition("SourceReady", false, "FetchFailed", e.clone()),
-        (None, Some(commit)) => condition("SourceReady", true, "Fetched", format!("fetched commit {commit}")),
-        (None, None) => unknown("SourceReady", "Fetching", "the source has not been fetched yet"),
-    };
-    let validated = match (&engine.refused, &applied) {
-        (Some((commit, errors)), _) => condition(
-            "Validated",
-            false,
-            "CommitRefused",
-            format!(
-                "commit {commit} refused with {} errors; the last good commit stays in force:\n{}",
-                errors.len(),
-                errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
-            ),
-        ),
-        (None, Some(commit)) => condition("Validated", true, "Compiled", format!("commit {commit} compiles")),
-        (None, None) => unknown("Validated", "Pending", "no commit compiled yet"),
-    };
-    let published = match (&engine.step_error, &applied) {
-        (Some(e), _) => condition("Published", false, "PublishFailed", e.clone()),
-        (None, Some(commit)) => condition(
-            "Published",
-            true,
-            "Published",
-            format!("instructions of commit {commit} published; {active} active rollouts"),
-        ),
-        (None, None) => unknown("Published", "Pending", "nothing published yet"),
-    };
-    let parts = [&source_ready, &validated, &published];
-    let ready = match parts.iter().find(|c| c.status != "True") {
-        None => condition("Ready", true, "Reconciled", "the fleet is reconciled".into()),
-        Some(c) => Condition { type_: "Ready".into(), ..(*c).clone() },
-    };
-    let devices = engine.reconciler.desired().map(|d| d.fleet.devices().len() as u64);
-    FleetStatus {
-        conditions: vec![ready, source_ready, validated, published],
-        observed_generation: fleet.metadata.generation,
-        last_applied_commit: applied,
-        last_attempted_commit: attempted,
-        devices,
-        active_rollouts: Some(active),
-    }
-}
-
-fn suspended_status(fleet: &Fleet) -> FleetStatus {
-    let mut status = fleet.status.clone().unwrap_or_default();
-    status.observed_generation = fleet.metadata.generation;
-    let suspended = condition("Ready", false, "Suspended", "spec.suspend is set".into());
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.insert(0, suspended);
-    status
-}
-
-fn not_ready_status(fleet: &Fleet, reason: &str, message: &str) -> FleetStatus {
-    let mut status = fleet.status.clone().unwrap_or_default();
-    status.observed_generation = fleet.metadata.generation;
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.insert(0, condition("Ready", false, reason, message.into()));
-    status
-}
-
-/// Writes the status with server-side apply when it differs from the one the API server
-/// has. A condition keeps its transition time while its status stays.
-async fn write_status(api: &Api<Fleet>, fleet: &Fleet, mut status: FleetStatus) -> Result<(), Error> {
-    let old = fleet.status.clone().unwrap_or_default();
-    let now = Timestamp::now().to_string();
-    for c in &mut status.conditions {
-        c.observed_generation = fleet.metadata.generation;
-        c.last_transition_time = match old.conditions.iter().find(|o| o.type_ == c.type_) {
-            Some(o) if o.status == c.status => o.last_transition_time.clone(),
-            _ => now.clone(),
-        };
-    }
-    if status == old {
-        return Ok(());
-    }
-    let name = fleet.name_any();
-    let patch = json!({
-        "apiVersion": Fleet::api_version(&()),
-        "kind": Fleet::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|e| Error::kube(format!("writing the status of Fleet {name}"), e))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod git_auth_tests {
-    use super::*;
-
-    #[test]
-    fn secrets_map_to_credentials() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = |pairs: &[(&str, &str)]| -> HashMap<String, Vec<u8>> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
-        };
-        assert_eq!(git_auth(&data(&[("token", "t0ken\n")]), dir.path()), Ok(Auth::Token("t0ken".into())));
-        let ssh = git_auth(
-            &data(&[
-                ("identity", "KEY"),
-                ("passphrase", "p"),
-                ("known_hosts", "example.com ssh-ed25519 AAAA"),
-            ]),
-            dir.path(),
-        )
-        .unwrap();
-        let Auth::SshKey { path, passphrase, known_hosts: Some(known_hosts) } = ssh else {
-            panic!("{ssh:?}")
-        };
-        assert_eq!(std::fs::read_to_string(path).unwrap(), "KEY");
-        assert_eq!(passphrase.as_deref(), Some("p"));
-        assert_eq!(std::fs::read_to_string(known_hosts).unwrap(), "example.com ssh-ed25519 AAAA");
-        assert!(git_auth(&data(&[("user", "x")]), dir.path()).is_err());
     }
 }

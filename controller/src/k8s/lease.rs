@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::{Api, Client};
 
 /// The Lease of a fleet.
@@ -107,13 +107,37 @@ impl Leases {
         Ok(held)
     }
 
-    /// Gives the Lease up (the fleet is deleted): forgets it and deletes it.
+    /// Gives the Lease up (the fleet is deleted, or the replica stops): forgets it, and
+    /// deletes it only while the API server still names this replica its holder. The
+    /// delete is conditional on the uid and `resourceVersion` just read, so a replica that
+    /// took the Lease over meanwhile (this one's clock ran past the expiry while it
+    /// stalled, say) keeps it: its write makes the delete fail with `409 Conflict`.
     pub async fn release(&self, namespace: &str, name: &str) -> Result<(), kube::Error> {
         self.held.lock().expect("lease table").remove(&key(namespace, name));
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        match api.delete(name, &DeleteParams::default()).await {
+        let Some(lease) = api.get_opt(name).await? else { return Ok(()) };
+        let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+        if holder != Some(self.identity.as_str()) {
+            tracing::info!(lease = name, namespace, ?holder, "not releasing a Lease another replica holds");
+            return Ok(());
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: lease.metadata.uid.clone(),
+                resource_version: lease.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                tracing::info!(
+                    lease = name,
+                    namespace,
+                    "the Lease changed hands before it could be released"
+                );
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

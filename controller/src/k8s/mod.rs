@@ -6,11 +6,14 @@
 //! leader election ([`lease`]).
 
 pub mod crd;
+pub mod events;
 pub mod fleet;
 pub mod lease;
 pub mod metrics;
 pub mod rollout;
 pub mod serve;
+mod settings;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +36,17 @@ pub enum Error {
     Kube {
         /// What the request was for.
         context: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Taking, renewing or releasing a fleet's Lease failed.
+    #[error("Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
         /// The client's error.
         #[source]
         source: kube::Error,

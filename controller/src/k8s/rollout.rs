@@ -5,6 +5,7 @@
 //! `abort`), which map onto [`control::act`] — the same path as the CLI and the HTTP API.
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -28,7 +29,10 @@ pub fn resource_name(fleet: &str, rollout: &str) -> String {
 
 /// The actions that bring a rollout to what an operator set in the FleetRollout's spec.
 /// Fields left unset leave the rollout alone (the CLI may have paused it).
-pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus) -> Vec<Action> {
+/// `spec_changed` says the spec's generation is newer than the one the status last
+/// acknowledged: setting `paused: false` then also resumes a halted rollout (the engine
+/// halted it, not a pause), once, for that change of the spec.
+pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus, spec_changed: bool) -> Vec<Action> {
     if matches!(rollout.phase.as_str(), "completed" | "aborted") {
         return Vec::new();
     }
@@ -38,7 +42,9 @@ pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus) -> Vec
     let mut actions = Vec::new();
     match spec.paused {
         Some(true) if !rollout.paused => actions.push(Action::Pause),
-        Some(false) if rollout.paused => actions.push(Action::Resume),
+        Some(false) if rollout.paused || (spec_changed && rollout.phase == "halted") => {
+            actions.push(Action::Resume)
+        }
         _ => {}
     }
     for number in spec.approved_waves.iter().flatten() {
@@ -50,12 +56,25 @@ pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus) -> Vec
     actions
 }
 
-/// Applies what operators changed in FleetRollouts to the engine's rollouts.
+/// An operator's change to a FleetRollout that took effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorChange {
+    /// The FleetRollout changed.
+    pub resource: ObjectReference,
+    /// The rollout id.
+    pub rollout: String,
+    /// What was done.
+    pub action: Action,
+}
+
+/// Applies what operators changed in FleetRollouts to the engine's rollouts; returns
+/// what took effect.
 pub async fn apply_operator_changes(
     store: &Store,
     existing: &[FleetRollout],
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Vec<OperatorChange>, Error> {
+    let mut changes = Vec::new();
     for resource in existing {
         let id = &resource.spec.rollout_id;
         let Some(rollout) = control::status(store, id, SignedDuration::ZERO, now)
@@ -64,17 +83,23 @@ pub async fn apply_operator_changes(
         else {
             continue;
         };
-        for action in operator_actions(&resource.spec, &rollout) {
+        let acknowledged = resource.status.as_ref().and_then(|s| s.observed_generation);
+        let spec_changed = resource.metadata.generation > acknowledged;
+        for action in operator_actions(&resource.spec, &rollout, spec_changed) {
             tracing::info!(rollout = %id, ?action, resource = %resource.name_any(), "operator change");
             match control::act(store, id, action, now).await {
-                Ok(_) => {}
+                Ok(_) => changes.push(OperatorChange {
+                    resource: resource.object_ref(&()),
+                    rollout: id.clone(),
+                    action,
+                }),
                 // Nothing to change any more (finished meanwhile): the status will say so.
                 Err(ControlError::Conflict(reason)) => tracing::info!(rollout = %id, "{reason}"),
                 Err(e) => return Err(Error::Rollout { rollout: id.clone(), source: e }),
             }
         }
     }
-    Ok(())
+    Ok(changes)
 }
 
 /// The status a FleetRollout shows for a rollout.
@@ -109,32 +134,33 @@ pub fn rollout_status(rollout: &RolloutStatus, generation: Option<i64>) -> Fleet
     }
 }
 
-/// Creates the FleetRollouts of new rollouts and writes the status of those that changed.
-/// Returns how many rollouts are active (neither completed nor aborted).
+/// Creates the FleetRollouts of new rollouts, gives FleetRollouts left by an earlier Fleet
+/// of the same name to this one, and writes the status of those that changed. A finished
+/// (completed or aborted) rollout's status is written once and then kept: its counts
+/// describe the rollout, not where its devices went afterwards. Returns every rollout.
 pub async fn sync(
     api: &Api<FleetRollout>,
     fleet: &Fleet,
     store: &Store,
     existing: &[FleetRollout],
     stale_after: SignedDuration,
-) -> Result<u64, Error> {
+) -> Result<Vec<RolloutStatus>, Error> {
     let fleet_name = fleet.name_any();
     let rollouts = control::list(store, stale_after, Timestamp::now())
         .await
         .map_err(|e| Error::Rollout { rollout: "*".into(), source: ControlError::Store(e) })?;
-    let owner = fleet.controller_owner_ref(&()).ok_or_else(|| Error::Spec {
+    let mut owner = fleet.controller_owner_ref(&()).ok_or_else(|| Error::Spec {
         namespace: fleet.namespace().unwrap_or_default(),
         name: fleet_name.clone(),
         reason: "has no uid".into(),
     })?;
+    // The Fleet cannot be deleted in the foreground before its FleetRollouts are.
+    owner.block_owner_deletion = Some(true);
     let params = PatchParams::apply(MANAGER).force();
-    let mut active = 0;
     for rollout in &rollouts {
-        if !matches!(rollout.phase.as_str(), "completed" | "aborted") {
-            active += 1;
-        }
         let name = resource_name(&fleet_name, &rollout.id);
         let current = existing.iter().find(|r| r.spec.rollout_id == rollout.id);
+        let owned = current.is_some_and(|r| r.owner_references().iter().any(|o| o.uid == owner.uid));
         if current.is_none() {
             let spec = FleetRolloutSpec {
                 fleet: fleet_name.clone(),
@@ -169,10 +195,23 @@ pub async fn sync(
             api.patch(&name, &params, &Patch::Apply(&patch))
                 .await
                 .map_err(|e| Error::kube(format!("creating FleetRollout {name}"), e))?;
+        } else if !owned {
+            // Left by a deleted Fleet of this name (its uid is gone): owned by this one now,
+            // with a merge patch so that the operators' spec fields stay as they are.
+            let patch = json!({"metadata": {"ownerReferences": [owner]}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| Error::kube(format!("adopting FleetRollout {name}"), e))?;
+        }
+        let old = current.and_then(|r| r.status.as_ref());
+        if old
+            .is_some_and(|s| s.phase == rollout.phase && matches!(s.phase.as_str(), "completed" | "aborted"))
+        {
+            continue;
         }
         let generation = current.and_then(|r| r.metadata.generation).or(Some(1));
         let status = rollout_status(rollout, generation);
-        if current.and_then(|r| r.status.as_ref()) == Some(&status) {
+        if old == Some(&status) {
             continue;
         }
         let patch = json!({
@@ -184,5 +223,5 @@ pub async fn sync(
             .await
             .map_err(|e| Error::kube(format!("writing the status of FleetRollout {name}"), e))?;
     }
-    Ok(active)
+    Ok(rollouts)
 }

@@ -42,7 +42,7 @@ pub fn device_router(routes: FleetRoutes) -> Router {
 async fn forward(
     State(routes): State<FleetRoutes>,
     Path((namespace, name, rest)): Path<(String, String, String)>,
-    mut request: Request,
+    request: Request,
 ) -> Response {
     let Some(router) = routes.get(&namespace, &name) else {
         return (StatusCode::NOT_FOUND, format!("fleet {namespace}/{name} is not served by this replica"))
@@ -52,11 +52,19 @@ async fn forward(
         Some(query) => format!("/{rest}?{query}"),
         None => format!("/{rest}"),
     };
-    match path.parse() {
-        Ok(uri) => *request.uri_mut() = uri,
-        Err(_) => return (StatusCode::BAD_REQUEST, "invalid path").into_response(),
-    }
-    match router.oneshot(request).await {
+    let Ok(uri) = path.parse() else {
+        return (StatusCode::BAD_REQUEST, "invalid path").into_response();
+    };
+    // A fresh request, not the outer one with its URI replaced: axum keeps a route's path
+    // parameters in the request's extensions and appends an inner route's to them, so the
+    // fleet's routes would see this route's three parameters before their own.
+    let (parts, body) = request.into_parts();
+    let mut inner = Request::new(body);
+    *inner.method_mut() = parts.method;
+    *inner.uri_mut() = uri;
+    *inner.version_mut() = parts.version;
+    *inner.headers_mut() = parts.headers;
+    match router.oneshot(inner).await {
         Ok(response) => response,
         Err(never) => match never {},
     }

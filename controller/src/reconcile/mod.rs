@@ -118,7 +118,8 @@ impl RunConfig {
     }
 }
 
-/// Why the controller could not start, or why one step of its loop failed.
+/// Why the controller could not start, or why one step of its loop failed. The large
+/// errors are boxed: the Kubernetes controller carries this one in its own.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
@@ -136,7 +137,7 @@ pub enum RunError {
         action: &'static str,
         dir: PathBuf,
         #[source]
-        source: PublishError,
+        source: Box<PublishError>,
     },
     /// The TUF repository could not be opened or created.
     #[error("cannot {action} the TUF repository {dir}: {source}")]
@@ -144,17 +145,17 @@ pub enum RunError {
         action: &'static str,
         dir: PathBuf,
         #[source]
-        source: PublishError,
+        source: Box<PublishError>,
     },
     /// The inventory database could not be opened or used.
     #[error(transparent)]
-    Inventory(#[from] StoreError),
+    Inventory(Box<StoreError>),
     /// The inventory does not match the published TUF repository.
     #[error("{0}")]
-    Mismatch(#[from] Mismatch),
+    Mismatch(Box<Mismatch>),
     /// The source settings (or the webhook's) cannot be used.
     #[error("invalid source settings: {0}")]
-    Source(#[source] SourceError),
+    Source(#[source] Box<SourceError>),
     /// The listening address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -165,6 +166,12 @@ pub enum RunError {
     /// Work the pass ran off the async threads (Git, the compiler) panicked.
     #[error("the {what} panicked (see the log); the pass is retried")]
     Panicked { what: &'static str },
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> RunError {
+        RunError::Inventory(Box::new(e))
+    }
 }
 
 /// Where one [`Reconciler::sync_source`] spent its time.
@@ -283,7 +290,8 @@ impl Reconciler {
         store: Store,
         api: Option<Arc<Api>>,
     ) -> Result<Reconciler, RunError> {
-        let source = GitSource::new(spec, &config.data.join("source")).map_err(RunError::Source)?;
+        let source =
+            GitSource::new(spec, &config.data.join("source")).map_err(|e| RunError::Source(Box::new(e)))?;
         Ok(Reconciler {
             timings: SyncTimings::default(),
             declared_digest: None,
@@ -425,18 +433,29 @@ impl Reconciler {
     }
 
     /// Upkeep of the published TUF repository, for the controllers to call after each
-    /// pass: what expires within a day is re-signed (hourly, so that an idle fleet's
-    /// timestamp never runs out), and what the last `tuf_keep_snapshots` snapshots no
-    /// longer name is pruned (an hour after start, then daily; never when it is 0).
-    /// Nothing before the first applied commit. Failures are logged, and tried again
-    /// when next due.
+    /// pass: what expires within a day is re-signed (hourly, or every quarter of the
+    /// timestamp's period when shorter, so that an idle fleet's timestamp never runs out),
+    /// and what the last `tuf_keep_snapshots` snapshots no longer name is pruned (an hour
+    /// after start, then daily; never when it is 0). Nothing before a repository exists.
+    /// Failures are logged, and tried again when next due.
     pub fn maintain_repository(&mut self) {
         let now = Instant::now();
+        // A repository published before this process started is kept signed even while no
+        // commit is applied yet (a suspended Kubernetes Fleet after a restart).
+        if self.engine.is_none() && self.config.tuf_dir().join("waveguide-tuf.json").exists() {
+            match open_repository(&self.config, &self.keys, 0) {
+                Ok(repo) => self.engine = Some(Engine::new(self.store.clone(), repo, self.config.engine)),
+                Err(e) => tracing::error!(tuf = %self.config.tuf_dir().display(), "{e}"),
+            }
+        }
         if now >= self.next_refresh {
             if let Err(e) = self.with_repository(|repo| repo.refresh(REFRESH_MARGIN).map(drop)) {
                 tracing::error!(tuf = %self.config.tuf_dir().display(), "refreshing TUF expiries failed: {e}");
             }
-            self.next_refresh = now + REFRESH_EVERY;
+            // Hourly, or four times per timestamp period when that is shorter, so that a
+            // short-lived timestamp never runs out between two refreshes.
+            let quarter = Duration::try_from(self.config.expiries.timestamp / 4).unwrap_or(REFRESH_EVERY);
+            self.next_refresh = now + REFRESH_EVERY.min(quarter).max(Duration::from_secs(1));
         }
         let keep = self.config.tuf_keep_snapshots;
         if keep > 0 && now >= self.next_prune {
@@ -468,13 +487,14 @@ fn open_repository(config: &RunConfig, keys: &KeyDir, devices: usize) -> Result<
         Repository::open(&dir, keys).map_err(|source| RunError::Repository {
             action: "open",
             dir: dir.clone(),
-            source,
+            source: Box::new(source),
         })?
     } else {
         // Sized for the fleet at its first commit, with room to grow.
         let layout = BinLayout::for_fleet(devices as u64 * 2);
-        Repository::create(&dir, keys, RepoConfig { layout, expiries: config.expiries })
-            .map_err(|source| RunError::Repository { action: "create", dir: dir.clone(), source })?
+        Repository::create(&dir, keys, RepoConfig { layout, expiries: config.expiries }).map_err(
+            |source| RunError::Repository { action: "create", dir: dir.clone(), source: Box::new(source) },
+        )?
     };
     repo.set_expiries(config.expiries);
     Ok(repo)

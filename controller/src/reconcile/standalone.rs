@@ -109,7 +109,11 @@ pub async fn start(
     std::fs::create_dir_all(&config.data).map_err(io("create", &config.data))?;
     let keys_dir = config.keys_dir();
     let keys = if keys_dir.join("roots").is_dir() {
-        KeyDir::open(&keys_dir).map_err(|source| RunError::Keys { action: "open", dir: keys_dir, source })?
+        KeyDir::open(&keys_dir).map_err(|source| RunError::Keys {
+            action: "open",
+            dir: keys_dir,
+            source: Box::new(source),
+        })?
     } else {
         tracing::warn!(
             dir = %keys_dir.display(),
@@ -117,7 +121,7 @@ pub async fn start(
              root keys offline with `waveguide keys init` and pass --keys"
         );
         KeyDir::init(&keys_dir, 1, 1, SignedDuration::from_hours(24 * 365))
-            .map_err(|source| RunError::Keys { action: "create", dir: keys_dir, source })?
+            .map_err(|source| RunError::Keys { action: "create", dir: keys_dir, source: Box::new(source) })?
             .0
     };
     let store = Store::open(&config.database_url()).await?;
@@ -144,7 +148,7 @@ pub async fn start(
     ));
     if let Some(secret) = &config.webhook_secret {
         let hook = crate::source::webhook::Webhook::new(secret.as_bytes().to_vec(), wake.clone())
-            .map_err(RunError::Source)?;
+            .map_err(|e| RunError::Source(Box::new(e)))?;
         router = router.merge(hook.router());
     }
     let (status_tx, status) = watch::channel(RunStatus::default());

@@ -60,10 +60,18 @@ pub async fn check_inventory_matches(tuf: &Path, store: &Store, database: &str) 
     let published = tokio::task::spawn_blocking(move || sample_instructions(&dir, SAMPLE))
         .await
         .map_err(|_| RunError::Panicked { what: "TUF repository check" })?
-        .map_err(|source| RunError::Repository { action: "read", dir: tuf.to_owned(), source })?;
+        .map_err(|source| RunError::Repository {
+            action: "read",
+            dir: tuf.to_owned(),
+            source: Box::new(source),
+        })?;
     let Some(first) = published.first() else { return Ok(()) };
     let mismatch = |reason: String| {
-        Err(RunError::Mismatch(Mismatch { database: database.to_owned(), tuf: tuf.to_owned(), reason }))
+        Err(RunError::Mismatch(Box::new(Mismatch {
+            database: database.to_owned(),
+            tuf: tuf.to_owned(),
+            reason,
+        })))
     };
     let rollouts: HashSet<String> = store.rollouts().await?.into_iter().map(|r| r.id).collect();
     if rollouts.is_empty() && store.devices_count().await? == 0 {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test crate uses only some of these.
 
+pub mod kube;
 pub mod postgres;
 pub mod run;
 pub mod tuf;
