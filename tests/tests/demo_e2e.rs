@@ -305,3 +305,58 @@ async fn demo_scenario_on_sqlite() {
 async fn demo_scenario_on_postgres() {
     scenario(Some(common::fresh_postgres_database().await)).await;
 }
+
+/// `waveguide demo` stops cleanly on SIGTERM in the middle of its run: devices and
+/// controller stopped, its summary printed, exit 0, and its temporary files removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut demo = common::waveguide()
+        .args(["demo", "--devices", "20", "--install-time", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(demo.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines {
+            let _ = tx.send(line);
+        }
+    });
+    let mut out = Vec::new();
+    let mut work = None;
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("the demo goes on");
+        if let Some(dir) = line.split("files in ").nth(1) {
+            work = Some(PathBuf::from(dir.trim()));
+        }
+        let started = line.contains("controller on http");
+        out.push(line);
+        if started {
+            break;
+        }
+    }
+    let work = work.expect("the demo says where its files are");
+    assert!(work.exists());
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) }, 0);
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = demo.kill();
+            panic!("the demo did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    out.extend(rx.try_iter());
+    std::thread::sleep(Duration::from_millis(200));
+    out.extend(rx.try_iter());
+    let out = out.join("\n");
+    assert!(status.success(), "{status}\n{out}");
+    assert!(out.contains("SIGTERM received") && out.contains("finished in"), "{out}");
+    assert!(!work.exists(), "{} is removed", work.display());
+}

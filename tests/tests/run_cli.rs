@@ -2,73 +2,27 @@
 //! port on 127.0.0.1 — with devices reporting over signed HTTP, and `waveguide rollout`
 //! steering the rollout through the operators' API.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use serde_json::Value;
+use waveguide::api::auth::DeviceKey;
 
 mod common;
-use common::{git, waveguide, KillOnDrop};
-
-struct Running {
-    _process: KillOnDrop,
-    base: String,
-    data: std::path::PathBuf,
-}
-
-/// Starts `waveguide run` with `source` (`--repo PATH` or `--source FILE`) and `extra`
-/// arguments, and waits for the address it prints.
-fn spawn(source: &[&std::ffi::OsStr], data: &Path, extra: &[&str]) -> Running {
-    let mut child = waveguide()
-        .arg("run")
-        .args(source)
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            // Shown when the test fails.
-            eprintln!("waveguide run: {line}");
-            if let Some(rest) = line.split("device API on http://").nth(1) {
-                let _ = tx.send(rest.split('/').next().unwrap().to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("waveguide run prints its address");
-    Running { _process: KillOnDrop(child), base: format!("http://{addr}"), data: data.to_owned() }
-}
+use common::run::{send_report, Run};
+use common::{git, waveguide};
 
 /// Starts `waveguide run` on a local repository and waits until its first commit is
 /// applied.
-async fn start(repo: &Path, data: &Path) -> Running {
-    let running = spawn(
-        &["--repo".as_ref(), repo.as_os_str()],
-        data,
-        &["--step-interval", "200ms", "--poll-interval", "1s"],
-    );
-    let base = running.base.clone();
-    // The first commit is applied (devices known, TUF repository created) once the
-    // timestamp is served.
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let served = reqwest::get(format!("{base}/tuf/metadata/timestamp.json")).await;
-        if served.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < until, "the first commit was not applied");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn start(repo: &Path, data: &Path) -> Run {
+    start_with(repo, data, &["--step-interval", "200ms", "--poll-interval", "1s"]).await
+}
+
+async fn start_with(repo: &Path, data: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--repo".as_ref(), repo.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let running = Run::spawn(data, &args);
+    running.wait_status("the first commit", Duration::from_secs(30), |s| s["commit"].is_string()).await;
     running
 }
 
@@ -102,23 +56,11 @@ fn fleet(dir: &Path, keys: &[(String, DeviceKey)], release: &str) {
 }
 
 async fn report(base: &str, id: &str, key: &DeviceKey, release: &str, version: &str, state: &str) {
-    let body =
-        serde_json::to_vec(&json!({"release": release, "version": version, "state": state, "healthy": true}))
-            .unwrap();
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/devices/{id}/reports"))
-        .header(TIMESTAMP_HEADER, ts.to_string())
-        .header(SIGNATURE_HEADER, key.sign_report(id, ts, &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let (status, body) = send_report(base, id, key, (release, version, state), None).await;
+    assert_eq!(status, 202, "{body}");
 }
 
-fn rollout(running: &Running, args: &[&str]) -> (bool, String, String) {
+fn rollout(running: &Run, args: &[&str]) -> (bool, String, String) {
     let out = waveguide()
         .args(["rollout", "--server", &running.base, "--data"])
         .arg(&running.data)
@@ -140,7 +82,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn show(running: &Running, id: &str) -> Value {
+fn show(running: &Run, id: &str) -> Value {
     let (ok, out, err) = rollout(running, &["--format", "json", "show", id]);
     assert!(ok, "{err}");
     serde_json::from_str(&out).unwrap()
@@ -149,15 +91,7 @@ fn show(running: &Running, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("fleet");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    let keys: Vec<(String, DeviceKey)> =
-        (0..3).map(|i| (format!("lab-{i}"), DeviceKey::generate())).collect();
-    fleet(&repo, &keys, "v1");
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "lab on v1"]);
-
+    let (repo, keys) = lab_repository(tmp.path());
     let running = start(&repo, &tmp.path().join("data")).await;
     for (id, key) in &keys {
         report(&running.base, id, key, "v1", "1.0.0", "idle").await;
@@ -273,7 +207,7 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let running = spawn(&["--source".as_ref(), source.as_os_str()], &data, &[]);
+    let running = Run::spawn(&data, &["--source".as_ref(), source.as_os_str()]);
     let reconcile = || {
         waveguide()
             .args(["reconcile", "--server", &running.base, "--data"])
@@ -307,4 +241,112 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains(&format!("in force:       {signed}")), "{stdout}");
+}
+
+/// A repository with three keyed devices on `v1`, committed.
+fn lab_repository(dir: &Path) -> (std::path::PathBuf, Vec<(String, DeviceKey)>) {
+    let repo = dir.join("fleet");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let keys: Vec<(String, DeviceKey)> =
+        (0..3).map(|i| (format!("lab-{i}"), DeviceKey::generate())).collect();
+    fleet(&repo, &keys, "v1");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "lab on v1"]);
+    (repo, keys)
+}
+
+/// An idle controller following a local repository fetches once per poll interval, not at
+/// every wake-up of its own file watcher (which its fetch's reads of the repository used
+/// to cause, about sixty times a second); a commit still wakes it at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_run_makes_almost_no_fetches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, keys) = lab_repository(tmp.path());
+    let running = start_with(&repo, &tmp.path().join("data"), &["--poll-interval", "1h"]).await;
+    let polls = |s: &Value| s["source"]["polls"].as_u64().unwrap();
+    let before = polls(&running.status().await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = polls(&running.status().await) - before;
+    assert!(idle <= 1, "{idle} fetches in 3 s of an idle run with an hour-long poll interval");
+
+    fleet(&repo, &keys, "v2");
+    git(&repo, &["commit", "-q", "-am", "lab to v2"]);
+    let head = common::git_stdout(&repo, &["rev-parse", "HEAD"]);
+    running.wait_status("the commit", Duration::from_secs(5), |s| s["commit"] == head.as_str()).await;
+    let after = polls(&running.status().await) - before;
+    assert!(after <= 4, "{after} fetches for one commit");
+}
+
+/// SIGTERM (what Kubernetes and systemd send) and SIGINT stop `waveguide run` the same
+/// way: the pass under way finishes, reports already accepted are in the inventory, and
+/// the process says so and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_and_sigint_stop_run_gracefully() {
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, keys) = lab_repository(tmp.path());
+        let data = tmp.path().join("data");
+        let mut running = start(&repo, &data).await;
+        let (id, key) = &keys[0];
+        report(&running.base, id, key, "v1", "1.0.0", "installed").await;
+        let status = running.signal_and_wait(signal, Duration::from_secs(15));
+        assert!(status.success(), "{name}: {status}");
+        assert!(running.logged(&format!("{name} received, stopping")), "{name}");
+        assert!(running.logged("waveguide: stopped"), "{name}");
+
+        let store = waveguide::inventory::store::Store::open(data.join("inventory.sqlite").to_str().unwrap())
+            .await
+            .unwrap();
+        let history = store.history(id, 10).await.unwrap();
+        assert_eq!(history.len(), 1, "{name}: the accepted report is stored");
+    }
+}
+
+/// `waveguide agent` stops on SIGTERM too: its step under way finishes, its state is
+/// saved, and it exits 0 saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, keys) = lab_repository(tmp.path());
+    let running = start(&repo, &tmp.path().join("data")).await;
+    let (id, key) = &keys[0];
+    let key_file = tmp.path().join("device.pk8");
+    std::fs::write(&key_file, key.pkcs8()).unwrap();
+    let state = tmp.path().join("state");
+    let mut agent = waveguide()
+        .args(["agent", "--server", &running.base, "--device-id", id, "--key"])
+        .arg(&key_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--root")
+        .arg(running.data.join("tuf/metadata/1.root.json"))
+        .args(["--release", "v1", "--version", "1.0.0", "--poll-interval", "1s", "--report-interval", "1s"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store_url = running.data.join("inventory.sqlite");
+    let store = waveguide::inventory::store::Store::open(store_url.to_str().unwrap()).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while store.history(id, 1).await.unwrap().is_empty() {
+        assert!(Instant::now() < until, "the agent did not report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    let until = Instant::now() + Duration::from_secs(20);
+    while agent.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = agent.kill();
+            panic!("the agent did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = agent.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("SIGTERM received, stopping") && stderr.contains("agent stopped"), "{stderr}");
+    assert!(state.read_dir().unwrap().next().is_some(), "the state is saved");
 }

@@ -427,7 +427,13 @@ impl Agent {
         loop {
             let wake = next_poll.min(self.next_report);
             tokio::select! {
-                () = &mut stop => return,
+                () = &mut stop => {
+                    // The step under way has finished (a stop is only taken between steps).
+                    if let Err(e) = self.save() {
+                        tracing::error!(device = %self.config.device_id, error = %e, "saving the agent state");
+                    }
+                    return;
+                }
                 () = tokio::time::sleep_until(wake) => {}
             }
             if Instant::now() >= next_poll {

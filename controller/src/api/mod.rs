@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /v1/enroll` | a device presents a group's enrollment token and its public key |
 //! | `POST /v1/devices/{id}/reports` | a signed report (see [`auth`]) |
-//! | `GET /healthz` | liveness and database reachability |
+//! | `GET /healthz` | liveness: the controller loop completes passes; the database answers |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /tuf/...` | the TUF repository's files (see [`tuf_files`]) |
 //!
@@ -43,6 +43,7 @@ pub use metrics::Metrics;
 pub use reports::ReportBody;
 
 use crate::inventory::store::Store;
+use crate::reconcile::LoopHealth;
 
 /// Most unknown device ids remembered at once.
 const MAX_UNKNOWN: usize = 100_000;
@@ -65,6 +66,9 @@ pub struct ApiConfig {
     pub tuf_dir: Option<PathBuf>,
     /// Most reports written in one transaction.
     pub max_batch: usize,
+    /// The health of the controller loop this API serves beside, if any: `/healthz`
+    /// answers from it, and `/metrics` adds its counters.
+    pub loop_health: Option<Arc<LoopHealth>>,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +78,7 @@ impl Default for ApiConfig {
             max_clock_skew: Duration::from_secs(30),
             tuf_dir: None,
             max_batch: 2000,
+            loop_health: None,
         }
     }
 }
@@ -207,13 +212,44 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
-async fn healthz(State(api): State<Arc<Api>>) -> Result<&'static str, ApiError> {
-    api.store.devices_count().await?;
-    Ok("ok\n")
+/// How long `/healthz` waits for the database: a probe must answer promptly even when the
+/// database hangs (a PostgreSQL server that stopped answering, a pool waiting for a
+/// connection).
+const HEALTH_PROBE: Duration = Duration::from_millis(800);
+
+/// `GET /healthz`. Beside a controller loop it is unhealthy (503) only when the loop is
+/// stuck: a database outage fails passes, but restarting would not end it, so it is
+/// reported in the body (and `/v1/status`, `/metrics`) while the answer stays 200. The
+/// device API alone is unhealthy when its database does not answer.
+async fn healthz(State(api): State<Arc<Api>>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let database = match tokio::time::timeout(HEALTH_PROBE, api.store.devices_count()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {HEALTH_PROBE:?}")),
+    };
+    let (healthy, controller) = match &api.config.loop_health {
+        Some(health) => {
+            let verdict = health.verdict(std::time::Instant::now());
+            (!verdict.stuck, Some(verdict))
+        }
+        None => (database.is_none(), None),
+    };
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "database": database.as_deref().unwrap_or("ok"),
+        "controller": controller,
+    });
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(State(api): State<Arc<Api>>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.metrics.encode())
+    let mut text = api.metrics.encode();
+    if let Some(health) = &api.config.loop_health {
+        health.encode_metrics(&mut text);
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
 /// Now, in Unix milliseconds.

@@ -104,14 +104,14 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<ExitCode> {
         });
     }
     tracing::info!(device = %args.device_id, server = %args.server, "agent started");
-    agent
-        .run_until(
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-            false,
-        )
-        .await;
+    let signal = super::shutdown_signal();
+    let stop = async {
+        let name = signal.await;
+        tracing::info!(device = %args.device_id, "{name} received, stopping");
+    };
+    // The step under way (an install, a report) finishes first; the state is saved.
+    agent.run_until(stop, false).await;
+    tracing::info!(device = %args.device_id, "agent stopped");
     Ok(ExitCode::SUCCESS)
 }
 

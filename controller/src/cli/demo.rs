@@ -1,6 +1,7 @@
 //! `waveguide demo`: the whole loop on one machine, with simulated devices.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ const KEY_SEED: &str = "waveguide-demo";
 
 pub fn run(args: &DemoArgs) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(demo(args)) {
+    match runtime.block_on(async { demo(args, super::shutdown_signal()).await }) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -72,7 +73,10 @@ fn example_fleet(args: &DemoArgs) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet")
 }
 
-async fn demo(args: &DemoArgs) -> Result<bool, String> {
+/// Runs the demo; a SIGTERM or SIGINT (`signal`) stops it cleanly at any point after the
+/// controller started: the devices and the controller stop, and the summary says where
+/// the files are. An interrupted demo has not failed: it ends with `Ok(true)`.
+async fn demo(args: &DemoArgs, signal: impl Future<Output = &'static str>) -> Result<bool, String> {
     let started = Instant::now();
     let (_temp, work) = match &args.dir {
         Some(dir) => {
@@ -112,13 +116,66 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
     config.poll_interval = Duration::from_secs(1);
     config.step_interval = Duration::from_millis(500);
     config.engine = EngineConfig { stale_after: SignedDuration::from_secs(30) };
-    let stale_after = config.engine.stale_after;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (controller, task) = reconcile::start(config.clone(), async move {
         let _ = stop_rx.await;
     })
     .await
     .map_err(|e| e.to_string())?;
+    let mut simulation = None;
+    let followed = {
+        let follow = follow(args, &config, &controller, &fleet, started, &mut simulation);
+        tokio::select! {
+            followed = follow => Some(followed),
+            name = signal => {
+                println!("{name} received: stopping the devices and the controller");
+                None
+            }
+        }
+    };
+    if let Some(simulation) = simulation {
+        simulation.stop().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = task.await;
+    let ended = match followed {
+        Some(followed) => {
+            let (ended, list) = followed?;
+            println!();
+            print!("{}", super::rollout::table(&list));
+            println!();
+            if !ended {
+                println!("gave up after {}", humantime::format_duration(args.timeout));
+            }
+            ended
+        }
+        None => true,
+    };
+    println!("finished in {:.0?}", started.elapsed());
+    let data = work.join("data");
+    println!("TUF repository: {}", data.join("tuf").display());
+    println!("inventory:      {}", data.join("inventory.sqlite").display());
+    println!("logs:           {}", log.display());
+    println!("fleet repo:     {}", fleet.repo.display());
+    if !keep {
+        println!("(removed on exit; run with --keep to keep them)");
+    }
+    Ok(ended)
+}
+
+/// The demo once the controller runs: waits for the first commit to be published, starts
+/// the simulated devices (into `simulation`, for the caller to stop), commits the change
+/// and follows the rollouts until they end or the timeout. Returns whether they ended, and
+/// the rollouts.
+async fn follow(
+    args: &DemoArgs,
+    config: &RunConfig,
+    controller: &reconcile::Controller,
+    fleet: &demo::DemoFleet,
+    started: Instant,
+    simulation: &mut Option<Simulation>,
+) -> Result<(bool, Vec<RolloutStatus>), String> {
+    let stale_after = config.engine.stale_after;
     let addr = controller.status.borrow().listening.ok_or("the controller has no address")?;
     let root = config.tuf_dir().join("metadata/1.root.json");
     wait_for("the first commit to be published", Duration::from_secs(30), || root.exists()).await?;
@@ -136,7 +193,7 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
     sim.install_time = args.install_time;
     sim.poll_interval = Duration::from_secs(1);
     sim.report_interval = Duration::from_secs(5);
-    let simulation = Simulation::start(sim, fleet.devices.clone()).map_err(|e| e.to_string())?;
+    *simulation = Some(Simulation::start(sim, fleet.devices.clone()).map_err(|e| e.to_string())?);
 
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let online = bars.add(ProgressBar::new(fleet.devices.len() as u64));
@@ -156,7 +213,7 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
     }
     online.finish_with_message("all reporting, all up to date");
 
-    let commit = demo::commit_change(&fleet)?;
+    let commit = demo::commit_change(fleet)?;
     println!(
         "committed {}: stable → edge-os 1.5.0, gateways → 2.0.0 (manual approval), apac → {BETA_RELEASE} \
          (fails on {:.0}% of devices)",
@@ -266,26 +323,7 @@ async fn demo(args: &DemoArgs) -> Result<bool, String> {
     }
     drop(bars);
 
-    simulation.stop().await;
-    let _ = stop_tx.send(());
-    let _ = task.await;
-
-    println!();
-    print!("{}", super::rollout::table(&list));
-    println!();
-    if !ended {
-        println!("gave up after {}", humantime::format_duration(args.timeout));
-    }
-    println!("finished in {:.0?}", started.elapsed());
-    let data = work.join("data");
-    println!("TUF repository: {}", data.join("tuf").display());
-    println!("inventory:      {}", data.join("inventory.sqlite").display());
-    println!("logs:           {}", log.display());
-    println!("fleet repo:     {}", fleet.repo.display());
-    if !keep {
-        println!("(removed on exit; run with --keep to keep them)");
-    }
-    Ok(ended)
+    Ok((ended, list))
 }
 
 fn style(prefix: &str) -> ProgressStyle {

@@ -116,6 +116,36 @@ fn write_generated(out: &std::path::Path, files: impl IntoIterator<Item = (Strin
     ExitCode::SUCCESS
 }
 
+/// Waits for SIGTERM (what Kubernetes, systemd and `docker stop` send) or SIGINT (Ctrl-C)
+/// and returns its name. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that comes right after start is not missed. Call it
+/// inside the runtime.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "SIGINT"
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
 fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()

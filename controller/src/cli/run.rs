@@ -67,6 +67,15 @@ pub struct RunArgs {
     /// prunes.
     #[arg(long, default_value_t = 10)]
     pub tuf_keep_snapshots: u64,
+    /// How long the loop may go without completing a pass (failed or not) before
+    /// `/healthz` answers 503.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub stuck_after: Duration,
+    /// Start even when the inventory database does not match the TUF repository in the
+    /// data directory (it is empty, or does not know the rollouts the repository
+    /// published): rollouts then start afresh. Without it such a start is refused.
+    #[arg(long)]
+    pub allow_inventory_mismatch: bool,
 }
 
 impl RunArgs {
@@ -105,6 +114,8 @@ impl RunArgs {
         };
         config.webhook_secret = self.webhook_secret.clone();
         config.tuf_keep_snapshots = self.tuf_keep_snapshots;
+        config.stuck_after = self.stuck_after;
+        config.allow_inventory_mismatch = self.allow_inventory_mismatch;
         Ok(config)
     }
 }
@@ -112,9 +123,12 @@ impl RunArgs {
 pub fn run(args: &RunArgs) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
+        let signal = super::shutdown_signal();
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("waveguide: stopping");
+            let name = signal.await;
+            eprintln!(
+                "waveguide: {name} received, stopping: finishing the pass under way and the open requests"
+            );
         };
         let config = match args.config() {
             Ok(config) => config,
@@ -138,7 +152,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
             config.data.join("admin-token").display()
         );
         match task.await {
-            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Ok(())) => {
+                eprintln!("waveguide: stopped");
+                ExitCode::SUCCESS
+            }
             Ok(Err(e)) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE

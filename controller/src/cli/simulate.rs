@@ -68,6 +68,9 @@ pub struct SimulateArgs {
     pub stats_interval: Duration,
 }
 
+/// How long a stop waits for the devices' steps under way.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the simulator.
 pub fn run(args: SimulateArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -111,8 +114,10 @@ async fn run_async(args: SimulateArgs) -> anyhow::Result<()> {
     config.initial_version = args.version;
     config.download_artifacts = args.download;
     let count = ids.len();
+    let signal = super::shutdown_signal();
+    tokio::pin!(signal);
     let sim = Simulation::start(config, ids)?;
-    eprintln!("simulating {count} devices; Ctrl-C stops");
+    eprintln!("simulating {count} devices; Ctrl-C or SIGTERM stops");
     let started = Instant::now();
     let mut ticker = tokio::time::interval(args.stats_interval);
     ticker.tick().await;
@@ -124,13 +129,20 @@ async fn run_async(args: SimulateArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            name = &mut signal => {
+                eprintln!("{name} received, stopping: each device finishes its step under way");
+                break;
+            }
             () = deadline => break,
             _ = ticker.tick() => print_stats(&sim, started),
         }
     }
     print_stats(&sim, started);
-    sim.stop().await;
+    // A device waiting on a server that does not answer is not waited for long.
+    if tokio::time::timeout(STOP_GRACE, sim.stop()).await.is_err() {
+        eprintln!("stopped devices still busy after {STOP_GRACE:?}");
+    }
+    eprintln!("simulation stopped");
     Ok(())
 }
 

@@ -49,6 +49,13 @@ pub enum StoreError {
     /// Connecting failed.
     #[error("cannot open inventory database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    /// The SQLite file is not a database, or a damaged one.
+    #[error(
+        "inventory database {} is damaged or not an SQLite database ({source}); restore it from a \
+         backup, or move it away to start with an empty inventory",
+        path.display()
+    )]
+    Damaged { path: std::path::PathBuf, source: sqlx::Error },
     /// Applying the schema migrations failed.
     #[error("cannot migrate inventory database {url}: {source}")]
     Migrate { url: String, source: sqlx::migrate::MigrateError },
@@ -175,17 +182,21 @@ impl Store {
     /// `postgresql://` URL, a `sqlite://` URL, or a plain file path (SQLite).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (backend, connect_url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_string())
-        } else if let Some(path) = url.strip_prefix("sqlite://") {
-            (Backend::Sqlite, sqlite_url(Path::new(path)))
-        } else if url.contains("://") {
-            return Err(StoreError::UnsupportedUrl { url: url.to_string() });
-        } else {
-            (Backend::Sqlite, sqlite_url(Path::new(url)))
-        };
+        let (backend, connect_url, file) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                (Backend::Postgres, url.to_string(), None)
+            } else if let Some(path) = url.strip_prefix("sqlite://") {
+                (Backend::Sqlite, sqlite_url(Path::new(path)), Some(Path::new(path)))
+            } else if url.contains("://") {
+                return Err(StoreError::UnsupportedUrl { url: url.to_string() });
+            } else {
+                (Backend::Sqlite, sqlite_url(Path::new(url)), Some(Path::new(url)))
+            };
         let options = AnyConnectOptions::from_str(&connect_url)
             .map_err(|source| StoreError::Connect { url: url.to_string(), source })?;
+        if let Some(path) = file {
+            check_sqlite_file(path, &options).await?;
+        }
         let pool = match backend {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
@@ -397,6 +408,30 @@ impl Store {
                 .await
                 .map_err(query_error("reading devices"))?;
         rows.iter().map(device_from_row).collect()
+    }
+}
+
+/// Opens the SQLite file once and reads its header and schema, so that a file that is no
+/// database (or a damaged one) is refused at once with its cause; the pool would retry
+/// its connections until its timeout and then say only that it timed out.
+async fn check_sqlite_file(path: &Path, options: &AnyConnectOptions) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions, Connection};
+    let connect = |source| StoreError::Connect { url: path.display().to_string(), source };
+    let mut conn = options.connect().await.map_err(connect)?;
+    let read = sqlx::query("SELECT count(*) FROM sqlite_master").fetch_one(&mut conn).await;
+    let _ = conn.close().await;
+    match read {
+        Ok(_) => Ok(()),
+        // SQLITE_NOTADB (26) and SQLITE_CORRUPT (11).
+        Err(source)
+            if source
+                .as_database_error()
+                .and_then(|e| e.code())
+                .is_some_and(|code| code == "26" || code == "11") =>
+        {
+            Err(StoreError::Damaged { path: path.to_owned(), source })
+        }
+        Err(source) => Err(connect(source)),
     }
 }
 

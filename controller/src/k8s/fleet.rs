@@ -551,13 +551,9 @@ fn describe_change(change: &OperatorChange) -> (&'static str, String) {
         RolloutAction::Resume => {
             ("RolloutResumed", format!("rollout {rollout} resumed (spec.paused: false)"))
         }
-        RolloutAction::Approve(wave) => (
-            "WaveApproved",
-            match wave {
-                Some(index) => format!("rollout {rollout}: wave {} approved (spec.approvedWaves)", index + 1),
-                None => format!("rollout {rollout}: next wave approved"),
-            },
-        ),
+        RolloutAction::Approve(index) => {
+            ("WaveApproved", format!("rollout {rollout}: wave {} approved (spec.approvedWaves)", index + 1))
+        }
         RolloutAction::Abort => ("RolloutAborted", format!("rollout {rollout} aborted (spec.abort)")),
     }
 }

@@ -47,6 +47,7 @@ pub use keys::{KeyDir, KeysCreated};
 pub use layout::BinLayout;
 pub use prepare::PreparedBatch;
 pub use repository::{PruneReport, RepoConfig, Repository};
+pub use target_files::sample_instructions;
 
 /// The TUF specification version written into every role.
 pub const SPEC_VERSION: &str = "1.0.0";

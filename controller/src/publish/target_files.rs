@@ -44,6 +44,30 @@ pub(crate) fn device_file_name<'n>(name: &'n mut String, hash: &[u8; 32], id: &s
     name
 }
 
+/// Up to `limit` of the device instructions published in the repository at `repo` (its
+/// `targets/devices/` files, in no particular order; none when nothing was published):
+/// a sample of what devices have been told, for checks that need no complete list.
+pub fn sample_instructions(repo: &Path, limit: usize) -> Result<Vec<super::DeviceInstruction>, PublishError> {
+    let dir = repo.join("targets").join("devices");
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PublishError::io("read", &dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.take(limit) {
+        let path = entry.map_err(PublishError::io("read", &dir))?.path();
+        let bytes = fs::read(&path).map_err(PublishError::io("read", &path))?;
+        let instruction = serde_json::from_slice(&bytes).map_err(|source| PublishError::ParseMetadata {
+            role: "device target".into(),
+            path: path.clone(),
+            source,
+        })?;
+        out.push(instruction);
+    }
+    Ok(out)
+}
+
 /// What the writer wrote: files and bytes (files already there are not counted).
 #[derive(Default)]
 pub(crate) struct Written {

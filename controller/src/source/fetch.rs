@@ -172,6 +172,7 @@ impl GitSource {
     /// Failures are recorded in the status and back off; the last good commit stays.
     pub fn poll(&mut self) -> Poll {
         let now = SystemTime::now();
+        self.status.polls += 1;
         let revision = match self.fetch() {
             Ok(revision) => revision,
             Err(error) => return self.fail(None, error, now),
@@ -219,6 +220,20 @@ impl GitSource {
         self.rejected_tree = Some(revision.tree);
         let (interval, jitter) = (self.spec.interval, jitter(self.spec.jitter));
         self.status.rejected(revision.clone(), error.to_string(), interval, jitter, SystemTime::now());
+    }
+
+    /// The caller could not apply `revision`'s fleet for a reason of its own that may pass
+    /// (the inventory database is down, say): unlike [`GitSource::rejected`], the same
+    /// fleet is offered again by the next poll, which backs off as after a failed fetch.
+    pub fn apply_failed(&mut self, revision: &Revision, error: impl fmt::Display) {
+        let now = SystemTime::now();
+        self.status.failed(
+            Some(revision.clone()),
+            error.to_string(),
+            self.spec.retry,
+            jitter(self.spec.jitter),
+            now,
+        );
     }
 
     /// Runs the source until the task is dropped: polls when due or when `wake` is

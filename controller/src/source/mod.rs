@@ -28,7 +28,7 @@ pub use fetch::{GitSource, Poll, Revision, Update};
 pub use git::{read_commit, read_commit_of_dir};
 pub use known_hosts::KnownHosts;
 pub use spec::{Auth, GitReference, Retry, SourceSpec, VerifyMode, VerifySpec};
-pub use status::SourceStatus;
+pub use status::{backoff, SourceStatus};
 pub use verify::{Refusal, Signer, Verifier};
 pub use watch::LocalWatcher;
 

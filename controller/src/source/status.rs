@@ -23,6 +23,9 @@ pub struct SourceStatus {
     pub consecutive_failures: u32,
     /// When the next attempt is due (a trigger may bring it forward).
     pub next_attempt: SystemTime,
+    /// Polls (each one a fetch) since the source was created: an idle source polls once
+    /// per interval, so a count that races says something wakes it for nothing.
+    pub polls: u64,
 }
 
 impl SourceStatus {
@@ -34,6 +37,7 @@ impl SourceStatus {
             last_error: None,
             consecutive_failures: 0,
             next_attempt: now,
+            polls: 0,
         }
     }
 

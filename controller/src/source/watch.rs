@@ -5,7 +5,7 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 
 use git2::Repository;
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
 use super::SourceError;
@@ -33,7 +33,11 @@ impl LocalWatcher {
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // An error from the watcher is a reason to look, too: the poll decides.
             let moved = event.map_or(true, |event| {
-                event.paths.iter().any(|path| is_reference(path.strip_prefix(&events_dir).unwrap_or(path)))
+                changes(&event.kind)
+                    && event
+                        .paths
+                        .iter()
+                        .any(|path| is_reference(path.strip_prefix(&events_dir).unwrap_or(path)))
             });
             if moved {
                 wake.notify_one();
@@ -46,6 +50,13 @@ impl LocalWatcher {
         watcher.watch(&git_dir.join("refs"), RecursiveMode::Recursive).map_err(watch_error)?;
         Ok(LocalWatcher { _watcher: watcher })
     }
+}
+
+/// Whether an event of this kind can mean that a reference moved. Reads do not: the
+/// source's own fetch opens and reads `HEAD` and the references, and counting those
+/// (inotify reports every open) would make each fetch wake the next one, for ever.
+fn changes(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::Access(_))
 }
 
 /// Whether `path`, relative to the git directory, is a reference (not a lock file being
@@ -63,6 +74,15 @@ fn is_reference(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_do_not_count() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        assert!(!changes(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!changes(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(changes(&EventKind::Create(CreateKind::File)));
+    }
 
     #[test]
     fn only_references_count() {

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // Each test crate uses only some of these.
 
 pub mod kube;
+pub mod postgres;
+pub mod run;
 pub mod tuf;
 
 use std::fs;

@@ -12,24 +12,33 @@
 //! directory is given), `tuf/` (the repository, sized for the fleet at its first commit),
 //! `inventory.sqlite` (unless a database URL is given), `source/` (the Git mirror) and
 //! `admin-token` (the operators' bearer token).
+//!
+//! [`Reconciler`] (here) is one fleet's engine, which the Kubernetes controller drives too;
+//! [`standalone`] runs it in a loop that survives its errors, [`health`] is what that loop
+//! reports of itself, and [`startup`] refuses an inventory that does not match the TUF
+//! repository.
 
-use std::future::Future;
+mod health;
+mod standalone;
+mod startup;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use tokio::sync::{watch, Notify};
 
-use crate::api::admin::{self, AdminConfig};
-use crate::api::{Api, ApiConfig, EnrollmentTokens};
+use crate::api::{Api, EnrollmentTokens};
 use crate::compile::{Compiler, DeviceDocuments, Documents, Severity};
-use crate::inventory::store::{DeclaredDevice, Store};
+use crate::inventory::store::{DeclaredDevice, Store, StoreError};
+use crate::publish::{BinLayout, Expiries, KeyDir, PublishError, RepoConfig, Repository};
+use crate::rollout::engine::{Desired, Engine, EngineConfig, EngineError, StepReport};
+use crate::source::{GitReference, GitSource, Poll, SourceError, SourceSpec};
 
-use crate::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
-use crate::rollout::engine::{Desired, Engine, EngineConfig, EngineError, Event, StepReport};
-use crate::source::{GitReference, GitSource, LocalWatcher, Poll, SourceSpec};
+pub use health::{LoopHealth, LoopVerdict, PassFailure, Stage};
+pub use standalone::{start, Controller, RunStatus, SourceView};
+pub use startup::{check_inventory_matches, Mismatch};
 
 /// How to run the standalone controller.
 #[derive(Debug, Clone)]
@@ -63,6 +72,11 @@ pub struct RunConfig {
     pub source: Option<SourceSpec>,
     /// Snapshots the daily TUF prune keeps, the published one included; 0 never prunes.
     pub tuf_keep_snapshots: u64,
+    /// How long the loop may go without completing a pass before `/healthz` calls it stuck.
+    pub stuck_after: Duration,
+    /// Start even when the inventory does not match what the TUF repository published
+    /// (see [`check_inventory_matches`]).
+    pub allow_inventory_mismatch: bool,
 }
 
 impl RunConfig {
@@ -83,6 +97,8 @@ impl RunConfig {
             webhook_secret: None,
             source: None,
             tuf_keep_snapshots: 10,
+            stuck_after: Duration::from_secs(600),
+            allow_inventory_mismatch: false,
         }
     }
 
@@ -102,192 +118,60 @@ impl RunConfig {
     }
 }
 
-/// Why the controller could not start or stopped.
+/// Why the controller could not start, or why one step of its loop failed. The large
+/// errors are boxed: the Kubernetes controller carries this one in its own.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RunError(pub String);
-
-fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> RunError + '_ {
-    move |e| RunError(format!("{context}: {e}"))
+#[non_exhaustive]
+pub enum RunError {
+    /// A file or directory of the data directory could not be created or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TUF keys could not be opened or created.
+    #[error("cannot {action} the TUF keys in {dir}: {source}")]
+    Keys {
+        action: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: Box<PublishError>,
+    },
+    /// The TUF repository could not be opened or created.
+    #[error("cannot {action} the TUF repository {dir}: {source}")]
+    Repository {
+        action: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: Box<PublishError>,
+    },
+    /// The inventory database could not be opened or used.
+    #[error(transparent)]
+    Inventory(Box<StoreError>),
+    /// The inventory does not match the published TUF repository.
+    #[error("{0}")]
+    Mismatch(Box<Mismatch>),
+    /// The source settings (or the webhook's) cannot be used.
+    #[error("invalid source settings: {0}")]
+    Source(#[source] Box<SourceError>),
+    /// The listening address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Work the pass ran off the async threads (Git, the compiler) panicked.
+    #[error("the {what} panicked (see the log); the pass is retried")]
+    Panicked { what: &'static str },
 }
 
-/// The source as operators see it (`GET /v1/status`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceView {
-    /// The repository followed.
-    pub url: String,
-    /// The commit in force.
-    pub last_applied: Option<String>,
-    /// The latest commit tried, good or not.
-    pub last_attempted: Option<String>,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-    /// Failed attempts since the last success.
-    pub consecutive_failures: u32,
-    /// When the next poll is due (a commit notification or `waveguide reconcile` brings it
-    /// forward).
-    pub next_attempt: Option<Timestamp>,
-}
-
-/// Most recent engine events kept in the status.
-const EVENTS_KEPT: usize = 200;
-
-/// What the controller shows of itself while it runs.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunStatus {
-    /// Passes made so far.
-    pub passes: u64,
-    /// The source.
-    pub source: SourceView,
-    /// The address it listens on.
-    pub listening: Option<SocketAddr>,
-    /// The commit in force.
-    pub commit: Option<String>,
-    /// The last refused commit and why.
-    pub refused: Option<(String, String)>,
-    /// Devices in the fleet in force.
-    pub devices: usize,
-    /// The most recent events of the engine, in order.
-    pub events: Vec<Event>,
-    /// The last engine error, if the last pass failed.
-    pub error: Option<String>,
-}
-
-/// A running controller.
-#[derive(Debug)]
-pub struct Controller {
-    /// Its status, updated after every pass.
-    pub status: watch::Receiver<RunStatus>,
-    /// The operators' bearer token.
-    pub admin_token: String,
-    /// The inventory.
-    pub store: Store,
-    /// Wakes the loop (an operator's action, a test).
-    pub wake: Arc<Notify>,
-}
-
-/// Starts the controller: opens the data directory, binds `listen`, and spawns the loop
-/// and the server on the current runtime. They stop when `shutdown` completes.
-pub async fn start(
-    config: RunConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(Controller, tokio::task::JoinHandle<Result<(), RunError>>), RunError> {
-    std::fs::create_dir_all(&config.data).map_err(|e| err("cannot create the data directory")(&e))?;
-    let keys_dir = config.keys_dir();
-    let keys = if keys_dir.join("roots").is_dir() {
-        KeyDir::open(&keys_dir).map_err(|e| err("cannot open the TUF keys")(&e))?
-    } else {
-        tracing::warn!(
-            dir = %keys_dir.display(),
-            "creating TUF keys with the root key next to the online key; for production, create the \
-             root keys offline with `waveguide keys init` and pass --keys"
-        );
-        KeyDir::init(&keys_dir, 1, 1, SignedDuration::from_hours(24 * 365))
-            .map_err(|e| err("cannot create TUF keys")(&e))?
-            .0
-    };
-    let store =
-        Store::open(&config.database_url()).await.map_err(|e| err("cannot open the inventory")(&e))?;
-    let admin_token = admin_token(&config.data)?;
-
-    let wake = Arc::new(Notify::new());
-    let api = Api::new(store.clone(), ApiConfig { tuf_dir: Some(config.tuf_dir()), ..ApiConfig::default() });
-    let mut router = api.router().merge(admin::router(
-        store.clone(),
-        AdminConfig {
-            token: admin_token.clone(),
-            stale_after: config.engine.stale_after,
-            wake: wake.clone(),
-        },
-    ));
-    if let Some(secret) = &config.webhook_secret {
-        let hook = crate::source::webhook::Webhook::new(secret.as_bytes().to_vec(), wake.clone())
-            .map_err(|e| err("invalid webhook settings")(&e))?;
-        router = router.merge(hook.router());
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> RunError {
+        RunError::Inventory(Box::new(e))
     }
-    let (status_tx, status) = watch::channel(RunStatus::default());
-    router = router.merge(operator_routes(&admin_token, status.clone(), wake.clone()));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| err(&format!("cannot listen on {}", config.listen))(&e))?;
-    let listening = listener.local_addr().ok();
-    status_tx.send_modify(|s| s.listening = listening);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut server_stop = stop_rx.clone();
-    // Every error answer is JSON, whichever of the merged routers made it.
-    let router = router.layer(axum::middleware::map_response(crate::api::json_errors));
-    let server = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = crate::api::serve(listener, router, stopped).await {
-            tracing::error!("the HTTP server stopped: {e}");
-        }
-    });
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-
-    let controller = Controller { status, admin_token, store: store.clone(), wake: wake.clone() };
-    let loop_task = tokio::spawn(async move {
-        let result = run_loop(config, keys, store, api, wake, status_tx, stop_rx).await;
-        let _ = server.await;
-        result
-    });
-    Ok((controller, loop_task))
-}
-
-/// `GET /v1/status` (the controller's status) and `POST /v1/reconcile` (a pass now),
-/// behind the operators' token.
-fn operator_routes(token: &str, status: watch::Receiver<RunStatus>, wake: Arc<Notify>) -> axum::Router {
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::{get, post};
-    let bearer = admin::Bearer::new(token);
-    let check = bearer.clone();
-    axum::Router::new()
-        .route(
-            "/v1/status",
-            get(move |headers: HeaderMap| {
-                let status = status.borrow().clone();
-                async move {
-                    bearer.check(&headers)?;
-                    Ok::<_, crate::api::ApiError>(axum::Json(status))
-                }
-            }),
-        )
-        .route(
-            "/v1/reconcile",
-            post(move |headers: HeaderMap| {
-                let result = check.check(&headers).map(|()| wake.notify_one());
-                async move { result.map(|()| StatusCode::ACCEPTED) }
-            }),
-        )
-}
-
-/// Reads or creates `<data>/admin-token`.
-fn admin_token(data: &Path) -> Result<String, RunError> {
-    let path = data.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_string());
-    }
-    let token = hex::encode(rand::random::<[u8; 24]>());
-    write_private(&path, token.as_bytes()).map_err(|e| err("cannot write the admin token")(&e))?;
-    Ok(token)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// Where one [`Reconciler::sync_source`] spent its time.
@@ -407,7 +291,7 @@ impl Reconciler {
         api: Option<Arc<Api>>,
     ) -> Result<Reconciler, RunError> {
         let source =
-            GitSource::new(spec, &config.data.join("source")).map_err(|e| err("invalid source")(&e))?;
+            GitSource::new(spec, &config.data.join("source")).map_err(|e| RunError::Source(Box::new(e)))?;
         Ok(Reconciler {
             timings: SyncTimings::default(),
             declared_digest: None,
@@ -451,10 +335,16 @@ impl Reconciler {
         self.timings = SyncTimings::default();
         let started = Instant::now();
         let mut source = self.source.take().expect("the source is only moved out during a poll");
-        let (polled, source) = tokio::task::spawn_blocking(move || (source.poll(), source))
-            .await
-            .map_err(|e| err("the source task failed")(&e))?;
+        let (polled, source) = tokio::task::spawn_blocking(move || {
+            // Caught here so that a panic in the Git code loses neither the source nor its
+            // status: the pass fails, and the next one polls again.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.poll()));
+            (polled, source)
+        })
+        .await
+        .map_err(|_| RunError::Panicked { what: "source" })?;
         self.source = Some(source);
+        let polled = polled.map_err(|_| RunError::Panicked { what: "source" })?;
         self.timings.fetch = started.elapsed();
         let update = match polled {
             Poll::Changed(update) => update,
@@ -465,10 +355,16 @@ impl Reconciler {
         let files = update.files;
         let compiling = Instant::now();
         let mut compiler = std::mem::take(&mut self.compiler);
-        let (compilation, compiler) =
-            tokio::task::spawn_blocking(move || (compiler.compile(&files), compiler))
-                .await
-                .map_err(|e| err("the compiler failed")(&e))?;
+        let compiled = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                (compiler.compile(&files), compiler)
+            }))
+        })
+        .await;
+        // After a panic the compiler's cache is dropped with it; the default one starts afresh.
+        let Ok(Ok((compilation, compiler))) = compiled else {
+            return Err(RunError::Panicked { what: "compiler" });
+        };
         self.compiler = compiler;
         self.timings.compile = compiling.elapsed();
         let source = self.source.as_mut().expect("source");
@@ -496,10 +392,12 @@ impl Reconciler {
             let declared = declared_devices(&compilation.documents);
             let digest = declared_digest(&declared);
             if self.declared_digest != Some(digest) {
-                self.store
-                    .sync_declared(&declared, Timestamp::now().as_millisecond())
-                    .await
-                    .map_err(|e| err("cannot record the declared devices")(&e))?;
+                if let Err(e) = self.store.sync_declared(&declared, Timestamp::now().as_millisecond()).await {
+                    // Not applied, not refused either: the same commit is offered again
+                    // once the backoff has passed.
+                    source.apply_failed(&update.revision, &e);
+                    return Err(e.into());
+                }
                 self.declared_digest = Some(digest);
             }
             self.declared_from = Some(declared_from);
@@ -510,7 +408,13 @@ impl Reconciler {
             api.set_enrollment_tokens(enrollment_tokens(&compilation.documents));
         }
         if self.engine.is_none() {
-            let repo = open_repository(&self.config, &self.keys, fleet.devices().len())?;
+            let repo = match open_repository(&self.config, &self.keys, fleet.devices().len()) {
+                Ok(repo) => repo,
+                Err(e) => {
+                    source.apply_failed(&update.revision, &e);
+                    return Err(e);
+                }
+            };
             self.engine = Some(Engine::new(self.store.clone(), repo, self.config.engine));
         }
         let devices = fleet.devices().len();
@@ -577,94 +481,20 @@ impl Reconciler {
     }
 }
 
-async fn run_loop(
-    config: RunConfig,
-    keys: KeyDir,
-    store: Store,
-    api: Arc<Api>,
-    wake: Arc<Notify>,
-    status: watch::Sender<RunStatus>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), RunError> {
-    let step_interval = config.step_interval;
-    let mut reconciler = Reconciler::new(config, keys, store, Some(api))?;
-    let _watcher = match reconciler.source().local_path() {
-        Some(path) => LocalWatcher::new(&path, wake.clone())
-            .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))
-            .ok(),
-        None => None,
-    };
-    let mut next_poll = Instant::now();
-    let mut woken = true;
-    loop {
-        if woken || Instant::now() >= next_poll {
-            match reconciler.sync_source().await? {
-                SourceOutcome::Applied { commit, devices } => status.send_modify(|s| {
-                    s.commit = Some(commit);
-                    s.devices = devices;
-                }),
-                SourceOutcome::Refused { commit, errors } => {
-                    status.send_modify(|s| s.refused = Some((commit, errors.join("\n"))))
-                }
-                SourceOutcome::Unchanged => {}
-                SourceOutcome::Failed(e) => tracing::warn!("fleet source: {e}"),
-            }
-            next_poll = Instant::now() + reconciler.source().status().wait(std::time::SystemTime::now());
-            let view = source_view(reconciler.source());
-            status.send_modify(|s| s.source = view);
-        }
-        match reconciler.step(Timestamp::now()).await {
-            Ok(report) => {
-                for event in &report.events {
-                    tracing::info!(event = %serde_json::to_string(event).unwrap_or_default(), "rollout");
-                }
-                status.send_modify(|s| {
-                    s.passes += 1;
-                    s.events.extend(report.events);
-                    let over = s.events.len().saturating_sub(EVENTS_KEPT);
-                    s.events.drain(..over);
-                    s.error = None;
-                });
-            }
-            Err(e) => {
-                tracing::error!("reconcile pass failed: {e}");
-                status.send_modify(|s| {
-                    s.passes += 1;
-                    s.error = Some(e.to_string());
-                });
-            }
-        }
-        reconciler.maintain_repository();
-        let until_poll = next_poll.saturating_duration_since(Instant::now());
-        tokio::select! {
-            _ = tokio::time::sleep(step_interval.min(until_poll)) => woken = false,
-            _ = wake.notified() => woken = true,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-        }
-    }
-}
-
-fn source_view(source: &GitSource) -> SourceView {
-    let status = source.status();
-    SourceView {
-        url: source.spec().url.clone(),
-        last_applied: status.last_applied.as_ref().map(ToString::to_string),
-        last_attempted: status.last_attempted.as_ref().map(ToString::to_string),
-        last_error: status.last_error.clone(),
-        consecutive_failures: status.consecutive_failures,
-        next_attempt: Timestamp::try_from(status.next_attempt).ok(),
-    }
-}
-
 fn open_repository(config: &RunConfig, keys: &KeyDir, devices: usize) -> Result<Repository, RunError> {
     let dir = config.tuf_dir();
     let mut repo = if dir.join("waveguide-tuf.json").exists() {
-        Repository::open(&dir, keys).map_err(|e| err("cannot open the TUF repository")(&e))?
+        Repository::open(&dir, keys).map_err(|source| RunError::Repository {
+            action: "open",
+            dir: dir.clone(),
+            source: Box::new(source),
+        })?
     } else {
         // Sized for the fleet at its first commit, with room to grow.
         let layout = BinLayout::for_fleet(devices as u64 * 2);
-        Repository::create(&dir, keys, RepoConfig { layout, expiries: config.expiries })
-            .map_err(|e| err("cannot create the TUF repository")(&e))?
+        Repository::create(&dir, keys, RepoConfig { layout, expiries: config.expiries }).map_err(
+            |source| RunError::Repository { action: "create", dir: dir.clone(), source: Box::new(source) },
+        )?
     };
     repo.set_expiries(config.expiries);
     Ok(repo)
