@@ -220,6 +220,7 @@ async fn scenario(database: Option<String>) {
                 let response = http
                     .post(format!("{base}/v1/rollouts/{}/approve", r.id))
                     .bearer_auth(&token)
+                    .json(&serde_json::json!({ "wave": wave + 1 }))
                     .send()
                     .await
                     .unwrap();
