@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 
 use agent_support::{instruction, Controller, TOKEN};
 use waveguide::agent::{Agent, AgentConfig, CommandInstaller, Installer, PollOutcome};
-use waveguide::api::auth::DeviceKey;
-use waveguide::inventory::UpdateState;
-use waveguide::model::MaintenanceWindow;
+use waveguide::protocol::DeviceKey;
+use waveguide::protocol::MaintenanceWindow;
+use waveguide::protocol::UpdateState;
 use waveguide::publish::{Batch, Expiries, Repository};
 
 fn open_agent(c: &Controller, id: &str, key: &DeviceKey, state: &Path, install: Option<&str>) -> Agent {
     let key = DeviceKey::from_pkcs8(key.pkcs8()).unwrap();
     Agent::open(
-        AgentConfig::new(c.base.clone(), id),
+        AgentConfig::new(c.base.clone(), id.parse().unwrap()),
         reqwest::Client::new(),
         key,
         state,
@@ -334,7 +334,7 @@ async fn an_artifact_the_repository_does_not_hold_comes_from_its_signed_url() {
 async fn an_enrollment_conflict_is_an_error_that_names_the_reason() {
     let c = Controller::start().await;
     let (_declared_key, state) = device(&c, "gw-8").await;
-    let mut config = AgentConfig::new(c.base.clone(), "gw-8");
+    let mut config = AgentConfig::new(c.base.clone(), "gw-8".parse().unwrap());
     config.enroll_token = Some(TOKEN.into());
     let mut agent = Agent::open(
         config,
@@ -357,7 +357,7 @@ async fn a_running_agent_installs_once_and_keeps_reporting() {
     let c = Controller::start().await;
     let (key, state) = device(&c, "gw-9").await;
     let count = c.tmp.path().join("installs");
-    let mut config = AgentConfig::new(c.base.clone(), "gw-9");
+    let mut config = AgentConfig::new(c.base.clone(), "gw-9".parse().unwrap());
     config.poll_interval = std::time::Duration::from_millis(100);
     config.report_interval = std::time::Duration::from_millis(300);
     let mut agent = Agent::open(
