@@ -53,15 +53,15 @@ spec: {labels: {\"-bad\": x, ok: \"no spaces\", example.com/t: \"a b\"}}
 ";
     let out = run(&[("base.yaml", BASE), ("groups.yaml", groups)]);
     assert_eq!(
-            out,
-            [
-                "WG101 groups.yaml:3:18 invalid name \"EU_West\": a name may hold only lower-case letters, digits and '-'",
-                "WG102 groups.yaml:8:18 duplicate group name \"eu\"",
-                "WG109 groups.yaml:9:17 invalid label key \"-bad\": the name part must start and end with a letter or digit",
-                "WG109 groups.yaml:9:32 invalid value \"no spaces\" of label \"ok\": a label value may hold only letters, digits, '-', '_' and '.'",
-                "WG109 groups.yaml:9:60 invalid value \"a b\" of label \"example.com/t\": a label value may hold only letters, digits, '-', '_' and '.'",
-            ]
-        );
+        out,
+        [
+            "WG101 groups.yaml:3:18 invalid name \"EU_West\": a name may hold only lower-case letters, digits and '-'",
+            "WG102 groups.yaml:8:18 duplicate group name \"eu\"",
+            "WG109 groups.yaml:9:17 invalid label key \"-bad\": the name part must start and end with a letter or digit",
+            "WG109 groups.yaml:9:32 invalid value \"no spaces\" of label \"ok\": a label value may hold only letters, digits, '-', '_' and '.'",
+            "WG109 groups.yaml:9:60 invalid value \"a b\" of label \"example.com/t\": a label value may hold only letters, digits, '-', '_' and '.'",
+        ]
+    );
 }
 
 #[test]
@@ -144,12 +144,12 @@ spec: {parent: a}
 ";
     let out = run(&[("cycle.yaml", docs)]);
     assert_eq!(
-            out,
-            [
-                "WG107 cycle.yaml:4:16 the group hierarchy has a cycle: a → c → b → a (each arrow points to the parent)",
-                "WG107 cycle.yaml:19:16 the group hierarchy has a cycle: d → d (each arrow points to the parent)",
-            ]
-        );
+        out,
+        [
+            "WG107 cycle.yaml:4:16 the group hierarchy has a cycle: a → c → b → a (each arrow points to the parent)",
+            "WG107 cycle.yaml:19:16 the group hierarchy has a cycle: d → d (each arrow points to the parent)",
+        ]
+    );
 }
 
 #[test]
@@ -216,18 +216,18 @@ spec:
 ";
     let out = run(&[("base.yaml", BASE), ("p.yaml", policy)]);
     assert_eq!(
-            out,
-            [
-                "WG210 p.yaml:8:23 successThreshold (5) must be greater than failureThreshold (10)",
-                "WG214 p.yaml:10:20 maxConcurrent must be at least 1 (0 would never let a device update)",
-                "WG206 p.yaml:12:7 the waves' percentages add up to 110, more than 100",
-                "WG207 p.yaml:12:31 wave \"canary\" has count 0 and would hold no device",
-                "WG209 p.yaml:13:9 wave \"wave-2\" sets both count and percent; keep one",
-                "WG208 p.yaml:14:9 wave \"wave-3\" has neither count nor percent, so it takes all remaining devices, but 4 more wave(s) follow it",
-                "WG203 p.yaml:15:29 invalid bake time \"soon\" of wave \"wave-4\": expected number at 0 (write e.g. 30m or 1h)",
-                "WG207 p.yaml:16:19 wave \"wave-5\" has percent 0 and would hold no device",
-            ]
-        );
+        out,
+        [
+            "WG210 p.yaml:8:23 successThreshold (5) must be greater than failureThreshold (10)",
+            "WG214 p.yaml:10:20 maxConcurrent must be at least 1 (0 would never let a device update)",
+            "WG206 p.yaml:12:7 the waves' percentages add up to 110, more than 100",
+            "WG207 p.yaml:12:31 wave \"canary\" has count 0 and would hold no device",
+            "WG209 p.yaml:13:9 wave \"wave-2\" sets both count and percent; keep one",
+            "WG208 p.yaml:14:9 wave \"wave-3\" has neither count nor percent, so it takes all remaining devices, but 4 more wave(s) follow it",
+            "WG203 p.yaml:15:29 invalid bake time \"soon\" of wave \"wave-4\": expected number at 0 (write e.g. 30m or 1h)",
+            "WG207 p.yaml:16:19 wave \"wave-5\" has percent 0 and would hold no device",
+        ]
+    );
 }
 
 #[test]
