@@ -304,6 +304,6 @@ spec:
     let out = run(&[("base.yaml", BASE), ("p.yaml", policy)]);
     assert_eq!(
         out,
-        ["WG203 p.yaml:10:32 invalid bake time \"-5m\" of wave \"wave-1\": it is negative (write e.g. 30m or 1h)"]
+        ["WG203 p.yaml:8:30 invalid bake time \"-5m\" of wave \"wave-1\": it is negative (write e.g. 30m or 1h)"]
     );
 }
