@@ -290,6 +290,29 @@ async fn the_agent_binary_enrolls_installs_and_exits_with_once() {
     assert!(!marker.exists());
 }
 
+/// The agent follows the fleet repository's rule of device ids: an id the controller
+/// would refuse stops it before it creates a key or contacts anyone.
+#[test]
+fn the_agent_binary_refuses_an_invalid_device_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key.pk8");
+    let state = tmp.path().join("state");
+    let output = common::waveguide()
+        .args(["agent", "--server", "http://127.0.0.1:9/", "--device-id", "cam 9", "--key"])
+        .arg(&key)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--root", "root.json", "--once"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--device-id"), "{stderr}");
+    assert!(stderr.contains("a device id may hold only letters, digits, '.', '_' and '-'"), "{stderr}");
+    assert!(!key.exists() && !state.exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_the_repository_does_not_hold_comes_from_its_signed_url() {
     let c = Controller::start().await;
