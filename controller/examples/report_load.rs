@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use waveguide::agent::simulate::{device_ids, device_key};
-use waveguide::api::auth::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 #[derive(Debug, Parser)]
 struct Cli {

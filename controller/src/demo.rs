@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::compile::load;
 use crate::model::{Artifact, DeviceSet, DeviceSetEntry, DeviceSetSpec, Labels, Metadata, Object, Release};
+use crate::protocol::target::device_order_key;
 use crate::source::read_dir;
-use crate::target::device_order_key;
 
 /// The release every device starts on.
 pub const OLD_RELEASE: &str = "edge-os-1-4-2";

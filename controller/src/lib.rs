@@ -9,7 +9,8 @@
 //!                          └──────────── inventory ◄── api ◄──────────────┘
 //! ```
 //!
-//! `model` holds the fleet repository's document types, shared by every stage.
+//! `model` holds the fleet repository's document types, shared by every stage;
+//! `protocol` holds what the agent and the controller exchange.
 
 pub mod agent;
 pub mod api;
@@ -20,8 +21,8 @@ pub mod inventory;
 pub mod k8s;
 pub mod model;
 pub mod plan;
+pub mod protocol;
 pub mod publish;
 pub mod reconcile;
 pub mod rollout;
 pub mod source;
-pub mod target;

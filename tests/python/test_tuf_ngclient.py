@@ -3,6 +3,7 @@ writes: it resolves devices/<id>.json through two levels of hashed bins over rea
 127.0.0.1, downloads the instruction and finds what was published. It refuses a tampered
 bin, an expired timestamp and a rolled-back snapshot."""
 
+import datetime
 import hashlib
 import http.server
 import json
@@ -122,6 +123,33 @@ def test_ngclient_rejects_a_tampered_bin(served):
     updater.refresh()
     with pytest.raises(exceptions.UnsignedMetadataError):
         updater.get_targetinfo(f"devices/{device}.json")
+
+
+def test_publish_refuses_a_device_id_the_fleet_repository_would_refuse(served):
+    """`tuf publish` follows the one rule of device ids (the compiler's, the device API's,
+    the agent's): a batch with "cam 7" is refused, naming it, and nothing is written."""
+    served.publish(batch(DEVICES[:3], "r1"))
+    before = sorted(p.name for p in (served.repo / "metadata").iterdir())
+    path = served.tmp / "bad.json"
+    path.write_text(json.dumps(batch(["kiosk-0500", "cam 7"], "r2")))
+    args = ["tuf", "publish", "--repo", served.repo, "--keys", served.keys, "--batch", path]
+    out = subprocess.run([served.binary, *map(str, args)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert 'device id "cam 7" cannot be published' in out.stderr, out.stderr
+    assert "a device id may hold only letters, digits, '.', '_' and '-'" in out.stderr, out.stderr
+    assert sorted(p.name for p in (served.repo / "metadata").iterdir()) == before
+    _, updater = served.updater()
+    updater.refresh()
+    assert updater.get_targetinfo("devices/kiosk-0500.json") is None
+
+
+def test_expiries_take_the_duration_syntax_of_every_flag(served):
+    """`--timestamp-expiry` reads durations as every other flag and document does."""
+    report = served.publish(batch(DEVICES[:3], "r1"), "--timestamp-expiry", "1h 30m")
+    assert report["timestamp_version"] >= 1
+    timestamp = Metadata[Timestamp].from_file(str(served.repo / "metadata" / "timestamp.json"))
+    left = (timestamp.signed.expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    assert 85 * 60 < left <= 90 * 60, left
 
 
 def test_ngclient_rejects_an_expired_timestamp(served):

@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 
 use agent_support::{instruction, Controller, TOKEN};
 use waveguide::agent::{Agent, AgentConfig, CommandInstaller, Installer, PollOutcome};
-use waveguide::api::auth::DeviceKey;
-use waveguide::inventory::UpdateState;
-use waveguide::model::MaintenanceWindow;
+use waveguide::protocol::DeviceKey;
+use waveguide::protocol::MaintenanceWindow;
+use waveguide::protocol::UpdateState;
 use waveguide::publish::{Batch, Expiries, Repository};
 
 fn open_agent(c: &Controller, id: &str, key: &DeviceKey, state: &Path, install: Option<&str>) -> Agent {
     let key = DeviceKey::from_pkcs8(key.pkcs8()).unwrap();
     Agent::open(
-        AgentConfig::new(c.base.clone(), id),
+        AgentConfig::new(c.base.clone(), id.parse().unwrap()),
         reqwest::Client::new(),
         key,
         state,
@@ -290,6 +290,29 @@ async fn the_agent_binary_enrolls_installs_and_exits_with_once() {
     assert!(!marker.exists());
 }
 
+/// The agent follows the fleet repository's rule of device ids: an id the controller
+/// would refuse stops it before it creates a key or contacts anyone.
+#[test]
+fn the_agent_binary_refuses_an_invalid_device_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key.pk8");
+    let state = tmp.path().join("state");
+    let output = common::waveguide()
+        .args(["agent", "--server", "http://127.0.0.1:9/", "--device-id", "cam 9", "--key"])
+        .arg(&key)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--root", "root.json", "--once"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--device-id"), "{stderr}");
+    assert!(stderr.contains("a device id may hold only letters, digits, '.', '_' and '-'"), "{stderr}");
+    assert!(!key.exists() && !state.exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_the_repository_does_not_hold_comes_from_its_signed_url() {
     let c = Controller::start().await;
@@ -334,7 +357,7 @@ async fn an_artifact_the_repository_does_not_hold_comes_from_its_signed_url() {
 async fn an_enrollment_conflict_is_an_error_that_names_the_reason() {
     let c = Controller::start().await;
     let (_declared_key, state) = device(&c, "gw-8").await;
-    let mut config = AgentConfig::new(c.base.clone(), "gw-8");
+    let mut config = AgentConfig::new(c.base.clone(), "gw-8".parse().unwrap());
     config.enroll_token = Some(TOKEN.into());
     let mut agent = Agent::open(
         config,
@@ -357,7 +380,7 @@ async fn a_running_agent_installs_once_and_keeps_reporting() {
     let c = Controller::start().await;
     let (key, state) = device(&c, "gw-9").await;
     let count = c.tmp.path().join("installs");
-    let mut config = AgentConfig::new(c.base.clone(), "gw-9");
+    let mut config = AgentConfig::new(c.base.clone(), "gw-9".parse().unwrap());
     config.poll_interval = std::time::Duration::from_millis(100);
     config.report_interval = std::time::Duration::from_millis(300);
     let mut agent = Agent::open(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use agent_support::{instruction, Controller};
 use waveguide::agent::simulate::{device_ids, device_key, SimConfig, Simulation};
-use waveguide::inventory::UpdateState;
+use waveguide::protocol::UpdateState;
 use waveguide::publish::Batch;
 
 const SEED: &str = "agent-simulate-test";

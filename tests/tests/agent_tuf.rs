@@ -9,8 +9,9 @@ use agent_support::{instruction, Controller};
 use futures::TryStreamExt;
 use tough::{RepositoryLoader, TargetName};
 use waveguide::agent::{Trusted, TufClient, TufError};
-use waveguide::publish::{Batch, DeviceInstruction, Expiries, Repository, SpecTargetPaths};
-use waveguide::target::device_target_path;
+use waveguide::protocol::target::device_target_path;
+use waveguide::protocol::DeviceInstruction;
+use waveguide::publish::{Batch, Expiries, Repository, SpecTargetPaths};
 
 mod common;
 

@@ -8,9 +8,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use waveguide::api::admin::{self, AdminConfig};
-use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use waveguide::api::{Api, ApiConfig};
 use waveguide::inventory::store::{DeclaredDevice, Store};
+use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use waveguide::protocol::DeviceKey;
 
 struct Server {
     base: String,

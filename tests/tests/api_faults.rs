@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use waveguide::protocol::DeviceKey;
 
 mod common;
 use common::{git, waveguide, KillOnDrop};

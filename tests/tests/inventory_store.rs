@@ -6,7 +6,8 @@ use waveguide::inventory::store::{
     Backend, DeclaredDevice, Enrollment, IncomingReport, ReportOutcome, RolloutPhase, RolloutRecord, Store,
     WaveRecord, WaveState, HISTORY_PER_DEVICE,
 };
-use waveguide::inventory::{DeviceReport, UpdateState};
+use waveguide::inventory::DeviceReport;
+use waveguide::protocol::UpdateState;
 
 mod common;
 

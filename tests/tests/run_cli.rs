@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use waveguide::api::auth::DeviceKey;
+use waveguide::protocol::DeviceKey;
 
 mod common;
 use common::run::{send_report, Run};

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use serde_json::Value;
-use waveguide::api::auth::DeviceKey;
 use waveguide::inventory::store::Store;
-use waveguide::publish::{DeviceInstruction, SpecTargetPaths};
-use waveguide::target::device_target_path;
+use waveguide::protocol::target::device_target_path;
+use waveguide::protocol::DeviceInstruction;
+use waveguide::protocol::DeviceKey;
+use waveguide::publish::SpecTargetPaths;
 
 mod common;
 use common::postgres::Postgres;

@@ -11,11 +11,9 @@ use tempfile::TempDir;
 use tough::error::Error as ToughError;
 use tough::schema::RoleType;
 use tough::{RepositoryLoader, TargetName};
-use waveguide::publish::{
-    ArtifactRef, Batch, BinLayout, DeviceInstruction, Expiries, KeyDir, RepoConfig, Repository,
-    SpecTargetPaths,
-};
-use waveguide::target::device_target_path;
+use waveguide::protocol::target::device_target_path;
+use waveguide::protocol::{ArtifactRef, DeviceInstruction};
+use waveguide::publish::{Batch, BinLayout, Expiries, KeyDir, RepoConfig, Repository, SpecTargetPaths};
 
 mod common;
 

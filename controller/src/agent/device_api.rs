@@ -5,8 +5,8 @@ use reqwest::StatusCode;
 use url::Url;
 
 use super::join;
-use crate::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::api::{EnrollRequest, ReportBody};
+use crate::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::protocol::{DeviceKey, EnrollRequest, ReportBody};
 
 /// `POST /v1/enroll`. A repeated enrollment with the same key is accepted by the server;
 /// a conflict (another key, another group) is an error naming the server's reason.

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::tuf::TufClient;
 use super::AgentConfig;
-use crate::publish::{ArtifactRef, DeviceInstruction};
+use crate::protocol::{ArtifactRef, DeviceInstruction};
 
 /// Bytes of an installer's standard error kept for the report.
 const STDERR_TAIL: usize = 2048;

@@ -31,10 +31,7 @@ pub use install::{CommandInstaller, Installer, SimulatedInstaller};
 pub use state::{AgentState, FailedAttempt, InstructionKey, StateDir};
 pub use tuf::{Trusted, TufClient, TufError, VerifiedInstruction};
 
-use crate::api::auth::DeviceKey;
-use crate::inventory::UpdateState;
-use crate::publish::DeviceInstruction;
-use crate::rollout::window::Windows;
+use crate::protocol::{DeviceId, DeviceInstruction, DeviceKey, ReportBody, UpdateState, Windows};
 
 /// Settings of one agent.
 #[derive(Clone, Debug)]
@@ -42,7 +39,7 @@ pub struct AgentConfig {
     /// The controller's base URL (device API at `/v1/`, TUF files at `/tuf/`).
     pub server: Url,
     /// The device id.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// How often to check for a new instruction.
     pub poll_interval: Duration,
     /// How often to report the current state when nothing happens.
@@ -59,10 +56,10 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Defaults for `device_id` at `server`: poll every 30 s, report every 60 s.
-    pub fn new(server: Url, device_id: impl Into<String>) -> AgentConfig {
+    pub fn new(server: Url, device_id: DeviceId) -> AgentConfig {
         AgentConfig {
             server,
-            device_id: device_id.into(),
+            device_id,
             poll_interval: Duration::from_secs(30),
             report_interval: Duration::from_secs(60),
             enroll_token: None,
@@ -258,7 +255,7 @@ impl Agent {
         }
         let Some(verified) = verified? else { return Ok(PollOutcome::NoInstruction) };
         let instruction = verified.instruction;
-        if instruction.device != self.config.device_id {
+        if instruction.device != self.config.device_id.as_str() {
             anyhow::bail!(
                 "the instruction at devices/{}.json names device {:?}",
                 self.config.device_id,
@@ -354,7 +351,7 @@ impl Agent {
     }
 
     async fn progress(&mut self, state: UpdateState) {
-        let body = crate::api::ReportBody {
+        let body = ReportBody {
             release: self.state.release.clone(),
             version: self.state.version.clone(),
             state,
@@ -368,7 +365,7 @@ impl Agent {
 
     /// Reports the current state now (a heartbeat).
     pub async fn heartbeat(&mut self) -> anyhow::Result<()> {
-        let body = crate::api::ReportBody {
+        let body = ReportBody {
             release: self.state.release.clone(),
             version: self.state.version.clone(),
             state: self.state.state,
@@ -380,7 +377,7 @@ impl Agent {
         Ok(())
     }
 
-    async fn send(&mut self, body: &crate::api::ReportBody) -> anyhow::Result<()> {
+    async fn send(&mut self, body: &ReportBody) -> anyhow::Result<()> {
         let _permit = self.permit().await;
         let ts = now_ms().max(self.state.last_report_ms + 1);
         self.state.last_report_ms = ts;

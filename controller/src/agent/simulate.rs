@@ -24,8 +24,7 @@ use tokio::task::JoinSet;
 use url::Url;
 
 use super::{Agent, AgentConfig, AgentState, Installer, SimulatedInstaller, Trusted};
-use crate::api::auth::DeviceKey;
-use crate::inventory::UpdateState;
+use crate::protocol::{DeviceId, DeviceKey, UpdateState};
 
 /// The key of a simulated device: the ed25519 key whose seed is
 /// `sha256(seed || 0x00 || device_id)`. A fleet repository can declare these public keys,
@@ -135,8 +134,15 @@ pub struct Simulation {
 
 impl Simulation {
     /// Starts one agent task per id on the current tokio runtime, sharing one HTTP client.
-    /// Their first polls are spread over the first poll interval.
+    /// Their first polls are spread over the first poll interval. Refuses an id that is
+    /// not a device id, naming it.
     pub fn start(config: SimConfig, ids: Vec<String>) -> anyhow::Result<Simulation> {
+        let ids = ids
+            .into_iter()
+            .map(|id| {
+                DeviceId::new(id.as_str()).map_err(|e| anyhow::anyhow!("invalid device id {id:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<DeviceId>>>()?;
         let trusted = Trusted::from_root(&config.root)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -154,7 +160,7 @@ impl Simulation {
             ids.iter()
                 .map(|id| {
                     Mutex::new(DeviceView {
-                        id: id.clone(),
+                        id: id.to_string(),
                         state: UpdateState::Idle,
                         release: config.initial_release.clone(),
                         version: config.initial_version.clone(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::tuf::Trusted;
-use crate::inventory::UpdateState;
+use crate::protocol::UpdateState;
 
 /// File of the agent's own state in the state directory.
 pub const STATE_FILE: &str = "state.json";

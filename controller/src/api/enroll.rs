@@ -7,33 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{now_ms, Api, ApiError, JsonBytes};
 use crate::inventory::store::Enrollment;
-
-/// The JSON body of an enrollment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// The id the device will report with.
-    pub device_id: String,
-    /// The group's enrollment token (its SHA-256 is in the fleet repository).
-    pub token: String,
-    /// The device's base64 ed25519 public key.
-    pub public_key: String,
-}
-
-/// The answer to an enrollment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrollResponse {
-    /// The device id.
-    pub device_id: String,
-    /// The group it belongs to.
-    pub group: String,
-}
+use crate::protocol::{DeviceId, EnrollRequest, EnrollResponse};
 
 pub(super) async fn enroll(
     State(api): State<Arc<Api>>,
@@ -45,11 +23,8 @@ pub(super) async fn enroll(
     };
     let request: EnrollRequest = serde_json::from_slice(&body)
         .map_err(|e| refuse(ApiError::BadRequest(format!("invalid enrollment body: {e}"))))?;
-    if !valid_device_id(&request.device_id) {
-        return Err(refuse(ApiError::BadRequest(format!(
-            "invalid device id {:?}: letters, digits, '.', '_' and '-', at most 128",
-            request.device_id
-        ))));
+    if let Err(e) = DeviceId::check(&request.device_id) {
+        return Err(refuse(ApiError::BadRequest(format!("invalid device id {:?}: {e}", request.device_id))));
     }
     match BASE64.decode(request.public_key.trim()) {
         Ok(key) if key.len() == 32 => {}
@@ -84,11 +59,4 @@ pub(super) async fn enroll(
     api.unknown.write().expect("unknown lock").remove(&record.id);
     api.metrics.enrollments.inc();
     Ok((StatusCode::CREATED, Json(EnrollResponse { device_id: record.id, group: record.group })))
-}
-
-fn valid_device_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    id.len() <= 128
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }

@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/enroll` | a device presents a group's enrollment token and its public key |
-//! | `POST /v1/devices/{id}/reports` | a signed report (see [`auth`]) |
+//! | `POST /v1/devices/{id}/reports` | a signed report (see [`crate::protocol::signature`]) |
 //! | `GET /healthz` | liveness: the controller loop completes passes; the database answers |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /tuf/...` | the TUF repository's files (see [`tuf_files`]) |
@@ -17,7 +17,6 @@
 //! idle.
 
 pub mod admin;
-pub mod auth;
 mod enroll;
 mod error;
 mod metrics;
@@ -37,10 +36,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::mpsc;
 
-pub use enroll::{EnrollRequest, EnrollResponse};
 pub use error::{json_errors, require_json, ApiError, JsonBytes, RETRY_AFTER_SECS};
 pub use metrics::Metrics;
-pub use reports::ReportBody;
 
 use crate::inventory::store::Store;
 use crate::reconcile::LoopHealth;

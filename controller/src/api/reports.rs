@@ -5,31 +5,13 @@ use std::sync::{Arc, Weak};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::auth::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::{now_ms, Api, ApiError, JsonBytes};
 use crate::inventory::store::{IncomingReport, ReportOutcome};
-use crate::inventory::{DeviceReport, UpdateState};
-
-/// The JSON body of a report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReportBody {
-    /// The release the device runs, if it runs one Waveguide published.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub release: Option<String>,
-    /// The version it runs.
-    pub version: semver::Version,
-    /// Update progress.
-    pub state: UpdateState,
-    /// Whether its health checks pass.
-    pub healthy: bool,
-    /// Free-form detail, e.g. an installer's error output (at most 4 KiB is kept).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
+use crate::inventory::DeviceReport;
+use crate::protocol::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::protocol::ReportBody;
 
 /// Longest detail kept per report.
 const MAX_DETAIL: usize = 4096;
@@ -81,7 +63,7 @@ pub(super) async fn report(
             ApiError::Unauthorized(format!("unknown device {device_id:?}")),
         ));
     };
-    auth::verify(&public_key, &device_id, timestamp, &body, signature).map_err(|e| {
+    signature::verify(&public_key, &device_id, timestamp, &body, signature).map_err(|e| {
         refuse("bad_signature", ApiError::Unauthorized(format!("report of {device_id:?} refused: {e}")))
     })?;
     let now = now_ms();

@@ -9,6 +9,7 @@ use clap::Args;
 use url::Url;
 
 use crate::agent::{self, Agent, AgentConfig, CommandInstaller, Installer, PollOutcome};
+use crate::protocol::DeviceId;
 
 /// Arguments of `waveguide agent`.
 #[derive(Debug, Args)]
@@ -19,7 +20,7 @@ pub struct AgentArgs {
     pub server: Url,
     /// This device's id.
     #[arg(long, env = "WAVEGUIDE_DEVICE_ID")]
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The device key (PKCS#8 ed25519); created with mode 0600 when missing.
     #[arg(long)]
     pub key: PathBuf,

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use jiff::SignedDuration;
 
-use super::tuf::{parse_duration, report_error};
+use super::tuf::report_error;
+use crate::protocol::duration::parse_duration;
 use crate::publish::{KeyDir, Repository};
 
 /// Manage the TUF signing keys.

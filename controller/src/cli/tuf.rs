@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use jiff::SignedDuration;
 
+use crate::protocol::duration::parse_duration;
 use crate::publish::{
     BinLayout, CommitReport, Expiries, KeyDir, PreparedBatch, PublishError, RepoConfig, Repository,
 };
@@ -290,32 +291,4 @@ pub(crate) fn report_error(e: &dyn std::error::Error) -> ExitCode {
     }
     eprintln!("{message}");
     ExitCode::FAILURE
-}
-
-/// Parses `<n><unit>` with unit `s`, `m`, `h` or `d`, optionally negative: `1d`, `-1h`.
-pub(crate) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
-    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?}: expected a number followed by s, m, h or d")),
-    };
-    let n: i64 = digits.parse().map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
-    n.checked_mul(secs).map(SignedDuration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_sign() {
-        assert_eq!(parse_duration("1d"), Ok(SignedDuration::from_secs(86_400)));
-        assert_eq!(parse_duration("-1h"), Ok(SignedDuration::from_secs(-3600)));
-        assert_eq!(parse_duration("90s"), Ok(SignedDuration::from_secs(90)));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("d").is_err());
-    }
 }

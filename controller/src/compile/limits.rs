@@ -23,16 +23,20 @@ pub const MAX_DEVICES_PER_SET: u64 = 1_000_000;
 /// Devices one fleet may declare.
 pub const MAX_DEVICES_PER_FLEET: u64 = 10_000_000;
 
-/// How many devices a range declares, or the diagnostic message when it declares more
-/// than it may or runs past the largest number. Nothing is expanded.
-pub(super) fn range_size(range: &DeviceRange) -> Result<u64, String> {
+/// A device range whose numbers run past the largest device number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("device range from {start} with count {count} runs past the largest device number ({})", u64::MAX)]
+pub struct RangeOverflow {
+    /// The range's first number.
+    pub start: u64,
+    /// How many devices it declares.
+    pub count: u64,
+}
+
+/// How many devices a range declares. Nothing is expanded.
+pub(super) fn range_size(range: &DeviceRange) -> Result<u64, RangeOverflow> {
     if range.count > 0 && range.last_number().is_none() {
-        return Err(format!(
-            "device range from {} with count {} runs past the largest device number ({})",
-            range.start,
-            range.count,
-            u64::MAX
-        ));
+        return Err(RangeOverflow { start: range.start, count: range.count });
     }
     Ok(range.count)
 }

@@ -629,7 +629,7 @@ fn device_set(
     let ranged = match &set.spec.range {
         Some(range) => match limits::range_size(range) {
             Ok(n) => n,
-            Err(message) => return limit("spec.range.count", Code::RangeOverflow, message),
+            Err(overflow) => return limit("spec.range.count", Code::RangeOverflow, overflow.to_string()),
         },
         None => 0,
     };

@@ -1,7 +1,8 @@
 //! The compiler: fleet files → validated documents → resolved fleet model.
 //!
 //! [`compile`] runs the whole pipeline: [`load`] (YAML → typed documents with their
-//! positions), the static checks of [`validate`], then resolving (inheritance and each device's
+//! positions), the static checks of [`validate`] (which hand on the values they parse:
+//! maintenance windows, bake times), then resolving (inheritance and each device's
 //! desired state). Every problem comes back as a [`Diagnostic`] naming file and line;
 //! the compiled fleet is only returned when there is no error, so an invalid commit can
 //! never be planned or published.
@@ -82,15 +83,16 @@ impl Compiler {
             let timings = CompileTimings { load: loaded - started, ..CompileTimings::default() };
             return Compilation { fleet: None, diagnostics, documents, timings };
         }
-        diagnostics.extend(validate::check_cached(&documents, &mut self.checks));
-        let checked = Instant::now();
+        let mut checked = validate::check_cached(&documents, &mut self.checks);
+        diagnostics.append(&mut checked.diagnostics);
+        let checked_at = Instant::now();
         let mut timings =
-            CompileTimings { load: loaded - started, check: checked - loaded, resolve: Duration::ZERO };
+            CompileTimings { load: loaded - started, check: checked_at - loaded, resolve: Duration::ZERO };
         let mut fleet = None;
         if !diagnostic::has_errors(&diagnostics) {
-            let (compiled, more) = resolve::resolve(&documents);
+            let (compiled, more) = resolve::resolve(&documents, &checked);
             diagnostics.extend(more);
-            timings.resolve = checked.elapsed();
+            timings.resolve = checked_at.elapsed();
             if !diagnostic::has_errors(&diagnostics) {
                 fleet = Some(compiled);
             }

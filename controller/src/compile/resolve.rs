@@ -19,8 +19,11 @@ use rustc_hash::FxHashMap;
 
 use super::diagnostic::{Code, Diagnostic};
 use super::load::{Documents, Located, Location};
-use crate::model::{Artifact, LabelSelector, Labels, MaintenanceWindow, RolloutSpec};
-use crate::target::device_order_key;
+use super::validate::Checked;
+use crate::model::{Artifact, LabelSelector, Labels, RolloutSpec};
+use crate::protocol::duration::WrittenDuration;
+use crate::protocol::target::device_order_key;
+use crate::protocol::{DeviceId, Windows};
 
 /// Index of a group in [`CompiledFleet::groups`].
 pub type GroupIx = u32;
@@ -47,9 +50,9 @@ pub struct CompiledGroup {
     pub subtree_end: GroupIx,
     /// Own labels over inherited ones: what every device of the group carries.
     pub labels: Arc<Labels>,
-    /// The windows in force for the group: its own, else its nearest ancestor's. Empty
-    /// means "any time".
-    pub maintenance_windows: Arc<[MaintenanceWindow]>,
+    /// The windows in force for the group, parsed: its own, else its nearest ancestor's.
+    /// None means "any time".
+    pub maintenance_windows: Arc<Windows>,
     /// The group's own `maxConcurrent` (it caps its whole subtree).
     pub max_concurrent: Option<u32>,
     /// Where the group is declared.
@@ -90,6 +93,9 @@ pub struct CompiledPolicy {
     pub labels: LabelSelector,
     /// How it rolls out.
     pub rollout: RolloutSpec,
+    /// The bake time of each of `rollout.waves`, parsed: read bake times from here, not
+    /// from the text in `rollout`.
+    pub bakes: Vec<Option<WrittenDuration>>,
     /// Where the policy is declared.
     pub location: Location,
 }
@@ -98,7 +104,7 @@ pub struct CompiledPolicy {
 #[derive(Debug, Clone)]
 pub struct CompiledDevice {
     /// The device id.
-    pub id: Box<str>,
+    pub id: DeviceId,
     /// [`device_order_key`] of the id, computed once: the planner's stable ordering.
     pub order_key: u64,
     /// The device's group.
@@ -307,14 +313,14 @@ fn label_of<'a>(
     groups[group as usize].labels.get(key).map(String::as_str)
 }
 
-/// Resolves validated documents. References the validator already reported (unknown
-/// groups or releases, cycles) are skipped here rather than reported twice; the caller
-/// only uses the result when there were no errors.
-pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
+/// Resolves validated documents, with the values the checks parsed. References the
+/// validator already reported (unknown groups or releases, cycles) are skipped here
+/// rather than reported twice; the caller only uses the result when there were no errors.
+pub fn resolve(documents: &Documents, checked: &Checked) -> (CompiledFleet, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
-    let (groups, group_ix) = resolve_groups(documents);
+    let (groups, group_ix) = resolve_groups(documents, checked);
     let (releases, release_ix) = resolve_releases(documents, &mut diagnostics);
-    let policies = resolve_policies(documents, &group_ix, &release_ix);
+    let policies = resolve_policies(documents, checked, &group_ix, &release_ix);
     let CollectedDevices { mut devices, label_sets, sources: device_sources, pin_sources } =
         collect_devices(documents, &group_ix, &release_ix);
 
@@ -327,7 +333,7 @@ pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
         device_sources,
         id_index: IdIndex::default(),
     };
-    assign_desired_state(&fleet, &mut devices, &pin_sources, documents, &mut diagnostics);
+    desired::assign_desired_state(&fleet, &mut devices, &pin_sources, documents, &mut diagnostics);
     fleet.id_index = IdIndex::build(&devices);
     fleet.devices = devices;
     (fleet, diagnostics)
@@ -335,7 +341,10 @@ pub fn resolve(documents: &Documents) -> (CompiledFleet, Vec<Diagnostic>) {
 
 /// Lays groups out depth first (roots, then each group's children, by name) and resolves
 /// inherited labels and windows once per group.
-fn resolve_groups(documents: &Documents) -> (Vec<CompiledGroup>, HashMap<&str, GroupIx>) {
+fn resolve_groups<'a>(
+    documents: &'a Documents,
+    checked: &Checked,
+) -> (Vec<CompiledGroup>, HashMap<&'a str, GroupIx>) {
     let docs = &documents.groups;
     let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, g) in docs.iter().enumerate() {
@@ -353,12 +362,13 @@ fn resolve_groups(documents: &Documents) -> (Vec<CompiledGroup>, HashMap<&str, G
     let mut groups: Vec<CompiledGroup> = Vec::with_capacity(by_name.len());
     let mut group_ix: HashMap<&str, GroupIx> = HashMap::with_capacity(by_name.len());
     let empty_labels: Arc<Labels> = Arc::default();
-    let no_windows: Arc<[MaintenanceWindow]> = Arc::from(Vec::new());
+    let no_windows: Arc<Windows> = Arc::default();
     // Explicit stack of (name, parent index); children pushed in reverse so they pop in
     // name order. Groups caught in a cycle are never reached from a root.
     let mut stack: Vec<(&str, Option<GroupIx>)> = roots.iter().rev().map(|&r| (r, None)).collect();
     while let Some((name, parent)) = stack.pop() {
-        let doc = &docs[by_name[name]];
+        let doc_ix = by_name[name];
+        let doc = &docs[doc_ix];
         let spec = &doc.value.spec;
         let (inherited_labels, inherited_windows, depth) = match parent {
             Some(p) => {
@@ -374,9 +384,9 @@ fn resolve_groups(documents: &Documents) -> (Vec<CompiledGroup>, HashMap<&str, G
             merged.extend(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
             Arc::new(merged)
         };
-        let maintenance_windows = match &spec.maintenance_windows {
-            Some(own) => Arc::from(own.as_slice()),
-            None => inherited_windows,
+        let maintenance_windows = match checked.windows.get(doc_ix) {
+            Some(Some(own)) => own.clone(),
+            _ => inherited_windows,
         };
         let ix = groups.len() as GroupIx;
         group_ix.insert(name, ix);
@@ -447,15 +457,17 @@ fn resolve_releases<'a>(
 
 fn resolve_policies(
     documents: &Documents,
+    checked: &Checked,
     group_ix: &HashMap<&str, GroupIx>,
     release_ix: &HashMap<&str, ReleaseIx>,
 ) -> Vec<CompiledPolicy> {
-    let mut sorted: Vec<&Located<crate::model::Policy>> = documents.policies.iter().collect();
-    sorted.sort_by(|a, b| a.name().cmp(b.name()));
-    sorted.dedup_by(|a, b| a.name() == b.name());
+    let mut sorted: Vec<(usize, &Located<crate::model::Policy>)> =
+        documents.policies.iter().enumerate().collect();
+    sorted.sort_by(|(_, a), (_, b)| a.name().cmp(b.name()));
+    sorted.dedup_by(|(_, a), (_, b)| a.name() == b.name());
     sorted
         .into_iter()
-        .filter_map(|doc| {
+        .filter_map(|(doc_ix, doc)| {
             let spec = &doc.value.spec;
             let release = *release_ix.get(spec.release.as_str())?;
             let mut groups: Vec<GroupIx> =
@@ -476,6 +488,7 @@ fn resolve_policies(
                 groups,
                 labels: spec.selector.label_selector(),
                 rollout: spec.rollout.clone(),
+                bakes: checked.bakes.get(doc_ix).cloned().unwrap_or_default(),
                 location: doc.location.clone(),
             })
         })
@@ -510,8 +523,10 @@ fn collect_devices(
         .collect();
     let release =
         |pin: &Option<String>| pin.as_deref().and_then(|p| release_ix.get(p).copied()).unwrap_or(NONE);
-    let device = |id: &str, group, labels, pin, source: usize| CompiledDevice {
-        id: id.into(),
+    // The checks refused every id that breaks the rule, and resolving only runs without
+    // errors: the ids are taken as checked.
+    let device = |id: DeviceId, group, labels, pin, source: usize| CompiledDevice {
+        id,
         order_key: 0,
         group,
         labels,
@@ -535,7 +550,13 @@ fn collect_devices(
             if pin != NONE {
                 part.2.push((Box::from(id), PinSource::Device(doc_ix)));
             }
-            part.0.push(device(id, group, interner.intern(spec.labels.clone()), pin, doc_ix));
+            part.0.push(device(
+                DeviceId::checked(id),
+                group,
+                interner.intern(spec.labels.clone()),
+                pin,
+                doc_ix,
+            ));
         }
         part.1 = interner.sets;
         part
@@ -568,14 +589,14 @@ fn collect_devices(
                 if pin != NONE {
                     part.2.push((Box::from(entry.id.as_str()), pin_source));
                 }
-                part.0.push(device(&entry.id, group, labels, pin, source));
+                part.0.push(device(DeviceId::checked(entry.id.as_str()), group, labels, pin, source));
             }
             if let Some(range) = &spec.range {
                 for id in range.ids() {
                     if set_pin != NONE {
                         part.2.push((id.clone().into_boxed_str(), PinSource::Set(set_ix)));
                     }
-                    part.0.push(device(&id, group, set_labels, set_pin, source));
+                    part.0.push(device(DeviceId::checked(id), group, set_labels, set_pin, source));
                 }
             }
             part.1 = interner.sets;
@@ -641,259 +662,6 @@ fn range_len(spec: &crate::model::DeviceSetSpec) -> usize {
     spec.range.as_ref().map_or(0, |r| usize::try_from(r.count).unwrap_or(0))
 }
 
-/// Devices sharing a group and own labels: policies are evaluated once per such class.
-#[derive(Default)]
-struct Class {
-    devices: usize,
-    /// The first device (by id) of the class, for messages.
-    example: u32,
-    /// The governing policy.
-    policy: u32,
-}
-
-/// Counts and one example device, for a finding that concerns many devices.
-#[derive(Default)]
-struct Tally {
-    devices: usize,
-    example: Option<u32>,
-}
-
-impl Tally {
-    fn add(&mut self, devices: usize, example: u32) {
-        self.devices += devices;
-        self.example = Some(self.example.map_or(example, |e| e.min(example)));
-    }
-}
-
-/// Picks each device's governing policy and desired release, and reports conflicts,
-/// incompatible releases, policies that select nothing and uncovered devices.
-fn assign_desired_state(
-    fleet: &CompiledFleet,
-    devices: &mut [CompiledDevice],
-    pin_sources: &HashMap<Box<str>, PinSource>,
-    documents: &Documents,
-    diagnostics: &mut Vec<Diagnostic>,
-) {
-    // Group devices into classes of equal (group, own labels).
-    let mut class_of: FxHashMap<(GroupIx, u32), u32> = FxHashMap::default();
-    let mut classes: Vec<Class> = Vec::new();
-    let mut device_class: Vec<u32> = Vec::with_capacity(devices.len());
-    for (ix, d) in devices.iter().enumerate() {
-        let class = *class_of.entry((d.group, d.labels)).or_insert_with(|| {
-            classes.push(Class { devices: 0, example: ix as u32, policy: NONE });
-            (classes.len() - 1) as u32
-        });
-        // Pinned devices do not count toward what their policies govern.
-        if d.pin == NONE {
-            classes[class as usize].devices += 1;
-        }
-        device_class.push(class);
-    }
-    // The example device of a class should be one its policies govern: the first unpinned.
-    for (ix, d) in devices.iter().enumerate().rev() {
-        if d.pin == NONE {
-            classes[device_class[ix] as usize].example = ix as u32;
-        }
-    }
-
-    // Policies by priority (highest first), then name: the first match wins.
-    let mut by_priority: Vec<PolicyIx> = (0..fleet.policies.len() as PolicyIx).collect();
-    by_priority.sort_by_key(|&p| (std::cmp::Reverse(fleet.policies[p as usize].priority), p));
-
-    let mut selects = vec![false; fleet.policies.len()];
-    let mut conflicts: BTreeMap<(PolicyIx, PolicyIx), Tally> = BTreeMap::new();
-    let mut incompatible: BTreeMap<PolicyIx, Tally> = BTreeMap::new();
-    let mut uncovered = Tally::default();
-    let class_keys: Vec<(GroupIx, u32)> = {
-        let mut keys = vec![(0, 0); classes.len()];
-        for (&key, &class) in &class_of {
-            keys[class as usize] = key;
-        }
-        keys
-    };
-
-    for (class_ix, class) in classes.iter_mut().enumerate() {
-        let (group, own) = class_keys[class_ix];
-        let get = |key: &str| label_of(&fleet.label_sets, &fleet.groups, group, own, key);
-        let matching: Vec<PolicyIx> = by_priority
-            .iter()
-            .copied()
-            .filter(|&p| {
-                let policy = &fleet.policies[p as usize];
-                (policy.groups.is_empty() || policy.groups.iter().any(|&g| fleet.is_in_subtree(group, g)))
-                    && policy.labels.matches_with(get)
-            })
-            .collect();
-        if class.devices == 0 {
-            // Every device of the class is pinned: policies select them but govern none.
-            for &p in &matching {
-                selects[p as usize] = true;
-            }
-            continue;
-        }
-        let Some(&winner) = matching.first() else {
-            uncovered.add(class.devices, class.example);
-            continue;
-        };
-        for &p in &matching {
-            selects[p as usize] = true;
-        }
-        let top = &fleet.policies[winner as usize];
-        for &other in matching.iter().skip(1) {
-            let other_policy = &fleet.policies[other as usize];
-            if other_policy.priority != top.priority {
-                break;
-            }
-            if other_policy.release != top.release {
-                conflicts.entry((winner, other)).or_default().add(class.devices, class.example);
-            }
-        }
-        let release = &fleet.releases[top.release as usize];
-        if let Some(compatible) = &release.compatible {
-            if !compatible.matches_with(get) {
-                incompatible.entry(winner).or_default().add(class.devices, class.example);
-            }
-        }
-        class.policy = winner;
-    }
-
-    // Pins: each pinned release must be compatible with the device.
-    let mut bad_pins: BTreeMap<(PinSource, ReleaseIx), Tally> = BTreeMap::new();
-    for (ix, d) in devices.iter_mut().enumerate() {
-        if d.pin != NONE {
-            d.desired = d.pin;
-            let release = &fleet.releases[d.pin as usize];
-            if let Some(compatible) = &release.compatible {
-                let get = |key: &str| label_of(&fleet.label_sets, &fleet.groups, d.group, d.labels, key);
-                if !compatible.matches_with(get) {
-                    let source = pin_sources.get(&d.id).copied().unwrap_or(PinSource::Device(usize::MAX));
-                    bad_pins.entry((source, d.pin)).or_default().add(1, ix as u32);
-                }
-            }
-        } else {
-            let policy = classes[device_class[ix] as usize].policy;
-            d.policy = policy;
-            if policy != NONE {
-                d.desired = fleet.policies[policy as usize].release;
-            }
-        }
-    }
-
-    let name = |ix: Option<u32>| ix.map_or_else(String::new, |ix| devices[ix as usize].id.to_string());
-    let policy_doc = |p: PolicyIx| {
-        let name = &fleet.policies[p as usize].name;
-        documents.policies.iter().find(|d| d.name() == name).expect("compiled policies come from documents")
-    };
-    for ((a, b), tally) in &conflicts {
-        let (pa, pb) = (&fleet.policies[*a as usize], &fleet.policies[*b as usize]);
-        diagnostics.push(
-            Diagnostic::new(
-                Code::PolicyConflict,
-                policy_doc(*a).locate("spec.release"),
-                format!(
-                    "policies {:?} and {:?} both have priority {} and give {} {} different releases ({:?} and {:?}), e.g. device {:?}",
-                    pa.name,
-                    pb.name,
-                    pa.priority,
-                    tally.devices,
-                    plural(tally.devices, "device"),
-                    fleet.releases[pa.release as usize].name,
-                    fleet.releases[pb.release as usize].name,
-                    name(tally.example),
-                ),
-            )
-            .with_note(policy_doc(*b).locate("spec.release"), format!("policy {:?} is declared here", pb.name)),
-        );
-    }
-    for (p, tally) in &incompatible {
-        let policy = &fleet.policies[*p as usize];
-        let release = &fleet.releases[policy.release as usize];
-        diagnostics.push(
-            Diagnostic::new(
-                Code::IncompatibleRelease,
-                policy_doc(*p).locate("spec.release"),
-                format!(
-                    "release {:?} is not compatible with {} {} that policy {:?} selects, e.g. device {:?}",
-                    release.name,
-                    tally.devices,
-                    plural(tally.devices, "device"),
-                    policy.name,
-                    name(tally.example),
-                ),
-            )
-            .with_note(
-                release.location.clone(),
-                format!("release {:?} and its `compatible` selector", release.name),
-            ),
-        );
-    }
-    for ((source, release_ix), tally) in &bad_pins {
-        let release = &fleet.releases[*release_ix as usize];
-        let location = match *source {
-            PinSource::Device(d) => documents.devices.get(d).map(|doc| doc.locate("spec.pin")),
-            PinSource::Set(s) => documents.device_sets.get(s).map(|doc| doc.locate("spec.pin")),
-            PinSource::SetEntry(s, e) => {
-                documents.device_sets.get(s).map(|doc| doc.locate(&format!("spec.devices[{e}].pin")))
-            }
-        };
-        let location = location.unwrap_or_else(|| release.location.clone());
-        diagnostics.push(
-            Diagnostic::new(
-                Code::IncompatibleRelease,
-                location,
-                format!(
-                    "{} {} pinned to release {:?}, which is not compatible with {}, e.g. device {:?}",
-                    tally.devices,
-                    if tally.devices == 1 { "device is" } else { "devices are" },
-                    release.name,
-                    if tally.devices == 1 { "it" } else { "them" },
-                    name(tally.example),
-                ),
-            )
-            .with_note(
-                release.location.clone(),
-                format!("release {:?} and its `compatible` selector", release.name),
-            ),
-        );
-    }
-    for (p, policy) in fleet.policies.iter().enumerate() {
-        if !selects[p] {
-            diagnostics.push(Diagnostic::new(
-                Code::PolicySelectsNothing,
-                policy_doc(p as PolicyIx).locate("spec.selector"),
-                format!("policy {:?} selects no device", policy.name),
-            ));
-        }
-    }
-    if uncovered.devices > 0 {
-        let examples: Vec<String> = devices
-            .iter()
-            .filter(|d| d.pin == NONE && d.policy == NONE)
-            .take(3)
-            .map(|d| format!("{:?}", d.id))
-            .collect();
-        let first = &devices[uncovered.example.expect("uncovered devices have an example") as usize];
-        diagnostics.push(Diagnostic::new(
-            Code::DeviceNotCovered,
-            fleet.device_sources[first.source as usize].clone(),
-            format!(
-                "{} {} covered by no policy and not pinned, so {} no desired release (e.g. {})",
-                uncovered.devices,
-                if uncovered.devices == 1 { "device is" } else { "devices are" },
-                if uncovered.devices == 1 { "it has" } else { "they have" },
-                examples.join(", "),
-            ),
-        ));
-    }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        word.to_owned()
-    } else {
-        format!("{word}s")
-    }
-}
-
+mod desired;
 #[cfg(test)]
 mod tests;

@@ -12,39 +12,7 @@ pub use snapshot::{parse_snapshot, read_snapshot, InventoryError, SnapshotFormat
 use rayon::slice::ParallelSliceMut;
 use serde::{Deserialize, Serialize};
 
-/// Where a device is in installing its desired release, as it last reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum UpdateState {
-    /// Running its current release, nothing in progress.
-    Idle,
-    /// Fetching a new release.
-    Downloading,
-    /// Installing a downloaded release.
-    Installing,
-    /// The last update installed successfully.
-    Installed,
-    /// The last update failed; the device still runs `release`.
-    Failed,
-}
-
-impl UpdateState {
-    /// The name used in snapshots and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpdateState::Idle => "idle",
-            UpdateState::Downloading => "downloading",
-            UpdateState::Installing => "installing",
-            UpdateState::Installed => "installed",
-            UpdateState::Failed => "failed",
-        }
-    }
-
-    /// True when the device is settled on what it runs: nothing in progress, nothing failed.
-    pub fn is_settled(self) -> bool {
-        matches!(self, UpdateState::Idle | UpdateState::Installed)
-    }
-}
+use crate::protocol::UpdateState;
 
 /// One device's last report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::{DeviceReport, Inventory, UpdateState};
+use super::{DeviceReport, Inventory};
+use crate::protocol::UpdateState;
 
 /// The encoding of a snapshot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

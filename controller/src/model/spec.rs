@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{LabelSelector, Labels, SelectorRequirement};
+use crate::protocol::MaintenanceWindow;
 
 /// `Group.spec`: a node of the hierarchy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -27,19 +28,6 @@ pub struct GroupSpec {
     /// Devices that enroll with this group's token join this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<Enrollment>,
-}
-
-/// A recurring window in which updates may be installed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MaintenanceWindow {
-    /// Start of each window, as a five-field cron expression (`minute hour day month weekday`).
-    pub schedule: String,
-    /// How long each window stays open, e.g. `2h` or `90m`.
-    pub duration: String,
-    /// IANA time zone the schedule is read in, e.g. `Europe/Berlin`. Default `UTC`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_zone: Option<String>,
 }
 
 /// How devices enroll into a group.

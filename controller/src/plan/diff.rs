@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::compile::load::AsObject;
 use crate::compile::{CompiledDevice, CompiledFleet, Documents, Located};
-use crate::inventory::{DeviceReport, Inventory, UpdateState};
+use crate::inventory::{DeviceReport, Inventory};
 use crate::model::Kind;
+use crate::protocol::UpdateState;
 
 /// How a document changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -239,7 +240,7 @@ pub fn assumed_inventory(base: &CompiledFleet) -> Inventory {
                 healthy: true,
                 last_seen: None,
             };
-            Some((d.id.clone(), report))
+            Some((d.id.clone().into(), report))
         })
         .collect();
     Inventory::new(None, reports).expect("compiled device ids are unique")

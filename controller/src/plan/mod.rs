@@ -29,8 +29,10 @@ use std::cmp::Ordering;
 use rayon::prelude::*;
 
 use crate::compile::{CompiledDevice, CompiledFleet, DeviceIx, GroupIx, PolicyIx, ReleaseIx};
-use crate::inventory::{DeviceReport, Inventory, UpdateState};
+use crate::inventory::{DeviceReport, Inventory};
 use crate::model::{Approval, Order};
+use crate::protocol::duration::WrittenDuration;
+use crate::protocol::UpdateState;
 
 /// Where a device stands against its desired release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,8 +72,8 @@ pub struct WavePlan {
     pub name: String,
     /// Its devices, in rollout order.
     pub devices: Vec<DeviceIx>,
-    /// How long it must stay healthy before the next wave, as written.
-    pub bake: Option<String>,
+    /// How long it must stay healthy before the next wave.
+    pub bake: Option<WrittenDuration>,
     /// Whether it waits for an operator's approval before it starts (manual approval:
     /// every wave after the first).
     pub needs_approval: bool,
@@ -216,7 +218,7 @@ pub fn plan(fleet: &CompiledFleet, inventory: &Inventory) -> Plan {
                 WavePlan {
                     name: spec.map_or_else(|| "all".to_owned(), |w| w.display_name(i)),
                     devices,
-                    bake: spec.and_then(|w| w.bake.clone()),
+                    bake: policy.bakes.get(i).cloned().flatten(),
                     needs_approval: manual && i > 0,
                 }
             })

@@ -382,7 +382,7 @@ fn wave_report(fleet: &CompiledFleet, wave: &WavePlan) -> WaveReport {
         devices: wave.devices.len(),
         groups,
         first_groups,
-        bake: wave.bake.clone(),
+        bake: wave.bake.as_ref().map(ToString::to_string),
         needs_approval: wave.needs_approval,
     }
 }

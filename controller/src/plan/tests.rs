@@ -123,7 +123,7 @@ fn spread_orders_by_the_stable_hash() {
     let p = &plan(&fleet, &inventory()).policies[0];
     let keys: Vec<u64> = p.waves[0].devices.iter().map(|&d| fleet.devices()[d as usize].order_key).collect();
     assert!(keys.windows(2).all(|w| w[0] <= w[1]));
-    assert_eq!(keys[0], crate::target::device_order_key(&ids(&fleet, &p.waves[0].devices[..1])[0]));
+    assert_eq!(keys[0], crate::protocol::target::device_order_key(&ids(&fleet, &p.waves[0].devices[..1])[0]));
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn canaries_go_first_then_sizes_then_the_rest() {
     assert_eq!(p.waves[1].devices.len(), 4, "10% of 40, rounded up");
     assert!(ids(&fleet, &p.waves[1].devices).iter().all(|id| id.starts_with('a')));
     assert_eq!(p.waves[2].devices.len(), 34);
-    assert_eq!(p.waves[0].bake.as_deref(), Some("1h"));
+    assert_eq!(p.waves[0].bake.as_ref().map(|b| b.as_str()), Some("1h"));
     let approvals: Vec<bool> = p.waves.iter().map(|w| w.needs_approval).collect();
     assert_eq!(approvals, [false, true, true]);
 }

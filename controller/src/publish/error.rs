@@ -102,13 +102,13 @@ pub enum PublishError {
         reason: String,
     },
 
-    /// A device id cannot be used in a target path.
+    /// A device id breaks the rule of device ids.
     #[error("device id {id:?} cannot be published: {reason}")]
     InvalidDevice {
         /// The offending id.
         id: String,
         /// Why it is refused.
-        reason: &'static str,
+        reason: crate::protocol::DeviceIdError,
     },
 
     /// A device is named more than once in one batch.

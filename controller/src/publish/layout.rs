@@ -4,7 +4,7 @@
 //! equal, contiguous ranges. Above a few dozen leaves, `targets` delegates to
 //! `2^parent_bits` parent roles that each delegate to their share of the leaves, so that
 //! no single delegating role grows with the fleet. The planner orders waves by the same
-//! hash (see [`crate::target`]), so a wave is a contiguous hash range and lands in few
+//! hash (see [`crate::protocol::target`]), so a wave is a contiguous hash range and lands in few
 //! leaves.
 //!
 //! Sizes that drive the choice (canonical JSON, ed25519, short role names): a device
@@ -160,7 +160,7 @@ fn hash_prefixes(index: u32, bits: u8) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::device_path_hash;
+    use crate::protocol::target::device_path_hash;
     use sha2::{Digest, Sha256};
 
     #[test]

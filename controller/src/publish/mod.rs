@@ -41,6 +41,9 @@ use std::path::PathBuf;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::target::release_target_path;
+use crate::protocol::DeviceInstruction;
+
 pub use client::SpecTargetPaths;
 pub use error::PublishError;
 pub use keys::{KeyDir, KeysCreated};
@@ -83,38 +86,6 @@ pub(crate) fn expiry_after(period: SignedDuration) -> Timestamp {
     Timestamp::from_second(t.as_second()).expect("whole seconds of a valid timestamp are valid")
 }
 
-/// What one device should run: the content of its target `devices/<device-id>.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceInstruction {
-    /// The device id.
-    pub device: String,
-    /// The release the device should run.
-    pub release: String,
-    /// That release's version.
-    pub version: String,
-    /// The artifacts to install, as targets of the `releases` role.
-    pub artifacts: Vec<ArtifactRef>,
-    /// The rollout that published this instruction.
-    pub rollout: String,
-    /// The wave of that rollout, from 0.
-    pub wave: u32,
-    /// When the device may install: its group's maintenance windows (inherited), empty
-    /// for "any time". The agent checks them against its own clock before installing.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub maintenance_windows: Vec<crate::model::MaintenanceWindow>,
-}
-
-/// An artifact a device instruction points at.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactRef {
-    /// Target path, `releases/<release>/<file>`.
-    pub target: String,
-    /// Hex SHA-256 of the artifact.
-    pub sha256: String,
-    /// Length in bytes.
-    pub length: u64,
-}
-
 /// An artifact of a release, published as target `releases/<release>/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseArtifact {
@@ -137,7 +108,7 @@ pub struct ReleaseArtifact {
 impl ReleaseArtifact {
     /// The TUF target path, `releases/<release>/<name>`.
     pub fn target_path(&self) -> String {
-        format!("releases/{}/{}", self.release, self.name)
+        release_target_path(&self.release, &self.name)
     }
 }
 

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::signing::sha256;
-use super::{Batch, DeviceInstruction, PublishError, ReleaseArtifact};
-use crate::model::MaintenanceWindow;
-use crate::target::device_path_hash;
+use super::{Batch, PublishError, ReleaseArtifact};
+use crate::protocol::target::device_path_hash;
+use crate::protocol::{DeviceId, DeviceInstruction, MaintenanceWindow};
 
 /// Devices prepared together, sharing one buffer for the documents they serialise.
 const CHUNK: usize = 8192;
@@ -43,7 +43,7 @@ struct InstructionRef<'a> {
     maintenance_windows: Cow<'a, [MaintenanceWindow]>,
 }
 
-/// [`super::ArtifactRef`], borrowed. A target path or hash written with JSON escapes
+/// [`crate::protocol::ArtifactRef`], borrowed. A target path or hash written with JSON escapes
 /// cannot be borrowed; such a file fails this parse and is read by the general (YAML)
 /// path instead, with the same result.
 #[derive(Serialize, Deserialize)]
@@ -215,7 +215,7 @@ fn prepare_chunk<S: Source>(
         let Some(instruction) = item.instruction() else {
             return Ok(None);
         };
-        check_device_id(&instruction.device)?;
+        publishable_id(&instruction.device)?;
         doc.clear();
         serde_json::to_writer(&mut doc, &instruction).map_err(|source| PublishError::Serialise {
             role: format!("device {}", instruction.device),
@@ -270,7 +270,8 @@ pub struct PreparedBatch {
 }
 
 impl PreparedBatch {
-    /// Prepares a batch, in parallel. Refuses malformed device ids.
+    /// Prepares a batch, in parallel. Refuses device ids that break the rule of
+    /// [`DeviceId`].
     pub fn from_batch(batch: Batch) -> Result<Self, PublishError> {
         let (devices, buffers) =
             prepare_all(&batch.upserts, None)?.expect("owned instructions are always read");
@@ -333,26 +334,16 @@ fn open_batch(path: &Path) -> Result<Store, PublishError> {
     Ok(Store::Owned(std::fs::read(path).map_err(PublishError::io("read", path))?))
 }
 
-/// Refuses ids that would not stay one path segment of `devices/<id>.json`.
-pub(crate) fn check_device_id(id: &str) -> Result<(), PublishError> {
-    let reason = if id.is_empty() {
-        "it is empty"
-    } else if id == "." || id == ".." {
-        "it is a relative path"
-    } else if id.contains(['/', '\\']) {
-        "it contains a path separator"
-    } else if id.chars().any(char::is_control) {
-        "it contains a control character"
-    } else {
-        return Ok(());
-    };
-    Err(PublishError::InvalidDevice { id: id.to_owned(), reason })
+/// Refuses an id that breaks the rule of [`DeviceId`] (it would not stay one path
+/// segment of `devices/<id>.json`).
+pub(crate) fn publishable_id(id: &str) -> Result<(), PublishError> {
+    DeviceId::check(id).map_err(|reason| PublishError::InvalidDevice { id: id.to_owned(), reason })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::ArtifactRef;
+    use crate::protocol::ArtifactRef;
 
     fn instruction(device: &str, windows: Vec<MaintenanceWindow>) -> DeviceInstruction {
         DeviceInstruction {
@@ -378,7 +369,7 @@ mod tests {
             time_zone: Some("Europe/Berlin".into()),
         };
         let batch = Batch {
-            upserts: vec![instruction("a", vec![]), instruction("caf\u{e9}-1", vec![window])],
+            upserts: vec![instruction("a", vec![]), instruction("cafe-1", vec![window])],
             ..Batch::default()
         };
         let dir = tempfile::TempDir::new().unwrap();
@@ -400,7 +391,7 @@ mod tests {
                 assert_eq!(doc, serde_json::to_vec(i).unwrap());
                 assert_eq!(p.hash, sha256(doc));
                 assert_eq!(prepared.id(p), i.device);
-                assert_eq!(p.path_hash, crate::target::device_path_hash(&i.device));
+                assert_eq!(p.path_hash, device_path_hash(&i.device));
                 // A document written in the file exactly as it is published is not copied.
                 assert_eq!(p.doc.store == 0, in_file);
             }
@@ -424,5 +415,21 @@ mod tests {
         batch.upserts[0].device = "a/b".into();
         std::fs::write(&file, serde_json::to_vec(&batch).unwrap()).unwrap();
         assert!(matches!(PreparedBatch::read(&file), Err(PublishError::InvalidDevice { .. })));
+    }
+
+    #[test]
+    fn ids_that_break_the_rule_of_device_ids_are_refused() {
+        // Each would stay one path segment, but the fleet repository, the device API and
+        // the agent refuse it: the publisher follows the same rule.
+        for bad in ["bad id", "-x", "caf\u{e9}", &"x".repeat(129)] {
+            let batch = Batch { upserts: vec![instruction(bad, vec![])], ..Batch::default() };
+            match PreparedBatch::from_batch(batch) {
+                Err(PublishError::InvalidDevice { id, reason }) => {
+                    assert_eq!(id, bad);
+                    assert_eq!(Err(reason), DeviceId::check(bad));
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use super::canonical::{leaf_body, leaf_canonical_json, LeafTarget};
 use super::keys::KeyDir;
 use super::layout::BinLayout;
 use super::leaf::{leaf_entries, path_order, read_leaf, LeafEntry, LeafTargets};
-use super::prepare::{check_device_id, PreparedBatch, PreparedDevice, Stores};
+use super::prepare::{publishable_id, PreparedBatch, PreparedDevice, Stores};
 use super::signing::{
     canonical_json, sha256, sign_canonical, sign_metadata, sync_dir, write_atomic, SignedFile, Signer,
 };
@@ -31,7 +31,7 @@ use super::target_files::{write_target_file, DeviceFiles, NewFile, Written};
 use super::{
     expiry_after, Batch, CommitReport, Expiries, PublishError, ReleaseArtifact, RoleWrite, SPEC_VERSION,
 };
-use crate::target::{device_path_hash, device_target_path};
+use crate::protocol::target::{device_path_hash, device_target_path};
 
 mod prune;
 
@@ -546,7 +546,7 @@ impl Repository {
         let leaf_of = |d: &PreparedDevice| layout.leaf_of(&d.path_hash);
         let mut removed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for id in removals {
-            check_device_id(&id)?;
+            publishable_id(&id)?;
             removed.entry(layout.leaf_of(&device_path_hash(&id))).or_default().push(id);
         }
         upserts.par_sort_unstable_by_key(leaf_of);

@@ -47,7 +47,10 @@ pub(crate) fn device_file_name<'n>(name: &'n mut String, hash: &[u8; 32], id: &s
 /// Up to `limit` of the device instructions published in the repository at `repo` (its
 /// `targets/devices/` files, in no particular order; none when nothing was published):
 /// a sample of what devices have been told, for checks that need no complete list.
-pub fn sample_instructions(repo: &Path, limit: usize) -> Result<Vec<super::DeviceInstruction>, PublishError> {
+pub fn sample_instructions(
+    repo: &Path,
+    limit: usize,
+) -> Result<Vec<crate::protocol::DeviceInstruction>, PublishError> {
     let dir = repo.join("targets").join("devices");
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,

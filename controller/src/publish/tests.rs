@@ -12,7 +12,8 @@ use tough::{RepositoryLoader, TargetName};
 
 use super::repository::CommitStep;
 use super::*;
-use crate::target::{device_order_key, device_target_path};
+use crate::protocol::target::{device_order_key, device_target_path};
+use crate::protocol::{ArtifactRef, DeviceInstruction};
 
 fn instruction(device: &str, release: &str) -> DeviceInstruction {
     DeviceInstruction {
@@ -259,8 +260,10 @@ fn a_refresh_near_bin_expiry_re_signs_bins_snapshot_and_timestamp() {
 fn a_version_left_on_disk_by_a_crash_is_never_reused() {
     let (fx, mut repo) = fixture(10);
     repo.commit(batch(["a".to_owned()], "r1")).unwrap();
-    let leaf =
-        repo.config().layout.leaf_name(repo.config().layout.leaf_of(&crate::target::device_path_hash("a")));
+    let leaf = repo
+        .config()
+        .layout
+        .leaf_name(repo.config().layout.leaf_of(&crate::protocol::target::device_path_hash("a")));
     let current = repo.snapshot_version();
     // Leftovers of a commit that never reached its timestamp.
     std::fs::write(fx.repo_dir.join(format!("metadata/3.{leaf}.json")), b"half").unwrap();

@@ -29,16 +29,14 @@ use serde::Serialize;
 use super::admission::{admit, InFlight};
 use super::gate::{decide, Gates, Position, Verdict, Wait};
 use super::progress::{classify, MemberState, Progress, Target};
-use super::window::Windows;
 use crate::compile::{CompiledDevice, CompiledFleet, CompiledRelease, DeviceIx, PolicyIx};
 use crate::inventory::store::{
     MemberRecord, RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord, WaveState,
 };
 use crate::inventory::Inventory;
 use crate::plan;
-use crate::publish::{
-    ArtifactRef, Batch, CommitReport, DeviceInstruction, PublishError, ReleaseArtifact, Repository,
-};
+use crate::protocol::{ArtifactRef, DeviceInstruction, Windows};
+use crate::publish::{Batch, CommitReport, PublishError, ReleaseArtifact, Repository};
 
 /// The rollout id written into the instructions of pinned devices.
 pub const PIN_ROLLOUT: &str = "pin";
@@ -423,11 +421,7 @@ impl Engine {
                 healthy_at: None,
                 approved_at: None,
                 finished_at: None,
-                bake_ms: w
-                    .bake
-                    .as_deref()
-                    .and_then(|b| humantime::parse_duration(b).ok())
-                    .map(|d| d.as_millis() as i64),
+                bake_ms: w.bake.as_ref().map(|b| b.value().as_millis() as i64),
             })
             .collect();
         let members: Vec<Vec<String>> = policy_plan
@@ -775,7 +769,7 @@ pub fn instruction(
             .collect(),
         rollout: rollout.to_string(),
         wave,
-        maintenance_windows: fleet.group(device.group).maintenance_windows.to_vec(),
+        maintenance_windows: fleet.group(device.group).maintenance_windows.as_written().to_vec(),
     }
 }
 
@@ -797,30 +791,17 @@ pub fn release_artifacts(release: &CompiledRelease) -> Vec<ReleaseArtifact> {
         .collect()
 }
 
-/// Each group's maintenance windows, parsed once per pass.
+/// Each group's maintenance windows, as the compiler parsed them.
 struct GroupWindows {
-    windows: Vec<Option<Windows>>,
+    windows: Vec<std::sync::Arc<Windows>>,
 }
 
 impl GroupWindows {
     fn new(fleet: &CompiledFleet) -> GroupWindows {
-        let windows = fleet
-            .groups()
-            .iter()
-            .map(|g| match Windows::new(&g.maintenance_windows) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    // Validation refuses bad windows; should one get here, the group is
-                    // held back rather than updated outside its window.
-                    tracing::error!(group = %g.name, "invalid maintenance window: {e:?}");
-                    None
-                }
-            })
-            .collect();
-        GroupWindows { windows }
+        GroupWindows { windows: fleet.groups().iter().map(|g| g.maintenance_windows.clone()).collect() }
     }
 
     fn is_open(&self, group: u32, now: Timestamp) -> bool {
-        self.windows[group as usize].as_ref().is_some_and(|w| w.is_open(now))
+        self.windows[group as usize].is_open(now)
     }
 }

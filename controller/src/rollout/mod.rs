@@ -3,12 +3,10 @@
 //! This module holds the rules, as pure functions: [`gate`] decides when the next wave
 //! may be published (bake time, success and failure thresholds, approval, pause),
 //! [`admission`] decides which devices of a wave get their instructions now (maintenance
-//! windows, policy and group `maxConcurrent`), and [`window`] evaluates maintenance
-//! windows.
+//! windows, policy and group `maxConcurrent`).
 
 pub mod admission;
 pub mod control;
 pub mod engine;
 pub mod gate;
 pub mod progress;
-pub mod window;

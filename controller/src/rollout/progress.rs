@@ -5,7 +5,8 @@ use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
 use super::gate::WaveTally;
-use crate::inventory::{DeviceReport, UpdateState};
+use crate::inventory::DeviceReport;
+use crate::protocol::UpdateState;
 
 /// Where one member of a rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -337,7 +337,8 @@ fn callbacks<'a>(
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
             };
             known_hosts.check(host, port, key).map(|()| CertificateCheckStatus::CertificateOk).map_err(
-                |message| {
+                |refusal| {
+                    let message = refusal.to_string();
                     let error = git2::Error::from_str(&message);
                     *refused.borrow_mut() = Some(message);
                     error

@@ -35,34 +35,70 @@ impl KnownHosts {
     }
 
     /// Checks the key `key` (SSH wire encoding, as the server sent it) of `host`:`port`.
-    pub fn check(&self, host: &str, port: u16, key: &[u8]) -> Result<(), String> {
-        let offered =
-            PublicKey::from_bytes(key).map_err(|e| format!("the server's host key is unreadable: {e}"))?;
-        let name = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
-        let fingerprint = offered.fingerprint(Default::default());
+    pub fn check(&self, host: &str, port: u16, key: &[u8]) -> Result<(), HostKeyRefusal> {
+        let offered = PublicKey::from_bytes(key).map_err(|e| HostKeyRefusal::Unreadable(e.to_string()))?;
+        let host = if port == 22 { host.to_owned() } else { format!("[{host}]:{port}") };
+        let fingerprint = offered.fingerprint(Default::default()).to_string();
         let same_key = |entry: &Entry| entry.public_key().key_data() == offered.key_data();
         let for_host: Vec<&Entry> =
-            self.entries.iter().filter(|e| matches(e.host_patterns(), &name)).collect();
+            self.entries.iter().filter(|e| matches(e.host_patterns(), &host)).collect();
+        let file = self.path.clone();
         if for_host.iter().any(|e| e.marker() == Some(&Marker::Revoked) && same_key(e)) {
-            return Err(format!(
-                "the host key of {name} ({fingerprint}) is revoked in {}",
-                self.path.display()
-            ));
+            return Err(HostKeyRefusal::Revoked { host, fingerprint, file });
         }
         if for_host.iter().any(|e| e.marker().is_none() && same_key(e)) {
             return Ok(());
         }
         let known = for_host.iter().any(|e| e.marker().is_none());
         Err(if known {
-            format!(
-                "the host key of {name} ({fingerprint}) does not match the one in {}: the server's key changed, or \
-                 this is not the server",
-                self.path.display()
-            )
+            HostKeyRefusal::Changed { host, fingerprint, file }
         } else {
-            format!("{name} is not in {} (its host key is {fingerprint})", self.path.display())
+            HostKeyRefusal::Unknown { host, fingerprint, file }
         })
     }
+}
+
+/// Why a server's host key is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostKeyRefusal {
+    /// The key the server sent cannot be read.
+    #[error("the server's host key is unreadable: {0}")]
+    Unreadable(String),
+    /// The file lists the key as revoked.
+    #[error("the host key of {host} ({fingerprint}) is revoked in {}", file.display())]
+    Revoked {
+        /// The host as `known_hosts` names it (`[host]:port` off port 22).
+        host: String,
+        /// The key's SHA-256 fingerprint.
+        fingerprint: String,
+        /// The `known_hosts` file.
+        file: PathBuf,
+    },
+    /// The file lists the host with other keys.
+    #[error(
+        "the host key of {host} ({fingerprint}) does not match the one in {}: the server's key changed, or \
+         this is not the server",
+        file.display()
+    )]
+    Changed {
+        /// The host as `known_hosts` names it.
+        host: String,
+        /// The key's SHA-256 fingerprint.
+        fingerprint: String,
+        /// The `known_hosts` file.
+        file: PathBuf,
+    },
+    /// The file does not list the host.
+    #[error("{host} is not in {} (its host key is {fingerprint})", file.display())]
+    Unknown {
+        /// The host as `known_hosts` names it.
+        host: String,
+        /// The key's SHA-256 fingerprint.
+        fingerprint: String,
+        /// The `known_hosts` file.
+        file: PathBuf,
+    },
 }
 
 /// Whether `patterns` name the host, as OpenSSH matches them: against `host` on port 22
@@ -167,11 +203,15 @@ mod tests {
         assert_eq!(hosts.check("git.example.com", 22, &wire(KEY)), Ok(()));
         assert_eq!(hosts.check("GIT.example.com", 22, &wire(KEY)), Ok(()));
         assert_eq!(hosts.check("10.0.0.7", 22, &wire(KEY)), Ok(()));
-        assert!(hosts.check("10.0.0.9", 22, &wire(KEY)).unwrap_err().contains("is not in"));
+        assert!(hosts.check("10.0.0.9", 22, &wire(KEY)).unwrap_err().to_string().contains("is not in"));
         assert_eq!(hosts.check("127.0.0.1", 2222, &wire(KEY)), Ok(()));
-        assert!(hosts.check("127.0.0.1", 22, &wire(KEY)).unwrap_err().contains("127.0.0.1 is not in"));
+        assert!(hosts
+            .check("127.0.0.1", 22, &wire(KEY))
+            .unwrap_err()
+            .to_string()
+            .contains("127.0.0.1 is not in"));
         assert!(hosts.check("git.example.com", 2222, &wire(KEY)).is_err());
-        let changed = hosts.check("git.example.com", 22, &wire(OTHER)).unwrap_err();
+        let changed = hosts.check("git.example.com", 22, &wire(OTHER)).unwrap_err().to_string();
         assert!(changed.contains("does not match"), "{changed}");
     }
 
@@ -187,7 +227,7 @@ mod tests {
         let hosts = known(&format!("{hashed} {KEY}\n@revoked * {OTHER}\n"));
         assert_eq!(hosts.check("127.0.0.1", 2222, &wire(KEY)), Ok(()));
         assert!(hosts.check("127.0.0.2", 2222, &wire(KEY)).is_err());
-        assert!(hosts.check("127.0.0.1", 2222, &wire(OTHER)).unwrap_err().contains("revoked"));
+        assert!(hosts.check("127.0.0.1", 2222, &wire(OTHER)).unwrap_err().to_string().contains("revoked"));
     }
 
     #[test]

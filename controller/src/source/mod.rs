@@ -26,7 +26,7 @@ pub mod webhook;
 pub use dir::read_dir;
 pub use fetch::{GitSource, Poll, Revision, Update};
 pub use git::{read_commit, read_commit_of_dir};
-pub use known_hosts::KnownHosts;
+pub use known_hosts::{HostKeyRefusal, KnownHosts};
 pub use spec::{Auth, GitReference, Retry, SourceSpec, VerifyMode, VerifySpec};
 pub use status::{backoff, SourceStatus};
 pub use verify::{Refusal, Signer, Verifier};

@@ -194,7 +194,9 @@ impl Verifier {
                 }
                 return match candidate.check(&signature, signed) {
                     Ok(()) => Ok(signer()),
-                    Err(message) => Err(Refusal::BadSignature { signer: signer().to_string(), message }),
+                    Err(e) => {
+                        Err(Refusal::BadSignature { signer: signer().to_string(), message: e.to_string() })
+                    }
                 };
             }
         }
@@ -212,7 +214,7 @@ impl Verifier {
 trait PublicKeyTraitObject {
     fn id(&self) -> pgp::types::KeyId;
     fn print(&self) -> pgp::types::Fingerprint;
-    fn check(&self, signature: &DetachedSignature, signed: &[u8]) -> Result<(), String>;
+    fn check(&self, signature: &DetachedSignature, signed: &[u8]) -> pgp::errors::Result<()>;
 }
 
 impl<K: PublicKeyTrait + KeyDetails> PublicKeyTraitObject for K {
@@ -222,8 +224,8 @@ impl<K: PublicKeyTrait + KeyDetails> PublicKeyTraitObject for K {
     fn print(&self) -> pgp::types::Fingerprint {
         self.fingerprint()
     }
-    fn check(&self, signature: &DetachedSignature, signed: &[u8]) -> Result<(), String> {
-        signature.verify(self, signed).map_err(|e| e.to_string())
+    fn check(&self, signature: &DetachedSignature, signed: &[u8]) -> pgp::errors::Result<()> {
+        signature.verify(self, signed)
     }
 }
 

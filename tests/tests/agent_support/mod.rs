@@ -11,10 +11,9 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use waveguide::api::{Api, ApiConfig};
 use waveguide::inventory::store::{DeclaredDevice, Store, StoredReport};
-use waveguide::inventory::UpdateState;
+use waveguide::protocol::{ArtifactRef, DeviceInstruction, UpdateState};
 use waveguide::publish::{
-    ArtifactRef, Batch, BinLayout, CommitReport, DeviceInstruction, Expiries, KeyDir, ReleaseArtifact,
-    RepoConfig, Repository,
+    Batch, BinLayout, CommitReport, Expiries, KeyDir, ReleaseArtifact, RepoConfig, Repository,
 };
 
 pub const TOKEN: &str = "lab-enrollment-token";

@@ -9,7 +9,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use waveguide::protocol::DeviceKey;
 
 use super::waveguide;
 

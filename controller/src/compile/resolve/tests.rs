@@ -81,7 +81,8 @@ fn compile(extra: &str) -> (CompiledFleet, Vec<Diagnostic>) {
     let text = format!("{HIERARCHY}{extra}");
     let (documents, diagnostics) = load(&FleetFiles::from_pairs([("fleet.yaml", text)]));
     assert!(diagnostics.is_empty(), "{diagnostics:?}");
-    resolve(&documents)
+    let checked = crate::compile::validate::check_cached(&documents, &mut Default::default());
+    resolve(&documents, &checked)
 }
 
 /// Each device's desired release name, by id.
@@ -114,9 +115,9 @@ fn inherited_labels_and_windows_are_shared_per_group() {
     let g = |name| fleet.group(fleet.group_named(name).unwrap());
     // berlin inherits eu's windows: the same allocation, not a copy.
     assert!(Arc::ptr_eq(&g("berlin").maintenance_windows, &g("eu").maintenance_windows));
-    assert_eq!(g("berlin").maintenance_windows[0].time_zone.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(g("berlin").maintenance_windows.as_written()[0].time_zone.as_deref(), Some("Europe/Berlin"));
     // paris overrides with "any time".
-    assert!(g("paris").maintenance_windows.is_empty());
+    assert!(g("paris").maintenance_windows.is_unrestricted());
     // chicago sets no labels: it shares na's map.
     assert!(Arc::ptr_eq(&g("chicago").labels, &g("na").labels));
     // A child's label overrides the inherited one.
@@ -283,4 +284,18 @@ fn devices_are_found_by_id() {
         assert_eq!(fleet.device_index(missing), None, "{missing:?}");
     }
     assert_eq!(CompiledFleet::default().device_index("node-0001"), None);
+}
+
+#[test]
+fn bake_times_and_windows_come_parsed() {
+    let extra = "---\napiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {}\n  release: r1\n  rollout:\n    waves: [{count: 1, bake: 90m}, {}]\n";
+    let (fleet, _) = compile(extra);
+    let policy = fleet.policy(fleet.policy_named("p").unwrap());
+    let bakes: Vec<Option<(&str, jiff::SignedDuration)>> =
+        policy.bakes.iter().map(|b| b.as_ref().map(|b| (b.as_str(), b.value()))).collect();
+    assert_eq!(bakes, [Some(("90m", jiff::SignedDuration::from_mins(90))), None]);
+    // eu's nightly window, 02:00 Berlin time for 3 hours: parsed, and open at 02:30.
+    let eu = fleet.group(fleet.group_named("eu").unwrap());
+    assert!(eu.maintenance_windows.is_open("2026-01-10T01:30:00Z".parse().unwrap()));
+    assert!(!eu.maintenance_windows.is_open("2026-01-10T12:00:00Z".parse().unwrap()));
 }

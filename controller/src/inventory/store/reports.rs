@@ -7,7 +7,8 @@ use sqlx::Row;
 use super::{
     multi_row, placeholders, query_error, Store, StoreError, HISTORY_PER_DEVICE, ROWS_PER_STATEMENT,
 };
-use crate::inventory::{DeviceReport, Inventory, UpdateState};
+use crate::inventory::{DeviceReport, Inventory};
+use crate::protocol::UpdateState;
 
 /// One authenticated report, ready to store.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,5 +1,5 @@
-//! Where a device's instructions live in the TUF repository, and the stable hash that
-//! places them.
+//! Where a device's instructions and a release's artifacts live in the TUF repository,
+//! and the stable hash that places a device's instructions.
 //!
 //! One function decides both the TUF target path of a device and the hash the planner
 //! uses to order devices (`spread` order and tie-breaking). Because TUF hashed bins are
@@ -12,6 +12,11 @@ use sha2::{Digest, Sha256};
 /// The TUF target path of a device's instructions: `devices/<device-id>.json`.
 pub fn device_target_path(device_id: &str) -> String {
     format!("devices/{device_id}.json")
+}
+
+/// The TUF target path of a release's artifact: `releases/<release>/<artifact>`.
+pub fn release_target_path(release: &str, artifact: &str) -> String {
+    format!("releases/{release}/{artifact}")
 }
 
 /// SHA-256 of the device's target path: the hash TUF `path_hash_prefixes` match on, and
@@ -40,6 +45,7 @@ mod tests {
         let expected: [u8; 32] = Sha256::digest(b"devices/store-0001.json").into();
         assert_eq!(device_path_hash("store-0001"), expected);
         assert_eq!(device_target_path("store-0001"), "devices/store-0001.json");
+        assert_eq!(release_target_path("v2", "os.img"), "releases/v2/os.img");
     }
 
     #[test]

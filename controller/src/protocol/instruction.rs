@@ -1,0 +1,39 @@
+//! The device instruction: what the controller publishes for one device, as the TUF
+//! target `devices/<device-id>.json`, and what the agent verifies and acts on.
+
+use serde::{Deserialize, Serialize};
+
+use super::window::MaintenanceWindow;
+
+/// What one device should run: the content of its target `devices/<device-id>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInstruction {
+    /// The device id. The publisher refuses an id that breaks the rule of
+    /// [`DeviceId`](super::DeviceId).
+    pub device: String,
+    /// The release the device should run.
+    pub release: String,
+    /// That release's version.
+    pub version: String,
+    /// The artifacts to install, as targets of the `releases` role.
+    pub artifacts: Vec<ArtifactRef>,
+    /// The rollout that published this instruction.
+    pub rollout: String,
+    /// The wave of that rollout, from 0.
+    pub wave: u32,
+    /// When the device may install: its group's maintenance windows (inherited), empty
+    /// for "any time". The agent checks them against its own clock before installing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+}
+
+/// An artifact a device instruction points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Target path, `releases/<release>/<file>`.
+    pub target: String,
+    /// Hex SHA-256 of the artifact.
+    pub sha256: String,
+    /// Length in bytes.
+    pub length: u64,
+}
