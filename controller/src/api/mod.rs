@@ -43,7 +43,7 @@ pub use metrics::Metrics;
 pub use reports::ReportBody;
 
 use crate::inventory::store::Store;
-use crate::reconcile::LoopHealth;
+use crate::standalone::LoopHealth;
 
 /// Most unknown device ids remembered at once.
 const MAX_UNKNOWN: usize = 100_000;

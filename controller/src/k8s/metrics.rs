@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::rollout::state::RolloutPhase;
 use jiff::Timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -63,7 +64,7 @@ pub struct RolloutGauges {
     /// The rollout id.
     pub rollout: String,
     /// `progressing`, `paused`, `halted`, `completed` or `aborted`.
-    pub phase: String,
+    pub phase: RolloutPhase,
     /// The wave in progress, from 1.
     pub wave: u64,
     /// Its waves.

@@ -4,11 +4,12 @@
 //! may be published (bake time, success and failure thresholds, approval, pause),
 //! [`admission`] decides which devices of a wave get their instructions now (maintenance
 //! windows, policy and group `maxConcurrent`), and [`window`] evaluates maintenance
-//! windows.
+//! windows. [`progress`] classifies each member of a rollout, [`state`] names where a rollout
+//! and its waves are, and [`control`] is what operators see and do. The [engine](crate::engine) composes these rules into a pass.
 
 pub mod admission;
 pub mod control;
-pub mod engine;
 pub mod gate;
 pub mod progress;
+pub mod state;
 pub mod window;
