@@ -174,21 +174,33 @@ impl Engine {
     }
 
     /// One pass: the source when `poll` (a new commit compiled and applied, or refused),
-    /// then, when `may_write` still says so (a Kubernetes replica checks its Lease again
-    /// after a long poll), the rollouts' step at the current time and the repository's
-    /// upkeep. Errors are returned in the report, each with its part; none stops the
-    /// other part.
+    /// then, when `may_write` still says so, the rollouts' step at the current time and
+    /// the repository's upkeep. Errors are returned in the report, each with its part;
+    /// none stops the other part. The Kubernetes reconciler calls the two halves
+    /// ([`Engine::read`], [`Engine::advance`]) itself, because it reports the source's
+    /// outcome, checks its Lease again and applies operators' changes in between.
     pub async fn pass(&mut self, poll: bool, may_write: impl Fn() -> bool) -> PassReport {
-        let mut report = PassReport::default();
+        let source = self.read(poll).await;
+        let step = if may_write() { Some(self.advance(Timestamp::now()).await) } else { None };
+        PassReport { source, step }
+    }
+
+    /// The pass's read half: the source synced when `poll`, `None` otherwise.
+    pub async fn read(&mut self, poll: bool) -> Option<Result<SourceOutcome, EngineError>> {
         if poll {
-            report.source = Some(self.sync_source().await);
+            Some(self.sync_source().await)
+        } else {
+            None
         }
-        if !may_write() {
-            return report;
-        }
-        report.step = Some(self.step(Timestamp::now()).await);
+    }
+
+    /// The pass's writing half: the rollouts' step at `now` (decide, publish, record),
+    /// then the repository's upkeep (expiring roles re-signed, old versions pruned, when
+    /// due) whatever the step's outcome.
+    pub async fn advance(&mut self, now: Timestamp) -> Result<StepReport, StepError> {
+        let step = self.step(now).await;
         self.maintain_repository();
-        report
+        step
     }
 
     /// The source's state: last applied and attempted commits, failures, next poll.

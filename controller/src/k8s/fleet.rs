@@ -3,10 +3,11 @@
 //!
 //! One reconcile: hold the fleet's Lease (a standby replica stops here and writes
 //! nothing) → ensure the finalizer → build the engine when the spec changed (reading the
-//! Secrets the Fleet references) → apply operators' changes to FleetRollouts → one
-//! [`Engine::pass`] (the source polled when due, the Lease checked again before it writes)
-//! → write the FleetRollouts, Events and status that differ from what the API server has. Each pass recomputes from current state, so a lost
-//! or repeated trigger does no harm, and an idle fleet writes nothing.
+//! Secrets the Fleet references) → the engine's read half ([`Engine::read`]: the source
+//! polled when due) → check the Lease again → apply operators' changes to FleetRollouts →
+//! the engine's writing half ([`Engine::advance`]) → write the FleetRollouts, Events and
+//! status that differ from what the API server has. Each pass recomputes from current
+//! state, so a lost or repeated trigger does no harm, and an idle fleet writes nothing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -256,26 +257,12 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         write_status(&api, fleet, suspended_status(fleet)).await?;
         return Ok(Action::requeue(ctx.settings.step_interval.min(ctx.leases.renew_interval())));
     }
-    // Operators' changes to FleetRollouts, before the engine's pass picks them up.
-    let rollouts: Api<FleetRollout> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = rollouts
-        .list(&ListParams::default().labels(&format!("{FLEET_LABEL}={name}")))
-        .await
-        .map_err(|e| Error::kube(format!("listing the FleetRollouts of Fleet {namespace}/{name}"), e))?
-        .items;
-    for change in rollout::apply_operator_changes(&active.store, &existing, Timestamp::now()).await? {
-        let (reason, note) = describe_change(&change);
-        ctx.events.publish(&change.resource, EventType::Normal, reason, "Operate", note).await;
-    }
-
-    // One pass; the source when due or when a push webhook asked. The active writes the
-    // inventory and publishes only while this replica still holds the Lease (a long poll
-    // may have outlasted it).
-    let poll = SystemTime::now() >= active.next_poll || active.poll_now.swap(false, Ordering::Relaxed);
-    let lease = lease_name(&name);
-    let report = active.engine.pass(poll, || ctx.leases.holds(namespace, &lease)).await;
     let fleet_ref = fleet.object_ref(&());
-    if let Some(outcome) = report.source {
+
+    // The engine's pass, in its two halves. First the source, when due or when a push
+    // webhook asked.
+    let poll = SystemTime::now() >= active.next_poll || active.poll_now.swap(false, Ordering::Relaxed);
+    if let Some(outcome) = active.engine.read(poll).await {
         let outcome = outcome.map_err(|e| Error::engine(namespace, &name, e))?;
         active.outcome.fetch_error = match &outcome {
             SourceOutcome::Failed(e) => Some(e.clone()),
@@ -315,16 +302,35 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         }
         active.next_poll = SystemTime::now() + wait;
     }
-    match report.step {
-        None => return Ok(Action::requeue(Duration::from_secs(1))),
-        Some(Ok(report)) => {
+
+    // Operators' changes and the engine's step write the inventory and publish: the Lease
+    // is checked again just before (a long poll may have outlasted it).
+    if !ctx.leases.holds(namespace, &lease_name(&name)) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    // Operators' changes to FleetRollouts, before the engine's step picks them up.
+    let rollouts: Api<FleetRollout> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = rollouts
+        .list(&ListParams::default().labels(&format!("{FLEET_LABEL}={name}")))
+        .await
+        .map_err(|e| Error::kube(format!("listing the FleetRollouts of Fleet {namespace}/{name}"), e))?
+        .items;
+    for change in rollout::apply_operator_changes(&active.store, &existing, Timestamp::now()).await? {
+        let (reason, note) = describe_change(&change);
+        ctx.events.publish(&change.resource, EventType::Normal, reason, "Operate", note).await;
+    }
+
+    // The writing half: decide, publish, record, and the repository's upkeep.
+    match active.engine.advance(Timestamp::now()).await {
+        Ok(report) => {
             active.outcome.step_error = None;
             for event in &report.events {
                 let (kind, reason, note) = describe(event);
                 ctx.events.publish(&fleet_ref, kind, reason, "Rollout", note).await;
             }
         }
-        Some(Err(e)) => {
+        Err(e) => {
             ctx.metrics.failed(namespace, &name, Stage::engine);
             tracing::error!(fleet = %name, "engine pass failed: {e}");
             active.outcome.step_error = Some(e.to_string());
