@@ -208,10 +208,10 @@ async fn scenario(database: Option<String>) {
         // canaries by hand): the next wave stays pending until an operator approves it
         // through the operators' HTTP API.
         for r in &list {
-            if r.awaits_approval().is_none() {
+            let Some(next) = r.awaits_approval() else {
                 waiting_since.remove(&r.id);
                 continue;
-            }
+            };
             let (wave, since) =
                 *waiting_since.entry(r.id.clone()).or_insert((r.current_wave, Instant::now()));
             assert_eq!(r.current_wave, wave);
@@ -220,6 +220,7 @@ async fn scenario(database: Option<String>) {
                 let response = http
                     .post(format!("{base}/v1/rollouts/{}/approve", r.id))
                     .bearer_auth(&token)
+                    .json(&serde_json::json!({ "wave": next }))
                     .send()
                     .await
                     .unwrap();
