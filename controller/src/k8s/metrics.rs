@@ -203,8 +203,7 @@ impl Collector for FleetCollector {
         let mut expiries = Vec::new();
         for ((namespace, fleet), gauges) in fleets.iter() {
             let base: Labels<'_> = vec![("namespace", namespace.as_str()), ("fleet", fleet.as_str())];
-            let mut by_phase: BTreeMap<&str, i64> =
-                ["progressing", "paused", "halted", "completed", "aborted"].map(|p| (p, 0)).into();
+            let mut by_phase: BTreeMap<&str, i64> = RolloutPhase::ALL.map(|p| (p.as_str(), 0)).into();
             for rollout in &gauges.rollouts {
                 *by_phase.entry(rollout.phase.as_str()).or_default() += 1;
                 let mut labels = base.clone();

@@ -113,6 +113,15 @@ impl Waiting {
 }
 
 impl RolloutPhase {
+    /// Every phase, in the order a rollout may pass through them.
+    pub const ALL: [RolloutPhase; 5] = [
+        RolloutPhase::Progressing,
+        RolloutPhase::Paused,
+        RolloutPhase::Halted,
+        RolloutPhase::Completed,
+        RolloutPhase::Aborted,
+    ];
+
     /// Whether the rollout may still move: progressing, paused or halted.
     pub fn is_active(self) -> bool {
         matches!(self, RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Halted)
