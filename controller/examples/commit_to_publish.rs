@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use waveguide::demo::commit_all;
+use waveguide::engine::{Engine, EngineConfig, Event, SourceOutcome};
 use waveguide::inventory::read_snapshot;
 use waveguide::inventory::store::{IncomingReport, Store};
 use waveguide::publish::KeyDir;
-use waveguide::reconcile::{Reconciler, RunConfig, SourceOutcome};
-use waveguide::rollout::engine::{EngineConfig, Event};
+use waveguide::standalone::RunConfig;
 
 fn ms(d: Duration) -> String {
     format!("{:>7.0} ms", d.as_secs_f64() * 1000.0)
@@ -69,12 +69,12 @@ async fn main() {
     let store = Store::open(data.join("inventory.sqlite").to_str().unwrap()).await.unwrap();
     let mut config = RunConfig::new(repo.display().to_string(), &data);
     config.engine = EngineConfig::default();
-    let mut reconciler = Reconciler::new(config, keys, store.clone(), None).unwrap();
+    let mut engine = Engine::new(config.setup(), config.source_spec(), keys, store.clone(), None).unwrap();
 
     let started = Instant::now();
-    let outcome = reconciler.sync_source().await.unwrap();
+    let outcome = engine.sync_source().await.unwrap();
     assert!(matches!(outcome, SourceOutcome::Applied { .. }), "{outcome:?}");
-    eprintln!("first commit applied in {:.1?} ({:?})", started.elapsed(), reconciler.sync_timings());
+    eprintln!("first commit applied in {:.1?} ({:?})", started.elapsed(), engine.sync_timings());
     let started = Instant::now();
     let snapshot = read_snapshot(Path::new(&format!("{}.inventory.json", repo.display()))).unwrap();
     // The devices reported a minute ago; the controller has seen those reports already.
@@ -94,14 +94,14 @@ async fn main() {
         store.record_reports(chunk).await.unwrap();
     }
     eprintln!("{} reports recorded in {:.1?}", reports.len(), started.elapsed());
-    let report = reconciler.step(Timestamp::now()).await.unwrap();
+    let report = engine.step(Timestamp::now()).await.unwrap();
     eprintln!("first pass: {} events, {:?}", report.events.len(), report.timings);
     // The fleet keeps reporting: a fresh heartbeat moves the engine's read mark to now.
     let mut heartbeat = reports[0].clone();
     heartbeat.reported_at = Timestamp::now().as_millisecond();
     heartbeat.received_at = heartbeat.reported_at;
     store.record_reports(&[heartbeat]).await.unwrap();
-    let report = reconciler.step(Timestamp::now()).await.unwrap();
+    let report = engine.step(Timestamp::now()).await.unwrap();
     eprintln!("second pass: {} events, {:?}", report.events.len(), report.timings);
 
     // The change under test: the x86 hold moves to 1.1.0, then back to 1.0.0 (it allows
@@ -132,9 +132,9 @@ async fn main() {
     for _ in 0..changes {
         let (next, _) = change();
         let woken = Instant::now();
-        let outcome = reconciler.sync_source().await.unwrap();
-        let sync = reconciler.sync_timings();
-        let report = reconciler.step(Timestamp::now()).await.unwrap();
+        let outcome = engine.sync_source().await.unwrap();
+        let sync = engine.sync_timings();
+        let report = engine.step(Timestamp::now()).await.unwrap();
         let total = woken.elapsed();
         assert!(matches!(outcome, SourceOutcome::Applied { .. }), "{outcome:?}");
         let published: u64 = report
@@ -166,14 +166,14 @@ async fn main() {
     // End to end, as deployed: the same data directory under `waveguide run`'s loop, woken
     // by a signed GitHub push webhook; the time runs from sending the webhook to the
     // loop reporting the new rollout's wave published (the TUF timestamp written).
-    drop(reconciler); // releases the TUF repository's writer lock
+    drop(engine); // releases the TUF repository's writer lock
     let secret = "benchmark-secret";
     let mut config = RunConfig::new(repo.display().to_string(), &data);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.webhook_secret = Some(secret.into());
     config.poll_interval = Duration::from_secs(3600);
     config.step_interval = Duration::from_secs(3600);
-    let (controller, _task) = waveguide::reconcile::start(config, std::future::pending()).await.unwrap();
+    let (controller, _task) = waveguide::standalone::start(config, std::future::pending()).await.unwrap();
     let mut status = controller.status.clone();
     let started = Instant::now();
     let head = git.head().unwrap().target().unwrap().to_string();

@@ -19,9 +19,10 @@ use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 use waveguide::agent::simulate::device_key;
 use waveguide::demo::commit_all;
-use waveguide::reconcile::{self, RunConfig};
+use waveguide::engine::EngineConfig;
+use waveguide::inventory::store::RolloutPhase;
 use waveguide::rollout::control;
-use waveguide::rollout::engine::EngineConfig;
+use waveguide::standalone::{self, RunConfig};
 
 const SEED: &str = "rollout-load";
 
@@ -107,7 +108,7 @@ async fn main() {
     config.step_interval = Duration::from_millis(500);
     config.engine = EngineConfig { stale_after: SignedDuration::from_mins(5) };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (controller, task) = reconcile::start(config.clone(), async move {
+    let (controller, task) = standalone::start(config.clone(), async move {
         let _ = stopped.await;
     })
     .await
@@ -158,7 +159,7 @@ async fn main() {
         let list = control::list(&store, SignedDuration::from_mins(5), Timestamp::now()).await.unwrap();
         let Some(r) = list.into_iter().next() else { continue };
         peak_in_flight = peak_in_flight.max(r.total.in_flight);
-        if r.phase == "completed" || r.phase == "halted" {
+        if matches!(r.phase, RolloutPhase::Completed | RolloutPhase::Halted) {
             break r;
         }
     };

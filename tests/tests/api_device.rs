@@ -448,6 +448,7 @@ async fn three_wave_rollout(store: &Store) {
         phase: RolloutPhase::Progressing,
         paused: false,
         message: None,
+        waiting: None,
         created_at: now,
         updated_at: now,
         revision: 0,

@@ -1,5 +1,5 @@
 //! The demo scenario, smaller, end to end: the example fleet in a Git repository, the
-//! controller (`reconcile::start`, as `waveguide run` and `waveguide demo` run it) with
+//! controller (`standalone::start`, as `waveguide run` and `waveguide demo` run it) with
 //! its TUF repository over real HTTP, and simulated agents that verify their instructions
 //! through TUF and report back. Runs once on SQLite and once on PostgreSQL.
 //!
@@ -17,10 +17,10 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use waveguide::agent::simulate::{device_key, SimConfig, Simulation};
 use waveguide::demo::{self, DemoOptions, BETA_RELEASE, OLD_RELEASE};
-use waveguide::inventory::store::Store;
-use waveguide::reconcile::{self, Controller, RunConfig};
+use waveguide::engine::EngineConfig;
+use waveguide::inventory::store::{RolloutPhase, Store, WaveState};
 use waveguide::rollout::control::{self, RolloutStatus};
-use waveguide::rollout::engine::EngineConfig;
+use waveguide::standalone::{self, Controller, RunConfig};
 
 mod common;
 
@@ -30,12 +30,12 @@ const STALE: SignedDuration = SignedDuration::from_secs(60);
 struct Running {
     controller: Controller,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), reconcile::RunError>>,
+    task: tokio::task::JoinHandle<Result<(), standalone::RunError>>,
 }
 
 async fn start(config: &RunConfig) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (controller, task) = reconcile::start(config.clone(), async move {
+    let (controller, task) = standalone::start(config.clone(), async move {
         let _ = stopped.await;
     })
     .await
@@ -74,10 +74,10 @@ impl Watch {
     async fn check(&mut self, store: &Store, list: &[RolloutStatus]) {
         for r in list {
             // Waves start in order, each after the one before, and a start time never moves.
-            let states: Vec<&str> = r.waves.iter().map(|w| w.state.as_str()).collect();
-            let started = states.iter().take_while(|s| **s != "pending").count();
+            let states: Vec<WaveState> = r.waves.iter().map(|w| w.state).collect();
+            let started = states.iter().take_while(|s| **s != WaveState::Pending).count();
             assert!(
-                states[started..].iter().all(|s| *s == "pending"),
+                states[started..].iter().all(|s| *s == WaveState::Pending),
                 "{}: waves out of order: {states:?}",
                 r.id
             );
@@ -93,7 +93,7 @@ impl Watch {
             }
             self.started.insert(r.id.clone(), times);
             // A halt holds: nothing more is published.
-            if r.phase == "halted" {
+            if r.phase == RolloutPhase::Halted {
                 let published = r.total.published();
                 let first = *self.halted_published.entry(r.id.clone()).or_insert(published);
                 assert_eq!(published, first, "{} published more devices after it halted", r.id);
@@ -208,19 +208,19 @@ async fn scenario(database: Option<String>) {
         // canaries by hand): the next wave stays pending until an operator approves it
         // through the operators' HTTP API.
         for r in &list {
-            if !r.message.as_deref().is_some_and(|m| m.contains("waits for approval")) {
+            let Some(next) = r.awaits_approval() else {
                 waiting_since.remove(&r.id);
                 continue;
-            }
+            };
             let (wave, since) =
                 *waiting_since.entry(r.id.clone()).or_insert((r.current_wave, Instant::now()));
             assert_eq!(r.current_wave, wave);
-            assert_eq!(r.waves[wave as usize + 1].state, "pending");
+            assert_eq!(r.waves[wave as usize + 1].state, WaveState::Pending);
             if since.elapsed() > Duration::from_secs(2) {
                 let response = http
                     .post(format!("{base}/v1/rollouts/{}/approve", r.id))
                     .bearer_auth(&token)
-                    .json(&serde_json::json!({ "wave": wave + 1 }))
+                    .json(&serde_json::json!({ "wave": next }))
                     .send()
                     .await
                     .unwrap();
@@ -238,9 +238,11 @@ async fn scenario(database: Option<String>) {
             restarted = true;
         }
 
-        let done = ["stable", "gateways", "apac"]
-            .iter()
-            .all(|p| by_policy.get(p).is_some_and(|r| matches!(r.phase.as_str(), "completed" | "halted")));
+        let done = ["stable", "gateways", "apac"].iter().all(|p| {
+            by_policy
+                .get(p)
+                .is_some_and(|r| matches!(r.phase, RolloutPhase::Completed | RolloutPhase::Halted))
+        });
         if done {
             break;
         }
@@ -255,17 +257,17 @@ async fn scenario(database: Option<String>) {
     let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
     watch.check(&store, &list).await;
     let by_policy: HashMap<&str, &RolloutStatus> = list.iter().map(|r| (r.policy.as_str(), r)).collect();
-    assert_eq!(by_policy["stable"].phase, "completed");
-    assert_eq!(by_policy["gateways"].phase, "completed");
+    assert_eq!(by_policy["stable"].phase, RolloutPhase::Completed);
+    assert_eq!(by_policy["gateways"].phase, RolloutPhase::Completed);
     let apac = by_policy["apac"];
-    assert_eq!(apac.phase, "halted");
+    assert_eq!(apac.phase, RolloutPhase::Halted);
     assert!(apac.message.as_deref().unwrap().contains("failure threshold"), "{:?}", apac.message);
     // The beta fails on half the devices: it halts in the first wave that has any
     // (the sample's canary wave may be a single lucky device), and no wave after it starts.
     let halted = apac.current_wave as usize;
-    assert_eq!(apac.waves[halted].state, "failed");
+    assert_eq!(apac.waves[halted].state, WaveState::Failed);
     assert!(apac.waves[halted].progress.failed > 0);
-    assert!(apac.waves[halted + 1..].iter().all(|w| w.state == "pending"));
+    assert!(apac.waves[halted + 1..].iter().all(|w| w.state == WaveState::Pending));
 
     // The reference client reads what the agents acted on.
     let views = simulation.devices();

@@ -216,6 +216,7 @@ async fn rollout_state_survives_reopening() {
             phase: RolloutPhase::Progressing,
             paused: false,
             message: None,
+            waiting: None,
             created_at: 5,
             updated_at: 5,
             revision: 0,

@@ -461,12 +461,12 @@ fn operator_fields_map_onto_rollout_actions() {
         vec![Action::Abort]
     );
     let mut done = status.clone();
-    done.phase = "completed".into();
+    done.phase = RolloutPhase::Completed;
     assert_eq!(operator_actions(&spec(json!({"abort": true})), &done, true), vec![]);
     // A halted rollout (not paused) resumes when an operator sets `paused: false`, once:
     // for the change of the spec, not at every pass after it.
     let mut halted = status.clone();
-    halted.phase = "halted".into();
+    halted.phase = RolloutPhase::Halted;
     assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, true), vec![Action::Resume]);
     assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, false), vec![]);
     assert_eq!(operator_actions(&spec(json!({})), &halted, true), vec![]);

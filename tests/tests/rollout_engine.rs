@@ -1,4 +1,4 @@
-//! The rollout engine over a real inventory (SQLite and PostgreSQL) and a real TUF
+//! The engine's rollouts over a real inventory (SQLite and PostgreSQL) and a real TUF
 //! repository on disk, with device reports scripted: waves in order, bake, the success
 //! and failure thresholds, manual approval, concurrency caps in sub-batches, stale
 //! devices, restarts, and a later commit superseding a rollout.
@@ -12,13 +12,12 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use tempfile::TempDir;
 use waveguide::compile::compile;
+use waveguide::engine::{declared_devices, Desired, EngineConfig, Event, Rollouts};
 use waveguide::inventory::store::{IncomingReport, RolloutPhase, Store, WaveState};
 use waveguide::inventory::DeviceReport;
 use waveguide::protocol::UpdateState;
 use waveguide::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
-use waveguide::reconcile::declared_devices;
 use waveguide::rollout::control::{self, Action};
-use waveguide::rollout::engine::{Desired, Engine, EngineConfig, Event};
 use waveguide::source::FleetFiles;
 
 mod common;
@@ -104,7 +103,7 @@ fn fleet(release_name: &str, extra: &str) -> (Desired, FleetFiles) {
 struct Harness {
     dir: TempDir,
     store: Store,
-    engine: Option<Engine>,
+    engine: Option<Rollouts>,
     desired: Desired,
     now: Timestamp,
     last_report: AtomicI64,
@@ -123,7 +122,7 @@ async fn harness(store: Store, extra: &str) -> Harness {
     let declared = declared_devices(&compile(&files).documents);
     store.sync_declared(&declared, 0).await.unwrap();
     let engine =
-        Engine::new(store.clone(), repo, EngineConfig { stale_after: SignedDuration::from_mins(10) });
+        Rollouts::new(store.clone(), repo, EngineConfig { stale_after: SignedDuration::from_mins(10) });
     let h = Harness {
         dir,
         store,
@@ -179,7 +178,7 @@ impl Harness {
         drop(self.engine.take());
         let keys = KeyDir::open(&self.dir.path().join("keys")).unwrap();
         let repo = Repository::open(&self.dir.path().join("tuf"), &keys).unwrap();
-        self.engine = Some(Engine::new(
+        self.engine = Some(Rollouts::new(
             self.store.clone(),
             repo,
             EngineConfig { stale_after: SignedDuration::from_mins(10) },

@@ -40,7 +40,7 @@ pub use error::{json_errors, require_json, ApiError, JsonBytes, RETRY_AFTER_SECS
 pub use metrics::Metrics;
 
 use crate::inventory::store::Store;
-use crate::reconcile::LoopHealth;
+use crate::standalone::LoopHealth;
 
 /// Most unknown device ids remembered at once.
 const MAX_UNKNOWN: usize = 100_000;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::engine::EngineConfig;
 use crate::k8s::{self, fleet::Settings, ControllerConfig};
-use crate::rollout::engine::EngineConfig;
 
 /// Run the Kubernetes controller: reconcile every `Fleet` (source, compile, rollouts,
 /// publish), keep `FleetRollout` resources current, and serve each fleet's device API and

@@ -164,7 +164,7 @@ pub fn table(list: &[RolloutStatus]) -> String {
             r.id.clone(),
             r.policy.clone(),
             r.release.clone(),
-            r.phase.clone(),
+            r.phase.to_string(),
             wave,
             format!("{}/{}", r.total.healthy, r.total.size),
             r.total.failed.to_string(),
@@ -205,7 +205,7 @@ pub fn detail(r: &RolloutStatus) -> String {
         rows.push(vec![
             (w.index + 1).to_string(),
             w.name.clone(),
-            w.state.clone(),
+            w.state.to_string(),
             w.progress.size.to_string(),
             w.progress.published().to_string(),
             w.progress.healthy.to_string(),

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::reconcile::{self, RunConfig};
-use crate::rollout::engine::EngineConfig;
+use crate::engine::EngineConfig;
 use crate::source::GitReference;
+use crate::standalone::{self, RunConfig};
 
 /// Run the controller: follow the fleet repository, roll releases out wave by wave, and
 /// serve the device API, the TUF repository and the operators' API until interrupted.
@@ -137,7 +137,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let (controller, task) = match reconcile::start(config.clone(), shutdown).await {
+        let (controller, task) = match standalone::start(config.clone(), shutdown).await {
             Ok(started) => started,
             Err(e) => {
                 eprintln!("error: {e}");

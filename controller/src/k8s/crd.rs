@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::rollout::state::{RolloutPhase, WaveState};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -301,8 +302,8 @@ pub struct RolloutWave {
 #[serde(rename_all = "camelCase")]
 pub struct FleetRolloutStatus {
     /// `progressing`, `paused`, `halted`, `completed` or `aborted`.
-    #[serde(default)]
-    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
     /// The wave in progress, as `<number>/<waves>`.
     #[serde(default)]
     pub wave: String,
@@ -335,7 +336,7 @@ pub struct RolloutWaveStatus {
     /// Its name.
     pub name: String,
     /// `pending`, `published`, `succeeded` or `failed`.
-    pub state: String,
+    pub state: WaveState,
     /// Devices in it.
     pub devices: u64,
     /// Healthy on the release.

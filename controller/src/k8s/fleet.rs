@@ -1,12 +1,13 @@
-//! The Fleet reconciler: drives one fleet's engine ([`Reconciler`]) from a `Fleet`
-//! resource and reports back through its status, Events and FleetRollouts.
+//! The Fleet reconciler: drives one fleet's [`Engine`] from a `Fleet` resource and
+//! reports back through its status, Events and FleetRollouts.
 //!
-//! One pass: hold the fleet's Lease (a standby replica stops here and writes nothing) →
-//! ensure the finalizer → build the engine when the spec changed (reading the Secrets the
-//! Fleet references) → poll the source when due → apply operators' changes to
-//! FleetRollouts → one engine step → write the FleetRollouts, Events and status that
-//! differ from what the API server has. Each pass recomputes from current state, so a lost
-//! or repeated trigger does no harm, and an idle fleet writes nothing.
+//! One reconcile: hold the fleet's Lease (a standby replica stops here and writes
+//! nothing) → ensure the finalizer → build the engine when the spec changed (reading the
+//! Secrets the Fleet references) → the engine's read half ([`Engine::read`]: the source
+//! polled when due) → check the Lease again → apply operators' changes to FleetRollouts →
+//! the engine's writing half ([`Engine::advance`]) → write the FleetRollouts, Events and
+//! status that differ from what the API server has. Each pass recomputes from current
+//! state, so a lost or repeated trigger does no harm, and an idle fleet writes nothing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,10 +33,9 @@ use super::settings::{self, database_url};
 use super::status::{fleet_status, not_ready_status, suspended_status, write_status, Outcome};
 use super::Error;
 use crate::api::{Api as DeviceApi, ApiConfig};
+use crate::engine::{Engine, EngineConfig, Event as EngineEvent, SourceOutcome};
 use crate::inventory::store::Store;
-use crate::reconcile::{Reconciler, SourceOutcome};
 use crate::rollout::control::{Action as RolloutAction, RolloutStatus};
-use crate::rollout::engine::{EngineConfig, Event as EngineEvent};
 use crate::source::webhook::Webhook;
 
 /// The finalizer the controller puts on every Fleet it manages.
@@ -81,7 +81,7 @@ pub struct Context {
     leases: Leases,
     settings: Settings,
     events: Events,
-    engines: Mutex<HashMap<String, Arc<Mutex<FleetEngine>>>>,
+    active: Mutex<HashMap<String, Arc<Mutex<ActiveFleet>>>>,
     standby: Mutex<HashMap<String, StandbyApi>>,
     routes: FleetRoutes,
     metrics: Arc<Metrics>,
@@ -107,7 +107,7 @@ impl Context {
             client,
             leases,
             settings,
-            engines: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
             standby: Mutex::new(HashMap::new()),
             routes,
             metrics,
@@ -121,7 +121,7 @@ impl Context {
 
     /// The inventory of a fleet whose engine runs on this replica.
     pub async fn store(&self, namespace: &str, name: &str) -> Option<Store> {
-        let engine = self.engines.lock().await.get(&key(namespace, name)).cloned()?;
+        let engine = self.active.lock().await.get(&key(namespace, name)).cloned()?;
         let store = engine.lock().await.store.clone();
         Some(store)
     }
@@ -139,10 +139,10 @@ struct StandbyApi {
     commit: Option<String>,
 }
 
-/// One fleet's engine on this replica, with what the status is computed from.
-struct FleetEngine {
+/// A fleet whose engine runs on this replica, with what the status is computed from.
+struct ActiveFleet {
     spec: FleetSpec,
-    reconciler: Reconciler,
+    engine: Engine,
     store: Store,
     outcome: Outcome,
     /// The source is polled when this has passed.
@@ -156,7 +156,7 @@ struct FleetEngine {
     webhook_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for FleetEngine {
+impl Drop for ActiveFleet {
     fn drop(&mut self) {
         if let Some(task) = &self.webhook_task {
             task.abort();
@@ -179,7 +179,7 @@ pub async fn reconcile(fleet: Arc<Fleet>, ctx: Arc<Context>) -> Result<Action, E
         let stage = match e {
             Error::Lease { .. } => Stage::lease,
             Error::Secret { .. } | Error::Spec { .. } => Stage::settings,
-            Error::Run { .. } | Error::Rollout { .. } => Stage::engine,
+            Error::Engine { .. } | Error::Rollout { .. } => Stage::engine,
             _ => Stage::kubernetes,
         };
         ctx.metrics.failed(&namespace, &name, stage);
@@ -199,7 +199,7 @@ async fn reconcile_inner(fleet: Arc<Fleet>, ctx: &Context) -> Result<Action, Err
     })?;
     if !held {
         // A replica that lost the Lease drops its engine: it must not publish.
-        if ctx.engines.lock().await.remove(&key(&namespace, &name)).is_some() {
+        if ctx.active.lock().await.remove(&key(&namespace, &name)).is_some() {
             ctx.routes.remove(&namespace, &name);
             ctx.metrics.remove_fleet(&namespace, &name);
             tracing::info!(fleet = %name, namespace, "engine stopped: another replica holds the Lease");
@@ -239,8 +239,8 @@ pub fn error_policy(fleet: Arc<Fleet>, error: &Error, ctx: Arc<Context>) -> Acti
 async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, Error> {
     let name = fleet.name_any();
     let api: Api<Fleet> = Api::namespaced(ctx.client.clone(), namespace);
-    let engine = match engine(fleet, ctx, namespace).await {
-        Ok(engine) => engine,
+    let active = match engine(fleet, ctx, namespace).await {
+        Ok(active) => active,
         Err(e @ (Error::Secret { .. } | Error::Spec { .. })) => {
             ctx.metrics.failed(namespace, &name, Stage::settings);
             let status = not_ready_status(fleet, "InvalidSettings", &e.to_string());
@@ -249,26 +249,27 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         }
         Err(e) => return Err(e),
     };
-    let mut engine = engine.lock().await;
+    let mut active = active.lock().await;
     if fleet.spec.suspend {
         // No fetch and no rollout pass, but the published metadata stays signed: a fleet
         // suspended for longer than the timestamp's expiry must not strand its devices.
-        engine.reconciler.maintain_repository();
+        active.engine.maintain_repository();
         write_status(&api, fleet, suspended_status(fleet)).await?;
         return Ok(Action::requeue(ctx.settings.step_interval.min(ctx.leases.renew_interval())));
     }
     let fleet_ref = fleet.object_ref(&());
 
-    // The source, when due or when a push webhook asked.
-    let now = SystemTime::now();
-    if now >= engine.next_poll || engine.poll_now.swap(false, Ordering::Relaxed) {
-        let outcome = engine.reconciler.sync_source().await.map_err(|e| Error::run(namespace, &name, e))?;
-        engine.outcome.fetch_error = match &outcome {
+    // The engine's pass, in its two halves. First the source, when due or when a push
+    // webhook asked.
+    let poll = SystemTime::now() >= active.next_poll || active.poll_now.swap(false, Ordering::Relaxed);
+    if let Some(outcome) = active.engine.read(poll).await {
+        let outcome = outcome.map_err(|e| Error::engine(namespace, &name, e))?;
+        active.outcome.fetch_error = match &outcome {
             SourceOutcome::Failed(e) => Some(e.clone()),
             _ => None,
         };
         if !matches!(outcome, SourceOutcome::Failed(_)) {
-            engine.last_fetch = Some(Timestamp::now());
+            active.last_fetch = Some(Timestamp::now());
         }
         match outcome {
             SourceOutcome::Applied { commit, devices } => {
@@ -282,7 +283,7 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
                     errors.len(),
                     errors.first().map_or("", String::as_str)
                 );
-                engine.outcome.refused = Some((commit, errors));
+                active.outcome.refused = Some((commit, errors));
                 ctx.events.publish(&fleet_ref, EventType::Warning, "CommitRefused", "Apply", note).await;
             }
             SourceOutcome::Unchanged => {}
@@ -293,37 +294,37 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         }
         // A refusal stands only while the source's head is not in force: a revert to the
         // fleet in force (which the source reports as unchanged) clears it.
-        let source = engine.reconciler.source().status();
+        let source = active.engine.source().status();
         let head_in_force = source.last_attempted.is_some() && source.last_attempted == source.last_applied;
         let wait = source.wait(SystemTime::now());
         if head_in_force {
-            engine.outcome.refused = None;
+            active.outcome.refused = None;
         }
-        engine.next_poll = SystemTime::now() + wait;
+        active.next_poll = SystemTime::now() + wait;
     }
 
-    // Operators' changes and the engine's pass write the inventory and publish: the Lease
+    // Operators' changes and the engine's step write the inventory and publish: the Lease
     // is checked again just before (a long poll may have outlasted it).
     if !ctx.leases.holds(namespace, &lease_name(&name)) {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
-    // Operators' changes to FleetRollouts, before the engine's pass picks them up.
+    // Operators' changes to FleetRollouts, before the engine's step picks them up.
     let rollouts: Api<FleetRollout> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = rollouts
         .list(&ListParams::default().labels(&format!("{FLEET_LABEL}={name}")))
         .await
         .map_err(|e| Error::kube(format!("listing the FleetRollouts of Fleet {namespace}/{name}"), e))?
         .items;
-    for change in rollout::apply_operator_changes(&engine.store, &existing, Timestamp::now()).await? {
+    for change in rollout::apply_operator_changes(&active.store, &existing, Timestamp::now()).await? {
         let (reason, note) = describe_change(&change);
         ctx.events.publish(&change.resource, EventType::Normal, reason, "Operate", note).await;
     }
 
-    // One engine pass.
-    match engine.reconciler.step(Timestamp::now()).await {
+    // The writing half: decide, publish, record, and the repository's upkeep.
+    match active.engine.advance(Timestamp::now()).await {
         Ok(report) => {
-            engine.outcome.step_error = None;
+            active.outcome.step_error = None;
             for event in &report.events {
                 let (kind, reason, note) = describe(event);
                 ctx.events.publish(&fleet_ref, kind, reason, "Rollout", note).await;
@@ -332,20 +333,18 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
         Err(e) => {
             ctx.metrics.failed(namespace, &name, Stage::engine);
             tracing::error!(fleet = %name, "engine pass failed: {e}");
-            engine.outcome.step_error = Some(e.to_string());
+            active.outcome.step_error = Some(e.to_string());
         }
     }
-    // As `waveguide run` does: expiring roles re-signed, old versions pruned, when due.
-    engine.reconciler.maintain_repository();
 
     let statuses =
-        rollout::sync(&rollouts, fleet, &engine.store, &existing, ctx.settings.engine.stale_after).await?;
-    let active = statuses.iter().filter(|r| !is_finished(r)).count() as u64;
-    let devices = engine.reconciler.desired().map(|d| d.fleet.devices().len() as u64);
-    let status = fleet_status(fleet, engine.reconciler.source().status(), &engine.outcome, devices, active);
+        rollout::sync(&rollouts, fleet, &active.store, &existing, ctx.settings.engine.stale_after).await?;
+    let unfinished = statuses.iter().filter(|r| !is_finished(r)).count() as u64;
+    let devices = active.engine.desired().map(|d| d.fleet.devices().len() as u64);
+    let status = fleet_status(fleet, active.engine.source().status(), &active.outcome, devices, unfinished);
     write_status(&api, fleet, status).await?;
-    record_gauges(ctx, namespace, &name, &engine, &statuses).await;
-    let until_poll = engine
+    record_gauges(ctx, namespace, &name, &active, &statuses).await;
+    let until_poll = active
         .next_poll
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
@@ -357,7 +356,7 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
 }
 
 fn is_finished(rollout: &RolloutStatus) -> bool {
-    matches!(rollout.phase.as_str(), "completed" | "aborted")
+    rollout.phase.is_finished()
 }
 
 /// The fleet's gauges after a pass. A failed count is logged and leaves the device
@@ -366,17 +365,17 @@ async fn record_gauges(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    engine: &FleetEngine,
+    active: &ActiveFleet,
     rollouts: &[RolloutStatus],
 ) {
     let mut devices = Vec::new();
-    match engine.store.device_counts().await {
+    match active.store.device_counts().await {
         Ok(counts) => {
             let reported: i64 = counts.iter().map(|(_, _, n)| n).sum();
             for (state, release, count) in counts {
                 devices.push((state, release.unwrap_or_default(), count.max(0) as u64));
             }
-            if let Ok(known) = engine.store.devices_count().await {
+            if let Ok(known) = active.store.devices_count().await {
                 if known > reported {
                     devices.push(("unknown".into(), String::new(), (known - reported) as u64));
                 }
@@ -388,7 +387,7 @@ async fn record_gauges(
         .iter()
         .map(|r| RolloutGauges {
             rollout: r.id.clone(),
-            phase: r.phase.clone(),
+            phase: r.phase,
             wave: u64::from(r.current_wave + 1).min(r.waves.len() as u64),
             waves: r.waves.len() as u64,
             devices: vec![
@@ -403,7 +402,7 @@ async fn record_gauges(
     let gauges = FleetGauges {
         rollouts,
         devices,
-        last_fetch: engine.last_fetch,
+        last_fetch: active.last_fetch,
         tuf_dir: Some(ctx.data_dir(namespace, name).join("tuf")),
     };
     ctx.metrics.set_fleet(namespace, name, gauges);
@@ -414,7 +413,7 @@ async fn cleanup(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action
     // The TUF repository and the inventory stay in the data volume: devices keep their
     // verified instructions, and a Fleet created again under this name resumes where
     // this one stopped.
-    ctx.engines.lock().await.remove(&key(namespace, &name));
+    ctx.active.lock().await.remove(&key(namespace, &name));
     ctx.standby.lock().await.remove(&key(namespace, &name));
     ctx.routes.remove(namespace, &name);
     ctx.metrics.remove_fleet(namespace, &name);
@@ -488,10 +487,10 @@ async fn serve_standby(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<
 
 /// The engine of a fleet, built (or rebuilt when the spec changed) from its spec and the
 /// Secrets it references.
-async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mutex<FleetEngine>>, Error> {
+async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mutex<ActiveFleet>>, Error> {
     let name = fleet.name_any();
     let key = key(namespace, &name);
-    if let Some(engine) = ctx.engines.lock().await.get(&key) {
+    if let Some(engine) = ctx.active.lock().await.get(&key) {
         // Suspending or resuming keeps the engine: it only changes what a pass does.
         let spec = &engine.lock().await.spec;
         let unchanged = FleetSpec { suspend: fleet.spec.suspend, ..spec.clone() } == fleet.spec;
@@ -523,14 +522,14 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
             }
         }));
     }
-    // Reconciler::with_source takes the source in full, credentials and verification included.
-    let reconciler = Reconciler::with_source(config, source, keys, store.clone(), Some(device_api.clone()))
-        .map_err(|e| Error::run(namespace, &name, e))?;
+    // The source in full, credentials and verification included.
+    let fleet_engine = Engine::new(config.setup(), source, keys, store.clone(), Some(device_api.clone()))
+        .map_err(|e| Error::engine(namespace, &name, e))?;
     ctx.standby.lock().await.remove(&key);
     ctx.routes.insert(namespace, &name, router);
-    let engine = Arc::new(Mutex::new(FleetEngine {
+    let engine = Arc::new(Mutex::new(ActiveFleet {
         spec: fleet.spec.clone(),
-        reconciler,
+        engine: fleet_engine,
         store,
         outcome: Outcome::default(),
         next_poll: SystemTime::UNIX_EPOCH,
@@ -538,7 +537,7 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
         poll_now,
         webhook_task,
     }));
-    ctx.engines.lock().await.insert(key, engine.clone());
+    ctx.active.lock().await.insert(key, engine.clone());
     tracing::info!(fleet = %name, namespace, "engine started");
     Ok(engine)
 }

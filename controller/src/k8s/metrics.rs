@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::rollout::state::RolloutPhase;
 use jiff::Timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -63,7 +64,7 @@ pub struct RolloutGauges {
     /// The rollout id.
     pub rollout: String,
     /// `progressing`, `paused`, `halted`, `completed` or `aborted`.
-    pub phase: String,
+    pub phase: RolloutPhase,
     /// The wave in progress, from 1.
     pub wave: u64,
     /// Its waves.
@@ -202,8 +203,7 @@ impl Collector for FleetCollector {
         let mut expiries = Vec::new();
         for ((namespace, fleet), gauges) in fleets.iter() {
             let base: Labels<'_> = vec![("namespace", namespace.as_str()), ("fleet", fleet.as_str())];
-            let mut by_phase: BTreeMap<&str, i64> =
-                ["progressing", "paused", "halted", "completed", "aborted"].map(|p| (p, 0)).into();
+            let mut by_phase: BTreeMap<&str, i64> = RolloutPhase::ALL.map(|p| (p.as_str(), 0)).into();
             for rollout in &gauges.rollouts {
                 *by_phase.entry(rollout.phase.as_str()).or_default() += 1;
                 let mut labels = base.clone();

@@ -1,6 +1,6 @@
 //! Kubernetes: the `Fleet` and `FleetRollout` resources and the in-cluster controller.
 //!
-//! The controller drives the same engine as `waveguide run` ([`crate::reconcile`]): the
+//! The controller drives the same engine as `waveguide run` ([`crate::standalone`]): the
 //! Fleet reconciler ([`fleet`]) holds one engine per Fleet, and Kubernetes only appears at
 //! the edges — Secrets in, status, Events and FleetRollouts out, a Lease per Fleet for
 //! leader election ([`lease`]).
@@ -71,16 +71,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// The engine could not start or sync.
+    /// The engine could not start or apply a commit.
     #[error("Fleet {namespace}/{name}: {source}")]
-    Run {
+    Engine {
         /// The Fleet's namespace.
         namespace: String,
         /// The Fleet's name.
         name: String,
         /// The engine's error.
         #[source]
-        source: crate::reconcile::RunError,
+        source: crate::engine::EngineError,
     },
     /// An operator's change to a FleetRollout could not be applied.
     #[error("rollout {rollout}: {source}")]
@@ -105,8 +105,8 @@ impl Error {
         Error::Spec { namespace: namespace.into(), name: name.into(), reason: reason.into() }
     }
 
-    fn run(namespace: &str, name: &str, source: crate::reconcile::RunError) -> Error {
-        Error::Run { namespace: namespace.into(), name: name.into(), source }
+    fn engine(namespace: &str, name: &str, source: crate::engine::EngineError) -> Error {
+        Error::Engine { namespace: namespace.into(), name: name.into(), source }
     }
 }
 

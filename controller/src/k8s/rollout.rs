@@ -13,7 +13,7 @@ use serde_json::json;
 use super::crd::{Fleet, FleetRollout, FleetRolloutSpec, FleetRolloutStatus, RolloutWave, RolloutWaveStatus};
 use super::fleet::{FLEET_LABEL, MANAGER};
 use super::Error;
-use crate::inventory::store::Store;
+use crate::inventory::store::{RolloutPhase, Store};
 use crate::rollout::control::{self, Action, ControlError, RolloutStatus};
 
 /// The FleetRollout's name for a rollout of a fleet.
@@ -33,7 +33,7 @@ pub fn resource_name(fleet: &str, rollout: &str) -> String {
 /// acknowledged: setting `paused: false` then also resumes a halted rollout (the engine
 /// halted it, not a pause), once, for that change of the spec.
 pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus, spec_changed: bool) -> Vec<Action> {
-    if matches!(rollout.phase.as_str(), "completed" | "aborted") {
+    if rollout.phase.is_finished() {
         return Vec::new();
     }
     if spec.abort == Some(true) {
@@ -42,7 +42,7 @@ pub fn operator_actions(spec: &FleetRolloutSpec, rollout: &RolloutStatus, spec_c
     let mut actions = Vec::new();
     match spec.paused {
         Some(true) if !rollout.paused => actions.push(Action::Pause),
-        Some(false) if rollout.paused || (spec_changed && rollout.phase == "halted") => {
+        Some(false) if rollout.paused || (spec_changed && rollout.phase == RolloutPhase::Halted) => {
             actions.push(Action::Resume)
         }
         _ => {}
@@ -105,7 +105,7 @@ pub async fn apply_operator_changes(
 /// The status a FleetRollout shows for a rollout.
 pub fn rollout_status(rollout: &RolloutStatus, generation: Option<i64>) -> FleetRolloutStatus {
     FleetRolloutStatus {
-        phase: rollout.phase.clone(),
+        phase: Some(rollout.phase),
         wave: format!(
             "{}/{}",
             (rollout.current_wave + 1).min(rollout.waves.len() as u32),
@@ -121,7 +121,7 @@ pub fn rollout_status(rollout: &RolloutStatus, generation: Option<i64>) -> Fleet
             .map(|w| RolloutWaveStatus {
                 number: w.index + 1,
                 name: w.name.clone(),
-                state: w.state.clone(),
+                state: w.state,
                 devices: w.progress.size,
                 healthy: w.progress.healthy,
                 in_flight: w.progress.in_flight,
@@ -204,9 +204,7 @@ pub async fn sync(
                 .map_err(|e| Error::kube(format!("adopting FleetRollout {name}"), e))?;
         }
         let old = current.and_then(|r| r.status.as_ref());
-        if old
-            .is_some_and(|s| s.phase == rollout.phase && matches!(s.phase.as_str(), "completed" | "aborted"))
-        {
+        if old.is_some_and(|s| s.phase == Some(rollout.phase) && rollout.phase.is_finished()) {
             continue;
         }
         let generation = current.and_then(|r| r.metadata.generation).or(Some(1));

@@ -14,9 +14,10 @@ use kube::{Api, Client, ResourceExt};
 use super::crd::{Fleet, FleetSpec, VerifyMode};
 use super::fleet::Settings;
 use super::Error;
+use crate::files::write_private;
 use crate::publish::{Expiries, KeyDir};
-use crate::reconcile::RunConfig;
 use crate::source::{Auth, GitReference, SourceSpec, VerifySpec};
+use crate::standalone::RunConfig;
 
 /// What an engine is built from.
 pub(super) struct FleetSettings {
@@ -289,21 +290,9 @@ fn write_keys(dir: &Path, files: &HashMap<String, Vec<u8>>) -> Result<(), Secret
         if std::fs::read(&path).is_ok_and(|old| old == *bytes) {
             continue;
         }
-        let _ = std::fs::remove_file(&path);
         write_private(&path, bytes).map_err(SecretProblem::write(&path))?;
     }
     Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 #[cfg(test)]

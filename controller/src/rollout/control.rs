@@ -6,7 +6,9 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::progress::{classify, Progress, Target};
-use crate::inventory::store::{RolloutPhase, RolloutRecord, Store, StoreError, WaveRecord, WaveState};
+use crate::inventory::store::{
+    RolloutPhase, RolloutRecord, Store, StoreError, Waiting, WaveRecord, WaveState,
+};
 
 /// An operator's action on a rollout. Each names what it acts on and is idempotent:
 /// applying it again (a retry, a second click) changes nothing more.
@@ -84,9 +86,9 @@ fn apply(
     now_ms: i64,
 ) -> Result<Option<(RolloutRecord, Vec<WaveRecord>)>, ControlError> {
     let id = &rollout.id;
-    let finished = matches!(rollout.phase, RolloutPhase::Completed | RolloutPhase::Aborted);
+    let finished = rollout.phase.is_finished();
     let refuse_finished =
-        || ControlError::Conflict(format!("rollout {id} is {}; nothing to change", rollout.phase.as_str()));
+        || ControlError::Conflict(format!("rollout {id} is {}; nothing to change", rollout.phase));
     let mut changed = rollout.clone();
     let mut changed_waves = Vec::new();
     match action {
@@ -116,6 +118,9 @@ fn apply(
             }
             changed_waves.push(WaveRecord { approved_at: Some(now_ms), ..wave.clone() });
             changed.message = Some(format!("wave {} ({}) approved", index + 1, wave.name));
+            if changed.waiting == Some(Waiting::Approval) {
+                changed.waiting = None;
+            }
         }
         _ if finished => return Err(refuse_finished()),
         Action::Pause => {
@@ -124,15 +129,18 @@ fn apply(
                 changed.phase = RolloutPhase::Paused;
             }
             changed.message = Some("paused by an operator".into());
+            changed.waiting = Some(Waiting::Paused);
         }
         Action::Resume => {
             changed.paused = false;
             changed.phase = RolloutPhase::Progressing;
             changed.message = Some("resumed by an operator".into());
+            changed.waiting = None;
         }
         Action::Abort => {
             changed.phase = RolloutPhase::Aborted;
             changed.message = Some("aborted by an operator".into());
+            changed.waiting = None;
         }
     }
     changed.updated_at = now_ms;
@@ -153,12 +161,15 @@ pub struct RolloutStatus {
     pub version: String,
     /// The commit that started it.
     pub commit: Option<String>,
-    /// `progressing`, `paused`, `halted`, `completed` or `aborted`.
-    pub phase: String,
+    /// Where it is.
+    pub phase: RolloutPhase,
     /// Paused by an operator.
     pub paused: bool,
     /// Why it is where it is.
     pub message: Option<String>,
+    /// What it waits for before its next wave, as the engine's last pass decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
     /// The wave in progress (the last one started), from 0.
     pub current_wave: u32,
     /// Started.
@@ -171,6 +182,14 @@ pub struct RolloutStatus {
     pub total: Progress,
 }
 
+impl RolloutStatus {
+    /// The wave (index, from 0) that waits for an operator's approval, if one does.
+    pub fn awaits_approval(&self) -> Option<u32> {
+        (self.phase == RolloutPhase::Progressing && self.waiting == Some(Waiting::Approval))
+            .then_some(self.current_wave + 1)
+    }
+}
+
 /// One wave as operators see it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -179,8 +198,8 @@ pub struct WaveStatus {
     pub index: u32,
     /// Name.
     pub name: String,
-    /// `pending`, `published`, `succeeded` or `failed`.
-    pub state: String,
+    /// Where it is.
+    pub state: WaveState,
     /// Bake time, as written.
     pub bake: Option<String>,
     /// When it started.
@@ -246,9 +265,10 @@ async fn describe(
     }
     let current_wave = waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0) as u32;
     Ok(RolloutStatus {
-        phase: rollout.phase.as_str().to_string(),
+        phase: rollout.phase,
         paused: rollout.paused,
         message: rollout.message,
+        waiting: rollout.waiting,
         current_wave,
         created_at: ts(Some(rollout.created_at)),
         updated_at: ts(Some(rollout.updated_at)),
@@ -258,7 +278,7 @@ async fn describe(
             .map(|(w, progress)| WaveStatus {
                 index: w.index,
                 name: w.name.clone(),
-                state: w.state.as_str().to_string(),
+                state: w.state,
                 bake: w.bake_ms.map(|ms| {
                     humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()
                 }),

@@ -213,6 +213,7 @@ pub async fn apac_rollout(world: &World) -> Store {
         phase: RolloutPhase::Progressing,
         paused: false,
         message: None,
+        waiting: None,
         created_at: now,
         updated_at: now,
         revision: 0,

@@ -1,73 +1,12 @@
 //! The persisted rollout state machine: rollouts, their waves and pinned members.
 
-use std::str::FromStr;
-
 use sqlx::Row;
 
 use super::reports::report_from_row;
 use super::{multi_row, placeholders, query_error, Store, StoreError, ROWS_PER_STATEMENT};
 use crate::inventory::DeviceReport;
 
-/// The persisted phase of a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RolloutPhase {
-    /// Publishing waves as their gates open.
-    Progressing,
-    /// Stopped by an operator; resumes where it stopped.
-    Paused,
-    /// Stopped by the failure threshold; needs an operator.
-    Halted,
-    /// Every wave done.
-    Completed,
-    /// Abandoned by an operator, or replaced by a newer rollout of the same policy.
-    Aborted,
-}
-
-/// The persisted state of one wave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WaveState {
-    /// Not published yet.
-    Pending,
-    /// Published; devices are installing, or the wave is baking.
-    Published,
-    /// Met its success threshold and baked.
-    Succeeded,
-    /// Crossed its failure threshold.
-    Failed,
-}
-
-macro_rules! string_enum {
-    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The name stored in the database and shown to operators.
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text),+ }
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = ();
-            fn from_str(s: &str) -> Result<Self, ()> {
-                match s { $($text => Ok($ty::$variant),)+ _ => Err(()) }
-            }
-        }
-    };
-}
-
-string_enum!(RolloutPhase {
-    Progressing => "progressing",
-    Paused => "paused",
-    Halted => "halted",
-    Completed => "completed",
-    Aborted => "aborted",
-});
-
-string_enum!(WaveState {
-    Pending => "pending",
-    Published => "published",
-    Succeeded => "succeeded",
-    Failed => "failed",
-});
+pub use crate::rollout::state::{RolloutPhase, Waiting, WaveState};
 
 /// A persisted rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +27,8 @@ pub struct RolloutRecord {
     pub paused: bool,
     /// Why it is in its phase, for operators.
     pub message: Option<String>,
+    /// What it waits for before its next wave, as the last pass decided.
+    pub waiting: Option<Waiting>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds.
@@ -147,7 +88,7 @@ impl Store {
         let mut tx = self.begin_write().await.map_err(query_error(action))?;
         sqlx::query(
             "INSERT INTO rollouts (id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at, \
-             revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             revision, waiting) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&rollout.id)
         .bind(&rollout.policy)
@@ -160,6 +101,7 @@ impl Store {
         .bind(rollout.created_at)
         .bind(rollout.updated_at)
         .bind(rollout.revision)
+        .bind(rollout.waiting.map(|w| w.as_str().to_string()))
         .execute(&mut *tx)
         .await
         .map_err(query_error(action))?;
@@ -215,13 +157,14 @@ impl Store {
         let action = "updating a rollout";
         let mut tx = self.begin_write().await.map_err(query_error(action))?;
         let updated = sqlx::query(
-            "UPDATE rollouts SET phase = $1, paused = $2, message = $3, updated_at = $4, revision = revision + 1 \
-             WHERE id = $5 AND revision = $6",
+            "UPDATE rollouts SET phase = $1, paused = $2, message = $3, updated_at = $4, waiting = $5, \
+             revision = revision + 1 WHERE id = $6 AND revision = $7",
         )
         .bind(rollout.phase.as_str())
         .bind(i64::from(rollout.paused))
         .bind(rollout.message.clone())
         .bind(rollout.updated_at)
+        .bind(rollout.waiting.map(|w| w.as_str().to_string()))
         .bind(&rollout.id)
         .bind(rollout.revision)
         .execute(&mut *tx)
@@ -395,7 +338,7 @@ fn member_from_row(row: &sqlx::any::AnyRow, action: &'static str) -> Result<Memb
 
 /// The columns [`rollout_from_row`] reads, in its order.
 const ROLLOUT_COLUMNS: &str =
-    "id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at, revision";
+    "id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at, revision, waiting";
 
 fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRecord, StoreError> {
     let action = "reading rollouts";
@@ -416,6 +359,11 @@ fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRecord, StoreError
         created_at: row.try_get(8).map_err(query_error(action))?,
         updated_at: row.try_get(9).map_err(query_error(action))?,
         revision: row.try_get(10).map_err(query_error(action))?,
+        waiting: match row.try_get::<Option<String>, _>(11).map_err(query_error(action))? {
+            // Unknown to this version (written by a newer one): shown as not known.
+            Some(w) => w.parse().ok(),
+            None => None,
+        },
         id,
     })
 }

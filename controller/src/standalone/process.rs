@@ -1,11 +1,11 @@
-//! `waveguide run` and `waveguide demo`: one [`Reconciler`] driven by a loop, with the
+//! `waveguide run` and `waveguide demo`: one [`Engine`] driven by a loop, with the
 //! device API, the TUF files and the operators' API served beside it.
 //!
 //! The loop survives every error of a pass: the failure is logged, shown in
 //! `GET /v1/status` and counted in `/metrics` (see [`super::health`]), and the next pass
 //! comes after a backoff. When asked to stop it finishes the pass under way (or abandons
 //! it after [`SHUTDOWN_GRACE`]: a pass is safe to interrupt at any point, see
-//! [`crate::rollout::engine`]), then lets the server answer the requests it accepted.
+//! [`crate::engine`]), then lets the server answer the requests it accepted.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,12 +17,13 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{watch, Notify};
 
 use super::health::{LoopHealth, PassFailure, Stage};
-use super::{startup, Reconciler, RunConfig, RunError, SourceOutcome};
+use super::{startup, RunConfig, RunError};
 use crate::api::admin::{self, AdminConfig};
 use crate::api::{Api, ApiConfig};
+use crate::engine::{Engine, Event, SourceOutcome};
+use crate::files::{write_private, FileError};
 use crate::inventory::store::Store;
 use crate::publish::KeyDir;
-use crate::rollout::engine::Event;
 use crate::source::{backoff, GitSource, LocalWatcher, Retry};
 
 /// How long a stop waits for the pass under way, and then for the server's open requests.
@@ -102,11 +103,7 @@ pub async fn start(
     config: RunConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Controller, tokio::task::JoinHandle<Result<(), RunError>>), RunError> {
-    let io = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| RunError::Io { action, path, source }
-    };
-    std::fs::create_dir_all(&config.data).map_err(io("create", &config.data))?;
+    std::fs::create_dir_all(&config.data).map_err(FileError::on("create", &config.data))?;
     let keys_dir = config.keys_dir();
     let keys = if keys_dir.join("roots").is_dir() {
         KeyDir::open(&keys_dir).map_err(|source| RunError::Keys {
@@ -178,10 +175,11 @@ pub async fn start(
 
     let controller = Controller { status, admin_token, store: store.clone(), wake: wake.clone() };
     let loop_task = tokio::spawn(async move {
-        let reconciler = Reconciler::new(config, keys, store, Some(api));
-        let result = match reconciler {
-            Ok(reconciler) => run_loop(reconciler, wake, health, status_tx, stop_rx).await,
-            Err(e) => Err(e),
+        let step_interval = config.step_interval;
+        let engine = Engine::new(config.setup(), config.source_spec(), keys, store, Some(api));
+        let result = match engine {
+            Ok(engine) => run_loop(engine, step_interval, wake, health, status_tx, stop_rx).await,
+            Err(e) => Err(e.into()),
         };
         // Requests already accepted (reports waiting for the writer, say) are answered;
         // a client that keeps its connection open does not hold the stop up for long.
@@ -227,23 +225,8 @@ fn admin_token(data: &Path) -> Result<String, RunError> {
         return Ok(token.trim().to_string());
     }
     let token = hex::encode(rand::random::<[u8; 24]>());
-    write_private(&path, token.as_bytes()).map_err(|source| RunError::Io {
-        action: "write",
-        path,
-        source,
-    })?;
+    write_private(&path, token.as_bytes()).map_err(FileError::on("write", &path))?;
     Ok(token)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// What one pass of the loop did.
@@ -254,14 +237,14 @@ struct Pass {
 }
 
 async fn run_loop(
-    mut reconciler: Reconciler,
+    mut engine: Engine,
+    step_interval: Duration,
     wake: Arc<Notify>,
     health: Arc<LoopHealth>,
     status: watch::Sender<RunStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let step_interval = reconciler.config.step_interval;
-    let _watcher = match reconciler.source().local_path() {
+    let _watcher = match engine.source().local_path() {
         Some(path) => LocalWatcher::new(&path, wake.clone())
             .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", path.display()))
             .ok(),
@@ -274,7 +257,7 @@ async fn run_loop(
     let (mut apply_failed, mut step_ok) = (false, true);
     loop {
         let poll = woken || (apply_failed && step_ok) || Instant::now() >= next_poll;
-        let pass = one_pass(&mut reconciler, poll, &status);
+        let pass = one_pass(&mut engine, poll, &status);
         let mut stopping = stop.clone();
         let pass = tokio::select! {
             pass = pass => pass,
@@ -290,8 +273,8 @@ async fn run_loop(
         step_ok = !failed(Stage::Rollout);
         if poll {
             apply_failed = failed(Stage::Apply);
-            next_poll = Instant::now() + reconciler.source().status().wait(std::time::SystemTime::now());
-            let view = source_view(reconciler.source());
+            next_poll = Instant::now() + engine.source().status().wait(std::time::SystemTime::now());
+            let view = source_view(engine.source());
             status.send_modify(|s| s.source = view);
         }
         let failure = health.pass_completed(&pass.failed, Timestamp::now());
@@ -311,7 +294,6 @@ async fn run_loop(
             s.error = failure.as_ref().map(|f| format!("{}: {}", f.stage.as_str(), f.error));
             s.failure = failure.clone();
         });
-        reconciler.maintain_repository();
         // A fetch failure backs the source off on its own (`next_poll`); a failure of the
         // pass itself backs the passes off, so an outage is not hammered every step.
         let wait = match &failure {
@@ -330,41 +312,41 @@ async fn run_loop(
     }
 }
 
-/// One pass: the source (when `poll`), then the engine. Every error is caught, logged
-/// and returned with its stage; nothing here ends the loop.
-async fn one_pass(reconciler: &mut Reconciler, poll: bool, status: &watch::Sender<RunStatus>) -> Pass {
+/// One pass of the engine; the source is polled when `poll`. Every error is logged and
+/// returned with its stage; nothing here ends the loop.
+async fn one_pass(engine: &mut Engine, poll: bool, status: &watch::Sender<RunStatus>) -> Pass {
     let mut pass = Pass::default();
-    if poll {
-        match reconciler.sync_source().await {
-            Ok(SourceOutcome::Applied { commit, devices }) => status.send_modify(|s| {
-                s.commit = Some(commit);
-                s.devices = devices;
-            }),
-            Ok(SourceOutcome::Refused { commit, errors }) => {
-                status.send_modify(|s| s.refused = Some((commit, errors.join("\n"))))
-            }
-            Ok(SourceOutcome::Unchanged) => {}
-            Ok(SourceOutcome::Failed(e)) => {
-                tracing::warn!("fleet source: {e}");
-                pass.failed.push((Stage::Source, e));
-            }
-            Err(e) => {
-                tracing::error!("applying the fleet commit failed: {e}; retrying after a backoff");
-                pass.failed.push((Stage::Apply, e.to_string()));
-            }
+    let report = engine.pass(poll, || true).await;
+    match report.source {
+        Some(Ok(SourceOutcome::Applied { commit, devices })) => status.send_modify(|s| {
+            s.commit = Some(commit);
+            s.devices = devices;
+        }),
+        Some(Ok(SourceOutcome::Refused { commit, errors })) => {
+            status.send_modify(|s| s.refused = Some((commit, errors.join("\n"))))
+        }
+        Some(Ok(SourceOutcome::Unchanged)) | None => {}
+        Some(Ok(SourceOutcome::Failed(e))) => {
+            tracing::warn!("fleet source: {e}");
+            pass.failed.push((Stage::Source, e));
+        }
+        Some(Err(e)) => {
+            tracing::error!("applying the fleet commit failed: {e}; retrying after a backoff");
+            pass.failed.push((Stage::Apply, e.to_string()));
         }
     }
-    match reconciler.step(Timestamp::now()).await {
-        Ok(report) => {
+    match report.step {
+        Some(Ok(report)) => {
             for event in &report.events {
                 tracing::info!(event = %serde_json::to_string(event).unwrap_or_default(), "rollout");
             }
             pass.events = report.events;
         }
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::error!("reconcile pass failed: {e}; retrying after a backoff");
             pass.failed.push((Stage::Rollout, e.to_string()));
         }
+        None => {}
     }
     pass
 }

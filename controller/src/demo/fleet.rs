@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::DemoError;
 use crate::compile::load;
+use crate::files::FileError;
 use crate::model::{Artifact, DeviceSet, DeviceSetEntry, DeviceSetSpec, Labels, Metadata, Object, Release};
 use crate::protocol::target::device_order_key;
 use crate::source::read_dir;
@@ -58,16 +60,21 @@ pub fn prepare(
     work: &Path,
     options: &DemoOptions,
     public_key: impl Fn(&str) -> String,
-) -> Result<DemoFleet, String> {
-    let files = read_dir(example).map_err(|e| e.to_string())?;
+) -> Result<DemoFleet, DemoError> {
+    let files = read_dir(example)?;
     let (documents, diagnostics) = load::load(&files);
     if let Some(d) = diagnostics.iter().find(|d| d.is_error()) {
-        return Err(format!("{} does not load: {}: {}", example.display(), d.location.file, d.message));
+        return Err(DemoError::Example {
+            example: example.to_owned(),
+            file: d.location.file.to_string(),
+            message: d.message.to_string(),
+        });
     }
     let repo = work.join("fleet");
     let artifacts = work.join("artifacts");
     for dir in ["groups", "devices", "releases", "policies"] {
-        std::fs::create_dir_all(repo.join(dir)).map_err(|e| e.to_string())?;
+        let dir = repo.join(dir);
+        std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
     }
 
     let mut groups = String::new();
@@ -145,20 +152,19 @@ pub fn prepare(
         write(&repo.join(format!("policies/{}.yaml", policy.metadata.name)), &to_yaml(&policy)?)?;
     }
 
-    let git = git2::Repository::init_opts(&repo, git2::RepositoryInitOptions::new().initial_head("main"))
-        .map_err(|e| e.message().to_string())?;
+    let git = git2::Repository::init_opts(&repo, git2::RepositoryInitOptions::new().initial_head("main"))?;
     commit_all(&git, &format!("Fleet of {} devices on edge-os {OLD_VERSION}", all.len()))?;
     Ok(DemoFleet { repo, devices: all.into_iter().map(|d| d.id).collect(), artifacts })
 }
 
 /// Commits the change the demo rolls out: `stable` → `edge-os-1-5-0`, `gateways` →
 /// `edge-os-2-0-0`, and `apac` → a new beta release. Returns the commit id.
-pub fn commit_change(fleet: &DemoFleet) -> Result<String, String> {
+pub fn commit_change(fleet: &DemoFleet) -> Result<String, DemoError> {
     let policies = [("stable", "edge-os-1-5-0"), ("gateways", "edge-os-2-0-0"), ("apac", BETA_RELEASE)];
     // The beta is 1.5.0 rebuilt as 1.6.0-beta.1.
-    let base =
-        std::fs::read_to_string(fleet.repo.join("releases/edge-os-1-5-0.yaml")).map_err(|e| e.to_string())?;
-    let mut beta: Release = serde_yaml::from_str(&base).map_err(|e| e.to_string())?;
+    let base_path = fleet.repo.join("releases/edge-os-1-5-0.yaml");
+    let base = std::fs::read_to_string(&base_path).map_err(FileError::on("read", &base_path))?;
+    let mut beta: Release = serde_yaml::from_str(&base)?;
     beta.metadata.name = BETA_RELEASE.to_string();
     beta.spec.version = "1.6.0-beta.1".to_string();
     for a in &mut beta.spec.artifacts {
@@ -168,27 +174,27 @@ pub fn commit_change(fleet: &DemoFleet) -> Result<String, String> {
     write(&fleet.repo.join(format!("releases/{BETA_RELEASE}.yaml")), &to_yaml(&beta)?)?;
     for (policy, release) in policies {
         let path = fleet.repo.join(format!("policies/{policy}.yaml"));
-        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-        let mut doc: crate::model::Policy = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&path).map_err(FileError::on("read", &path))?;
+        let mut doc: crate::model::Policy = serde_yaml::from_str(&text)?;
         doc.spec.release = release.to_string();
         write(&path, &to_yaml(&doc)?)?;
     }
-    let git = git2::Repository::open(&fleet.repo).map_err(|e| e.message().to_string())?;
-    commit_all(&git, "Roll out edge-os 1.5.0 to stable, 2.0.0 to gateways, the 1.6.0 beta to apac")
+    let git = git2::Repository::open(&fleet.repo)?;
+    Ok(commit_all(&git, "Roll out edge-os 1.5.0 to stable, 2.0.0 to gateways, the 1.6.0 beta to apac")?)
 }
 
 /// Rewrites a release's artifacts as small local files, published with their content.
-fn local_release(mut release: Release, artifacts: &Path) -> Result<Release, String> {
+fn local_release(mut release: Release, artifacts: &Path) -> Result<Release, DemoError> {
     let dir = artifacts.join(&release.metadata.name);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
+    let dir = dir.canonicalize().map_err(FileError::on("resolve", &dir))?;
     for a in &mut release.spec.artifacts {
         let mut content = String::new();
         while content.len() < 4096 {
             let _ = writeln!(content, "{} {} {}", release.metadata.name, release.spec.version, a.name);
         }
         let path = dir.join(&a.name);
-        std::fs::write(&path, &content).map_err(|e| e.to_string())?;
+        std::fs::write(&path, &content).map_err(FileError::on("write", &path))?;
         *a = Artifact {
             name: a.name.clone(),
             url: format!("file://{}", path.display()),
@@ -203,11 +209,11 @@ fn metadata(name: &str) -> Metadata {
     Metadata { name: name.to_string(), labels: Labels::new(), annotations: Labels::new() }
 }
 
-fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, String> {
-    serde_yaml::to_string(value).map_err(|e| e.to_string())
+fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, DemoError> {
+    Ok(serde_yaml::to_string(value)?)
 }
 
-fn push_doc<T: serde::Serialize>(out: &mut String, value: &T) -> Result<(), String> {
+fn push_doc<T: serde::Serialize>(out: &mut String, value: &T) -> Result<(), DemoError> {
     if !out.is_empty() {
         out.push_str("---\n");
     }
@@ -215,20 +221,19 @@ fn push_doc<T: serde::Serialize>(out: &mut String, value: &T) -> Result<(), Stri
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write(path: &Path, text: &str) -> Result<(), DemoError> {
+    Ok(std::fs::write(path, text).map_err(FileError::on("write", path))?)
 }
 
 /// Commits every file of the work tree on the current branch.
-pub fn commit_all(repo: &git2::Repository, message: &str) -> Result<String, String> {
-    let e = |e: git2::Error| e.message().to_string();
-    let mut index = repo.index().map_err(e)?;
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).map_err(e)?;
-    index.write().map_err(e)?;
-    let tree = repo.find_tree(index.write_tree().map_err(e)?).map_err(e)?;
-    let signature = git2::Signature::now("Waveguide demo", "demo@waveguide.invalid").map_err(e)?;
+pub fn commit_all(repo: &git2::Repository, message: &str) -> Result<String, git2::Error> {
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let signature = git2::Signature::now("Waveguide demo", "demo@waveguide.invalid")?;
     let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
     let parents: Vec<&git2::Commit> = parent.iter().collect();
-    let id = repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &parents).map_err(e)?;
+    let id = repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)?;
     Ok(id.to_string())
 }

@@ -12,9 +12,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::{RunConfig, RunError};
+use crate::engine::{EngineError, PIN_ROLLOUT};
 use crate::inventory::store::Store;
 use crate::publish::sample_instructions;
-use crate::rollout::engine::PIN_ROLLOUT;
 
 /// Published instructions the check reads: any one that names a rollout the inventory
 /// does not know is proof enough, and reading every device's would cost a million reads
@@ -59,8 +59,8 @@ pub async fn check_inventory_matches(tuf: &Path, store: &Store, database: &str) 
     let dir = tuf.to_owned();
     let published = tokio::task::spawn_blocking(move || sample_instructions(&dir, SAMPLE))
         .await
-        .map_err(|_| RunError::Panicked { what: "TUF repository check" })?
-        .map_err(|source| RunError::Repository {
+        .map_err(|_| EngineError::Panicked { what: "TUF repository check" })?
+        .map_err(|source| EngineError::Repository {
             action: "read",
             dir: tuf.to_owned(),
             source: Box::new(source),
