@@ -13,9 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-
-mod common;
-use common::{git, waveguide, KillOnDrop};
+use waveguide_tests::{git, repo_root, waveguide, KillOnDrop};
 
 const ENROLLMENT_TOKEN: &str = "lab-enrollment-secret";
 
@@ -311,7 +309,7 @@ struct Postgres {
 
 impl Postgres {
     fn start() -> Postgres {
-        let out = Command::new(common::repo_root().join("scripts/postgres")).arg("start").output().unwrap();
+        let out = Command::new(repo_root().join("scripts/postgres")).arg("start").output().unwrap();
         assert!(out.status.success(), "scripts/postgres start: {}", String::from_utf8_lossy(&out.stderr));
         let exports = String::from_utf8(out.stdout).unwrap();
         let value = |name: &str| {
@@ -362,7 +360,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = Command::new(common::repo_root().join("scripts/postgres")).args(["stop", &self.dir]).status();
+        let _ = Command::new(repo_root().join("scripts/postgres")).args(["stop", &self.dir]).status();
     }
 }
 

@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use waveguide::api::auth::DeviceKey;
-
-mod common;
-use common::run::{send_report, Run};
-use common::{git, waveguide};
+use waveguide_tests::run::{send_report, Run};
+use waveguide_tests::{git, git_stdout, waveguide};
 
 /// Starts `waveguide run` on a local repository and waits until its first commit is
 /// applied.
@@ -149,10 +147,10 @@ async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
 
     // A commit that does not compile is refused; the last good one stays in force, and
     // `waveguide reconcile` shows both (and fails).
-    let good = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let good = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     fleet(&repo, &keys, "v9");
     git(&repo, &["commit", "-q", "-am", "lab to a release that does not exist"]);
-    let bad = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let bad = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let out = waveguide()
         .args(["reconcile", "--server", &running.base, "--data"])
         .arg(&running.data)
@@ -186,7 +184,7 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
     fleet(&repo.join("fleet"), &keys, "v1");
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "unsigned"]);
-    let unsigned = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let unsigned = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
 
     let key = tmp.path().join("signer");
     let status = std::process::Command::new("ssh-keygen")
@@ -236,7 +234,7 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
         "signed",
     ];
     git(&repo, &signing);
-    let signed = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let signed = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let out = reconcile();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}");
@@ -272,7 +270,7 @@ async fn an_idle_run_makes_almost_no_fetches() {
 
     fleet(&repo, &keys, "v2");
     git(&repo, &["commit", "-q", "-am", "lab to v2"]);
-    let head = common::git_stdout(&repo, &["rev-parse", "HEAD"]);
+    let head = git_stdout(&repo, &["rev-parse", "HEAD"]);
     running.wait_status("the commit", Duration::from_secs(5), |s| s["commit"] == head.as_str()).await;
     let after = polls(&running.status().await) - before;
     assert!(after <= 4, "{after} fetches for one commit");

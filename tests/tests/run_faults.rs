@@ -14,11 +14,9 @@ use waveguide::api::auth::DeviceKey;
 use waveguide::inventory::store::Store;
 use waveguide::publish::{DeviceInstruction, SpecTargetPaths};
 use waveguide::target::device_target_path;
-
-mod common;
-use common::postgres::Postgres;
-use common::run::{send_report, Run};
-use common::{git, git_stdout, waveguide};
+use waveguide_tests::postgres::Postgres;
+use waveguide_tests::run::{send_report, Run};
+use waveguide_tests::{git, git_stdout, waveguide, KillOnDrop};
 
 /// The fleet: devices `lab-<n>` with the given keys following policy `lab` (one wave, no
 /// approval), and `bulk` devices `bulk-000000`… pinned to `pin`.
@@ -328,7 +326,7 @@ async fn a_postgresql_outage_is_reported_and_survived() {
         .stderr(std::fs::File::create(tmp.path().join("simulate.log")).unwrap())
         .spawn()
         .unwrap();
-    let mut simulate = common::KillOnDrop(simulate);
+    let mut simulate = KillOnDrop(simulate);
     let store = Store::open(&url).await.unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while store.inventory().await.unwrap().len() < SIMULATED {

@@ -16,8 +16,7 @@ use waveguide::publish::{
     SpecTargetPaths,
 };
 use waveguide::target::device_target_path;
-
-mod common;
+use waveguide_tests::tuf;
 
 fn instruction(device: &str, release: &str) -> DeviceInstruction {
     DeviceInstruction {
@@ -217,7 +216,7 @@ async fn tough_rejects_a_rolled_back_snapshot() {
     // An attacker holding the timestamp key serves a fresh timestamp that points at the
     // older snapshot.
     let old = std::fs::read(served.metadata().join(format!("{old_snapshot}.snapshot.json"))).unwrap();
-    let forged = common::tuf::sign_timestamp(
+    let forged = tuf::sign_timestamp(
         &served.keys.dir().join("online.pk8"),
         report.timestamp_version.unwrap() + 1,
         old_snapshot,

@@ -3,8 +3,6 @@
 //! repository served by `git daemon`, and the real `waveguide controller` and `waveguide
 //! simulate` binaries.
 
-#![allow(dead_code)] // Each test file uses only some of these.
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,8 +10,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use waveguide::agent::simulate::device_key;
 
-use crate::common::kube::{install_chart, Cluster, ControllerProcess, Install};
-use crate::common::{git, git_stdout, waveguide, GitDaemon, KillOnDrop};
+use crate::kube::{install_chart, Cluster, ControllerProcess, Install};
+use crate::{git, git_stdout, waveguide, GitDaemon, KillOnDrop};
 
 /// The seed of the simulated devices' keys.
 pub const SEED: &str = "k8s-e2e";
@@ -195,7 +193,7 @@ impl Scene {
     pub fn wait_condition(&self, type_: &str, status: &str, limit: Duration) -> Value {
         self.wait(&format!("condition {type_}={status}"), limit, || {
             let fleet = self.fleet_object()?;
-            let condition = crate::common::kube::condition(&fleet, type_)?;
+            let condition = crate::kube::condition(&fleet, type_)?;
             (condition["status"] == status).then_some(fleet)
         })
     }
