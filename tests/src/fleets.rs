@@ -27,3 +27,15 @@ pub fn render(scenario: &str, file: &str, values: &[(&str, &str)]) -> String {
     }
     text
 }
+
+/// `device_set` (the head of a DeviceSet whose `spec.devices` comes last) with one entry
+/// per `(id, public key)` appended.
+pub fn with_devices<'a>(
+    mut device_set: String,
+    devices: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    for (id, key) in devices {
+        device_set.push_str(&format!("    - id: {id}\n      publicKey: {key}\n"));
+    }
+    device_set
+}

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use waveguide::api::auth::{DeviceKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use waveguide_tests::{git, repo_root, waveguide, KillOnDrop};
+use waveguide_tests::{fleets, git, repo_root, waveguide, KillOnDrop};
 
 const ENROLLMENT_TOKEN: &str = "lab-enrollment-secret";
 
@@ -36,21 +36,18 @@ impl Fleet {
 
     fn commit(&self, release: &str) {
         let token_sha256 = hex::encode(Sha256::digest(ENROLLMENT_TOKEN));
-        let mut yaml = format!(
-            "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {{name: lab}}\nspec:\n  enrollment: {{tokenSha256: {token_sha256}}}\n---\n\
-             apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {{name: lab}}\nspec:\n  group: lab\n  devices:\n"
-        );
-        for (id, key) in &self.devices {
-            yaml.push_str(&format!("    - id: {id}\n      publicKey: {}\n", key.public_key_b64()));
-        }
-        for (name, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
-            yaml.push_str(&format!(
-                "---\napiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata: {{name: {name}}}\nspec: {{version: {version}}}\n"
-            ));
-        }
-        yaml.push_str(&format!(
-            "---\napiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lab}}\nspec:\n  selector: {{groups: [lab]}}\n  release: {release}\n  rollout:\n    waves:\n      - {{name: first, count: 1}}\n      - {{name: rest}}\n    approval: manual\n"
-        ));
+        let keys: Vec<(&str, String)> =
+            self.devices.iter().map(|(id, key)| (id.as_str(), key.public_key_b64())).collect();
+        let yaml = [
+            fleets::render("lab", "groups-enrollment.yaml", &[("token_sha256", &token_sha256)]),
+            fleets::with_devices(
+                fleets::render("lab", "devices.yaml", &[]),
+                keys.iter().map(|(id, key)| (*id, key.as_str())),
+            ),
+            fleets::render("lab", "releases.yaml", &[]),
+            fleets::render("lab", "policy-manual.yaml", &[("release", release)]),
+        ]
+        .join("---\n");
         std::fs::write(self.dir.join("fleet.yaml"), yaml).unwrap();
         git(&self.dir, &["add", "."]);
         git(&self.dir, &["commit", "-q", "-m", &format!("lab on {release}")]);

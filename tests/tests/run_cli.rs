@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use waveguide::api::auth::DeviceKey;
 use waveguide_tests::run::{send_report, Run};
-use waveguide_tests::{git, git_stdout, waveguide};
+use waveguide_tests::{fleets, git, git_stdout, waveguide};
 
 /// Starts `waveguide run` on a local repository and waits until its first commit is
 /// applied.
@@ -25,30 +25,18 @@ async fn start_with(repo: &Path, data: &Path, extra: &[&str]) -> Run {
 }
 
 fn fleet(dir: &Path, keys: &[(String, DeviceKey)], release: &str) {
-    let mut devices = String::from(
-        "apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {name: lab}\nspec:\n  group: lab\n  devices:\n",
+    let keys: Vec<(&str, String)> =
+        keys.iter().map(|(id, key)| (id.as_str(), key.public_key_b64())).collect();
+    let devices = fleets::with_devices(
+        fleets::render("lab", "devices.yaml", &[]),
+        keys.iter().map(|(id, key)| (*id, key.as_str())),
     );
-    for (id, key) in keys {
-        devices.push_str(&format!("    - id: {id}\n      publicKey: {}\n", key.public_key_b64()));
-    }
     std::fs::write(dir.join("devices.yaml"), devices).unwrap();
-    std::fs::write(
-        dir.join("groups.yaml"),
-        "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: lab}\nspec: {}\n",
-    )
-    .unwrap();
-    for (name, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
-        std::fs::write(
-            dir.join(format!("{name}.yaml")),
-            format!("apiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata: {{name: {name}}}\nspec:\n  version: {version}\n"),
-        )
-        .unwrap();
-    }
+    std::fs::write(dir.join("groups.yaml"), fleets::render("lab", "groups.yaml", &[])).unwrap();
+    std::fs::write(dir.join("releases.yaml"), fleets::render("lab", "releases.yaml", &[])).unwrap();
     std::fs::write(
         dir.join("policy.yaml"),
-        format!(
-            "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lab}}\nspec:\n  selector: {{groups: [lab]}}\n  release: {release}\n  rollout:\n    waves:\n      - {{name: first, count: 1}}\n      - {{name: rest}}\n    approval: manual\n"
-        ),
+        fleets::render("lab", "policy-manual.yaml", &[("release", release)]),
     )
     .unwrap();
 }
