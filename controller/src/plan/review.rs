@@ -203,3 +203,45 @@ fn render_errors(head: &Compilation, format: Format) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn examples() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    }
+
+    fn input<'a>(repo: &'a Path, head: Option<&'a str>, inventory: Option<&'a Path>) -> ReviewInput<'a> {
+        ReviewInput { repo, base: None, head, path: "", inventory, format: Format::Text }
+    }
+
+    #[test]
+    fn the_example_fleet_is_reviewed_against_its_inventory() {
+        let repo = examples().join("fleet");
+        let inventory = examples().join("inventory.yaml");
+        let review = review(&input(&repo, None, Some(&inventory))).unwrap();
+        assert!(review.compiled);
+        assert!(review.output.contains("\nPolicy "), "{}", review.output);
+        let stages: Vec<&str> = review.stages.iter().map(|(stage, _)| *stage).collect();
+        assert_eq!(stages.first(), Some(&"read"));
+        assert_eq!(stages.last(), Some(&"report"));
+    }
+
+    #[test]
+    fn a_revision_that_cannot_be_read_is_a_source_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = review(&input(dir.path(), Some("main"), None));
+        assert!(matches!(result, Err(ReviewError::Source(_))), "{:?}", result.err());
+    }
+
+    #[test]
+    fn an_inventory_snapshot_that_cannot_be_read_is_an_inventory_error() {
+        let repo = examples().join("fleet");
+        let missing = examples().join("no-such-inventory.yaml");
+        let result = review(&input(&repo, None, Some(&missing)));
+        assert!(matches!(result, Err(ReviewError::Inventory(_))), "{:?}", result.err());
+    }
+}
