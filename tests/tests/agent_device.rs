@@ -2,17 +2,15 @@
 //! repository on 127.0.0.1: it installs what it is told, reports each step, refuses
 //! what does not verify, holds for maintenance windows and resumes after a restart.
 
-mod agent_support;
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use agent_support::{instruction, Controller, TOKEN};
 use waveguide::agent::{Agent, AgentConfig, CommandInstaller, Installer, PollOutcome};
 use waveguide::protocol::DeviceKey;
 use waveguide::protocol::MaintenanceWindow;
 use waveguide::protocol::UpdateState;
 use waveguide::publish::{Batch, Expiries, Repository};
+use waveguide_tests::agent::{instruction, Controller, TOKEN};
+use waveguide_tests::waveguide;
 
 fn open_agent(c: &Controller, id: &str, key: &DeviceKey, state: &Path, install: Option<&str>) -> Agent {
     let key = DeviceKey::from_pkcs8(key.pkcs8()).unwrap();
@@ -268,7 +266,7 @@ async fn the_agent_binary_enrolls_installs_and_exits_with_once() {
         "test \"$WAVEGUIDE_RELEASE\" = r2".into(),
         "--once".into(),
     ];
-    let run = move || common::waveguide().args(&args).output().unwrap();
+    let run = move || waveguide().args(&args).output().unwrap();
     let output = tokio::task::spawn_blocking(run.clone()).await.unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -297,7 +295,7 @@ fn the_agent_binary_refuses_an_invalid_device_id() {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("key.pk8");
     let state = tmp.path().join("state");
-    let output = common::waveguide()
+    let output = waveguide()
         .args(["agent", "--server", "http://127.0.0.1:9/", "--device-id", "cam 9", "--key"])
         .arg(&key)
         .arg("--state-dir")

@@ -2,15 +2,13 @@
 //! 127.0.0.1: every simulated device verifies its own TUF metadata, installs, and
 //! reports with its own derived key.
 
-mod agent_support;
-mod common;
-
 use std::time::{Duration, Instant};
 
-use agent_support::{instruction, Controller};
 use waveguide::agent::simulate::{device_ids, device_key, SimConfig, Simulation};
 use waveguide::protocol::UpdateState;
 use waveguide::publish::Batch;
+use waveguide_tests::agent::{instruction, Controller};
+use waveguide_tests::waveguide;
 
 const SEED: &str = "agent-simulate-test";
 
@@ -135,7 +133,7 @@ async fn the_simulate_command_runs_a_fleet_and_prints_its_counts() {
     .map(|s| s.to_string())
     .collect();
     let output =
-        tokio::task::spawn_blocking(move || common::waveguide().args(&args).output().unwrap()).await.unwrap();
+        tokio::task::spawn_blocking(move || waveguide().args(&args).output().unwrap()).await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let last = stdout.lines().last().unwrap();

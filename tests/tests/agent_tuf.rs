@@ -3,17 +3,14 @@
 //! `timestamp.json` when nothing changed, follows an online-key rotation, and refuses a
 //! tampered bin, an expired timestamp, a rolled-back snapshot and a bad target file.
 
-mod agent_support;
-
-use agent_support::{instruction, Controller};
 use futures::TryStreamExt;
 use tough::{RepositoryLoader, TargetName};
 use waveguide::agent::{Trusted, TufClient, TufError};
 use waveguide::protocol::target::device_target_path;
 use waveguide::protocol::DeviceInstruction;
 use waveguide::publish::{Batch, Expiries, Repository, SpecTargetPaths};
-
-mod common;
+use waveguide_tests::agent::{instruction, Controller};
+use waveguide_tests::tuf;
 
 fn devices(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("store-{i:04}")).collect()
@@ -127,7 +124,7 @@ async fn rejects_a_rolled_back_snapshot_and_an_older_timestamp() {
 
     // A holder of the online key signs a fresh timestamp naming the older snapshot.
     let old = std::fs::read(c.metadata().join(format!("{old_snapshot}.snapshot.json"))).unwrap();
-    let forged = common::tuf::sign_timestamp(
+    let forged = tuf::sign_timestamp(
         &c.keys.dir().join("online.pk8"),
         report.timestamp_version.unwrap() + 1,
         old_snapshot,

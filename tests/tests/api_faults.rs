@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use waveguide::protocol::DeviceKey;
-
-mod common;
-use common::{git, waveguide, KillOnDrop};
+use waveguide_tests::{fleets, git, repo_root, waveguide, KillOnDrop};
 
 const ENROLLMENT_TOKEN: &str = "lab-enrollment-secret";
 
@@ -39,21 +37,18 @@ impl Fleet {
 
     fn commit(&self, release: &str) {
         let token_sha256 = hex::encode(Sha256::digest(ENROLLMENT_TOKEN));
-        let mut yaml = format!(
-            "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {{name: lab}}\nspec:\n  enrollment: {{tokenSha256: {token_sha256}}}\n---\n\
-             apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {{name: lab}}\nspec:\n  group: lab\n  devices:\n"
-        );
-        for (id, key) in &self.devices {
-            yaml.push_str(&format!("    - id: {id}\n      publicKey: {}\n", key.public_key_b64()));
-        }
-        for (name, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
-            yaml.push_str(&format!(
-                "---\napiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata: {{name: {name}}}\nspec: {{version: {version}}}\n"
-            ));
-        }
-        yaml.push_str(&format!(
-            "---\napiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lab}}\nspec:\n  selector: {{groups: [lab]}}\n  release: {release}\n  rollout:\n    waves:\n      - {{name: first, count: 1}}\n      - {{name: rest}}\n    approval: manual\n"
-        ));
+        let keys: Vec<(&str, String)> =
+            self.devices.iter().map(|(id, key)| (id.as_str(), key.public_key_b64())).collect();
+        let yaml = [
+            fleets::render("lab", "groups-enrollment.yaml", &[("token_sha256", &token_sha256)]),
+            fleets::with_devices(
+                fleets::render("lab", "devices.yaml", &[]),
+                keys.iter().map(|(id, key)| (*id, key.as_str())),
+            ),
+            fleets::render("lab", "releases.yaml", &[]),
+            fleets::render("lab", "policy-manual.yaml", &[("release", release)]),
+        ]
+        .join("---\n");
         std::fs::write(self.dir.join("fleet.yaml"), yaml).unwrap();
         git(&self.dir, &["add", "."]);
         git(&self.dir, &["commit", "-q", "-m", &format!("lab on {release}")]);
@@ -312,7 +307,7 @@ struct Postgres {
 
 impl Postgres {
     fn start() -> Postgres {
-        let out = Command::new(common::repo_root().join("scripts/postgres")).arg("start").output().unwrap();
+        let out = Command::new(repo_root().join("scripts/postgres")).arg("start").output().unwrap();
         assert!(out.status.success(), "scripts/postgres start: {}", String::from_utf8_lossy(&out.stderr));
         let exports = String::from_utf8(out.stdout).unwrap();
         let value = |name: &str| {
@@ -363,7 +358,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = Command::new(common::repo_root().join("scripts/postgres")).args(["stop", &self.dir]).status();
+        let _ = Command::new(repo_root().join("scripts/postgres")).args(["stop", &self.dir]).status();
     }
 }
 

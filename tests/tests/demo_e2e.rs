@@ -21,8 +21,7 @@ use waveguide::engine::EngineConfig;
 use waveguide::inventory::store::{RolloutPhase, Store, WaveState};
 use waveguide::rollout::control::{self, RolloutStatus};
 use waveguide::standalone::{self, Controller, RunConfig};
-
-mod common;
+use waveguide_tests::{fresh_postgres_database, repo_root, waveguide};
 
 const SEED: &str = "e2e";
 const STALE: SignedDuration = SignedDuration::from_secs(60);
@@ -125,14 +124,14 @@ impl Watch {
 }
 
 fn example() -> PathBuf {
-    common::repo_root().join("examples/fleet")
+    repo_root().join("examples/fleet")
 }
 
 /// What the reference Python client reads for `devices`.
 fn python_instructions(base: &str, root: &Path, work: &Path, devices: &[String]) -> BTreeMap<String, Value> {
     let python = std::env::var("WAVEGUIDE_TEST_PYTHON").expect("WAVEGUIDE_TEST_PYTHON: run ./scripts/test");
     let out = std::process::Command::new(python)
-        .arg(common::repo_root().join("tests/python/tools/tuf_instructions.py"))
+        .arg(repo_root().join("tests/python/tools/tuf_instructions.py"))
         .arg(format!("{base}/tuf"))
         .arg(root)
         .arg(work)
@@ -306,7 +305,7 @@ async fn demo_scenario_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_scenario_on_postgres() {
-    scenario(Some(common::fresh_postgres_database().await)).await;
+    scenario(Some(fresh_postgres_database().await)).await;
 }
 
 /// `waveguide demo` stops cleanly on SIGTERM in the middle of its run: devices and
@@ -314,7 +313,7 @@ async fn demo_scenario_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_stops_cleanly_on_sigterm() {
     use std::io::{BufRead, BufReader};
-    let mut demo = common::waveguide()
+    let mut demo = waveguide()
         .args(["demo", "--devices", "20", "--install-time", "100ms"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -8,15 +8,14 @@ use waveguide::inventory::store::{
 };
 use waveguide::inventory::DeviceReport;
 use waveguide::protocol::UpdateState;
-
-mod common;
+use waveguide_tests::fresh_postgres_database;
 
 /// A fresh, empty database of each backend. The guard keeps the SQLite directory alive.
 async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open(dir.path().join("inventory.db").to_str().unwrap()).await.unwrap();
     assert_eq!(sqlite.backend(), Backend::Sqlite);
-    let postgres = Store::open(&common::fresh_postgres_database().await).await.unwrap();
+    let postgres = Store::open(&fresh_postgres_database().await).await.unwrap();
     assert_eq!(postgres.backend(), Backend::Postgres);
     vec![(sqlite, Some(dir)), (postgres, None)]
 }
@@ -154,7 +153,7 @@ async fn reports_keep_latest_and_bounded_history() {
 async fn reports_of_unknown_devices_and_replays_are_refused_and_stored_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite_path = dir.path().join("inventory.db").to_str().unwrap().to_string();
-    for url in [sqlite_path, common::fresh_postgres_database().await] {
+    for url in [sqlite_path, fresh_postgres_database().await] {
         let store = Store::open(&url).await.unwrap();
         store.sync_declared(&[declared("a", "g", None), declared("b", "g", None)], 0).await.unwrap();
         let batch = vec![
@@ -202,7 +201,7 @@ async fn reports_of_unknown_devices_and_replays_are_refused_and_stored_nowhere()
 async fn rollout_state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite_path = dir.path().join("inventory.db").to_str().unwrap().to_string();
-    let postgres_url = common::fresh_postgres_database().await;
+    let postgres_url = fresh_postgres_database().await;
     for url in [sqlite_path, postgres_url] {
         let store = Store::open(&url).await.unwrap();
         let ids: Vec<DeclaredDevice> = (0..1200).map(|i| declared(&format!("d{i:04}"), "g", None)).collect();

@@ -3,14 +3,12 @@
 //! as the operator and `waveguide simulate` devices reporting through the controller's
 //! per-fleet routes. These are the steps of docs/kubernetes.md.
 
-mod common;
-mod k8s_support;
-
 use std::time::Duration;
 
-use common::kube::{condition, events};
-use k8s_support::{fleet_yaml, Scene};
 use serde_json::json;
+use waveguide_tests::git_stdout;
+use waveguide_tests::k8s_scene::{fleet_yaml, Scene};
+use waveguide_tests::kube::{condition, events};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -22,7 +20,7 @@ fn reasons(events: &[(String, String)], reason: &str) -> Vec<String> {
 fn a_fleet_rolls_out_through_the_controller_with_kubectl_steering() {
     let scene = Scene::new("wg-rollout", 4);
     let controller = scene.controller("replica-a", &[]);
-    let first = common::git_stdout(&scene.repo(), &["rev-parse", "HEAD"]);
+    let first = git_stdout(&scene.repo(), &["rev-parse", "HEAD"]);
     scene.apply(&scene.fleet(json!({})));
 
     // Conditions, finalizer, observed generation and the print columns.

@@ -1,9 +1,8 @@
 //! The committed CustomResourceDefinitions under `crds/` (and the Helm chart's copy) are
 //! exactly what the resource types generate, and `waveguide crds` writes them.
 
-mod common;
-
 use std::fs;
+use waveguide_tests::{repo_root, waveguide};
 
 const REGENERATE: &str =
     "regenerate them with `cargo run -p waveguide -- crds --out crds`, copy crds/*.yaml \
@@ -23,7 +22,7 @@ fn committed_crds_match_the_resource_types() {
     let generated = waveguide::k8s::crd::files();
     let expected: Vec<String> = generated.keys().cloned().collect();
     for dir in ["crds", "charts/waveguide/crds"] {
-        let dir = common::repo_root().join(dir);
+        let dir = repo_root().join(dir);
         for (name, text) in &generated {
             let committed = fs::read_to_string(dir.join(name)).unwrap_or_default();
             assert!(
@@ -44,7 +43,7 @@ fn committed_crds_match_the_resource_types() {
 #[test]
 fn the_cli_writes_the_same_files() {
     let out = tempfile::tempdir().unwrap();
-    let status = common::waveguide().args(["crds", "--out"]).arg(out.path()).status().unwrap();
+    let status = waveguide().args(["crds", "--out"]).arg(out.path()).status().unwrap();
     assert!(status.success());
     for (name, text) in waveguide::k8s::crd::files() {
         assert_eq!(fs::read_to_string(out.path().join(&name)).unwrap(), text, "{name}");

@@ -3,14 +3,12 @@
 //! webhook), a suspended Fleet whose timestamp is still re-signed, a halted rollout resumed
 //! and aborted with kubectl, and the checks a 1.20 API server cannot make.
 
-mod common;
-mod k8s_support;
-
 use std::time::Duration;
 
-use common::kube::{condition, events, http_get};
-use k8s_support::{fleet_yaml, Scene};
 use serde_json::{json, Value};
+use waveguide_tests::k8s_scene::{fleet_yaml, Scene};
+use waveguide_tests::kube::{condition, events, http_get};
+use waveguide_tests::{git, git_stdout, repo_root};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -72,8 +70,8 @@ fn a_refused_commit_its_revert_and_a_suspended_fleet() {
     assert_eq!(fleet["status"]["lastAppliedCommit"], good);
 
     // Its revert: the fleet in force again, so Validated and Ready come back.
-    common::git(&scene.repo(), &["revert", "--no-edit", "HEAD"]);
-    let revert = common::git_stdout(&scene.repo(), &["rev-parse", "HEAD"]);
+    git(&scene.repo(), &["revert", "--no-edit", "HEAD"]);
+    let revert = git_stdout(&scene.repo(), &["rev-parse", "HEAD"]);
     assert_eq!(github_push_event(&hook, "wrong"), "401", "a wrong signature wakes nothing");
     assert_eq!(github_push_event(&hook, "s3cret"), "202");
     let fleet = scene.wait_condition("Validated", "True", Duration::from_secs(20));
@@ -212,6 +210,6 @@ fn checks_a_server_older_than_1_25_cannot_make() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("spec.source.interval"));
 
     // The documented CRD upgrade works on every supported server.
-    let crds = common::repo_root().join("charts/waveguide/crds");
+    let crds = repo_root().join("charts/waveguide/crds");
     scene.cluster.kubectl_ok(&["replace", "--validate=false", "-f", crds.to_str().unwrap()]);
 }

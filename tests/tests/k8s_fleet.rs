@@ -3,9 +3,6 @@
 //! nothing else is sent. The Git repository (a local repository in a temp dir) and the
 //! inventory (SQLite in a temp dir) are real.
 
-mod common;
-mod k8s_fake;
-
 use std::sync::Arc;
 
 use http::Method;
@@ -14,10 +11,8 @@ use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 use waveguide::inventory::store::RolloutPhase;
 use waveguide::k8s::fleet::{self, Settings, FINALIZER};
-
-use common::git;
-
-use k8s_fake::*;
+use waveguide_tests::k8s_fake::*;
+use waveguide_tests::{fresh_postgres_database, git};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_fleet_gets_a_finalizer_then_status_and_events() {
@@ -330,7 +325,7 @@ async fn a_lost_lease_stops_the_engine_and_every_write() {
 async fn a_standby_replica_serves_devices_over_a_shared_inventory() {
     use tower::ServiceExt;
     let world = World::new();
-    let url = common::fresh_postgres_database().await;
+    let url = fresh_postgres_database().await;
     let mut fleet = world.fleet(true);
     fleet.spec.inventory.database_secret_ref =
         Some(waveguide::k8s::crd::SecretKeyRef { name: "edge-db".into(), key: "url".into() });

@@ -3,13 +3,11 @@
 //! chart's production values run them: one Lease per Fleet, a standby that takes over when
 //! the holder is killed, and a stopping replica that deletes no Lease it does not hold.
 
-mod common;
-mod k8s_support;
-
 use std::time::Duration;
 
-use k8s_support::{fleet_yaml, Scene};
 use serde_json::{json, Value};
+use waveguide_tests::fresh_postgres_database;
+use waveguide_tests::k8s_scene::{fleet_yaml, Scene};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -23,7 +21,7 @@ fn holder(scene: &Scene) -> Option<String> {
 
 #[test]
 fn a_standby_takes_over_and_a_stopping_replica_keeps_its_hands_off_others_leases() {
-    let database = tokio::runtime::Runtime::new().unwrap().block_on(common::fresh_postgres_database());
+    let database = tokio::runtime::Runtime::new().unwrap().block_on(fresh_postgres_database());
     let scene = Scene::new("wg-replicas", 2);
     let data = scene.dir.path().join("shared-data");
     let settings = [("WAVEGUIDE_DATABASE_URL", database.as_str()), ("WAVEGUIDE_LEASE_DURATION", "3s")];

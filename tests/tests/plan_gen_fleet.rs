@@ -1,12 +1,9 @@
 //! `waveguide gen-fleet` writes the same valid fleet for the same arguments, and `plan`
 //! reads it with its inventory.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
-
-use common::waveguide;
+use waveguide_tests::waveguide;
 
 fn generate(out: &Path, seed: &str) {
     let status = waveguide()

@@ -1,13 +1,10 @@
 //! `waveguide plan` as a user runs it: golden output for the example fleet and for a
 //! change between two commits of a real Git repository.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Output;
-
-use common::{copy_dir, git, repo_root, run_waveguide, waveguide};
+use waveguide_tests::{copy_dir, git, repo_root, run_waveguide, waveguide};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("UTF-8 output")

@@ -19,8 +19,7 @@ use waveguide::protocol::UpdateState;
 use waveguide::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
 use waveguide::rollout::control::{self, Action};
 use waveguide::source::FleetFiles;
-
-mod common;
+use waveguide_tests::fresh_postgres_database;
 
 const GROUPS: &str = r#"
 apiVersion: waveguide.dev/v1alpha1
@@ -231,7 +230,7 @@ fn published_instructions(repo: &Path) -> BTreeMap<String, Value> {
 async fn stores() -> Vec<(Store, Option<TempDir>)> {
     let dir = TempDir::new().unwrap();
     let sqlite = Store::open(dir.path().join("inventory.db").to_str().unwrap()).await.unwrap();
-    let postgres = Store::open(&common::fresh_postgres_database().await).await.unwrap();
+    let postgres = Store::open(&fresh_postgres_database().await).await.unwrap();
     vec![(sqlite, Some(dir)), (postgres, None)]
 }
 

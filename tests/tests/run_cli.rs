@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use waveguide::protocol::DeviceKey;
-
-mod common;
-use common::run::{send_report, Run};
-use common::{git, waveguide};
+use waveguide_tests::run::{send_report, Run};
+use waveguide_tests::{fleets, git, git_stdout, waveguide};
 
 /// Starts `waveguide run` on a local repository and waits until its first commit is
 /// applied.
@@ -27,30 +25,18 @@ async fn start_with(repo: &Path, data: &Path, extra: &[&str]) -> Run {
 }
 
 fn fleet(dir: &Path, keys: &[(String, DeviceKey)], release: &str) {
-    let mut devices = String::from(
-        "apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {name: lab}\nspec:\n  group: lab\n  devices:\n",
+    let keys: Vec<(&str, String)> =
+        keys.iter().map(|(id, key)| (id.as_str(), key.public_key_b64())).collect();
+    let devices = fleets::with_devices(
+        fleets::render("lab", "devices.yaml", &[]),
+        keys.iter().map(|(id, key)| (*id, key.as_str())),
     );
-    for (id, key) in keys {
-        devices.push_str(&format!("    - id: {id}\n      publicKey: {}\n", key.public_key_b64()));
-    }
     std::fs::write(dir.join("devices.yaml"), devices).unwrap();
-    std::fs::write(
-        dir.join("groups.yaml"),
-        "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: lab}\nspec: {}\n",
-    )
-    .unwrap();
-    for (name, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
-        std::fs::write(
-            dir.join(format!("{name}.yaml")),
-            format!("apiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata: {{name: {name}}}\nspec:\n  version: {version}\n"),
-        )
-        .unwrap();
-    }
+    std::fs::write(dir.join("groups.yaml"), fleets::render("lab", "groups.yaml", &[])).unwrap();
+    std::fs::write(dir.join("releases.yaml"), fleets::render("lab", "releases.yaml", &[])).unwrap();
     std::fs::write(
         dir.join("policy.yaml"),
-        format!(
-            "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lab}}\nspec:\n  selector: {{groups: [lab]}}\n  release: {release}\n  rollout:\n    waves:\n      - {{name: first, count: 1}}\n      - {{name: rest}}\n    approval: manual\n"
-        ),
+        fleets::render("lab", "policy-manual.yaml", &[("release", release)]),
     )
     .unwrap();
 }
@@ -149,10 +135,10 @@ async fn run_rolls_out_a_commit_and_rollout_commands_steer_it() {
 
     // A commit that does not compile is refused; the last good one stays in force, and
     // `waveguide reconcile` shows both (and fails).
-    let good = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let good = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     fleet(&repo, &keys, "v9");
     git(&repo, &["commit", "-q", "-am", "lab to a release that does not exist"]);
-    let bad = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let bad = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let out = waveguide()
         .args(["reconcile", "--server", &running.base, "--data"])
         .arg(&running.data)
@@ -186,7 +172,7 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
     fleet(&repo.join("fleet"), &keys, "v1");
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "unsigned"]);
-    let unsigned = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let unsigned = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
 
     let key = tmp.path().join("signer");
     let status = std::process::Command::new("ssh-keygen")
@@ -236,7 +222,7 @@ async fn run_with_a_source_file_refuses_unsigned_commits() {
         "signed",
     ];
     git(&repo, &signing);
-    let signed = common::git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let signed = git_stdout(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let out = reconcile();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}");
@@ -272,7 +258,7 @@ async fn an_idle_run_makes_almost_no_fetches() {
 
     fleet(&repo, &keys, "v2");
     git(&repo, &["commit", "-q", "-am", "lab to v2"]);
-    let head = common::git_stdout(&repo, &["rev-parse", "HEAD"]);
+    let head = git_stdout(&repo, &["rev-parse", "HEAD"]);
     running.wait_status("the commit", Duration::from_secs(5), |s| s["commit"] == head.as_str()).await;
     let after = polls(&running.status().await) - before;
     assert!(after <= 4, "{after} fetches for one commit");

@@ -15,45 +15,29 @@ use waveguide::protocol::target::device_target_path;
 use waveguide::protocol::DeviceInstruction;
 use waveguide::protocol::DeviceKey;
 use waveguide::publish::SpecTargetPaths;
-
-mod common;
-use common::postgres::Postgres;
-use common::run::{send_report, Run};
-use common::{git, git_stdout, waveguide};
+use waveguide_tests::postgres::Postgres;
+use waveguide_tests::run::{send_report, Run};
+use waveguide_tests::{fleets, git, git_stdout, waveguide, KillOnDrop};
 
 /// The fleet: devices `lab-<n>` with the given keys following policy `lab` (one wave, no
 /// approval), and `bulk` devices `bulk-000000`… pinned to `pin`.
 fn write_fleet(repo: &Path, keyed: &[(String, String)], policy_release: &str, bulk: usize, pin: &str) {
-    let mut devices = String::from(
-        "apiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {name: lab}\nspec:\n  group: lab\n  devices:\n",
+    let mut devices = fleets::with_devices(
+        fleets::render("lab", "devices.yaml", &[]),
+        keyed.iter().map(|(id, key)| (id.as_str(), key.as_str())),
     );
-    for (id, key) in keyed {
-        devices.push_str(&format!("    - id: {id}\n      publicKey: {key}\n"));
-    }
     if bulk > 0 {
-        devices.push_str(&format!(
-            "---\napiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata: {{name: bulk}}\nspec:\n  group: bulk\n  pin: {pin}\n  range: {{prefix: bulk-, count: {bulk}, width: 6}}\n"
-        ));
+        let count = bulk.to_string();
+        devices.push_str("---\n");
+        devices.push_str(&fleets::render("lab", "devices-bulk.yaml", &[("pin", pin), ("count", &count)]));
     }
     std::fs::write(repo.join("devices.yaml"), devices).unwrap();
-    std::fs::write(
-        repo.join("groups.yaml"),
-        "apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: lab}\nspec: {}\n---\n\
-         apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata: {name: bulk}\nspec: {}\n",
-    )
-    .unwrap();
-    let mut releases = String::new();
-    for (name, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
-        releases.push_str(&format!(
-            "---\napiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata: {{name: {name}}}\nspec:\n  version: {version}\n"
-        ));
-    }
-    std::fs::write(repo.join("releases.yaml"), releases).unwrap();
+    let groups = [fleets::render("lab", "groups.yaml", &[]), fleets::render("lab", "groups-bulk.yaml", &[])];
+    std::fs::write(repo.join("groups.yaml"), groups.join("---\n")).unwrap();
+    std::fs::write(repo.join("releases.yaml"), fleets::render("lab", "releases.yaml", &[])).unwrap();
     std::fs::write(
         repo.join("policy.yaml"),
-        format!(
-            "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lab}}\nspec:\n  selector: {{groups: [lab]}}\n  release: {policy_release}\n  rollout:\n    waves:\n      - {{name: all, percent: 100}}\n    approval: auto\n"
-        ),
+        fleets::render("lab", "policy-auto.yaml", &[("release", policy_release)]),
     )
     .unwrap();
 }
@@ -329,7 +313,7 @@ async fn a_postgresql_outage_is_reported_and_survived() {
         .stderr(std::fs::File::create(tmp.path().join("simulate.log")).unwrap())
         .spawn()
         .unwrap();
-    let mut simulate = common::KillOnDrop(simulate);
+    let mut simulate = KillOnDrop(simulate);
     let store = Store::open(&url).await.unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while store.inventory().await.unwrap().len() < SIMULATED {

@@ -1,16 +1,15 @@
 //! The committed JSON Schemas under `schemas/` are exactly what the code generates, and
 //! `waveguide schemas` writes them.
 
-mod common;
-
 use std::fs;
+use waveguide_tests::{repo_root, waveguide};
 
 const REGENERATE: &str =
     "regenerate them with `cargo run -p waveguide -- schemas --out schemas` and commit the result";
 
 #[test]
 fn committed_schemas_match_the_model() {
-    let dir = common::repo_root().join("schemas");
+    let dir = repo_root().join("schemas");
     let generated = waveguide::model::schema::files();
     for (name, text) in &generated {
         let committed = fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -27,7 +26,7 @@ fn committed_schemas_match_the_model() {
 #[test]
 fn the_cli_writes_the_same_files() {
     let out = tempfile::tempdir().unwrap();
-    let status = common::waveguide().args(["schemas", "--out"]).arg(out.path()).status().unwrap();
+    let status = waveguide().args(["schemas", "--out"]).arg(out.path()).status().unwrap();
     assert!(status.success());
     for (name, text) in waveguide::model::schema::files() {
         assert_eq!(fs::read_to_string(out.path().join(&name)).unwrap(), text, "{name}");

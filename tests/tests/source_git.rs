@@ -3,14 +3,12 @@
 //! authentication) and by OpenSSH's `sshd` (SSH with a key and a known hosts file). Force-pushed history, a repository that disappears and comes back, and
 //! the last good commit staying in force.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{git, git_stdout};
 use waveguide::source::{Auth, GitReference, GitSource, Poll, Revision, SourceError, SourceSpec, Update};
+use waveguide_tests::{git, git_stdout, serve_git_http, GitDaemon, Sshd};
 
 /// A working repository with a fleet under `fleet/` and a README outside it.
 fn origin(dir: &Path) {
@@ -225,7 +223,7 @@ fn fetches_over_git_daemon() {
     origin(&work);
     fs::create_dir_all(&served).unwrap();
     let bare = serve_copy(&work, &served);
-    let daemon = common::GitDaemon::start(&served);
+    let daemon = GitDaemon::start(&served);
 
     let url = format!("git://127.0.0.1:{}/fleet.git", daemon.port);
     let mut source = GitSource::new(spec(&url, GitReference::Branch("main".into())), &data).unwrap();
@@ -256,7 +254,7 @@ async fn fetches_over_smart_http_with_basic_auth() {
     origin(&work);
     fs::create_dir_all(&served).unwrap();
     serve_copy(&work, &served);
-    let port = common::serve_git_http(&served, "fleet-bot", "s3cret").await;
+    let port = serve_git_http(&served, "fleet-bot", "s3cret").await;
     let url = format!("http://127.0.0.1:{port}/fleet.git");
 
     let poll = |auth: Auth| {
@@ -284,7 +282,7 @@ async fn fetches_over_smart_http_with_basic_auth() {
     }
 
     // A token is the password of the user name token-accepting servers expect.
-    let port = common::serve_git_http(&served, "x-access-token", "t0ken").await;
+    let port = serve_git_http(&served, "x-access-token", "t0ken").await;
     let url = format!("http://127.0.0.1:{port}/fleet.git");
     let data = dir.path().join("data-token");
     let update = tokio::task::spawn_blocking(move || {
@@ -306,7 +304,7 @@ fn fetches_over_ssh_with_a_key_and_checks_the_host_key() {
     origin(&work);
     fs::create_dir_all(&served).unwrap();
     let bare = serve_copy(&work, &served);
-    let sshd = common::Sshd::start(&dir.path().join("sshd"));
+    let sshd = Sshd::start(&dir.path().join("sshd"));
     let url = format!("ssh://{}@127.0.0.1:{}{}", sshd.user, sshd.port, bare.display());
     let known_hosts = dir.path().join("known_hosts");
     fs::write(&known_hosts, format!("# the fleet's Git server\n{}\n", sshd.known_hosts_line)).unwrap();

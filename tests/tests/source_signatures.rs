@@ -1,16 +1,14 @@
 //! Commit signature verification on real commits signed by the `git` CLI, with SSH keys
 //! made by `ssh-keygen` and OpenPGP keys made by `gpg`.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{git, git_stdout};
 use waveguide::source::{
     GitReference, GitSource, Poll, Refusal, SourceError, SourceSpec, VerifyMode, VerifySpec,
 };
+use waveguide_tests::{git, git_stdout};
 
 /// Runs `git` in `dir` with extra configuration and environment; panics when it fails.
 fn git_with(dir: &Path, config: &[String], env: &[(&str, &Path)], args: &[&str]) {

@@ -2,18 +2,16 @@
 //! and a signed webhook delivery over real HTTP. The source loop runs with an hour-long
 //! interval, so only the trigger can explain a prompt pass.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{git, git_stdout};
 use hmac_sha256::sign;
 use tokio::sync::{mpsc, watch, Notify};
 use waveguide::source::webhook::Webhook;
 use waveguide::source::{GitReference, GitSource, LocalWatcher, SourceSpec, SourceStatus};
+use waveguide_tests::{git, git_stdout};
 
 fn commit(dir: &Path, text: &str) -> String {
     fs::write(dir.join("fleet/groups.yaml"), text).unwrap();

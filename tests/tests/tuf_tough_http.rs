@@ -14,8 +14,7 @@ use tough::{RepositoryLoader, TargetName};
 use waveguide::protocol::target::device_target_path;
 use waveguide::protocol::{ArtifactRef, DeviceInstruction};
 use waveguide::publish::{Batch, BinLayout, Expiries, KeyDir, RepoConfig, Repository, SpecTargetPaths};
-
-mod common;
+use waveguide_tests::tuf;
 
 fn instruction(device: &str, release: &str) -> DeviceInstruction {
     DeviceInstruction {
@@ -215,7 +214,7 @@ async fn tough_rejects_a_rolled_back_snapshot() {
     // An attacker holding the timestamp key serves a fresh timestamp that points at the
     // older snapshot.
     let old = std::fs::read(served.metadata().join(format!("{old_snapshot}.snapshot.json"))).unwrap();
-    let forged = common::tuf::sign_timestamp(
+    let forged = tuf::sign_timestamp(
         &served.keys.dir().join("online.pk8"),
         report.timestamp_version.unwrap() + 1,
         old_snapshot,

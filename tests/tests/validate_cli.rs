@@ -1,10 +1,7 @@
 //! `waveguide validate` as a user runs it: the real binary, exit codes and output formats.
 
-mod common;
-
 use std::fs;
-
-use common::{copy_dir, git, run_waveguide, waveguide};
+use waveguide_tests::{copy_dir, git, repo_root, run_waveguide, waveguide};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -112,7 +109,7 @@ fn rev_validates_a_commit_not_the_working_tree() {
     let repo = tempfile::tempdir().unwrap();
     let fleet = repo.path().join("fleet");
     git(repo.path(), &["init", "-q", "-b", "main"]);
-    copy_dir(&common::repo_root().join("examples/invalid/group-cycle"), &fleet);
+    copy_dir(&repo_root().join("examples/invalid/group-cycle"), &fleet);
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "a fleet with a cycle"]);
     git(repo.path(), &["tag", "broken"]);

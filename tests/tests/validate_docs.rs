@@ -1,10 +1,9 @@
 //! The YAML examples of `docs/formats.md` together form a valid fleet: no errors, no
 //! warnings. Keeps the format documentation honest.
 
-mod common;
-
 use waveguide::compile::{self, diagnostic};
 use waveguide::source::FleetFiles;
+use waveguide_tests::repo_root;
 
 /// The contents of every fenced ```yaml block of a Markdown text.
 fn yaml_blocks(markdown: &str) -> Vec<String> {
@@ -29,7 +28,7 @@ fn yaml_blocks(markdown: &str) -> Vec<String> {
 
 #[test]
 fn format_examples_form_a_valid_fleet() {
-    let markdown = std::fs::read_to_string(common::repo_root().join("docs/formats.md")).unwrap();
+    let markdown = std::fs::read_to_string(repo_root().join("docs/formats.md")).unwrap();
     let blocks = yaml_blocks(&markdown);
     assert!(blocks.len() >= 6, "docs/formats.md lost its examples");
     let files = FleetFiles::from_pairs(

@@ -3,10 +3,9 @@
 //! shows the real `waveguide validate` output for each scenario; this test also fails
 //! when the documentation no longer matches.
 
-mod common;
-
 use waveguide::compile::{self, diagnostic};
 use waveguide::source;
+use waveguide_tests::repo_root;
 
 /// One expected diagnostic: code, file (relative to the scenario) and line.
 type Expected = (&'static str, &'static str, u32);
@@ -95,7 +94,7 @@ const SCENARIOS: &[(&str, &[Expected])] = &[
 ];
 
 fn compile_scenario(scenario: &str) -> compile::Compilation {
-    let dir = common::repo_root().join("examples/invalid").join(scenario);
+    let dir = repo_root().join("examples/invalid").join(scenario);
     let files = source::read_dir(&dir).unwrap_or_else(|e| panic!("{scenario}: {e}"));
     compile::compile(&files)
 }
@@ -131,7 +130,7 @@ fn is_warning(code: &str) -> bool {
 
 #[test]
 fn every_scenario_directory_is_in_the_table() {
-    let dir = common::repo_root().join("examples/invalid");
+    let dir = repo_root().join("examples/invalid");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -144,7 +143,7 @@ fn every_scenario_directory_is_in_the_table() {
 
 #[test]
 fn every_error_code_is_documented() {
-    let docs = std::fs::read_to_string(common::repo_root().join("docs/errors.md")).unwrap();
+    let docs = std::fs::read_to_string(repo_root().join("docs/errors.md")).unwrap();
     for code in diagnostic::Code::ALL {
         assert!(
             docs.contains(&format!("## {code} ")),
@@ -156,7 +155,7 @@ fn every_error_code_is_documented() {
 
 #[test]
 fn docs_show_the_real_output() {
-    let docs = std::fs::read_to_string(common::repo_root().join("docs/errors.md")).unwrap();
+    let docs = std::fs::read_to_string(repo_root().join("docs/errors.md")).unwrap();
     for (scenario, _) in SCENARIOS {
         let compilation = compile_scenario(scenario);
         let root = format!("examples/invalid/{scenario}");

@@ -5,16 +5,13 @@
 //! secret appears in no output format. Also: the limits answer at once, and errors that
 //! stop a command before anything is checked honour `--format`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-use common::{git, waveguide, KillOnDrop};
+use waveguide_tests::{git, repo_root, waveguide, waveguide_bin, KillOnDrop};
 
 /// What the secret file outside the repository holds; it must be printed nowhere.
 const SECRET: &str = "root:x:0:0:SECRET-7f3a91:/root:/bin/sh";
@@ -27,7 +24,7 @@ fn fleet_with_links(repo: &Path, outside: &Path) {
     std::fs::write(outside.join("more/devices.yaml"), SECRET).unwrap();
     let fleet = repo.join("fleet");
     std::fs::create_dir_all(fleet.join("groups")).unwrap();
-    let example = common::repo_root().join("examples/invalid/symbolic-links/fleet.yaml");
+    let example = repo_root().join("examples/invalid/symbolic-links/fleet.yaml");
     std::fs::copy(example, fleet.join("fleet.yaml")).unwrap();
     symlink(outside.join("secret.yaml"), fleet.join("groups/secret.yaml")).unwrap();
     symlink("loop.yaml", fleet.join("loop.yaml")).unwrap();
@@ -117,7 +114,7 @@ fn a_fleet_path_that_cannot_be_read_is_reported_in_the_chosen_format() {
 #[test]
 fn a_trillion_devices_and_a_range_past_the_largest_number_are_refused_at_once() {
     // Built before the clock starts.
-    common::waveguide_bin();
+    waveguide_bin();
     for command in
         [&["validate", "examples/invalid/limits"][..], &["plan", "--repo", "examples/invalid/limits"]]
     {

@@ -19,6 +19,7 @@
 
 pub mod diff;
 pub mod report;
+pub mod review;
 
 mod waves;
 

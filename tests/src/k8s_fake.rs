@@ -1,8 +1,6 @@
 //! The scripted fake API server (`tower-test`) of the Fleet reconciler's tests: a world
 //! of a real Git repository and inventory, and helpers that expect one request at a time.
 
-#![allow(dead_code)] // Each test file uses only some of these.
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,7 +17,7 @@ use waveguide::k8s::lease::Leases;
 use waveguide::k8s::metrics::Metrics;
 use waveguide::k8s::serve::FleetRoutes;
 
-use crate::common::{copy_dir, git, git_stdout, repo_root};
+use crate::{copy_dir, git, git_stdout, repo_root};
 
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -37,7 +35,14 @@ pub struct World {
     pub routes: FleetRoutes,
 }
 
+impl Default for World {
+    fn default() -> World {
+        World::new()
+    }
+}
+
 impl World {
+    /// A new world in a temporary directory.
     pub fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");

@@ -3,8 +3,6 @@
 //! repository served by `git daemon`, and the real `waveguide controller` and `waveguide
 //! simulate` binaries.
 
-#![allow(dead_code)] // Each test file uses only some of these.
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,8 +10,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 use waveguide::agent::simulate::device_key;
 
-use crate::common::kube::{install_chart, Cluster, ControllerProcess, Install};
-use crate::common::{git, git_stdout, waveguide, GitDaemon, KillOnDrop};
+use crate::fleets;
+use crate::kube::{install_chart, Cluster, ControllerProcess, Install};
+use crate::{git, git_stdout, waveguide, GitDaemon, KillOnDrop};
 
 /// The seed of the simulated devices' keys.
 pub const SEED: &str = "k8s-e2e";
@@ -195,7 +194,7 @@ impl Scene {
     pub fn wait_condition(&self, type_: &str, status: &str, limit: Duration) -> Value {
         self.wait(&format!("condition {type_}={status}"), limit, || {
             let fleet = self.fleet_object()?;
-            let condition = crate::common::kube::condition(&fleet, type_)?;
+            let condition = crate::kube::condition(&fleet, type_)?;
             (condition["status"] == status).then_some(fleet)
         })
     }
@@ -222,27 +221,12 @@ pub fn device_ids(n: usize) -> Vec<String> {
 /// A fleet of `devices` devices in group `site` and a policy moving them to `release` in
 /// two waves (one canary, then the rest) with `approval` (`auto` or `manual`).
 pub fn fleet_yaml(devices: usize, release: &str, approval: &str) -> String {
-    let mut text =
-        String::from("apiVersion: waveguide.dev/v1alpha1\nkind: Group\nmetadata:\n  name: site\nspec: {}\n");
-    for (name, version) in [("r1", "1.0.0"), ("r2", "2.0.0"), ("r3", "3.0.0")] {
-        text += &format!(
-            "---\napiVersion: waveguide.dev/v1alpha1\nkind: Release\nmetadata:\n  name: {name}\nspec:\n  \
-             version: {version}\n  artifacts:\n    - name: os.img\n      url: https://downloads.example.com/{name}.img\n      \
-             sha256: {}\n      length: 10\n",
-            "ab".repeat(32)
-        );
-    }
-    text += &format!(
-        "---\napiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: all\nspec:\n  selector:\n    \
-         groups: [site]\n  release: {release}\n  rollout:\n    waves:\n      - name: canary\n        count: 1\n      \
-         - name: rest\n    approval: {approval}\n"
-    );
-    text += "---\napiVersion: waveguide.dev/v1alpha1\nkind: DeviceSet\nmetadata:\n  name: site-devices\nspec:\n  \
-             group: site\n  devices:\n";
-    for id in device_ids(devices) {
-        text += &format!("    - id: {id}\n      publicKey: {}\n", device_key(SEED, &id).public_key_b64());
-    }
-    text
+    let keys: Vec<(String, String)> =
+        device_ids(devices).into_iter().map(|id| (device_key(SEED, &id).public_key_b64(), id)).collect();
+    fleets::with_devices(
+        fleets::render("site", "fleet.yaml", &[("release", release), ("approval", approval)]),
+        keys.iter().map(|(key, id)| (id.as_str(), key.as_str())),
+    )
 }
 
 fn merge(into: &mut Value, from: Value) {

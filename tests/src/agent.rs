@@ -1,8 +1,6 @@
 //! A controller's edges for agent tests, on 127.0.0.1: the device API over a SQLite
 //! inventory, serving a TUF repository published with Waveguide's own publisher.
 
-#![allow(dead_code)] // Each test crate uses only some of these.
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
