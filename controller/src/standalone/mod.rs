@@ -145,8 +145,11 @@ pub enum RunError {
     /// The TUF keys could not be opened or created.
     #[error("cannot {action} the TUF keys in {dir}: {source}")]
     Keys {
+        /// `open` or `create`.
         action: &'static str,
+        /// The key directory.
         dir: PathBuf,
+        /// Why.
         #[source]
         source: Box<PublishError>,
     },
@@ -162,7 +165,9 @@ pub enum RunError {
     /// The listening address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why it cannot be bound.
         #[source]
         source: std::io::Error,
     },
