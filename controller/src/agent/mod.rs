@@ -357,6 +357,7 @@ impl Agent {
             state,
             healthy: self.state.healthy,
             detail: None,
+            failure: None,
         };
         if let Err(e) = self.send(&body).await {
             tracing::warn!(device = %self.config.device_id, error = %e, state = state.as_str(), "progress report");
@@ -371,6 +372,7 @@ impl Agent {
             state: self.state.state,
             healthy: self.state.healthy,
             detail: if self.state.state == UpdateState::Failed { self.state.detail.clone() } else { None },
+            failure: None,
         };
         self.send(&body).await?;
         self.next_report = Instant::now() + self.config.report_interval;

@@ -25,6 +25,6 @@ pub mod window;
 pub use device_id::{DeviceId, DeviceIdError};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use instruction::{ArtifactRef, DeviceInstruction};
-pub use report::{ReportBody, UpdateState};
+pub use report::{FailureClass, ReportBody, UpdateState};
 pub use signature::DeviceKey;
 pub use window::{MaintenanceWindow, Window, WindowError, Windows};

@@ -17,9 +17,32 @@ pub enum UpdateState {
     Installed,
     /// The last update failed; the device still runs `release`.
     Failed,
+    /// A new release is installed and its health is being confirmed before it is committed
+    /// (an A/B update may reboot in this state).
+    Confirming,
+    /// The new release failed its confirmation and the device went back to `release`, the
+    /// one it ran before.
+    #[serde(rename = "rolled_back")]
+    RolledBack,
 }
 
 impl UpdateState {
+    /// Every state, in the order of an update's lifecycle.
+    pub const ALL: [UpdateState; 7] = [
+        UpdateState::Idle,
+        UpdateState::Downloading,
+        UpdateState::Installing,
+        UpdateState::Confirming,
+        UpdateState::Installed,
+        UpdateState::Failed,
+        UpdateState::RolledBack,
+    ];
+
+    /// The state named `name` (as [`UpdateState::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<UpdateState> {
+        UpdateState::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+
     /// The name used in snapshots and reports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -28,6 +51,8 @@ impl UpdateState {
             UpdateState::Installing => "installing",
             UpdateState::Installed => "installed",
             UpdateState::Failed => "failed",
+            UpdateState::Confirming => "confirming",
+            UpdateState::RolledBack => "rolled_back",
         }
     }
 
@@ -53,4 +78,81 @@ pub struct ReportBody {
     /// Free-form detail, e.g. an installer's error output (at most 4 KiB is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// With `failed` or `rolled_back`: which step of the update failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureClass>,
+}
+
+/// Which step of an update failed, so that a rollout can retry what is transient and count
+/// each class against its own threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureClass {
+    /// Fetching the release's artifacts failed (network, server).
+    Download,
+    /// An artifact or the metadata did not verify (hash, length, signature).
+    Verification,
+    /// The install command failed.
+    Install,
+    /// The health command failed while the release was being confirmed.
+    Health,
+    /// The device did not finish in time (decided by the controller, never reported).
+    Timeout,
+}
+
+impl FailureClass {
+    /// Every class.
+    pub const ALL: [FailureClass; 5] = [
+        FailureClass::Download,
+        FailureClass::Verification,
+        FailureClass::Install,
+        FailureClass::Health,
+        FailureClass::Timeout,
+    ];
+
+    /// The name on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Download => "download",
+            FailureClass::Verification => "verification",
+            FailureClass::Install => "install",
+            FailureClass::Health => "health",
+            FailureClass::Timeout => "timeout",
+        }
+    }
+
+    /// Whether a retry may cure it: a download or verification error, or a timeout.
+    pub fn is_transient(self) -> bool {
+        matches!(self, FailureClass::Download | FailureClass::Verification | FailureClass::Timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_failure_classes_keep_their_names_on_the_wire() {
+        for state in UpdateState::ALL {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(UpdateState::from_name(state.as_str()), Some(state));
+        }
+        for class in FailureClass::ALL {
+            assert_eq!(serde_json::to_string(&class).unwrap(), format!("\"{}\"", class.as_str()));
+        }
+        assert_eq!(UpdateState::from_name("rolledBack"), None);
+    }
+
+    #[test]
+    fn a_report_without_a_failure_class_reads_as_before() {
+        let body: ReportBody =
+            serde_json::from_str(r#"{"version": "1.0.0", "state": "failed", "healthy": true}"#).unwrap();
+        assert_eq!(body.failure, None);
+        let body: ReportBody = serde_json::from_str(
+            r#"{"version": "1.0.0", "state": "rolled_back", "healthy": false, "failure": "health"}"#,
+        )
+        .unwrap();
+        assert_eq!((body.state, body.failure), (UpdateState::RolledBack, Some(FailureClass::Health)));
+    }
 }

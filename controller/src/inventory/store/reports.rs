@@ -40,18 +40,6 @@ pub struct StoredReport {
     pub received_at: i64,
 }
 
-fn parse_update_state(s: &str) -> Option<UpdateState> {
-    [
-        UpdateState::Idle,
-        UpdateState::Downloading,
-        UpdateState::Installing,
-        UpdateState::Installed,
-        UpdateState::Failed,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == s)
-}
-
 /// What became of one report of a batch given to [`Store::record_reports`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -302,7 +290,7 @@ pub(super) fn report_from_row(
     Ok(DeviceReport {
         release,
         version: version.parse().map_err(|_| corrupt("version", &version))?,
-        state: parse_update_state(&state).ok_or_else(|| corrupt("update state", &state))?,
+        state: UpdateState::from_name(&state).ok_or_else(|| corrupt("update state", &state))?,
         healthy,
         last_seen: Some(
             jiff::Timestamp::from_millisecond(reported_at)
