@@ -160,5 +160,7 @@ pub fn instruction(
         rollout: format!("rollout-{release}"),
         wave: 0,
         maintenance_windows: Vec::new(),
+        confirmation_secs: None,
+        attempt: 0,
     }
 }

@@ -29,6 +29,8 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
         rollout: "spring".to_owned(),
         wave: 1,
         maintenance_windows: Vec::new(),
+        confirmation_secs: None,
+        attempt: 0,
     }
 }
 

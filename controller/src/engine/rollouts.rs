@@ -396,6 +396,8 @@ pub fn instruction(
         rollout: rollout.to_string(),
         wave,
         maintenance_windows: fleet.group(device.group).maintenance_windows.as_written().to_vec(),
+        confirmation_secs: None,
+        attempt: 0,
     }
 }
 

@@ -25,6 +25,19 @@ pub struct DeviceInstruction {
     /// for "any time". The agent checks them against its own clock before installing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// How long, in seconds, the device confirms the new release's health after installing
+    /// it before it commits it (the policy's `rollout.confirmation`); absent: commit at once
+    /// after one passing health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation_secs: Option<u64>,
+    /// The attempt of this instruction, from 0. A retry re-publishes the same release with
+    /// the next attempt, which tells a device that failed it to try again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An artifact a device instruction points at.

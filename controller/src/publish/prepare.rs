@@ -41,6 +41,14 @@ struct InstructionRef<'a> {
     wave: u32,
     #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
     maintenance_windows: Cow<'a, [MaintenanceWindow]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confirmation_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// [`crate::protocol::ArtifactRef`], borrowed. A target path or hash written with JSON escapes
@@ -67,6 +75,8 @@ impl<'a> From<&'a DeviceInstruction> for InstructionRef<'a> {
             rollout: Cow::Borrowed(&i.rollout),
             wave: i.wave,
             maintenance_windows: Cow::Borrowed(&i.maintenance_windows),
+            confirmation_secs: i.confirmation_secs,
+            attempt: i.attempt,
         }
     }
 }
@@ -358,6 +368,8 @@ mod tests {
             rollout: "ro\\l\nl".to_owned(),
             wave: 3,
             maintenance_windows: windows,
+            confirmation_secs: None,
+            attempt: 0,
         }
     }
 

@@ -28,6 +28,8 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
         rollout: "rollout-a".to_owned(),
         wave: 0,
         maintenance_windows: Vec::new(),
+        confirmation_secs: None,
+        attempt: 0,
     }
 }
 
