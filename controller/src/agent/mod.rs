@@ -333,16 +333,18 @@ impl Agent {
         Ok(self.install(&instruction, key, version).await)
     }
 
+    /// Saves the step an update reached (a restart in the middle starts it again), then
+    /// reports it, best effort.
     async fn progress(&mut self, state: UpdateState) {
-        let body = ReportBody {
-            release: self.state.release.clone(),
-            version: self.state.version.clone(),
-            state,
-            healthy: self.state.healthy,
-            detail: None,
-            failure: None,
-        };
-        if let Err(e) = self.send(&body).await {
+        self.state.state = state;
+        self.state.failure = None;
+        if self.state.healthy {
+            self.state.detail = None;
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(device = %self.config.device_id, error = %e, "saving the agent state");
+        }
+        if let Err(e) = self.heartbeat().await {
             tracing::warn!(device = %self.config.device_id, error = %e, state = state.as_str(), "progress report");
         }
     }
