@@ -40,13 +40,14 @@ impl Device {
         std::fs::read_to_string(self.file(name)).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
-    /// Appends the release to `installs`, and fails with the content of `install-fails`
-    /// on stderr while that file exists.
+    /// Appends the release to `installs`, hangs while `install-hangs` exists, and fails
+    /// with the content of `install-fails` on stderr while that file exists.
     fn install_cmd(&self) -> String {
         let fails = self.file("install-fails").display().to_string();
         format!(
-            "echo \"$WAVEGUIDE_RELEASE\" >> {}; test ! -e {fails} || {{ cat {fails} >&2; exit 1; }}",
-            self.file("installs").display()
+            "echo \"$WAVEGUIDE_RELEASE\" >> {}; test ! -e {} || sleep 30; test ! -e {fails} || {{ cat {fails} >&2; exit 1; }}",
+            self.file("installs").display(),
+            self.file("install-hangs").display()
         )
     }
 
@@ -283,4 +284,33 @@ async fn a_failed_instruction_is_retried_only_when_its_attempt_grows() {
     assert_eq!(dev.lines("installs").len(), 2);
     let report = c.last_report("ab-5");
     assert_eq!((report.state, report.failure), (UpdateState::Installed, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_during_an_install_starts_it_again_or_settles_when_told_to_stay() {
+    let c = Controller::start().await;
+    let dev = Device::declare(&c, "ab-6").await;
+    publish(&c, "ab-6", "r2", "2.0.0", None, 0);
+    // The install hangs; killed in the middle of it.
+    std::fs::write(dev.file("install-hangs"), "").unwrap();
+    let mut command = dev.agent(&c, "true", &[]);
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until(Duration::from_secs(30), "the install", || dev.lines("installs").len() == 1).await;
+    kill(child);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dev.state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["state"], "installing", "the step was saved before it ran");
+
+    // Told to stay on what it runs: settled, not reporting `installing` forever.
+    publish(&c, "ab-6", "factory", "1.0.0", None, 0);
+    let out = output(dev.agent(&c, "true", &["--once"])).await;
+    assert!(stdout(&out).contains("ab-6: up to date (runs factory 1.0.0, installed)"), "{}", stdout(&out));
+    assert_eq!(c.last_report("ab-6").state, UpdateState::Installed);
+
+    // Told to install again: it does.
+    std::fs::remove_file(dev.file("install-hangs")).unwrap();
+    publish(&c, "ab-6", "r2", "2.0.0", None, 0);
+    let out = output(dev.agent(&c, "true", &["--once"])).await;
+    assert!(stdout(&out).contains("ab-6: installed (runs r2 2.0.0, installed)"), "{}", stdout(&out));
+    assert_eq!(dev.lines("installs").len(), 2);
 }

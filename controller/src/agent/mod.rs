@@ -305,10 +305,12 @@ impl Agent {
         if self.state.release.as_deref() == Some(instruction.release.as_str())
             && self.state.version == version
         {
-            let failed = matches!(self.state.state, UpdateState::Failed | UpdateState::RolledBack);
-            if self.state.handled.as_ref() != Some(&key) || failed {
-                // Told to stay on (or go back to) what it runs: nothing failed any more.
-                if failed {
+            // Failed, rolled back, or stopped in a download or an install (a restart).
+            let unsettled = !self.state.state.is_settled();
+            if self.state.handled.as_ref() != Some(&key) || unsettled {
+                // Told to stay on (or go back to) what it runs: nothing failed any more,
+                // nothing is under way.
+                if unsettled {
                     self.state.state = UpdateState::Installed;
                     self.state.failure = None;
                     if self.state.healthy {
