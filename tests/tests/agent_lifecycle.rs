@@ -66,7 +66,8 @@ impl Device {
             .args(["--release", "factory", "--version", "1.0.0"])
             .args(["--install-cmd", &self.install_cmd()])
             .args(["--health-cmd", health])
-            .args(["--poll-interval", "200ms", "--health-interval", "200ms"])
+            .args(["--poll-interval", "200ms"])
+            .env("WAVEGUIDE_HEALTH_INTERVAL", "200ms")
             .env(
                 "WAVEGUIDE_COMMIT_CMD",
                 format!(
@@ -182,6 +183,11 @@ async fn health_failing_during_the_confirmation_rolls_back_to_the_previous_relea
     let out = output(dev.agent(&c, &health, &["--once"])).await;
     assert!(stdout(&out).contains("instruction failed before"), "{}", stdout(&out));
     assert_eq!(dev.lines("installs"), ["r2"]);
+
+    // A health interval of zero would check in a busy loop: refused, naming the flag.
+    let out = output(dev.agent(&c, &health, &["--once", "--health-interval", "0s"])).await;
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("--health-interval must be longer than 0s"), "{}", stdout(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,8 +96,9 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// Defaults: poll every 5 s, report every 30 s, installs of 2 s that never fail,
-    /// devices on no release at version 0.0.0, key seed `waveguide-simulator`.
+    /// Defaults: poll every 5 s, report every 30 s, check health every 30 s, installs of
+    /// 2 s without any fault, devices on no release at version 0.0.0, key seed
+    /// `waveguide-simulator`.
     pub fn new(server: Url, root: Vec<u8>) -> SimConfig {
         SimConfig {
             server,

@@ -89,6 +89,10 @@ pub fn run(args: AgentArgs) -> ExitCode {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.health_interval.is_zero() {
+        // A zero interval would run the health command in a busy loop.
+        anyhow::bail!("--health-interval must be longer than 0s");
+    }
     let key = agent::load_or_create_key(&args.key)?;
     let mut config = AgentConfig::new(args.server.clone(), args.device_id.clone());
     config.poll_interval = args.poll_interval;

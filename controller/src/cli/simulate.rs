@@ -118,6 +118,9 @@ async fn run_async(args: SimulateArgs) -> anyhow::Result<()> {
             anyhow::bail!("{flag} must be between 0 and 1, got {rate}");
         }
     }
+    if args.health_interval.is_zero() {
+        anyhow::bail!("--health-interval must be longer than 0s");
+    }
     let root = std::fs::read(&args.root).with_context(|| format!("reading {}", args.root.display()))?;
     let ids = match (&args.ids, args.devices) {
         (Some(file), _) => std::fs::read_to_string(file)
