@@ -188,6 +188,7 @@ async fn devices_turning_unhealthy_roll_back_and_agents_restarted_mid_confirmati
         if device.state == UpdateState::RolledBack {
             assert_eq!(report.failure, Some(FailureClass::Health), "{}", device.id);
             assert!(report.detail.as_deref().unwrap().contains("simulated health failure of r2"));
+            assert!(report.healthy, "{}: healthy again on the release it went back to", device.id);
         }
         let states: Vec<UpdateState> = c.reports(&device.id).iter().map(|r| r.state).collect();
         let installs = states.iter().filter(|s| **s == UpdateState::Installing).count();

@@ -197,7 +197,9 @@ impl Installer {
             }
             Installer::Simulated(s) => {
                 let since = super::now_ms().saturating_sub(target.installed_at_ms);
-                if s.turns_unhealthy(target.device_id, target.release)
+                // Only what the agent installed turns bad, never the image it started on.
+                if target.installed_at_ms > 0
+                    && s.turns_unhealthy(target.device_id, target.release)
                     && since >= s.unhealthy_after.as_millis() as i64
                 {
                     Health {

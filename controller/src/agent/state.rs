@@ -52,6 +52,9 @@ pub struct Confirmation {
     pub previous_release: Option<String>,
     /// Its version.
     pub previous_version: semver::Version,
+    /// When it was installed, Unix milliseconds (0: before the agent).
+    #[serde(default)]
+    pub previous_installed_at_ms: i64,
     /// How long health must keep passing, in milliseconds (0: one passing check).
     pub period_ms: u64,
     /// How long it has passed so far, in milliseconds, summed over the agent's runs.

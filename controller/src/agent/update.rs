@@ -67,6 +67,7 @@ impl Agent {
             instruction: key.clone(),
             previous_release: self.state.release.replace(key.release.clone()),
             previous_version: std::mem::replace(&mut self.state.version, version),
+            previous_installed_at_ms: self.state.installed_at_ms,
             period_ms: instruction.confirmation_secs.unwrap_or(0).saturating_mul(1000),
             confirmed_ms: 0,
         });
@@ -172,6 +173,7 @@ impl Agent {
                 tracing::warn!(device = %self.config.device_id, release = %confirming.instruction.release, failure = class.as_str(), detail = %detail, "confirmation failed; rolled back");
                 self.state.release = confirming.previous_release;
                 self.state.version = confirming.previous_version;
+                self.state.installed_at_ms = confirming.previous_installed_at_ms;
                 self.state.state = UpdateState::RolledBack;
                 PollOutcome::RolledBack { failure: class, error: detail.clone() }
             }
