@@ -194,21 +194,21 @@ async fn health_failing_during_the_confirmation_rolls_back_to_the_previous_relea
 async fn an_agent_killed_during_the_confirmation_resumes_it_without_reinstalling() {
     let c = Controller::start().await;
     let dev = Device::declare(&c, "ab-3").await;
-    publish(&c, "ab-3", "r2", "2.0.0", Some(4), 0);
+    publish(&c, "ab-3", "r2", "2.0.0", Some(8), 0);
     let health = format!("echo \"$WAVEGUIDE_RELEASE\" >> {}", dev.file("checks").display());
     let mut command = dev.agent(&c, &health, &[]);
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    // Killed once it confirmed for 1.5 s of the 4.
+    // Killed once it confirmed for 4 s of the 8.
     let state_file = dev.state.join("state.json");
     let confirmed = || -> u64 {
         let Ok(text) = std::fs::read_to_string(&state_file) else { return 0 };
         let state: serde_json::Value = serde_json::from_str(&text).unwrap();
         state["confirming"]["confirmedMs"].as_u64().unwrap_or(0)
     };
-    wait_until(Duration::from_secs(30), "1.5 s of confirmation", || confirmed() >= 1500).await;
+    wait_until(Duration::from_secs(30), "4 s of confirmation", || confirmed() >= 4000).await;
     kill(child);
     let before = confirmed();
-    assert!(before < 4000, "killed during the confirmation");
+    assert!(before < 8000, "killed during the confirmation");
     assert_eq!(c.last_report("ab-3").state, UpdateState::Confirming);
     let reports_before = c.reports("ab-3").len();
 
@@ -218,8 +218,9 @@ async fn an_agent_killed_during_the_confirmation_resumes_it_without_reinstalling
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("ab-3: installed (runs r2 2.0.0, installed)"), "{}", stdout(&out));
     let resumed = started.elapsed();
+    // Starting the confirmation over would take the whole 8 s.
     assert!(
-        resumed < Duration::from_millis(4000 - before + 1500),
+        resumed < Duration::from_millis(8000 - before + 3000),
         "resumed with {before} ms confirmed, yet took {resumed:?}"
     );
     assert_eq!(dev.lines("installs"), ["r2"], "installed once");
@@ -251,7 +252,7 @@ async fn health_turning_bad_after_the_commit_is_reported_at_once() {
     let changed = Instant::now();
     wait_until(Duration::from_secs(10), "the unhealthy report", || last(&c).is_some_and(|r| !r.healthy))
         .await;
-    assert!(changed.elapsed() < Duration::from_secs(3), "reported at once: {:?}", changed.elapsed());
+    assert!(changed.elapsed() < Duration::from_secs(5), "reported at once: {:?}", changed.elapsed());
     let report = last(&c).unwrap();
     assert_eq!((report.state, report.release.as_deref()), (UpdateState::Installed, Some("r2")));
     assert!(report.detail.as_deref().unwrap().contains("disk errors on /dev/mmcblk0"), "{report:?}");
