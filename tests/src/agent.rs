@@ -9,12 +9,22 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use waveguide::api::{Api, ApiConfig};
 use waveguide::inventory::store::{DeclaredDevice, Store, StoredReport};
-use waveguide::protocol::{ArtifactRef, DeviceInstruction, UpdateState};
+use waveguide::protocol::{ArtifactRef, DeviceInstruction, ReportBody, UpdateState};
 use waveguide::publish::{
     Batch, BinLayout, CommitReport, Expiries, KeyDir, ReleaseArtifact, RepoConfig, Repository,
 };
 
 pub const TOKEN: &str = "lab-enrollment-token";
+
+/// The states an agent reports through one update that is confirmed and committed, and
+/// the heartbeat after it.
+pub const CONFIRMED_UPDATE: [UpdateState; 5] = [
+    UpdateState::Downloading,
+    UpdateState::Installing,
+    UpdateState::Confirming,
+    UpdateState::Installed,
+    UpdateState::Installed,
+];
 
 pub struct Controller {
     pub tmp: TempDir,
@@ -23,6 +33,9 @@ pub struct Controller {
     pub base: url::Url,
     /// Paths of every request the server answered, in order.
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// The body of every report the device API accepted, with its device id, in order:
+    /// what the agent sent on the wire, whatever the inventory keeps of it.
+    pub reports: Arc<Mutex<Vec<(String, ReportBody)>>>,
 }
 
 impl Controller {
@@ -45,16 +58,43 @@ impl Controller {
         api.set_enrollment_tokens([(hex::encode(Sha256::digest(TOKEN)), "lab".to_string())].into());
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = requests.clone();
-        let router = api.router().layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                log.lock().unwrap().push(req.uri().path().to_owned());
-                next.run(req)
-            },
-        ));
+        let reports: Arc<Mutex<Vec<(String, ReportBody)>>> = Arc::default();
+        let accepted = reports.clone();
+        let router = api
+            .router()
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let accepted = accepted.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let device = path
+                            .strip_prefix("/v1/devices/")
+                            .and_then(|rest| rest.strip_suffix("/reports"))
+                            .map(str::to_owned);
+                        let Some(device) = device else { return next.run(req).await };
+                        let (parts, body) = req.into_parts();
+                        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                        let req =
+                            axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+                        let response = next.run(req).await;
+                        if response.status().is_success() {
+                            let body: ReportBody = serde_json::from_slice(&bytes).unwrap();
+                            accepted.lock().unwrap().push((device, body));
+                        }
+                        response
+                    }
+                },
+            ))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    log.lock().unwrap().push(req.uri().path().to_owned());
+                    next.run(req)
+                },
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Controller { tmp, keys, api, base, requests }
+        Controller { tmp, keys, api, base, requests, reports }
     }
 
     pub fn repo(&self) -> PathBuf {
@@ -134,6 +174,16 @@ impl Controller {
 
     pub async fn states(&self, device: &str) -> Vec<UpdateState> {
         self.history(device).await.iter().map(|r| r.report.state).collect()
+    }
+
+    /// The reports `device` sent that the device API accepted, oldest first.
+    pub fn reports(&self, device: &str) -> Vec<ReportBody> {
+        self.reports.lock().unwrap().iter().filter(|(id, _)| id == device).map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The last report `device` sent that the device API accepted.
+    pub fn last_report(&self, device: &str) -> ReportBody {
+        self.reports(device).pop().unwrap_or_else(|| panic!("{device} has sent no report"))
     }
 
     /// Requests for metadata or targets since the last call.

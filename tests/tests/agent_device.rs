@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use waveguide::agent::{Agent, AgentConfig, CommandInstaller, Installer, PollOutcome};
 use waveguide::protocol::DeviceKey;
 use waveguide::protocol::MaintenanceWindow;
-use waveguide::protocol::UpdateState;
+use waveguide::protocol::{FailureClass, UpdateState};
 use waveguide::publish::{Batch, Expiries, Repository};
-use waveguide_tests::agent::{instruction, Controller, TOKEN};
+use waveguide_tests::agent::{instruction, Controller, CONFIRMED_UPDATE, TOKEN};
 use waveguide_tests::waveguide;
 
 fn open_agent(c: &Controller, id: &str, key: &DeviceKey, state: &Path, install: Option<&str>) -> Agent {
@@ -21,7 +21,10 @@ fn open_agent(c: &Controller, id: &str, key: &DeviceKey, state: &Path, install: 
         state,
         &c.root_file(),
         (Some("factory".into()), "1.0.0".parse().unwrap()),
-        Installer::Command(CommandInstaller { install: install.map(str::to_owned), health: None }),
+        Installer::Command(CommandInstaller {
+            install: install.map(str::to_owned),
+            ..CommandInstaller::default()
+        }),
     )
     .unwrap()
 }
@@ -67,10 +70,7 @@ async fn the_agent_installs_a_published_instruction_and_reports_it() {
     assert_eq!(report.state, UpdateState::Installed);
     assert!(report.healthy);
     let states = c.states("gw-1").await;
-    assert_eq!(
-        states,
-        [UpdateState::Downloading, UpdateState::Installing, UpdateState::Installed, UpdateState::Installed]
-    );
+    assert_eq!(states, CONFIRMED_UPDATE);
     // The progress reports name what the device still ran.
     let history = c.history("gw-1").await;
     assert_eq!(history[0].report.release.as_deref(), Some("factory"));
@@ -90,8 +90,12 @@ async fn a_failing_install_is_reported_with_its_stderr_and_not_retried_until_the
     let install =
         format!("echo attempt >> {}; echo 'disk full: cannot write /data' >&2; exit 3", attempts.display());
     let mut agent = open_agent(&c, "gw-2", &key, &state, Some(&install));
-    let PollOutcome::Failed { error } = agent.once().await.unwrap() else { panic!("the install must fail") };
+    let PollOutcome::Failed { failure: FailureClass::Install, error } = agent.once().await.unwrap() else {
+        panic!("the install must fail")
+    };
     assert!(error.contains("disk full: cannot write /data"), "{error}");
+    let report = c.last_report("gw-2");
+    assert_eq!((report.state, report.failure), (UpdateState::Failed, Some(FailureClass::Install)));
 
     let history = c.history("gw-2").await;
     let failed = history.iter().find(|r| r.report.state == UpdateState::Failed).expect("a failed report");
@@ -165,8 +169,12 @@ async fn an_artifact_that_does_not_match_its_signed_hash_is_refused_and_reported
     std::fs::write(c.artifact_file(&image), b"evil! image!!").unwrap();
     let marker = c.tmp.path().join("installed");
     let mut agent = open_agent(&c, "gw-4", &key, &state, Some(&format!("touch {}", marker.display())));
-    let PollOutcome::Failed { error } = agent.once().await.unwrap() else { panic!("must fail") };
+    let PollOutcome::Failed { failure: FailureClass::Verification, error } = agent.once().await.unwrap()
+    else {
+        panic!("must fail")
+    };
     assert!(error.contains("sha256"), "{error}");
+    assert_eq!(c.last_report("gw-4").failure, Some(FailureClass::Verification));
     assert!(!marker.exists(), "nothing installed");
     assert!(!state.join("artifacts/r2/app.bin").exists(), "nothing kept");
     let inventory = c.api.store().inventory().await.unwrap();
@@ -347,8 +355,29 @@ async fn an_artifact_the_repository_does_not_hold_comes_from_its_signed_url() {
         releases: vec![image3],
         ..Batch::default()
     });
-    let PollOutcome::Failed { error } = agent.once().await.unwrap() else { panic!("must fail") };
+    let PollOutcome::Failed { failure: FailureClass::Verification, error } = agent.once().await.unwrap()
+    else {
+        panic!("must fail")
+    };
     assert!(error.contains("does not match the signed"), "{error}");
+
+    // The mirror is down: a download failure, which a retry may cure.
+    std::fs::remove_file(downloads.join("app.bin")).unwrap();
+    let mut image4 = image.clone();
+    image4.release = "r4".into();
+    image4.url = format!("{mirror}/app.bin");
+    c.publish(Batch {
+        upserts: vec![instruction("gw-7", "r4", "4.0.0", &[&image4])],
+        releases: vec![image4],
+        ..Batch::default()
+    });
+    let PollOutcome::Failed { failure: FailureClass::Download, error } = agent.once().await.unwrap() else {
+        panic!("must fail")
+    };
+    assert!(error.contains("not found"), "{error}");
+    let report = c.last_report("gw-7");
+    assert_eq!((report.state, report.failure), (UpdateState::Failed, Some(FailureClass::Download)));
+    assert_eq!(report.release.as_deref(), Some("r2"), "it still runs r2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +419,8 @@ async fn a_running_agent_installs_once_and_keeps_reporting() {
         (None, "1.0.0".parse().unwrap()),
         Installer::Command(CommandInstaller {
             install: Some(format!("echo x >> {}", count.display())),
-            health: Some("exit 1".into()),
+            health: Some("echo 'service down' >&2; exit 1".into()),
+            ..CommandInstaller::default()
         }),
     )
     .unwrap();
@@ -402,9 +432,10 @@ async fn a_running_agent_installs_once_and_keeps_reporting() {
     });
     agent.run_until(tokio::time::sleep(std::time::Duration::from_millis(1500)), false).await;
     assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1, "installed once");
+    // Without a confirmation period, one failing check fails the confirmation.
     let history = c.history("gw-9").await;
-    let installed: Vec<_> = history.iter().filter(|r| r.report.state == UpdateState::Installed).collect();
-    assert!(installed.len() >= 3, "heartbeats: {history:?}");
-    assert!(installed.iter().all(|r| !r.report.healthy), "the health command failed");
-    assert_eq!(agent.state().detail.as_deref(), Some("health check failed"));
+    let rolled_back: Vec<_> = history.iter().filter(|r| r.report.state == UpdateState::RolledBack).collect();
+    assert!(rolled_back.len() >= 3, "heartbeats: {history:?}");
+    assert!(rolled_back.iter().all(|r| r.report.release.is_none()), "back on the factory image");
+    assert!(agent.state().detail.as_deref().unwrap().contains("service down"), "{:?}", agent.state());
 }

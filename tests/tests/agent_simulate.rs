@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use waveguide::agent::simulate::{device_ids, device_key, SimConfig, Simulation};
-use waveguide::protocol::UpdateState;
+use waveguide::protocol::{FailureClass, UpdateState};
 use waveguide::publish::Batch;
 use waveguide_tests::agent::{instruction, Controller};
 use waveguide_tests::waveguide;
@@ -140,6 +140,121 @@ async fn the_simulate_command_runs_a_fleet_and_prints_its_counts() {
     assert!(last.contains("20 devices  states: installed=20  releases: r2=20"), "{stdout}");
     let inventory = c.api.store().inventory().await.unwrap();
     assert!(ids.iter().all(|id| inventory.get(id).is_some_and(|r| r.state == UpdateState::Installed)));
+}
+
+/// Publishes `release` to every device of `ids`, confirmed for `confirmation` seconds.
+fn publish_to(c: &Controller, ids: &[String], release: &str, confirmation: Option<u64>, attempt: u32) {
+    let upserts = ids
+        .iter()
+        .map(|id| {
+            let mut told = instruction(id, release, "2.0.0", &[]);
+            told.confirmation_secs = confirmation;
+            told.attempt = attempt;
+            told
+        })
+        .collect();
+    c.publish(Batch { upserts, ..Batch::default() });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_turning_unhealthy_roll_back_and_agents_restarted_mid_confirmation_finish_it() {
+    let c = Controller::start().await;
+    let ids = device_ids("sick-", 40);
+    fleet(&c, &ids).await;
+    publish_to(&c, &ids, "r2", Some(2), 0);
+    let mut config = config(&c);
+    config.health_interval = Duration::from_millis(200);
+    config.unhealthy_rate = 0.5;
+    config.unhealthy_after = Duration::from_secs(1);
+    config.restart_rate = 1.0;
+    let sim = Simulation::start(config, ids.clone()).unwrap();
+    wait_for(&sim, Duration::from_secs(60), |s| {
+        s.by_state.get("installed").unwrap_or(&0) + s.by_state.get("rolled_back").unwrap_or(&0) == 40
+    })
+    .await;
+    let stats = sim.stats();
+    let (installed, rolled_back) = (stats.by_state["installed"], stats.by_state["rolled_back"]);
+    assert!(installed > 5 && rolled_back > 5, "about half turn unhealthy: {stats:?}");
+    assert_eq!(stats.by_release.get("r2"), Some(&installed));
+    assert_eq!(stats.by_release.get("-"), Some(&rolled_back), "rolled back to what they ran: {stats:?}");
+    assert_eq!(stats.restarts, 40, "every agent restarted once during its confirmation");
+    assert_eq!(stats.failed_attempts, rolled_back);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let devices = sim.devices();
+    sim.stop().await;
+    for device in devices {
+        let report = c.last_report(&device.id);
+        assert_eq!(report.state, device.state, "{}", device.id);
+        if device.state == UpdateState::RolledBack {
+            assert_eq!(report.failure, Some(FailureClass::Health), "{}", device.id);
+            assert!(report.detail.as_deref().unwrap().contains("simulated health failure of r2"));
+            assert!(report.healthy, "{}: healthy again on the release it went back to", device.id);
+        }
+        let states: Vec<UpdateState> = c.reports(&device.id).iter().map(|r| r.state).collect();
+        let installs = states.iter().filter(|s| **s == UpdateState::Installing).count();
+        assert_eq!(installs, 1, "{}: the restart did not install again: {states:?}", device.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_download_failures_are_tried_again_on_a_new_attempt_and_hung_installs_stay_installing() {
+    let c = Controller::start().await;
+    let ids = device_ids("flaky-", 10);
+    fleet(&c, &ids).await;
+    publish_to(&c, &ids, "r2", None, 0);
+    let mut flaky = config(&c);
+    flaky.download_fail_rate = 1.0;
+    let sim = Simulation::start(flaky, ids.clone()).unwrap();
+    wait_for(&sim, Duration::from_secs(30), |s| s.by_state.get("failed") == Some(&10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.stats().failed_attempts, 10, "not tried again on its own");
+    assert!(ids.iter().all(|id| c.last_report(id).failure == Some(FailureClass::Download)));
+    publish_to(&c, &ids, "r2", None, 1);
+    wait_for(&sim, Duration::from_secs(30), |s| s.failed_attempts == 20).await;
+    sim.stop().await;
+
+    let ids = device_ids("hung-", 10);
+    fleet(&c, &ids).await;
+    publish_to(&c, &ids, "r2", None, 0);
+    let mut hanging = config(&c);
+    hanging.hang_rate = 1.0;
+    let sim = Simulation::start(hanging, ids.clone()).unwrap();
+    wait_for(&sim, Duration::from_secs(30), |s| s.by_state.get("installing") == Some(&10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sim.stats().by_state.get("installing"), Some(&10), "{:?}", sim.stats());
+    let stopping = Instant::now();
+    sim.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "a hung install does not hold the stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_command_takes_the_fault_flags() {
+    let c = Controller::start().await;
+    let ids = device_ids("cli-", 10);
+    fleet(&c, &ids).await;
+    publish_to(&c, &ids, "r2", Some(1), 0);
+    let run = |faults: &[&str]| {
+        let mut command = waveguide();
+        command
+            .args(["simulate", "--server", c.base.as_str(), "--root", c.root_file().to_str().unwrap()])
+            .args(["--devices", "10", "--id-prefix", "cli-", "--key-seed", SEED])
+            .args(["--poll-interval", "200ms", "--install-time", "100ms", "--health-interval", "200ms"])
+            .args(["--duration", "4s", "--stats-interval", "1s"])
+            .args(faults);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let output =
+        run(&["--unhealthy-rate", "1", "--unhealthy-after", "0s", "--restart-rate", "1"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().last().unwrap();
+    assert!(last.contains("states: rolled_back=10  releases: -=10  failed attempts: 10"), "{stdout}");
+    assert!(ids.iter().all(|id| c.last_report(id).failure == Some(FailureClass::Health)));
+
+    let output = run(&["--hang-rate", "1.5"]).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--hang-rate must be between 0 and 1, got 1.5"), "{stderr}");
 }
 
 /// A measurement, not a check: `WAVEGUIDE_SIM_DEVICES=2000 cargo nextest run -p

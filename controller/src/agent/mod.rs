@@ -3,10 +3,11 @@
 //!
 //! One [`Agent`] is one device. Its work is split into steps the real agent
 //! (`waveguide agent`) and the simulator (`waveguide simulate`, [`simulate`]) share:
-//! [`Agent::poll`] (TUF update check, then at most one install) and
-//! [`Agent::heartbeat`] (a signed report of the current state), driven by
-//! [`Agent::run_until`]. Only the [`Installer`] differs: commands for the real agent, a
-//! timer with a failure rate for the simulator.
+//! [`Agent::poll`] (TUF update check, then at most one install), [`Agent::check_health`]
+//! (a step of the confirmation of what was installed, or of the health watch after it
+//! was committed) and [`Agent::heartbeat`] (a signed report of the current state), driven
+//! by [`Agent::run_until`]. Only the [`Installer`] differs: commands for the real agent,
+//! a timer with failure rates for the simulator.
 //!
 //! See `docs/agent.md` for the options, the states and what is verified.
 
@@ -16,6 +17,7 @@ mod install;
 pub mod simulate;
 pub mod state;
 pub mod tuf;
+mod update;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,10 +30,11 @@ use url::Url;
 
 pub use backoff::Backoff;
 pub use install::{CommandInstaller, Installer, SimulatedInstaller};
-pub use state::{AgentState, FailedAttempt, InstructionKey, StateDir};
+pub use state::{AgentState, Confirmation, FailedAttempt, InstructionKey, StateDir};
 pub use tuf::{Trusted, TufClient, TufError, VerifiedInstruction};
+pub use update::CONFIRMATION_CHECK_CAP;
 
-use crate::protocol::{DeviceId, DeviceInstruction, DeviceKey, ReportBody, UpdateState, Windows};
+use crate::protocol::{DeviceId, DeviceKey, FailureClass, ReportBody, UpdateState, Windows};
 
 /// Settings of one agent.
 #[derive(Clone, Debug)]
@@ -44,6 +47,9 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// How often to report the current state when nothing happens.
     pub report_interval: Duration,
+    /// How often to run the health check of the committed release (a confirmation checks
+    /// at most every [`CONFIRMATION_CHECK_CAP`]).
+    pub health_interval: Duration,
     /// The enrollment token, for a device not declared in the fleet repository.
     pub enroll_token: Option<String>,
     /// Download artifacts before installing (the simulator skips it by default).
@@ -55,13 +61,15 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults for `device_id` at `server`: poll every 30 s, report every 60 s.
+    /// Defaults for `device_id` at `server`: poll every 30 s, report every 60 s, check
+    /// health every 30 s.
     pub fn new(server: Url, device_id: DeviceId) -> AgentConfig {
         AgentConfig {
             server,
             device_id,
             poll_interval: Duration::from_secs(30),
             report_interval: Duration::from_secs(60),
+            health_interval: Duration::from_secs(30),
             enroll_token: None,
             download_artifacts: true,
             artifact_dir: None,
@@ -91,21 +99,34 @@ pub enum PollOutcome {
     NoInstruction,
     /// The device runs what it is told.
     UpToDate,
-    /// The instruction failed before; it is tried again only when it changes.
+    /// The instruction failed before; it is tried again only when it changes or its
+    /// attempt grows.
     AlreadyFailed,
+    /// The installed release is being confirmed (its health checks go on).
+    Confirming,
     /// A maintenance window must open first.
     Held {
         /// When the next window opens, if one ever does.
         next_open: Option<jiff::Timestamp>,
     },
-    /// The instruction was installed.
+    /// The instruction was installed, confirmed and committed.
     Installed {
         /// Whether the health check passed.
         healthy: bool,
     },
-    /// The install failed (reported with the error as detail).
+    /// The update failed (reported with the error as detail); the device runs what it
+    /// ran before, unless a rollback failed too.
     Failed {
+        /// The step that failed.
+        failure: FailureClass,
         /// The error.
+        error: String,
+    },
+    /// The confirmation failed and the device went back to the release it ran before.
+    RolledBack {
+        /// Why: `health`, or `install` when the commit command failed.
+        failure: FailureClass,
+        /// The failed check's output.
         error: String,
     },
 }
@@ -125,6 +146,9 @@ pub struct Agent {
     observer: Option<StateObserver>,
     gate: Option<Arc<tokio::sync::Semaphore>>,
     next_report: Instant,
+    next_health: Instant,
+    /// The last passing check of the confirmation in this run (a restart starts anew).
+    last_pass: Option<Instant>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -157,6 +181,8 @@ impl Agent {
             observer: None,
             gate: None,
             next_report: Instant::now(),
+            next_health: Instant::now(),
+            last_pass: None,
         })
     }
 
@@ -245,6 +271,10 @@ impl Agent {
     /// instruction (install it, or say why not).
     pub async fn poll(&mut self) -> anyhow::Result<PollOutcome> {
         self.enroll().await?;
+        if self.state.confirming.is_some() {
+            // What is installed is confirmed (or rolled back) before anything else.
+            return Ok(PollOutcome::Confirming);
+        }
         let permit = self.permit().await;
         let verified = self.tuf.instruction(&self.config.device_id).await;
         drop(permit);
@@ -266,6 +296,7 @@ impl Agent {
             rollout: instruction.rollout.clone(),
             release: instruction.release.clone(),
             version: instruction.version.clone(),
+            attempt: instruction.attempt,
         };
         let version: semver::Version = instruction
             .version
@@ -274,18 +305,24 @@ impl Agent {
         if self.state.release.as_deref() == Some(instruction.release.as_str())
             && self.state.version == version
         {
-            if self.state.handled.as_ref() != Some(&key) || self.state.state == UpdateState::Failed {
-                // Told to stay on (or go back to) what it runs: nothing failed any more.
-                if self.state.state == UpdateState::Failed {
+            // Failed, rolled back, or stopped in a download or an install (a restart).
+            let unsettled = !self.state.state.is_settled();
+            if self.state.handled.as_ref() != Some(&key) || unsettled {
+                // Told to stay on (or go back to) what it runs: nothing failed any more,
+                // nothing is under way.
+                if unsettled {
                     self.state.state = UpdateState::Installed;
-                    self.state.detail = None;
+                    self.state.failure = None;
+                    if self.state.healthy {
+                        self.state.detail = None;
+                    }
                 }
                 self.state.handled = Some(key);
                 self.save()?;
             }
             return Ok(PollOutcome::UpToDate);
         }
-        if self.state.handled.as_ref() == Some(&key) && self.state.state == UpdateState::Failed {
+        if self.state.failed_before(&key) {
             return Ok(PollOutcome::AlreadyFailed);
         }
         let windows = Windows::new(&instruction.maintenance_windows)?;
@@ -298,81 +335,32 @@ impl Agent {
         Ok(self.install(&instruction, key, version).await)
     }
 
-    /// Downloads, installs and health-checks an instruction, reporting each step.
-    async fn install(
-        &mut self,
-        instruction: &DeviceInstruction,
-        key: InstructionKey,
-        version: semver::Version,
-    ) -> PollOutcome {
-        let id = self.config.device_id.clone();
-        tracing::info!(device = %id, release = %key.release, version = %key.version, rollout = %key.rollout, "installing");
-        // Progress reports are best effort: the outcome is saved and the heartbeat
-        // repeats it until it is delivered.
-        self.progress(UpdateState::Downloading).await;
-        let result = async {
-            let files = if self.config.download_artifacts {
-                install::download_artifacts(&self.http, &mut self.tuf, &self.config, instruction).await?
-            } else {
-                Vec::new()
-            };
-            self.progress(UpdateState::Installing).await;
-            self.installer.install(&id, instruction, &files).await
-        }
-        .await;
-        self.state.handled = Some(key.clone());
-        let outcome = match result {
-            Ok(healthy) => {
-                self.state.release = Some(key.release.clone());
-                self.state.version = version;
-                self.state.state = UpdateState::Installed;
-                self.state.healthy = healthy;
-                self.state.detail = if healthy { None } else { Some("health check failed".into()) };
-                tracing::info!(device = %id, release = %key.release, healthy, "installed");
-                PollOutcome::Installed { healthy }
-            }
-            Err(e) => {
-                let error = format!("{e:#}");
-                tracing::warn!(device = %id, release = %key.release, error = %error, "install failed");
-                self.state.state = UpdateState::Failed;
-                self.state.detail = Some(error.clone());
-                self.state.record_failure(key, error.clone(), now_ms());
-                PollOutcome::Failed { error }
-            }
-        };
-        if let Err(e) = self.save() {
-            tracing::error!(device = %id, error = %e, "saving the agent state");
-        }
-        self.next_report = Instant::now();
-        if let Err(e) = self.heartbeat().await {
-            tracing::warn!(device = %id, error = %e, "reporting the install outcome; the heartbeat retries");
-        }
-        outcome
-    }
-
+    /// Saves the step an update reached (a restart in the middle starts it again), then
+    /// reports it, best effort.
     async fn progress(&mut self, state: UpdateState) {
-        let body = ReportBody {
-            release: self.state.release.clone(),
-            version: self.state.version.clone(),
-            state,
-            healthy: self.state.healthy,
-            detail: None,
-            failure: None,
-        };
-        if let Err(e) = self.send(&body).await {
+        self.state.state = state;
+        self.state.failure = None;
+        if self.state.healthy {
+            self.state.detail = None;
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(device = %self.config.device_id, error = %e, "saving the agent state");
+        }
+        if let Err(e) = self.heartbeat().await {
             tracing::warn!(device = %self.config.device_id, error = %e, state = state.as_str(), "progress report");
         }
     }
 
     /// Reports the current state now (a heartbeat).
     pub async fn heartbeat(&mut self) -> anyhow::Result<()> {
+        let failed = matches!(self.state.state, UpdateState::Failed | UpdateState::RolledBack);
         let body = ReportBody {
             release: self.state.release.clone(),
             version: self.state.version.clone(),
             state: self.state.state,
             healthy: self.state.healthy,
-            detail: if self.state.state == UpdateState::Failed { self.state.detail.clone() } else { None },
-            failure: None,
+            detail: if failed || !self.state.healthy { self.state.detail.clone() } else { None },
+            failure: if failed { self.state.failure } else { None },
         };
         self.send(&body).await?;
         self.next_report = Instant::now() + self.config.report_interval;
@@ -398,9 +386,16 @@ impl Agent {
         Ok(())
     }
 
-    /// One poll and one report, for `--once`.
+    /// One poll, the whole confirmation of what it installed (or of one a restart
+    /// interrupted), and one report, for `--once`.
     pub async fn once(&mut self) -> anyhow::Result<PollOutcome> {
-        let outcome = self.poll().await;
+        let mut outcome = self.poll().await;
+        while self.state.confirming.is_some() {
+            tokio::time::sleep_until(self.next_health).await;
+            if let Some(step) = self.check_health().await {
+                outcome = Ok(step);
+            }
+        }
         let report = self.heartbeat().await;
         self.save()?;
         let outcome = outcome?;
@@ -408,9 +403,10 @@ impl Agent {
         Ok(outcome)
     }
 
-    /// Polls and reports until `stop` completes: a poll every poll interval (with ±10 %
-    /// jitter), a heartbeat every report interval, exponential backoff with jitter after
-    /// errors. With `spread`, the first poll comes at a random point of the first
+    /// Polls, checks health and reports until `stop` completes: a poll every poll interval
+    /// (with ±10 % jitter), a health check every health interval (closer during a
+    /// confirmation), a heartbeat every report interval, exponential backoff with jitter
+    /// after errors. With `spread`, the first poll comes at a random point of the first
     /// interval, so many agents started together do not poll in step.
     pub async fn run_until(&mut self, stop: impl Future<Output = ()>, spread: bool) {
         tokio::pin!(stop);
@@ -423,8 +419,10 @@ impl Agent {
             start
         };
         self.next_report = if spread { next_poll } else { start };
+        // A confirmation a restart interrupted goes on at once; the watch after one check.
+        self.next_health = if self.state.confirming.is_some() { start } else { next_poll };
         loop {
-            let wake = next_poll.min(self.next_report);
+            let wake = next_poll.min(self.next_report).min(self.next_health);
             tokio::select! {
                 () = &mut stop => {
                     // The step under way has finished (a stop is only taken between steps).
@@ -450,6 +448,11 @@ impl Agent {
                         tracing::warn!(device = %self.config.device_id, error = %format!("{e:#}"), retry_in = ?wait, "update check failed");
                         next_poll = Instant::now() + wait;
                     }
+                }
+            }
+            if Instant::now() >= self.next_health {
+                if let Some(outcome) = self.check_health().await {
+                    tracing::debug!(device = %self.config.device_id, ?outcome, "confirmation");
                 }
             }
             if Instant::now() >= self.next_report {

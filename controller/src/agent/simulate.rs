@@ -1,6 +1,8 @@
 //! Many simulated devices in one process: each a real [`Agent`] with its own key, state
 //! and trusted TUF metadata (every check verified), installing with a
-//! [`SimulatedInstaller`] instead of commands.
+//! [`SimulatedInstaller`] instead of commands. Faults on demand: failed or hung installs,
+//! transient download failures, health that turns bad after an install, and agents
+//! restarted during a confirmation.
 //!
 //! ```no_run
 //! # async fn demo(root: Vec<u8>) -> anyhow::Result<()> {
@@ -23,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use url::Url;
 
-use super::{Agent, AgentConfig, AgentState, Installer, SimulatedInstaller, Trusted};
+use super::{Agent, AgentConfig, AgentState, Installer, InstructionKey, SimulatedInstaller, Trusted};
 use crate::protocol::{DeviceId, DeviceKey, UpdateState};
 
 /// The key of a simulated device: the ed25519 key whose seed is
@@ -46,6 +48,10 @@ pub fn device_ids(prefix: &str, n: usize) -> Vec<String> {
 /// Most requests the simulated devices have in flight at once (each holds a connection).
 const MAX_REQUESTS: usize = 256;
 
+/// How long a stop waits for a device's step under way before it aborts it (a hung
+/// install never finishes).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Settings of a simulation.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -65,8 +71,22 @@ pub struct SimConfig {
     pub install_time: Duration,
     /// Probability that an install fails.
     pub fail_rate: f64,
-    /// Only installs of this release fail (all when `None`).
+    /// Only updates to this release fail, in every way below (all when `None`).
     pub fail_release: Option<String>,
+    /// Share of devices whose health turns bad `unhealthy_after` an install.
+    pub unhealthy_rate: f64,
+    /// How long after the install those devices turn unhealthy: within the confirmation
+    /// period they roll back, after it they report the change.
+    pub unhealthy_after: Duration,
+    /// Probability that a download attempt fails (transient: a retry may pass).
+    pub download_fail_rate: f64,
+    /// Probability that an install attempt hangs (never finishes).
+    pub hang_rate: f64,
+    /// Probability that a device's agent restarts during the confirmation of an update
+    /// (it continues from its saved state, as after a reboot).
+    pub restart_rate: f64,
+    /// How often each device runs its health check after an update is committed.
+    pub health_interval: Duration,
     /// The release each device runs at start.
     pub initial_release: Option<String>,
     /// The version each device runs at start.
@@ -76,8 +96,9 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// Defaults: poll every 5 s, report every 30 s, installs of 2 s that never fail,
-    /// devices on no release at version 0.0.0, key seed `waveguide-simulator`.
+    /// Defaults: poll every 5 s, report every 30 s, check health every 30 s, installs of
+    /// 2 s without any fault, devices on no release at version 0.0.0, key seed
+    /// `waveguide-simulator`.
     pub fn new(server: Url, root: Vec<u8>) -> SimConfig {
         SimConfig {
             server,
@@ -89,6 +110,12 @@ impl SimConfig {
             install_time: Duration::from_secs(2),
             fail_rate: 0.0,
             fail_release: None,
+            unhealthy_rate: 0.0,
+            unhealthy_after: Duration::ZERO,
+            download_fail_rate: 0.0,
+            hang_rate: 0.0,
+            restart_rate: 0.0,
+            health_interval: Duration::from_secs(30),
             initial_release: None,
             initial_version: semver::Version::new(0, 0, 0),
             download_artifacts: false,
@@ -107,8 +134,10 @@ pub struct DeviceView {
     pub release: Option<String>,
     /// The version it runs.
     pub version: semver::Version,
-    /// Failed installs so far.
+    /// Failed updates so far.
     pub failures: usize,
+    /// Restarts of its agent so far.
+    pub restarts: usize,
 }
 
 /// Counts over the simulated fleet.
@@ -120,8 +149,10 @@ pub struct SimStats {
     pub by_state: BTreeMap<String, usize>,
     /// Devices per release they run (`-` for none).
     pub by_release: BTreeMap<String, usize>,
-    /// Failed installs, summed over devices.
+    /// Failed updates, summed over devices.
     pub failed_attempts: usize,
+    /// Agent restarts, summed over devices.
+    pub restarts: usize,
 }
 
 /// A running simulation.
@@ -155,6 +186,10 @@ impl Simulation {
             install_time: config.install_time,
             fail_rate: config.fail_rate,
             fail_release: config.fail_release.clone(),
+            unhealthy_rate: config.unhealthy_rate,
+            unhealthy_after: config.unhealthy_after,
+            download_fail_rate: config.download_fail_rate,
+            hang_rate: config.hang_rate,
         });
         let views: Arc<Vec<Mutex<DeviceView>>> = Arc::new(
             ids.iter()
@@ -165,6 +200,7 @@ impl Simulation {
                         release: config.initial_release.clone(),
                         version: config.initial_version.clone(),
                         failures: 0,
+                        restarts: 0,
                     })
                 })
                 .collect(),
@@ -175,37 +211,49 @@ impl Simulation {
             let mut agent_config = AgentConfig::new(config.server.clone(), id.clone());
             agent_config.poll_interval = config.poll_interval;
             agent_config.report_interval = config.report_interval;
+            agent_config.health_interval = config.health_interval;
             agent_config.enroll_token = config.enroll_token.clone();
             agent_config.download_artifacts = config.download_artifacts;
             agent_config.max_backoff = Duration::from_secs(60);
-            let mut agent = Agent::new(
-                agent_config,
-                http.clone(),
-                device_key(&config.key_seed, &id),
-                trusted.clone(),
-                AgentState::factory(config.initial_release.clone(), config.initial_version.clone()),
-                None,
-                installer.clone(),
-            )?;
-            agent.limit_requests(gate.clone());
-            let slots = views.clone();
-            agent.observe(Arc::new(move |state: &AgentState| {
-                let mut view = slots[index].lock().expect("view lock");
-                view.state = state.state;
-                view.release.clone_from(&state.release);
-                view.version.clone_from(&state.version);
-                view.failures = state.failures.len();
-            }));
+            let device = Device {
+                index,
+                config: agent_config,
+                http: http.clone(),
+                key: device_key(&config.key_seed, &id),
+                installer: installer.clone(),
+                gate: gate.clone(),
+                views: views.clone(),
+                restart: Arc::new(tokio::sync::Notify::new()),
+                restart_rate: config.restart_rate,
+                drawn: Arc::new(Mutex::new(None)),
+            };
+            let state = AgentState::factory(config.initial_release.clone(), config.initial_version.clone());
+            let mut agent = device.agent(trusted.clone(), state)?;
             let mut stopped = stopped.clone();
             tasks.spawn(async move {
-                agent
-                    .run_until(
-                        async move {
-                            let _ = stopped.wait_for(|s| *s).await;
-                        },
-                        true,
-                    )
-                    .await;
+                loop {
+                    let restart = device.restart.clone();
+                    let mut stop = stopped.clone();
+                    let stop_or_restart = async move {
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s) => {}
+                            () = restart.notified() => {}
+                        }
+                    };
+                    agent.run_until(stop_or_restart, true).await;
+                    if *stopped.borrow_and_update() {
+                        return;
+                    }
+                    // A restart: a new agent from what the old one saved.
+                    device.views[index].lock().expect("view lock").restarts += 1;
+                    match device.agent(agent.tuf().trusted().clone(), agent.state().clone()) {
+                        Ok(next) => agent = next,
+                        Err(e) => {
+                            tracing::error!(device = %device.config.device_id, error = %format!("{e:#}"), "restarting the simulated agent");
+                            return;
+                        }
+                    }
+                }
             });
         }
         Ok(Simulation { stop, tasks, views })
@@ -219,6 +267,7 @@ impl Simulation {
             *stats.by_state.entry(view.state.as_str().to_owned()).or_default() += 1;
             *stats.by_release.entry(view.release.clone().unwrap_or_else(|| "-".into())).or_default() += 1;
             stats.failed_attempts += view.failures;
+            stats.restarts += view.restarts;
         }
         stats
     }
@@ -228,10 +277,72 @@ impl Simulation {
         self.views.iter().map(|v| v.lock().expect("view lock").clone()).collect()
     }
 
-    /// Stops every agent and waits for them.
+    /// Stops every agent and waits for the steps under way, aborting those still busy
+    /// after a short grace (a hung install).
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let tasks = &mut self.tasks;
+        let finished = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, finished).await.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// What a simulated device keeps across restarts of its agent.
+struct Device {
+    index: usize,
+    config: AgentConfig,
+    http: reqwest::Client,
+    key: DeviceKey,
+    installer: Installer,
+    gate: Arc<tokio::sync::Semaphore>,
+    views: Arc<Vec<Mutex<DeviceView>>>,
+    /// Notified to restart the agent between two of its steps.
+    restart: Arc<tokio::sync::Notify>,
+    restart_rate: f64,
+    /// The last update whose confirmation drew whether to restart.
+    drawn: Arc<Mutex<Option<InstructionKey>>>,
+}
+
+impl Device {
+    /// An agent for the device, starting from `state`, observed into its view.
+    fn agent(&self, trusted: Trusted, state: AgentState) -> anyhow::Result<Agent> {
+        let key = DeviceKey::from_pkcs8(self.key.pkcs8())
+            .ok_or_else(|| anyhow::anyhow!("the simulated device key does not read back"))?;
+        let mut agent = Agent::new(
+            self.config.clone(),
+            self.http.clone(),
+            key,
+            trusted,
+            state,
+            None,
+            self.installer.clone(),
+        )?;
+        agent.limit_requests(self.gate.clone());
+        let (views, index, restart, rate, drawn) =
+            (self.views.clone(), self.index, self.restart.clone(), self.restart_rate, self.drawn.clone());
+        agent.observe(Arc::new(move |state: &AgentState| {
+            {
+                let mut view = views[index].lock().expect("view lock");
+                view.state = state.state;
+                view.release.clone_from(&state.release);
+                view.version.clone_from(&state.version);
+                view.failures = state.failures.len();
+            }
+            // Each confirmation draws once whether the agent restarts during it.
+            if let Some(confirming) = &state.confirming {
+                let mut drawn = drawn.lock().expect("draw lock");
+                if drawn.as_ref() != Some(&confirming.instruction) {
+                    *drawn = Some(confirming.instruction.clone());
+                    if rate > 0.0 && rand::random::<f64>() < rate {
+                        restart.notify_one();
+                    }
+                }
+            }
+        }));
+        Ok(agent)
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::tuf::Trusted;
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 
 /// File of the agent's own state in the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -17,7 +17,8 @@ pub const TRUSTED_FILE: &str = "tuf-trusted.json";
 const MAX_FAILURES: usize = 16;
 
 /// Which instruction an attempt was for: a new rollout, release or version is a new
-/// instruction, and only a new instruction is tried again after a failure.
+/// instruction, and only a new instruction, or the same with a higher attempt, is tried
+/// again after a failure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstructionKey {
     /// The rollout that published it.
@@ -26,6 +27,38 @@ pub struct InstructionKey {
     pub release: String,
     /// The version.
     pub version: String,
+    /// The instruction's attempt (a retry publishes the next).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl InstructionKey {
+    /// Whether this instruction is to be tried although `failed` failed: another
+    /// instruction, or the same one with a higher attempt.
+    pub fn supersedes(&self, failed: &InstructionKey) -> bool {
+        (&self.rollout, &self.release, &self.version) != (&failed.rollout, &failed.release, &failed.version)
+            || self.attempt > failed.attempt
+    }
+}
+
+/// An installed release whose health is being confirmed before it is committed; saved
+/// after every check so that a restart continues it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Confirmation {
+    /// The instruction installed.
+    pub instruction: InstructionKey,
+    /// The release run before it, which a rollback returns to.
+    pub previous_release: Option<String>,
+    /// Its version.
+    pub previous_version: semver::Version,
+    /// When it was installed, Unix milliseconds (0: before the agent).
+    #[serde(default)]
+    pub previous_installed_at_ms: i64,
+    /// How long health must keep passing, in milliseconds (0: one passing check).
+    pub period_ms: u64,
+    /// How long it has passed so far, in milliseconds, summed over the agent's runs.
+    pub confirmed_ms: u64,
 }
 
 /// One failed install.
@@ -50,11 +83,20 @@ pub struct AgentState {
     pub version: semver::Version,
     /// The update progress reported in heartbeats.
     pub state: UpdateState,
-    /// Health after the last install.
+    /// Health after the last check.
     pub healthy: bool,
-    /// Detail of the last failure, reported with `failed`.
+    /// Detail of the last failure or failed health check, reported with it.
     #[serde(default)]
     pub detail: Option<String>,
+    /// Which step the last update failed at, reported with `failed` and `rolled_back`.
+    #[serde(default)]
+    pub failure: Option<FailureClass>,
+    /// The update being confirmed, while `state` is `confirming`.
+    #[serde(default)]
+    pub confirming: Option<Confirmation>,
+    /// When the release it runs was installed, Unix milliseconds (0: before the agent).
+    #[serde(default)]
+    pub installed_at_ms: i64,
     /// The last instruction acted on (installed, already running, or failed).
     #[serde(default)]
     pub handled: Option<InstructionKey>,
@@ -78,11 +120,21 @@ impl AgentState {
             state: UpdateState::Idle,
             healthy: true,
             detail: None,
+            failure: None,
+            confirming: None,
+            installed_at_ms: 0,
             handled: None,
             failures: Vec::new(),
             enrolled: false,
             last_report_ms: 0,
         }
+    }
+
+    /// Whether the last update failed (or was rolled back) and `key` does not supersede it:
+    /// it is not tried again.
+    pub fn failed_before(&self, key: &InstructionKey) -> bool {
+        matches!(self.state, UpdateState::Failed | UpdateState::RolledBack)
+            && self.handled.as_ref().is_some_and(|failed| !key.supersedes(failed))
     }
 
     /// Records a failed attempt, keeping the newest few.
@@ -151,5 +203,31 @@ impl StateDir {
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(name))?;
         std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(release: &str, attempt: u32) -> InstructionKey {
+        InstructionKey { rollout: "r".into(), release: release.into(), version: "1.0.0".into(), attempt }
+    }
+
+    #[test]
+    fn only_another_instruction_or_a_higher_attempt_supersedes_a_failure() {
+        assert!(!key("a", 0).supersedes(&key("a", 0)));
+        assert!(!key("a", 0).supersedes(&key("a", 1)));
+        assert!(key("a", 2).supersedes(&key("a", 1)));
+        assert!(key("b", 0).supersedes(&key("a", 3)));
+    }
+
+    #[test]
+    fn a_state_file_from_before_confirmations_reads() {
+        let old = r#"{"release": "r1", "version": "1.0.0", "state": "failed", "healthy": true,
+            "handled": {"rollout": "x", "release": "r2", "version": "2.0.0"}}"#;
+        let state: AgentState = serde_json::from_str(old).unwrap();
+        assert_eq!(state.handled.as_ref().map(|k| k.attempt), Some(0));
+        assert_eq!((state.confirming, state.failure), (None, None));
     }
 }

@@ -34,9 +34,25 @@ pub struct AgentArgs {
     /// WAVEGUIDE_VERSION and WAVEGUIDE_ARTIFACTS (newline-separated paths) set.
     #[arg(long)]
     pub install_cmd: Option<String>,
-    /// Checks health after an install: exit status 0 is healthy.
+    /// Checks health: exit status 0 is healthy. Run during an update's confirmation and
+    /// every --health-interval after it, with WAVEGUIDE_DEVICE_ID, WAVEGUIDE_RELEASE and
+    /// WAVEGUIDE_VERSION set.
     #[arg(long)]
     pub health_cmd: Option<String>,
+    /// Makes a confirmed release permanent (e.g. marks the new A/B slot good); run with
+    /// WAVEGUIDE_RELEASE, WAVEGUIDE_VERSION, WAVEGUIDE_PREVIOUS_RELEASE and
+    /// WAVEGUIDE_PREVIOUS_VERSION set. A failure rolls the update back.
+    #[arg(long, env = "WAVEGUIDE_COMMIT_CMD")]
+    pub commit_cmd: Option<String>,
+    /// Goes back to the previous release when the confirmation fails (e.g. switches back
+    /// to the previous slot); run with the same variables as --commit-cmd.
+    #[arg(long, env = "WAVEGUIDE_ROLLBACK_CMD")]
+    pub rollback_cmd: Option<String>,
+    /// How often to run the health command after an update is committed; a health change
+    /// is reported at once. A confirmation checks at this interval too, but at least every
+    /// 10 s.
+    #[arg(long, env = "WAVEGUIDE_HEALTH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
     /// Enroll with this group token before the first report.
     #[arg(long, env = "WAVEGUIDE_ENROLL_TOKEN")]
     pub enroll_token: Option<String>,
@@ -73,10 +89,15 @@ pub fn run(args: AgentArgs) -> ExitCode {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.health_interval.is_zero() {
+        // A zero interval would run the health command in a busy loop.
+        anyhow::bail!("--health-interval must be longer than 0s");
+    }
     let key = agent::load_or_create_key(&args.key)?;
     let mut config = AgentConfig::new(args.server.clone(), args.device_id.clone());
     config.poll_interval = args.poll_interval;
     config.report_interval = args.report_interval;
+    config.health_interval = args.health_interval;
     config.enroll_token = args.enroll_token.clone();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
@@ -84,8 +105,12 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .read_timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
-    let installer =
-        Installer::Command(CommandInstaller { install: args.install_cmd, health: args.health_cmd });
+    let installer = Installer::Command(CommandInstaller {
+        install: args.install_cmd,
+        health: args.health_cmd,
+        commit: args.commit_cmd,
+        rollback: args.rollback_cmd,
+    });
     let mut agent =
         Agent::open(config, http, key, &args.state_dir, &args.root, (args.release, args.version), installer)?;
     if args.once {
@@ -100,7 +125,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<ExitCode> {
             state.state.as_str()
         );
         return Ok(match outcome {
-            PollOutcome::Failed { .. } => ExitCode::FAILURE,
+            PollOutcome::Failed { .. } | PollOutcome::RolledBack { .. } => ExitCode::FAILURE,
             _ => ExitCode::SUCCESS,
         });
     }
@@ -120,11 +145,13 @@ fn describe(outcome: &PollOutcome) -> String {
     match outcome {
         PollOutcome::NoInstruction => "no instruction".into(),
         PollOutcome::UpToDate => "up to date".into(),
-        PollOutcome::AlreadyFailed => "instruction failed before; waiting for a new one".into(),
+        PollOutcome::AlreadyFailed => "instruction failed before; waiting for a new one or a retry".into(),
+        PollOutcome::Confirming => "confirming".into(),
         PollOutcome::Held { next_open: Some(t) } => format!("held until the maintenance window at {t}"),
         PollOutcome::Held { next_open: None } => "held: no maintenance window ever opens".into(),
         PollOutcome::Installed { healthy: true } => "installed".into(),
         PollOutcome::Installed { healthy: false } => "installed, health check failed".into(),
-        PollOutcome::Failed { error } => format!("install failed: {error}"),
+        PollOutcome::Failed { failure, error } => format!("update failed ({}): {error}", failure.as_str()),
+        PollOutcome::RolledBack { failure, error } => format!("rolled back ({}): {error}", failure.as_str()),
     }
 }

@@ -33,9 +33,29 @@ pub struct SimulateArgs {
     /// Probability that an install fails.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
-    /// Only installs of this release fail.
+    /// Only updates to this release fail, in every way the other --*-rate flags say.
     #[arg(long)]
     pub fail_release: Option<String>,
+    /// Share of devices whose health turns bad --unhealthy-after an install: during the
+    /// confirmation they roll back, after it they report the change at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub unhealthy_rate: f64,
+    /// How long after the install those devices turn unhealthy.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub unhealthy_after: Duration,
+    /// Probability that a download attempt fails (a transient failure a retry may cure).
+    #[arg(long, default_value_t = 0.0)]
+    pub download_fail_rate: f64,
+    /// Probability that an install attempt hangs and never finishes.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
+    /// Probability that a device's agent restarts during an update's confirmation (it
+    /// continues from its saved state).
+    #[arg(long, default_value_t = 0.0)]
+    pub restart_rate: f64,
+    /// How often each device runs its health check after an update is committed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
     /// How long an install takes (randomised ±50 %).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub install_time: Duration,
@@ -87,8 +107,19 @@ pub fn run(args: SimulateArgs) -> ExitCode {
 }
 
 async fn run_async(args: SimulateArgs) -> anyhow::Result<()> {
-    if !(0.0..=1.0).contains(&args.fail_rate) {
-        anyhow::bail!("--fail-rate must be between 0 and 1, got {}", args.fail_rate);
+    for (flag, rate) in [
+        ("--fail-rate", args.fail_rate),
+        ("--unhealthy-rate", args.unhealthy_rate),
+        ("--download-fail-rate", args.download_fail_rate),
+        ("--hang-rate", args.hang_rate),
+        ("--restart-rate", args.restart_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            anyhow::bail!("{flag} must be between 0 and 1, got {rate}");
+        }
+    }
+    if args.health_interval.is_zero() {
+        anyhow::bail!("--health-interval must be longer than 0s");
     }
     let root = std::fs::read(&args.root).with_context(|| format!("reading {}", args.root.display()))?;
     let ids = match (&args.ids, args.devices) {
@@ -110,6 +141,12 @@ async fn run_async(args: SimulateArgs) -> anyhow::Result<()> {
     config.install_time = args.install_time;
     config.fail_rate = args.fail_rate;
     config.fail_release = args.fail_release;
+    config.unhealthy_rate = args.unhealthy_rate;
+    config.unhealthy_after = args.unhealthy_after;
+    config.download_fail_rate = args.download_fail_rate;
+    config.hang_rate = args.hang_rate;
+    config.restart_rate = args.restart_rate;
+    config.health_interval = args.health_interval;
     config.initial_release = args.release;
     config.initial_version = args.version;
     config.download_artifacts = args.download;
@@ -151,11 +188,12 @@ fn print_stats(sim: &Simulation, started: Instant) {
     let states: Vec<String> = stats.by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
     let releases: Vec<String> = stats.by_release.iter().map(|(r, n)| format!("{r}={n}")).collect();
     println!(
-        "{:>6.0}s  {} devices  states: {}  releases: {}  failed attempts: {}",
+        "{:>6.0}s  {} devices  states: {}  releases: {}  failed attempts: {}  restarts: {}",
         started.elapsed().as_secs_f64(),
         stats.devices,
         states.join(" "),
         releases.join(" "),
-        stats.failed_attempts
+        stats.failed_attempts,
+        stats.restarts
     );
 }
