@@ -362,3 +362,60 @@ async fn the_demo_stops_cleanly_on_sigterm() {
     assert!(out.contains("SIGTERM received") && out.contains("finished in"), "{out}");
     assert!(!work.exists(), "{} is removed", work.display());
 }
+
+/// `waveguide demo` as a new user runs it, to its end: the beta halts at its failure
+/// threshold, the manual approvals are made, the other rollouts complete, the final table
+/// says so, exit 0; with `--dir` its files stay, and the inventory and the TUF repository
+/// they hold agree with the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let output = tokio::task::spawn_blocking({
+        let work = work.clone();
+        move || {
+            waveguide()
+                .args(["demo", "--devices", "200", "--install-time", "100ms", "--timeout", "3m", "--dir"])
+                .arg(&work)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}\n{out}\n{err}", output.status);
+
+    let row = |rollout: &str| {
+        out.lines()
+            .find(|l| {
+                // A table row: ROLLOUT POLICY RELEASE PHASE …; progress lines read
+                // "<rollout> wave …".
+                let mut words = l.split_whitespace();
+                words.next() == Some(rollout) && words.next().is_some_and(|w| w != "wave")
+            })
+            .unwrap_or_else(|| panic!("no row for {rollout} in the final table:\n{out}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("apac-1")[3], "halted", "{out}");
+    assert_eq!(row("stable-1")[3], "completed", "{out}");
+    assert_eq!(row("gateways-1")[3], "completed", "{out}");
+    assert!(out.contains("waits for approval — approving"), "{out}");
+    assert!(out.contains("finished in"), "{out}");
+
+    // The files are kept, and what they hold is what the table shows.
+    let store =
+        Store::open(&format!("sqlite://{}", work.join("data/inventory.sqlite").display())).await.unwrap();
+    let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
+    let phase = |policy: &str| list.iter().find(|r| r.policy == policy).map(|r| r.phase);
+    assert_eq!(phase("apac"), Some(RolloutPhase::Halted));
+    assert_eq!(phase("stable"), Some(RolloutPhase::Completed));
+    assert_eq!(phase("gateways"), Some(RolloutPhase::Completed));
+    let timestamp: Value =
+        serde_json::from_slice(&std::fs::read(work.join("data/tuf/metadata/timestamp.json")).unwrap())
+            .unwrap();
+    assert_eq!(timestamp["signed"]["_type"], "timestamp");
+}
