@@ -162,6 +162,7 @@ impl Harness {
                     version: version.parse().unwrap(),
                     state,
                     healthy,
+                    failure: None,
                     last_seen: None,
                 },
                 detail: None,

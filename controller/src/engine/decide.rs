@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use jiff::{SignedDuration, Timestamp};
 
 use super::Event;
-use crate::compile::{CompiledFleet, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
+use crate::compile::{CompiledFleet, CompiledPolicy, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
 use crate::inventory::store::{RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, PolicyPlan, WavePlan};
@@ -121,6 +121,9 @@ pub struct Publication {
     /// Whether they are members of `rollout` whose publication is recorded (devices that
     /// joined a completed rollout and pinned devices are not).
     pub members: bool,
+    /// How long the devices confirm the release's health before committing it: the
+    /// policy's `rollout.confirmation` (none for pins).
+    pub confirmation_secs: Option<u64>,
 }
 
 /// Why an active rollout is superseded, if it is: its policy was removed, or now targets
@@ -255,6 +258,7 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
                 wave: members.last().map_or(0, |m| m.wave),
                 devices: joined,
                 members: false,
+                confirmation_secs: confirmation_secs(policy),
             }));
         }
     }
@@ -273,6 +277,7 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
             wave: 0,
             devices,
             members: false,
+            confirmation_secs: None,
         }));
     }
 
@@ -399,7 +404,7 @@ impl RolloutStep<'_> {
         };
         let gates = Gates {
             success_threshold: policy.rollout.success_threshold,
-            failure_threshold: policy.rollout.failure_threshold,
+            failure: policy.rules.failure,
             approval: policy.rollout.approval,
         };
         let verdict = gate::decide(&gates, &position, &progress.tally(), now);
@@ -490,6 +495,7 @@ impl RolloutStep<'_> {
                     wave: wave as u32,
                     devices: admission.admitted,
                     members: true,
+                    confirmation_secs: confirmation_secs(policy),
                 }));
             }
         }
@@ -553,6 +559,11 @@ fn describe(wait: &Wait, waves: &[WaveRecord], progress: &Progress) -> String {
     }
 }
 
+/// The confirmation period a policy's instructions carry, whole seconds.
+fn confirmation_secs(policy: &CompiledPolicy) -> Option<u64> {
+    policy.rules.confirmation.as_ref().map(|c| c.value().as_secs().unsigned_abs())
+}
+
 /// Whether a rollout moves its policy to `release` already.
 fn same_release(rollout: &RolloutRecord, release: &CompiledRelease) -> bool {
     rollout.release == release.name && rollout.version == release.version.to_string()
@@ -564,11 +575,19 @@ fn rollout_version(rollout: &RolloutRecord) -> semver::Version {
     rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0))
 }
 
+/// What a rollout's members are measured against; the device timeout is its policy's
+/// (none when the policy is gone).
 fn target<'a>(rollout: &'a RolloutRecord, version: &'a semver::Version, input: &PassInput<'_>) -> Target<'a> {
+    let fleet = input.fleet;
+    let device_timeout = fleet
+        .policy_named(&rollout.policy)
+        .and_then(|p| fleet.policy(p).rules.device_timeout.as_ref())
+        .map(|t| t.value());
     Target {
         release: &rollout.release,
         version,
         stale_after: input.stale_after,
+        device_timeout,
         now_ms: input.now.as_millisecond(),
     }
 }

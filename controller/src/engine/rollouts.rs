@@ -302,6 +302,7 @@ impl Rollouts {
                             release,
                             &publication.rollout,
                             publication.wave,
+                            publication.confirmation_secs,
                         ));
                         if publication.members {
                             marks.entry(publication.rollout.clone()).or_default().push(device.id.to_string());
@@ -379,6 +380,7 @@ pub fn instruction(
     release: &CompiledRelease,
     rollout: &str,
     wave: u32,
+    confirmation_secs: Option<u64>,
 ) -> DeviceInstruction {
     DeviceInstruction {
         device: device.id.to_string(),
@@ -396,7 +398,7 @@ pub fn instruction(
         rollout: rollout.to_string(),
         wave,
         maintenance_windows: fleet.group(device.group).maintenance_windows.as_written().to_vec(),
-        confirmation_secs: None,
+        confirmation_secs,
         attempt: 0,
     }
 }

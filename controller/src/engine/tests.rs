@@ -71,6 +71,7 @@ fn mk_report(release: &str, state: UpdateState, healthy: bool, seen_ms: i64) -> 
         version: version.parse().unwrap(),
         state,
         healthy,
+        failure: None,
         last_seen: Some(Timestamp::from_millisecond(seen_ms).unwrap()),
     }
 }

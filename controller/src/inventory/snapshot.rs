@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{DeviceReport, Inventory};
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 
 /// The encoding of a snapshot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,8 @@ struct ListedReport {
     #[serde(default)]
     healthy: bool,
     #[serde(default)]
+    failure: Option<FailureClass>,
+    #[serde(default)]
     last_seen: Option<jiff::Timestamp>,
 }
 
@@ -147,6 +149,7 @@ impl<'de> Deserialize<'de> for Reports {
                         version: r.version,
                         state: r.state,
                         healthy: r.healthy,
+                        failure: r.failure,
                         last_seen: r.last_seen,
                     };
                     out.push((r.id.into_boxed_str(), report));

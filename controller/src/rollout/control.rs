@@ -252,8 +252,13 @@ async fn describe(
     let waves: Vec<WaveRecord> = store.waves(&rollout.id).await?;
     let members = store.member_reports(&rollout.id).await?;
     let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
-    let target =
-        Target { release: &rollout.release, version: &version, stale_after, now_ms: now.as_millisecond() };
+    let target = Target {
+        release: &rollout.release,
+        version: &version,
+        stale_after,
+        device_timeout: None,
+        now_ms: now.as_millisecond(),
+    };
     let mut progress = vec![Progress::default(); waves.len()];
     let mut total = Progress::default();
     for (m, report) in &members {

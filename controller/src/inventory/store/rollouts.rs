@@ -272,7 +272,7 @@ impl Store {
         let action = "reading rollout members and their reports";
         let rows = sqlx::query(
             "SELECT w.idx, w.position, w.device_id, w.published_at, \
-             s.release, s.version, s.state, s.healthy, s.reported_at \
+             s.release, s.version, s.state, s.healthy, s.reported_at, s.failure \
              FROM wave_devices w LEFT JOIN device_status s ON s.device_id = w.device_id \
              WHERE w.rollout_id = $1 ORDER BY w.position, w.device_id",
         )
