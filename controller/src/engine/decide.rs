@@ -28,7 +28,8 @@ use crate::plan::{Plan, PolicyPlan, WavePlan};
 use crate::protocol::Windows;
 use crate::rollout::admission::{admit, InFlight};
 use crate::rollout::gate::{self, Gates, Position, Verdict, Wait};
-use crate::rollout::progress::{classify, MemberState, Progress, Target};
+use crate::rollout::progress::{classify, failed_at, MemberState, Progress, Target};
+use crate::rollout::retry::{retry, Retry};
 
 /// The rollout id written into the instructions of pinned devices.
 pub const PIN_ROLLOUT: &str = "pin";
@@ -40,8 +41,10 @@ pub struct Member {
     pub wave: u32,
     /// The device id (kept as text: the device may have left the fleet since).
     pub device: Box<str>,
-    /// When its instruction was published, Unix milliseconds.
+    /// When its instruction was published, Unix milliseconds (its latest attempt's).
     pub published_at: Option<i64>,
+    /// Its instruction's attempt: 0, then one more per retry.
+    pub attempt: u32,
 }
 
 /// What a pass read: the input of [`decide`].
@@ -124,6 +127,8 @@ pub struct Publication {
     /// How long the devices confirm the release's health before committing it: the
     /// policy's `rollout.confirmation` (none for pins).
     pub confirmation_secs: Option<u64>,
+    /// The attempt their instructions name: 0, or the retry of members that failed.
+    pub attempt: u32,
 }
 
 /// Why an active rollout is superseded, if it is: its policy was removed, or now targets
@@ -259,6 +264,7 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
                 devices: joined,
                 members: false,
                 confirmation_secs: confirmation_secs(policy),
+                attempt: 0,
             }));
         }
     }
@@ -278,6 +284,7 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
             devices,
             members: false,
             confirmation_secs: None,
+            attempt: 0,
         }));
     }
 
@@ -343,6 +350,7 @@ fn start(
                 wave: wave as u32,
                 device: fleet.devices()[d as usize].id.to_string().into_boxed_str(),
                 published_at: None,
+                attempt: 0,
             })
         })
         .collect();
@@ -392,8 +400,8 @@ impl RolloutStep<'_> {
         }
         let target = target(&rollout, &version, self.input);
         let mut current = self.waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0);
-        let progress = self.progress(&target, current as u32);
         let paused = rollout.paused || policy.paused;
+        let (progress, retries) = self.progress(&target, current as u32, policy, paused);
         let position = Position {
             wave: current,
             waves: self.waves.len(),
@@ -496,6 +504,22 @@ impl RolloutStep<'_> {
                     devices: admission.admitted,
                     members: true,
                     confirmation_secs: confirmation_secs(policy),
+                    attempt: 0,
+                }));
+            }
+        }
+        // Failed members whose retry is due get their instruction again, with the next
+        // attempt; not once the rollout halted.
+        if rollout.phase != RolloutPhase::Halted {
+            for (attempt, devices) in retries {
+                decisions.push(Decision::Publish(Publication {
+                    release: policy.release,
+                    rollout: rollout.id.clone(),
+                    wave: current as u32,
+                    devices,
+                    members: true,
+                    confirmation_secs: confirmation_secs(policy),
+                    attempt,
                 }));
             }
         }
@@ -510,14 +534,41 @@ impl RolloutStep<'_> {
         }
     }
 
-    fn progress(&self, target: &Target<'_>, wave: u32) -> Progress {
+    /// Where the members of `wave` stand, and the failed ones whose retry is due now, by
+    /// their next attempt (none while paused). A member waiting for its retry counts as
+    /// in flight.
+    fn progress(
+        &self,
+        target: &Target<'_>,
+        wave: u32,
+        policy: &CompiledPolicy,
+        paused: bool,
+    ) -> (Progress, BTreeMap<u32, Vec<DeviceIx>>) {
         let (fleet, inventory) = (self.input.fleet, self.input.inventory);
         let mut progress = Progress::default();
+        let mut due: BTreeMap<u32, Vec<DeviceIx>> = BTreeMap::new();
         for m in self.members.iter().filter(|m| m.wave == wave) {
-            let in_fleet = fleet.device(&m.device).is_some();
-            progress.add(classify(target, m.published_at, in_fleet, inventory.get(&m.device)));
+            let ix = fleet.device_index(&m.device);
+            let report = inventory.get(&m.device);
+            let state = classify(target, m.published_at, ix.is_some(), report);
+            let (MemberState::Failed(class), Some(published_at), Some(ix)) = (state, m.published_at, ix)
+            else {
+                progress.add(state);
+                continue;
+            };
+            let failed_at = failed_at(target, published_at, report, class);
+            match retry(&policy.rules.retries, class, m.attempt, failed_at, target.now_ms) {
+                Retry::No => progress.add(state),
+                Retry::Backoff => progress.add(MemberState::InFlight),
+                Retry::Now(attempt) => {
+                    progress.add(MemberState::InFlight);
+                    if !paused {
+                        due.entry(attempt).or_default().push(ix);
+                    }
+                }
+            }
         }
-        progress
+        (progress, due)
     }
 
     fn finish_wave(

@@ -243,6 +243,7 @@ impl Rollouts {
                         wave: m.wave,
                         device: m.device_id.into_boxed_str(),
                         published_at: m.published_at,
+                        attempt: m.attempt,
                     })
                     .collect(),
             );
@@ -262,8 +263,9 @@ impl Rollouts {
         let mut report = StepReport::default();
         let mut batch = Batch::default();
         let mut releases = BTreeSet::new();
-        // Rollout → devices published by this pass.
+        // Rollout → devices published by this pass; (rollout, attempt) → devices retried.
         let mut marks: HashMap<String, Vec<String>> = HashMap::new();
+        let mut retried: HashMap<(String, u32), Vec<String>> = HashMap::new();
         let mut writes = Vec::new();
         for decision in decisions {
             match decision {
@@ -303,8 +305,14 @@ impl Rollouts {
                             &publication.rollout,
                             publication.wave,
                             publication.confirmation_secs,
+                            publication.attempt,
                         ));
-                        if publication.members {
+                        if publication.members && publication.attempt > 0 {
+                            retried
+                                .entry((publication.rollout.clone(), publication.attempt))
+                                .or_default()
+                                .push(device.id.to_string());
+                        } else if publication.members {
                             marks.entry(publication.rollout.clone()).or_default().push(device.id.to_string());
                         }
                     }
@@ -346,6 +354,17 @@ impl Rollouts {
                 }
             }
         }
+        for ((rollout, attempt), devices) in &retried {
+            self.store.mark_retried(rollout, devices, *attempt, now_ms).await?;
+            tracing::info!(%rollout, attempt, devices = devices.len(), "failed devices retried");
+            if let Some(members) = self.members.get_mut(rollout) {
+                let retried: HashSet<&str> = devices.iter().map(String::as_str).collect();
+                for m in members.iter_mut().filter(|m| m.attempt < *attempt && retried.contains(&*m.device)) {
+                    m.attempt = *attempt;
+                    m.published_at = Some(now_ms);
+                }
+            }
+        }
         for write in writes {
             // Conditional on the revision the pass read: an operator's action that landed
             // during the pass is kept, and the next pass decides again from it. What was
@@ -381,6 +400,7 @@ pub fn instruction(
     rollout: &str,
     wave: u32,
     confirmation_secs: Option<u64>,
+    attempt: u32,
 ) -> DeviceInstruction {
     DeviceInstruction {
         device: device.id.to_string(),
@@ -399,7 +419,7 @@ pub fn instruction(
         wave,
         maintenance_windows: fleet.group(device.group).maintenance_windows.as_written().to_vec(),
         confirmation_secs,
-        attempt: 0,
+        attempt,
     }
 }
 

@@ -92,6 +92,20 @@ pub fn classify(
     }
 }
 
+/// When a member that classified as failed with `class` failed, Unix milliseconds: when
+/// its device timed out, else when it reported the failure (now, if it never reported).
+pub fn failed_at(
+    target: &Target<'_>,
+    published_at: i64,
+    report: Option<&DeviceReport>,
+    class: FailureClass,
+) -> i64 {
+    match (class, target.device_timeout) {
+        (FailureClass::Timeout, Some(timeout)) => published_at.saturating_add(timeout.as_millis() as i64),
+        _ => report.and_then(|r| r.last_seen).map_or(target.now_ms, |t| t.as_millisecond()),
+    }
+}
+
 /// Counts of a wave's members by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
