@@ -617,3 +617,30 @@ async fn the_minimum_sample_holds_a_halt_back() {
         assert!(reason.contains("1 of 10 devices failed"), "{reason}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_unhealthy_during_the_bake_stays_failed_across_a_restart() {
+    for (store, _guard) in stores().await {
+        // 1 of 2 canaries failing is below this threshold: only the bake rule holds the wave.
+        let mut h = harness(store, "    failureThreshold: {health: 60}\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        h.report(&canaries, "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.step().await;
+        h.advance(SignedDuration::from_secs(30));
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, false).await;
+        assert!(halted(&h.step().await).is_none());
+        h.advance(SignedDuration::from_secs(5));
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.restart();
+        h.step().await;
+        h.advance(SignedDuration::from_mins(3));
+        assert!(published_wave(&h.step().await).is_empty(), "the canaries did not stay healthy");
+        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.waves[0].progress.failed_by.health, 1, "{status:?}");
+        assert_eq!(status.waves[0].progress.healthy, 1);
+    }
+}

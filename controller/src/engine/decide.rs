@@ -25,10 +25,10 @@ use crate::compile::{CompiledFleet, CompiledPolicy, CompiledRelease, DeviceIx, P
 use crate::inventory::store::{RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, PolicyPlan, WavePlan};
-use crate::protocol::Windows;
+use crate::protocol::{FailureClass, Windows};
 use crate::rollout::admission::{admit, InFlight};
 use crate::rollout::gate::{self, Gates, Position, Verdict, Wait};
-use crate::rollout::progress::{classify, failed_at, MemberState, Progress, Target};
+use crate::rollout::progress::{classify, classify_member, failed_at, MemberState, Progress, Target};
 use crate::rollout::retry::{retry, Retry};
 
 /// The rollout id written into the instructions of pinned devices.
@@ -45,6 +45,8 @@ pub struct Member {
     pub published_at: Option<i64>,
     /// Its instruction's attempt: 0, then one more per retry.
     pub attempt: u32,
+    /// The failure its wave counts for good (it turned unhealthy during the bake).
+    pub failure: Option<FailureClass>,
 }
 
 /// What a pass read: the input of [`decide`].
@@ -104,6 +106,14 @@ pub enum Decision {
         /// What happens when the write goes through (a wave published is reported
         /// whether or not).
         events: Vec<Event>,
+    },
+    /// Members whose wave counts them as failed for good: they turned unhealthy or rolled
+    /// back during the bake, and a later healthy report does not undo it.
+    MembersFailed {
+        /// The rollout.
+        rollout: String,
+        /// The members, with the class of their failure.
+        members: Vec<(Box<str>, FailureClass)>,
     },
     /// Something that happened whatever the writes find (devices of a wave published
     /// while the rollout's record stays as it was).
@@ -351,6 +361,7 @@ fn start(
                 device: fleet.devices()[d as usize].id.to_string().into_boxed_str(),
                 published_at: None,
                 attempt: 0,
+                failure: None,
             })
         })
         .collect();
@@ -371,6 +382,10 @@ fn wave_record(index: usize, wave: &WavePlan, now_ms: i64) -> WaveRecord {
         bake_ms: wave.bake.as_ref().map(|b| b.value().as_millis() as i64),
     }
 }
+
+/// Where a wave's members stand, the retries due now by attempt, and the members its bake
+/// counts as failed from now on (see [`RolloutStep::progress`]).
+type WaveProgress = (Progress, BTreeMap<u32, Vec<DeviceIx>>, Vec<(Box<str>, FailureClass)>);
 
 /// One active rollout's turn in a pass.
 struct RolloutStep<'a> {
@@ -401,7 +416,10 @@ impl RolloutStep<'_> {
         let target = target(&rollout, &version, self.input);
         let mut current = self.waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0);
         let paused = rollout.paused || policy.paused;
-        let (progress, retries) = self.progress(&target, current as u32, policy, paused);
+        let (progress, retries, failed) = self.progress(&target, current as u32, policy, paused);
+        if !failed.is_empty() {
+            decisions.push(Decision::MembersFailed { rollout: rollout.id.clone(), members: failed });
+        }
         let position = Position {
             wave: current,
             waves: self.waves.len(),
@@ -534,23 +552,29 @@ impl RolloutStep<'_> {
         }
     }
 
-    /// Where the members of `wave` stand, and the failed ones whose retry is due now, by
-    /// their next attempt (none while paused). A member waiting for its retry counts as
-    /// in flight.
+    /// Where the members of `wave` stand; the failed ones whose retry is due now, by their
+    /// next attempt (none while paused); and the members that turned unhealthy during the
+    /// bake, which the wave counts as failed from now on. A member waiting for its retry
+    /// counts as in flight.
     fn progress(
         &self,
         target: &Target<'_>,
         wave: u32,
         policy: &CompiledPolicy,
         paused: bool,
-    ) -> (Progress, BTreeMap<u32, Vec<DeviceIx>>) {
+    ) -> WaveProgress {
         let (fleet, inventory) = (self.input.fleet, self.input.inventory);
+        let baking = self.waves.get(wave as usize).is_some_and(|w| w.healthy_at.is_some());
         let mut progress = Progress::default();
         let mut due: BTreeMap<u32, Vec<DeviceIx>> = BTreeMap::new();
+        let mut failed = Vec::new();
         for m in self.members.iter().filter(|m| m.wave == wave) {
             let ix = fleet.device_index(&m.device);
             let report = inventory.get(&m.device);
-            let state = classify(target, m.published_at, ix.is_some(), report);
+            let state = classify_member(target, m.published_at, m.failure, ix.is_some(), report);
+            if baking && m.failure.is_none() && state == MemberState::Failed(FailureClass::Health) {
+                failed.push((m.device.clone(), FailureClass::Health));
+            }
             let (MemberState::Failed(class), Some(published_at), Some(ix)) = (state, m.published_at, ix)
             else {
                 progress.add(state);
@@ -568,7 +592,7 @@ impl RolloutStep<'_> {
                 }
             }
         }
-        (progress, due)
+        (progress, due, failed)
     }
 
     fn finish_wave(

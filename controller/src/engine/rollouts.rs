@@ -30,7 +30,7 @@ use crate::compile::{CompiledDevice, CompiledFleet, CompiledRelease};
 use crate::inventory::store::{MemberRecord, RolloutRecord, Store, StoreError, WaveRecord};
 use crate::inventory::Inventory;
 use crate::plan;
-use crate::protocol::{ArtifactRef, DeviceInstruction};
+use crate::protocol::{ArtifactRef, DeviceInstruction, FailureClass};
 use crate::publish::{Batch, CommitReport, PublishError, ReleaseArtifact, Repository};
 
 /// Settings of the rollouts.
@@ -244,6 +244,7 @@ impl Rollouts {
                         device: m.device_id.into_boxed_str(),
                         published_at: m.published_at,
                         attempt: m.attempt,
+                        failure: m.failure,
                     })
                     .collect(),
             );
@@ -266,6 +267,7 @@ impl Rollouts {
         // Rollout → devices published by this pass; (rollout, attempt) → devices retried.
         let mut marks: HashMap<String, Vec<String>> = HashMap::new();
         let mut retried: HashMap<(String, u32), Vec<String>> = HashMap::new();
+        let mut failed = Vec::new();
         let mut writes = Vec::new();
         for decision in decisions {
             match decision {
@@ -321,6 +323,7 @@ impl Rollouts {
                 Decision::Record { rollout, waves, events } => {
                     writes.push(RolloutWrite { record: rollout, waves, events })
                 }
+                Decision::MembersFailed { rollout, members } => failed.push((rollout, members)),
                 Decision::Announce(event) => report.events.push(event),
             }
         }
@@ -362,6 +365,25 @@ impl Rollouts {
                 for m in members.iter_mut().filter(|m| m.attempt < *attempt && retried.contains(&*m.device)) {
                     m.attempt = *attempt;
                     m.published_at = Some(now_ms);
+                    m.failure = None;
+                }
+            }
+        }
+        for (rollout, failures) in failed {
+            let mut by_class: HashMap<FailureClass, Vec<String>> = HashMap::new();
+            for (device, class) in &failures {
+                by_class.entry(*class).or_default().push(device.to_string());
+            }
+            for (class, devices) in &by_class {
+                self.store.mark_failed(&rollout, devices, *class).await?;
+                tracing::warn!(%rollout, devices = devices.len(), class = class.as_str(), "members failed during the bake");
+            }
+            if let Some(members) = self.members.get_mut(&rollout) {
+                let classes: HashMap<&str, FailureClass> = failures.iter().map(|(d, c)| (&**d, *c)).collect();
+                for m in members.iter_mut() {
+                    if let Some(class) = classes.get(&*m.device) {
+                        m.failure = Some(*class);
+                    }
                 }
             }
         }

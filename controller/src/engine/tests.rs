@@ -152,6 +152,14 @@ impl World {
                         if ids.contains(&&*m.device) {
                             m.published_at = Some(self.now_ms);
                             m.attempt = attempt;
+                            m.failure = None;
+                        }
+                    }
+                }
+                Decision::MembersFailed { rollout, members } => {
+                    for m in self.members.get_mut(&rollout).unwrap() {
+                        if let Some((_, class)) = members.iter().find(|(d, _)| *d == m.device) {
+                            m.failure = Some(*class);
                         }
                     }
                 }
@@ -597,4 +605,26 @@ fn the_minimum_sample_holds_a_halt_back() {
     w.advance(0.1);
     w.report(&half[3..5], "v2", UpdateState::Installed, true);
     assert!(halt_reason(&w.pass()).is_some_and(|r| r.contains("1 of 10 devices failed")));
+}
+
+#[test]
+fn a_canary_unhealthy_during_the_bake_stays_failed_when_it_recovers() {
+    // 1 of 2 failing is below this threshold: only the bake rule keeps the wave back.
+    let mut w = canaries_healthy("    failureThreshold: {health: 60}\n");
+    w.pass();
+    assert_eq!(w.rollout("stable-1").waiting, Some(Waiting::Baking));
+    w.advance(0.5);
+    w.report(&["b01"], "v2", UpdateState::Installed, false);
+    let decisions = w.pass();
+    assert!(decisions.iter().any(|d| matches!(d, Decision::MembersFailed { members, .. }
+        if members == &[("b01".into(), FailureClass::Health)])));
+    assert_eq!(halt_reason(&decisions), None);
+    w.advance(0.1);
+    w.report(&["b01"], "v2", UpdateState::Installed, true);
+    w.pass();
+    w.advance(5.0);
+    assert!(w.pass_published().is_empty(), "the wave did not stay healthy: no next wave");
+    let rollout = w.rollout("stable-1");
+    assert_eq!(rollout.waiting, Some(Waiting::Health));
+    assert!(rollout.message.as_deref().unwrap().contains("1 failed"), "{:?}", rollout.message);
 }

@@ -92,6 +92,21 @@ pub fn classify(
     }
 }
 
+/// Classifies a member whose wave may count a failure for good (`kept`: it turned
+/// unhealthy during the bake): that failure stands whatever the device reported since.
+pub fn classify_member(
+    target: &Target<'_>,
+    published_at: Option<i64>,
+    kept: Option<FailureClass>,
+    in_fleet: bool,
+    report: Option<&DeviceReport>,
+) -> MemberState {
+    match kept {
+        Some(class) if in_fleet && published_at.is_some() => MemberState::Failed(class),
+        _ => classify(target, published_at, in_fleet, report),
+    }
+}
+
 /// When a member that classified as failed with `class` failed, Unix milliseconds: when
 /// its device timed out, else when it reported the failure (now, if it never reported).
 pub fn failed_at(
