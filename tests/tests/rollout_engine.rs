@@ -547,6 +547,13 @@ async fn a_device_stuck_installing_times_out() {
         let events = h.step().await;
         let reason = halted(&events).unwrap_or_else(|| panic!("{events:?}"));
         assert!(reason.contains("1 of 2 devices failed"), "{reason}");
+        // Operators see the timeout, and a late finish does not undo it.
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, true).await;
+        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.waves[0].progress.failed_by.timeout, 1, "{status:?}");
     }
 }
 

@@ -108,7 +108,8 @@ pub enum Decision {
         events: Vec<Event>,
     },
     /// Members whose wave counts them as failed for good: they turned unhealthy or rolled
-    /// back during the bake, and a later healthy report does not undo it.
+    /// back during the bake, or timed out with no retry left; a later report does not
+    /// undo it.
     MembersFailed {
         /// The rollout.
         rollout: String,
@@ -582,7 +583,14 @@ impl RolloutStep<'_> {
             };
             let failed_at = failed_at(target, published_at, report, class);
             match retry(&policy.rules.retries, class, m.attempt, failed_at, target.now_ms) {
-                Retry::No => progress.add(state),
+                Retry::No => {
+                    progress.add(state);
+                    // A timeout is the controller's verdict, not the device's: kept, so that
+                    // a late finish does not undo it and operators' status shows it.
+                    if class == FailureClass::Timeout && m.failure.is_none() {
+                        failed.push((m.device.clone(), class));
+                    }
+                }
                 Retry::Backoff => progress.add(MemberState::InFlight),
                 Retry::Now(attempt) => {
                     progress.add(MemberState::InFlight);
