@@ -72,6 +72,11 @@ async fn fresh_tough(run: &Run, cache: &Path) -> tough::Repository {
     tough(run, cache).await
 }
 
+/// A report of v2 installed and healthy.
+fn installed_v2() -> Value {
+    json!({"release": "v2", "version": "2.0.0", "state": "installed", "healthy": true})
+}
+
 async fn report(run: &Run, id: &str, key: &DeviceKey, body: Value) {
     let (status, text) = send_report_body(&run.base, id, key, &body).await;
     assert_eq!(status, 202, "{text}");
@@ -113,13 +118,7 @@ async fn a_transient_download_failure_is_retried_with_the_next_attempt_and_the_r
                         "failure": "download", "detail": "connection reset"});
     report(&run, id, key, failed).await;
     for (id, key) in &keys[1..] {
-        report(
-            &run,
-            id,
-            key,
-            json!({"release": "v2", "version": "2.0.0", "state": "installed", "healthy": true}),
-        )
-        .await;
+        report(&run, id, key, installed_v2()).await;
     }
     wait_for("the retry of lab-0", Duration::from_secs(30), || async {
         instruction(&fresh_tough(&run, &cache).await, "lab-0").await.is_some_and(|i| i.attempt == 1)
@@ -129,13 +128,7 @@ async fn a_transient_download_failure_is_retried_with_the_next_attempt_and_the_r
     assert_eq!(status["phase"], "progressing", "a failure being retried does not halt: {status:#}");
     assert_eq!(status["waves"][0]["progress"]["failed"], 0, "{status:#}");
 
-    report(
-        &run,
-        id,
-        key,
-        json!({"release": "v2", "version": "2.0.0", "state": "installed", "healthy": true}),
-    )
-    .await;
+    report(&run, id, key, installed_v2()).await;
     wait_for("the rollout to complete", Duration::from_secs(30), || async {
         show(&run, "lab-1")["phase"] == "completed"
     })
@@ -149,13 +142,7 @@ async fn a_device_that_never_finishes_installing_times_out_and_halts_the_rollout
     let tmp = tempfile::tempdir().unwrap();
     let (run, keys, _cache) = rolling_out_v2(tmp.path(), "3s").await;
     for (id, key) in &keys[1..] {
-        report(
-            &run,
-            id,
-            key,
-            json!({"release": "v2", "version": "2.0.0", "state": "installed", "healthy": true}),
-        )
-        .await;
+        report(&run, id, key, installed_v2()).await;
     }
     let (id, key) = &keys[0];
     let installing = json!({"release": "v1", "version": "1.0.0", "state": "installing", "healthy": true});

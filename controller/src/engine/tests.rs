@@ -239,6 +239,16 @@ fn canaries_healthy(rollout: &str) -> World {
     w
 }
 
+/// [`canaries_healthy`], baked: the second wave (`half`) is published. Returns its members.
+fn half_wave_published(rollout: &str) -> (World, Vec<String>) {
+    let mut w = canaries_healthy(rollout);
+    w.pass();
+    w.advance(1.1);
+    w.pass();
+    let half = w.wave_members("stable-1", 1).iter().map(|d| d.to_string()).collect();
+    (w, half)
+}
+
 #[test]
 fn reporting_devices_start_a_rollout_that_publishes_its_canaries_only() {
     let mut w = mk_world("");
@@ -308,11 +318,7 @@ fn a_healthy_wave_bakes_then_the_next_one_starts() {
 
 #[test]
 fn crossing_the_failure_threshold_halts_and_the_halt_holds() {
-    let mut w = canaries_healthy("");
-    w.pass();
-    w.advance(1.1);
-    w.pass();
-    let half: Vec<String> = w.wave_members("stable-1", 1).iter().map(|d| d.to_string()).collect();
+    let (mut w, half) = half_wave_published("");
     let half: Vec<&str> = half.iter().map(String::as_str).collect();
     w.report(&half[..1], "v1", UpdateState::Failed, true);
     w.report(&half[1..], "v2", UpdateState::Installed, true);
@@ -593,11 +599,7 @@ fn a_retried_failure_that_succeeds_lets_the_wave_go_on() {
 
 #[test]
 fn the_minimum_sample_holds_a_halt_back() {
-    let mut w = canaries_healthy("    failureThreshold: {percent: 5, minimumSample: 5}\n");
-    w.pass();
-    w.advance(1.1);
-    w.pass();
-    let half: Vec<String> = w.wave_members("stable-1", 1).iter().map(|d| d.to_string()).collect();
+    let (mut w, half) = half_wave_published("    failureThreshold: {percent: 5, minimumSample: 5}\n");
     let half: Vec<&str> = half.iter().map(String::as_str).collect();
     w.report(&half[..1], "v1", UpdateState::Failed, true);
     w.report(&half[1..3], "v2", UpdateState::Installed, true);
