@@ -28,7 +28,7 @@ use crate::plan::{Plan, PolicyPlan, WavePlan};
 use crate::protocol::{FailureClass, Windows};
 use crate::rollout::admission::{admit, InFlight};
 use crate::rollout::gate::{self, Gates, Position, Verdict, Wait};
-use crate::rollout::progress::{classify, classify_member, failed_at, MemberState, Progress, Target};
+use crate::rollout::progress::{classify_member, failed_at, MemberState, Progress, Target};
 use crate::rollout::retry::{retry, Retry};
 
 /// The rollout id written into the instructions of pinned devices.
@@ -225,8 +225,8 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
         let target = target(rollout, &version, input);
         for member in members_of(&rollout.id).iter().filter(|m| m.published_at.is_some()) {
             let ix = fleet.device_index(&member.device);
-            let state =
-                classify(&target, member.published_at, ix.is_some(), input.inventory.get(&member.device));
+            let report = input.inventory.get(&member.device);
+            let state = classify_member(&target, member.published_at, member.failure, ix.is_some(), report);
             if state == MemberState::InFlight {
                 in_flight_devices.extend(ix);
                 *policy_in_flight.entry(*policy).or_default() += 1;
@@ -417,7 +417,9 @@ impl RolloutStep<'_> {
         let target = target(&rollout, &version, self.input);
         let mut current = self.waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0);
         let paused = rollout.paused || policy.paused;
-        let (progress, retries, failed) = self.progress(&target, current as u32, policy, paused);
+        // The wave measured (and whose failed members are retried), before an advance.
+        let measured = current as u32;
+        let (progress, retries, failed) = self.progress(&target, measured, policy, paused);
         if !failed.is_empty() {
             decisions.push(Decision::MembersFailed { rollout: rollout.id.clone(), members: failed });
         }
@@ -534,7 +536,7 @@ impl RolloutStep<'_> {
                 decisions.push(Decision::Publish(Publication {
                     release: policy.release,
                     rollout: rollout.id.clone(),
-                    wave: current as u32,
+                    wave: measured,
                     devices,
                     members: true,
                     confirmation_secs: confirmation_secs(policy),

@@ -630,3 +630,27 @@ fn a_canary_unhealthy_during_the_bake_stays_failed_when_it_recovers() {
     assert_eq!(rollout.waiting, Some(Waiting::Health));
     assert!(rollout.message.as_deref().unwrap().contains("1 failed"), "{:?}", rollout.message);
 }
+
+#[test]
+fn a_retry_due_as_the_next_wave_starts_names_the_wave_of_its_member() {
+    let mut w =
+        mk_world("    successThreshold: 50\n    failureThreshold: 40\n    retries: {max: 1, backoff: 1m}\n");
+    w.pass();
+    w.report(&["b00"], "v2", UpdateState::Installed, true);
+    let failed = DeviceReport {
+        failure: Some(FailureClass::Download),
+        ..mk_report("v1", UpdateState::Failed, true, w.now_ms)
+    };
+    w.inventory.update(vec![("b01".into(), failed)]);
+    w.pass(); // half the canaries healthy: the bake starts, the retry waits for its backoff
+    w.advance(1.1);
+    let decisions = w.pass();
+    let waves: Vec<(u32, u32)> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Publish(p) if p.members => Some((p.wave, p.attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waves, [(1, 0), (0, 1)], "the next wave, and b01's retry in its own wave");
+}
