@@ -260,7 +260,7 @@ pub struct RolloutSpec {
 #[serde(untagged)]
 pub enum FailureThreshold {
     /// Percent of a wave failing, whatever the failure, that halts the rollout.
-    Percent(f64),
+    Percent(#[schemars(range(min = 0.0, max = 100.0))] f64),
     /// Thresholds per failure class, and the sample they need.
     PerClass(Box<FailureThresholds>),
 }
