@@ -72,6 +72,18 @@ fn check_rules(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) -> RolloutRules
             "deviceTimeout is 0, so every device would time out at once (write e.g. 30m)",
         ));
     }
+    if let (Some(timeout), Some(confirmation)) = (&device_timeout, &confirmation) {
+        if timeout.value() <= confirmation.value() {
+            out.push(Diagnostic::new(
+                Code::InvalidDuration,
+                doc.locate("spec.rollout.deviceTimeout"),
+                format!(
+                    "deviceTimeout ({timeout}) must be longer than confirmation ({confirmation}): \
+                     every device would time out while it confirms the release"
+                ),
+            ));
+        }
+    }
     if rollout.on_failure == OnFailure::Rollback {
         out.push(Diagnostic::new(
             Code::UnsupportedOnFailure,

@@ -334,14 +334,19 @@ spec:
             "WG218 p.yaml:12:16 onFailure: rollback is not supported yet; use halt (the default) and roll back by hand",
         ]
     );
-    let policy =
-        policy.replace("install: 120", "install: 10").replace("onFailure: rollback", "onFailure: halt");
+    let policy = policy
+        .replace("install: 120", "install: 10")
+        .replace("onFailure: rollback", "onFailure: halt")
+        .replace("confirmation: soon", "confirmation: 10m")
+        .replace("deviceTimeout: 0s", "deviceTimeout: 5m");
     let out = run(&[("base.yaml", BASE), ("p.yaml", &policy)]);
-    assert!(
-        out.contains(
-            &"WG210 p.yaml:8:5 successThreshold (95) must be greater than failureThreshold.health (96)"
-                .to_owned()
-        ),
-        "{out:?}"
+    assert_eq!(
+        out,
+        [
+            "WG210 p.yaml:8:5 successThreshold (95) must be greater than failureThreshold.health (96)",
+            "WG203 p.yaml:9:20 deviceTimeout (5m) must be longer than confirmation (10m): every device would \
+             time out while it confirms the release",
+            "WG203 p.yaml:10:32 invalid retries.backoff \"-1m\": it is negative (write e.g. 30m or 1h)",
+        ]
     );
 }
