@@ -197,6 +197,16 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_class_is_read_in_both_forms() {
+        let inv = yaml("devices:\n  a: {version: 1.0.0, state: rolled_back, failure: health}\n").unwrap();
+        assert_eq!(inv.get("a").unwrap().failure, Some(FailureClass::Health));
+        let text =
+            r#"{"devices": [{"id": "x", "version": "1.0.0", "state": "failed", "failure": "download"}]}"#;
+        let inv = parse_snapshot("inv.json", text.as_bytes(), SnapshotFormat::Json).unwrap();
+        assert_eq!(inv.get("x").unwrap().failure, Some(FailureClass::Download));
+    }
+
+    #[test]
     fn errors_carry_file_and_line() {
         let err = yaml(
             "devices:\n  a: {version: 1.0.0, state: installed}\n  b: {version: one, state: installed}\n",
