@@ -12,8 +12,16 @@ use waveguide::protocol::DeviceKey;
 use waveguide_tests::run::{instruction, send_report_body, tough, Run};
 use waveguide_tests::{fleets, git, waveguide};
 
+/// The confirmation period and the device timeout of the lab's policy.
+type Periods<'a> = (&'a str, &'a str);
+
 /// The lab fleet on `release` under `policy-health.yaml`.
-fn write_fleet(repo: &Path, keys: &[(String, DeviceKey)], release: &str, device_timeout: &str) {
+fn write_fleet(
+    repo: &Path,
+    keys: &[(String, DeviceKey)],
+    release: &str,
+    (confirmation, device_timeout): Periods,
+) {
     let public: Vec<(String, String)> =
         keys.iter().map(|(id, key)| (id.clone(), key.public_key_b64())).collect();
     let devices = fleets::with_devices(
@@ -26,20 +34,20 @@ fn write_fleet(repo: &Path, keys: &[(String, DeviceKey)], release: &str, device_
     let policy = fleets::render(
         "lab",
         "policy-health.yaml",
-        &[("release", release), ("deviceTimeout", device_timeout)],
+        &[("release", release), ("confirmation", confirmation), ("deviceTimeout", device_timeout)],
     );
     std::fs::write(repo.join("policy.yaml"), policy).unwrap();
 }
 
 /// A repository with the lab on v1, `waveguide run` following it, every device reporting
 /// v1; then a commit moves the lab to v2. Returns the run, the keys and the tough cache.
-async fn rolling_out_v2(dir: &Path, device_timeout: &str) -> (Run, Vec<(String, DeviceKey)>, PathBuf) {
+async fn rolling_out_v2(dir: &Path, periods: Periods<'_>) -> (Run, Vec<(String, DeviceKey)>, PathBuf) {
     let repo = dir.join("fleet");
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
     let keys: Vec<(String, DeviceKey)> =
         (0..3).map(|i| (format!("lab-{i}"), DeviceKey::generate())).collect();
-    write_fleet(&repo, &keys, "v1", device_timeout);
+    write_fleet(&repo, &keys, "v1", periods);
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "lab on v1"]);
     let args: Vec<&std::ffi::OsStr> =
@@ -50,7 +58,7 @@ async fn rolling_out_v2(dir: &Path, device_timeout: &str) -> (Run, Vec<(String, 
         report(&run, id, key, json!({"release": "v1", "version": "1.0.0", "state": "idle", "healthy": true}))
             .await;
     }
-    write_fleet(&repo, &keys, "v2", device_timeout);
+    write_fleet(&repo, &keys, "v2", periods);
     git(&repo, &["commit", "-q", "-am", "lab to v2"]);
     let cache = dir.join("tough");
     let ids: Vec<String> = keys.iter().map(|(id, _)| id.clone()).collect();
@@ -109,7 +117,7 @@ fn show(run: &Run, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_download_failure_is_retried_with_the_next_attempt_and_the_rollout_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (run, keys, cache) = rolling_out_v2(tmp.path(), "1h").await;
+    let (run, keys, cache) = rolling_out_v2(tmp.path(), ("30s", "1h")).await;
     let first = instruction(&fresh_tough(&run, &cache).await, "lab-0").await.unwrap();
     assert_eq!((first.attempt, first.confirmation_secs), (0, Some(30)));
 
@@ -140,7 +148,7 @@ async fn a_transient_download_failure_is_retried_with_the_next_attempt_and_the_r
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_that_never_finishes_installing_times_out_and_halts_the_rollout() {
     let tmp = tempfile::tempdir().unwrap();
-    let (run, keys, _cache) = rolling_out_v2(tmp.path(), "3s").await;
+    let (run, keys, _cache) = rolling_out_v2(tmp.path(), ("1s", "3s")).await;
     for (id, key) in &keys[1..] {
         report(&run, id, key, installed_v2()).await;
     }
