@@ -8,9 +8,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use serde_json::{json, Value};
 use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use waveguide::protocol::DeviceKey;
+use waveguide::protocol::target::device_target_path;
+use waveguide::protocol::{DeviceInstruction, DeviceKey};
+use waveguide::publish::SpecTargetPaths;
 
 use super::waveguide;
 
@@ -146,10 +149,14 @@ pub async fn send_report(
     (release, version, state): (&str, &str, &str),
     detail: Option<&str>,
 ) -> (u16, String) {
-    let body = serde_json::to_vec(
-        &json!({"release": release, "version": version, "state": state, "healthy": true, "detail": detail}),
-    )
-    .unwrap();
+    let body =
+        json!({"release": release, "version": version, "state": state, "healthy": true, "detail": detail});
+    send_report_body(base, id, key, &body).await
+}
+
+/// Sends `body`, signed, as a report of `id`; returns the HTTP status and body.
+pub async fn send_report_body(base: &str, id: &str, key: &DeviceKey, body: &Value) -> (u16, String) {
+    let body = serde_json::to_vec(body).unwrap();
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let sent = reqwest::Client::new()
         .post(format!("{base}/v1/devices/{id}/reports"))
@@ -164,4 +171,26 @@ pub async fn send_report(
         Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
         Err(e) => (0, e.to_string()),
     }
+}
+
+/// The TUF repository `run` serves, loaded by the `tough` client from its first root into
+/// `cache`.
+pub async fn tough(run: &Run, cache: &Path) -> tough::Repository {
+    let root = std::fs::read(run.data.join("tuf/metadata/1.root.json")).unwrap();
+    let base = url::Url::parse(&format!("{}/tuf/", run.base)).unwrap();
+    std::fs::create_dir_all(cache).unwrap();
+    tough::RepositoryLoader::new(&root, base.join("metadata/").unwrap(), base.join("targets/").unwrap())
+        .transport(SpecTargetPaths(tough::HttpTransportBuilder::new().tries(1).build()))
+        .datastore(cache)
+        .load()
+        .await
+        .expect("tough accepts the repository")
+}
+
+/// The instruction `repo` holds for `device`, as the `tough` client reads it.
+pub async fn instruction(repo: &tough::Repository, device: &str) -> Option<DeviceInstruction> {
+    let name = tough::TargetName::new(device_target_path(device)).unwrap();
+    let stream = repo.read_target(&name).await.expect("tough reads the target")?;
+    let bytes: Vec<u8> = stream.map_ok(|b| b.to_vec()).try_concat().await.unwrap();
+    Some(serde_json::from_slice(&bytes).unwrap())
 }

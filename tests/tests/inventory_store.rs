@@ -7,7 +7,7 @@ use waveguide::inventory::store::{
     WaveRecord, WaveState, HISTORY_PER_DEVICE,
 };
 use waveguide::inventory::DeviceReport;
-use waveguide::protocol::UpdateState;
+use waveguide::protocol::{FailureClass, UpdateState};
 use waveguide_tests::fresh_postgres_database;
 
 /// A fresh, empty database of each backend. The guard keeps the SQLite directory alive.
@@ -32,6 +32,7 @@ fn report(device: &str, version: &str, state: UpdateState, at: i64) -> IncomingR
             version: version.parse().unwrap(),
             state,
             healthy: state != UpdateState::Failed,
+            failure: None,
             last_seen: None,
         },
         detail: None,
@@ -146,6 +147,33 @@ async fn reports_keep_latest_and_bounded_history() {
         assert_eq!(history[0].reported_at, 100 + HISTORY_PER_DEVICE + 4);
         let b_history = store.history("b", 100).await.unwrap();
         assert_eq!(b_history.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 1]);
+    }
+}
+
+#[tokio::test]
+async fn a_reports_failure_class_is_stored_with_it() {
+    for (store, _guard) in stores().await {
+        store.sync_declared(&[declared("a", "g", None)], 0).await.unwrap();
+        let mut failed = report("a", "1.0.0", UpdateState::Failed, 100);
+        failed.report.failure = Some(FailureClass::Download);
+        let rolled_back = IncomingReport {
+            report: DeviceReport {
+                state: UpdateState::RolledBack,
+                failure: Some(FailureClass::Health),
+                ..failed.report.clone()
+            },
+            reported_at: 200,
+            received_at: 201,
+            ..failed.clone()
+        };
+        store.record_reports(&[failed, rolled_back]).await.unwrap();
+        let latest = store.inventory().await.unwrap().get("a").cloned().unwrap();
+        assert_eq!((latest.state, latest.failure), (UpdateState::RolledBack, Some(FailureClass::Health)));
+        let (changed, _) = store.changed_since(0).await.unwrap();
+        assert_eq!(changed[0].1.failure, Some(FailureClass::Health));
+        let history = store.history("a", 10).await.unwrap();
+        let classes: Vec<_> = history.iter().map(|r| r.report.failure).collect();
+        assert_eq!(classes, [Some(FailureClass::Health), Some(FailureClass::Download)]);
     }
 }
 

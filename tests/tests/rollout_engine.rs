@@ -1,7 +1,8 @@
 //! The engine's rollouts over a real inventory (SQLite and PostgreSQL) and a real TUF
 //! repository on disk, with device reports scripted: waves in order, bake, the success
 //! and failure thresholds, manual approval, concurrency caps in sub-batches, stale
-//! devices, restarts, and a later commit superseding a rollout.
+//! devices, restarts, a later commit superseding a rollout, and the policy's device-health
+//! rules (health during the bake, device timeout, retries, minimum sample).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +16,7 @@ use waveguide::compile::compile;
 use waveguide::engine::{declared_devices, Desired, EngineConfig, Event, Rollouts};
 use waveguide::inventory::store::{IncomingReport, RolloutPhase, Store, WaveState};
 use waveguide::inventory::DeviceReport;
-use waveguide::protocol::UpdateState;
+use waveguide::protocol::{FailureClass, UpdateState};
 use waveguide::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
 use waveguide::rollout::control::{self, Action};
 use waveguide::source::FleetFiles;
@@ -149,6 +150,19 @@ impl Harness {
     }
 
     async fn report(&self, ids: &[String], release: &str, version: &str, state: UpdateState, healthy: bool) {
+        self.report_failure(ids, release, version, state, healthy, None).await
+    }
+
+    /// Devices report, `failure` naming the step that failed.
+    async fn report_failure(
+        &self,
+        ids: &[String],
+        release: &str,
+        version: &str,
+        state: UpdateState,
+        healthy: bool,
+        failure: Option<FailureClass>,
+    ) {
         // Each report must be newer than the device's last one: a millisecond apart when
         // the harness's clock stands still.
         let at = self.now.as_millisecond().max(self.last_report.load(Ordering::Relaxed) + 1);
@@ -162,6 +176,7 @@ impl Harness {
                     version: version.parse().unwrap(),
                     state,
                     healthy,
+                    failure,
                     last_seen: None,
                 },
                 detail: None,
@@ -469,5 +484,170 @@ async fn operator_actions_name_their_target_and_are_idempotent() {
         }
         let err = control::act(&h.store, "stable-1", Action::Pause, h.now).await.unwrap_err();
         assert!(err.to_string().contains("aborted"), "{err}");
+    }
+}
+
+fn halted(events: &[Event]) -> Option<&str> {
+    events.iter().find_map(|e| match e {
+        Event::RolloutHalted { reason, .. } => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_turning_bad_during_the_bake_fails_the_device_and_halts_the_wave() {
+    for (store, _guard) in stores().await {
+        let mut h = harness(store, "    confirmation: 2m\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        assert_eq!(h.published()["b00"]["confirmation_secs"], 120, "the policy's confirmation period");
+        h.report(&canaries, "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.step().await;
+        h.advance(SignedDuration::from_secs(30));
+        assert!(halted(&h.step().await).is_none(), "baking");
+        // b01 fails its health check and goes back to v1.
+        h.report_failure(
+            &canaries[1..],
+            "v1",
+            "1.0.0",
+            UpdateState::RolledBack,
+            false,
+            Some(FailureClass::Health),
+        )
+        .await;
+        let events = h.step().await;
+        let reason = halted(&events).unwrap_or_else(|| panic!("{events:?}"));
+        assert!(reason.contains("1 of 2 devices failed"), "{reason}");
+        assert_eq!(h.store.waves("stable-1").await.unwrap()[0].state, WaveState::Failed);
+        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.waves[0].progress.failed_by.health, 1);
+        h.advance(SignedDuration::from_mins(2));
+        assert!(published_wave(&h.step().await).is_empty(), "nothing more is published");
+        assert_eq!(h.published().len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_stuck_installing_times_out() {
+    for (store, _guard) in stores().await {
+        let mut h = harness(store, "    deviceTimeout: 5m\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        h.report(&canaries[..1], "v2", "2.0.0", UpdateState::Installed, true).await;
+        for _ in 0..5 {
+            // b01 keeps reporting, installing, never done.
+            h.report(&canaries[1..], "v1", "1.0.0", UpdateState::Installing, true).await;
+            assert!(halted(&h.step().await).is_none());
+            h.advance(SignedDuration::from_secs(61));
+        }
+        h.report(&canaries[1..], "v1", "1.0.0", UpdateState::Installing, true).await;
+        let events = h.step().await;
+        let reason = halted(&events).unwrap_or_else(|| panic!("{events:?}"));
+        assert!(reason.contains("1 of 2 devices failed"), "{reason}");
+        // Operators see the timeout, and a late finish does not undo it.
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, true).await;
+        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.waves[0].progress.failed_by.timeout, 1, "{status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_download_failure_is_retried_and_then_succeeds() {
+    for (store, _guard) in stores().await {
+        let mut h = harness(store, "    retries: {max: 2, backoff: 1m}\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        assert_eq!(h.published()["b01"].get("attempt"), None, "the first attempt names none");
+        h.report(&canaries[..1], "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.report_failure(
+            &canaries[1..],
+            "v1",
+            "1.0.0",
+            UpdateState::Failed,
+            true,
+            Some(FailureClass::Download),
+        )
+        .await;
+        assert!(halted(&h.step().await).is_none(), "a failure to be retried does not count");
+        h.advance(SignedDuration::from_secs(30));
+        h.step().await;
+        assert_eq!(h.published()["b01"].get("attempt"), None, "not before the backoff");
+
+        // After the backoff, and across a restart: the instruction again, with attempt 1.
+        h.advance(SignedDuration::from_secs(31));
+        h.restart();
+        assert!(halted(&h.step().await).is_none());
+        assert_eq!(h.published()["b01"]["attempt"], 1);
+        assert_eq!(h.published()["b01"]["release"], "v2");
+        let members = h.store.rollout_members("stable-1").await.unwrap();
+        let attempt = |id: &str| members.iter().find(|m| m.device_id == id).unwrap().attempt;
+        assert_eq!((attempt("b00"), attempt("b01")), (0, 1), "the attempt is kept in the inventory");
+        let before = std::fs::read(h.dir.path().join("tuf/metadata/timestamp.json")).unwrap();
+        h.restart();
+        h.step().await;
+        let after = std::fs::read(h.dir.path().join("tuf/metadata/timestamp.json")).unwrap();
+        assert_eq!(before, after, "a retry is published once");
+
+        // The retry succeeds: the canaries bake and the next wave starts.
+        h.advance(SignedDuration::from_secs(5));
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.step().await;
+        h.advance(SignedDuration::from_secs(61));
+        assert_eq!(published_wave(&h.step().await), [(1, 10)]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_minimum_sample_holds_a_halt_back() {
+    for (store, _guard) in stores().await {
+        let mut h = harness(store, "    failureThreshold: {percent: 5, minimumSample: 5}\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        h.report(&canaries, "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.step().await;
+        h.advance(SignedDuration::from_secs(61));
+        h.step().await;
+        let half = h.wave_members("stable-1", 1).await;
+        h.report(&half[..1], "v1", "1.0.0", UpdateState::Failed, true).await;
+        h.report(&half[1..3], "v2", "2.0.0", UpdateState::Installed, true).await;
+        assert!(halted(&h.step().await).is_none(), "3 of the 5 needed finished");
+        h.advance(SignedDuration::from_secs(5));
+        h.report(&half[3..5], "v2", "2.0.0", UpdateState::Installed, true).await;
+        let events = h.step().await;
+        let reason = halted(&events).unwrap_or_else(|| panic!("{events:?}"));
+        assert!(reason.contains("1 of 10 devices failed"), "{reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_unhealthy_during_the_bake_stays_failed_across_a_restart() {
+    for (store, _guard) in stores().await {
+        // 1 of 2 canaries failing is below this threshold: only the bake rule holds the wave.
+        let mut h = harness(store, "    failureThreshold: {health: 60}\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        h.report(&canaries, "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.step().await;
+        h.advance(SignedDuration::from_secs(30));
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, false).await;
+        assert!(halted(&h.step().await).is_none());
+        h.advance(SignedDuration::from_secs(5));
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.restart();
+        h.step().await;
+        h.advance(SignedDuration::from_mins(3));
+        assert!(published_wave(&h.step().await).is_empty(), "the canaries did not stay healthy");
+        let status = control::status(&h.store, "stable-1", SignedDuration::from_mins(10), h.now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.waves[0].progress.failed_by.health, 1, "{status:?}");
+        assert_eq!(status.waves[0].progress.healthy, 1);
     }
 }

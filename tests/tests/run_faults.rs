@@ -8,15 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use serde_json::Value;
 use waveguide::inventory::store::Store;
-use waveguide::protocol::target::device_target_path;
-use waveguide::protocol::DeviceInstruction;
 use waveguide::protocol::DeviceKey;
-use waveguide::publish::SpecTargetPaths;
 use waveguide_tests::postgres::Postgres;
-use waveguide_tests::run::{send_report, Run};
+use waveguide_tests::run::{instruction, send_report, tough, Run};
 use waveguide_tests::{fleets, git, git_stdout, waveguide, KillOnDrop};
 
 /// The fleet: devices `lab-<n>` with the given keys following policy `lab` (one wave, no
@@ -82,26 +78,6 @@ fn refused_start(data: &Path, args: &[&OsStr]) -> (Option<i32>, String, Duration
     }
     let output = child.wait_with_output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned(), started.elapsed())
-}
-
-/// The TUF repository `run` serves, loaded by the `tough` client from its first root.
-async fn tough(run: &Run, cache: &Path) -> tough::Repository {
-    let root = std::fs::read(run.data.join("tuf/metadata/1.root.json")).unwrap();
-    let base = url::Url::parse(&format!("{}/tuf/", run.base)).unwrap();
-    std::fs::create_dir_all(cache).unwrap();
-    tough::RepositoryLoader::new(&root, base.join("metadata/").unwrap(), base.join("targets/").unwrap())
-        .transport(SpecTargetPaths(tough::HttpTransportBuilder::new().tries(1).build()))
-        .datastore(cache)
-        .load()
-        .await
-        .expect("tough accepts the repository")
-}
-
-async fn instruction(repo: &tough::Repository, device: &str) -> Option<DeviceInstruction> {
-    let name = tough::TargetName::new(device_target_path(device)).unwrap();
-    let stream = repo.read_target(&name).await.expect("tough reads the target")?;
-    let bytes: Vec<u8> = stream.map_ok(|b| b.to_vec()).try_concat().await.unwrap();
-    Some(serde_json::from_slice(&bytes).unwrap())
 }
 
 /// Waits until `tough` reads `release` for every device of `ids`.

@@ -109,6 +109,7 @@ pub(super) async fn report(
             version: parsed.version,
             state: parsed.state,
             healthy: parsed.healthy,
+            failure: parsed.failure,
             last_seen: None,
         },
         detail,

@@ -11,6 +11,7 @@ pub mod diagnostic;
 pub mod limits;
 pub mod load;
 mod resolve;
+pub mod rules;
 pub mod validate;
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub use resolve::{
     CompiledDevice, CompiledFleet, CompiledGroup, CompiledPolicy, CompiledRelease, DeviceIx, GroupIx,
     PolicyIx, ReleaseIx,
 };
+
+pub use rules::{FailureRules, Retries, RolloutRules};
 
 use crate::source::FleetFiles;
 

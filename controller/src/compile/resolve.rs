@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 
 use super::diagnostic::{Code, Diagnostic};
 use super::load::{Documents, Located, Location};
+use super::rules::RolloutRules;
 use super::validate::Checked;
 use crate::model::{Artifact, LabelSelector, Labels, RolloutSpec};
 use crate::protocol::duration::WrittenDuration;
@@ -96,6 +97,9 @@ pub struct CompiledPolicy {
     /// The bake time of each of `rollout.waves`, parsed: read bake times from here, not
     /// from the text in `rollout`.
     pub bakes: Vec<Option<WrittenDuration>>,
+    /// The rollout's device-health rules, parsed: read them from here, not from
+    /// `rollout`.
+    pub rules: RolloutRules,
     /// Where the policy is declared.
     pub location: Location,
 }
@@ -489,6 +493,7 @@ fn resolve_policies(
                 labels: spec.selector.label_selector(),
                 rollout: spec.rollout.clone(),
                 bakes: checked.bakes.get(doc_ix).cloned().unwrap_or_default(),
+                rules: checked.rules.get(doc_ix).cloned().unwrap_or_default(),
                 location: doc.location.clone(),
             })
         })

@@ -21,14 +21,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use jiff::{SignedDuration, Timestamp};
 
 use super::Event;
-use crate::compile::{CompiledFleet, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
+use crate::compile::{CompiledFleet, CompiledPolicy, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
 use crate::inventory::store::{RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, PolicyPlan, WavePlan};
-use crate::protocol::Windows;
+use crate::protocol::{FailureClass, Windows};
 use crate::rollout::admission::{admit, InFlight};
 use crate::rollout::gate::{self, Gates, Position, Verdict, Wait};
-use crate::rollout::progress::{classify, MemberState, Progress, Target};
+use crate::rollout::progress::{classify_member, failed_at, MemberState, Progress, Target};
+use crate::rollout::retry::{retry, Retry};
 
 /// The rollout id written into the instructions of pinned devices.
 pub const PIN_ROLLOUT: &str = "pin";
@@ -40,8 +41,12 @@ pub struct Member {
     pub wave: u32,
     /// The device id (kept as text: the device may have left the fleet since).
     pub device: Box<str>,
-    /// When its instruction was published, Unix milliseconds.
+    /// When its instruction was published, Unix milliseconds (its latest attempt's).
     pub published_at: Option<i64>,
+    /// Its instruction's attempt: 0, then one more per retry.
+    pub attempt: u32,
+    /// The failure its wave counts for good (it turned unhealthy during the bake).
+    pub failure: Option<FailureClass>,
 }
 
 /// What a pass read: the input of [`decide`].
@@ -102,6 +107,15 @@ pub enum Decision {
         /// whether or not).
         events: Vec<Event>,
     },
+    /// Members whose wave counts them as failed for good: they turned unhealthy or rolled
+    /// back during the bake, or timed out with no retry left; a later report does not
+    /// undo it.
+    MembersFailed {
+        /// The rollout.
+        rollout: String,
+        /// The members, with the class of their failure.
+        members: Vec<(Box<str>, FailureClass)>,
+    },
     /// Something that happened whatever the writes find (devices of a wave published
     /// while the rollout's record stays as it was).
     Announce(Event),
@@ -121,6 +135,11 @@ pub struct Publication {
     /// Whether they are members of `rollout` whose publication is recorded (devices that
     /// joined a completed rollout and pinned devices are not).
     pub members: bool,
+    /// How long the devices confirm the release's health before committing it: the
+    /// policy's `rollout.confirmation` (none for pins).
+    pub confirmation_secs: Option<u64>,
+    /// The attempt their instructions name: 0, or the retry of members that failed.
+    pub attempt: u32,
 }
 
 /// Why an active rollout is superseded, if it is: its policy was removed, or now targets
@@ -206,8 +225,8 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
         let target = target(rollout, &version, input);
         for member in members_of(&rollout.id).iter().filter(|m| m.published_at.is_some()) {
             let ix = fleet.device_index(&member.device);
-            let state =
-                classify(&target, member.published_at, ix.is_some(), input.inventory.get(&member.device));
+            let report = input.inventory.get(&member.device);
+            let state = classify_member(&target, member.published_at, member.failure, ix.is_some(), report);
             if state == MemberState::InFlight {
                 in_flight_devices.extend(ix);
                 *policy_in_flight.entry(*policy).or_default() += 1;
@@ -255,6 +274,8 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
                 wave: members.last().map_or(0, |m| m.wave),
                 devices: joined,
                 members: false,
+                confirmation_secs: confirmation_secs(policy),
+                attempt: 0,
             }));
         }
     }
@@ -273,6 +294,8 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
             wave: 0,
             devices,
             members: false,
+            confirmation_secs: None,
+            attempt: 0,
         }));
     }
 
@@ -338,6 +361,8 @@ fn start(
                 wave: wave as u32,
                 device: fleet.devices()[d as usize].id.to_string().into_boxed_str(),
                 published_at: None,
+                attempt: 0,
+                failure: None,
             })
         })
         .collect();
@@ -358,6 +383,10 @@ fn wave_record(index: usize, wave: &WavePlan, now_ms: i64) -> WaveRecord {
         bake_ms: wave.bake.as_ref().map(|b| b.value().as_millis() as i64),
     }
 }
+
+/// Where a wave's members stand, the retries due now by attempt, and the members its bake
+/// counts as failed from now on (see [`RolloutStep::progress`]).
+type WaveProgress = (Progress, BTreeMap<u32, Vec<DeviceIx>>, Vec<(Box<str>, FailureClass)>);
 
 /// One active rollout's turn in a pass.
 struct RolloutStep<'a> {
@@ -387,8 +416,13 @@ impl RolloutStep<'_> {
         }
         let target = target(&rollout, &version, self.input);
         let mut current = self.waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0);
-        let progress = self.progress(&target, current as u32);
         let paused = rollout.paused || policy.paused;
+        // The wave measured (and whose failed members are retried), before an advance.
+        let measured = current as u32;
+        let (progress, retries, failed) = self.progress(&target, measured, policy, paused);
+        if !failed.is_empty() {
+            decisions.push(Decision::MembersFailed { rollout: rollout.id.clone(), members: failed });
+        }
         let position = Position {
             wave: current,
             waves: self.waves.len(),
@@ -399,7 +433,7 @@ impl RolloutStep<'_> {
         };
         let gates = Gates {
             success_threshold: policy.rollout.success_threshold,
-            failure_threshold: policy.rollout.failure_threshold,
+            failure: policy.rules.failure,
             approval: policy.rollout.approval,
         };
         let verdict = gate::decide(&gates, &position, &progress.tally(), now);
@@ -490,6 +524,23 @@ impl RolloutStep<'_> {
                     wave: wave as u32,
                     devices: admission.admitted,
                     members: true,
+                    confirmation_secs: confirmation_secs(policy),
+                    attempt: 0,
+                }));
+            }
+        }
+        // Failed members whose retry is due get their instruction again, with the next
+        // attempt; not once the rollout halted.
+        if rollout.phase != RolloutPhase::Halted {
+            for (attempt, devices) in retries {
+                decisions.push(Decision::Publish(Publication {
+                    release: policy.release,
+                    rollout: rollout.id.clone(),
+                    wave: measured,
+                    devices,
+                    members: true,
+                    confirmation_secs: confirmation_secs(policy),
+                    attempt,
                 }));
             }
         }
@@ -504,14 +555,54 @@ impl RolloutStep<'_> {
         }
     }
 
-    fn progress(&self, target: &Target<'_>, wave: u32) -> Progress {
+    /// Where the members of `wave` stand; the failed ones whose retry is due now, by their
+    /// next attempt (none while paused); and the members that turned unhealthy during the
+    /// bake, which the wave counts as failed from now on. A member waiting for its retry
+    /// counts as in flight.
+    fn progress(
+        &self,
+        target: &Target<'_>,
+        wave: u32,
+        policy: &CompiledPolicy,
+        paused: bool,
+    ) -> WaveProgress {
         let (fleet, inventory) = (self.input.fleet, self.input.inventory);
+        let baking = self.waves.get(wave as usize).is_some_and(|w| w.healthy_at.is_some());
         let mut progress = Progress::default();
+        let mut due: BTreeMap<u32, Vec<DeviceIx>> = BTreeMap::new();
+        let mut failed = Vec::new();
         for m in self.members.iter().filter(|m| m.wave == wave) {
-            let in_fleet = fleet.device(&m.device).is_some();
-            progress.add(classify(target, m.published_at, in_fleet, inventory.get(&m.device)));
+            let ix = fleet.device_index(&m.device);
+            let report = inventory.get(&m.device);
+            let state = classify_member(target, m.published_at, m.failure, ix.is_some(), report);
+            if baking && m.failure.is_none() && state == MemberState::Failed(FailureClass::Health) {
+                failed.push((m.device.clone(), FailureClass::Health));
+            }
+            let (MemberState::Failed(class), Some(published_at), Some(ix)) = (state, m.published_at, ix)
+            else {
+                progress.add(state);
+                continue;
+            };
+            let failed_at = failed_at(target, published_at, report, class);
+            match retry(&policy.rules.retries, class, m.attempt, failed_at, target.now_ms) {
+                Retry::No => {
+                    progress.add(state);
+                    // A timeout is the controller's verdict, not the device's: kept, so that
+                    // a late finish does not undo it and operators' status shows it.
+                    if class == FailureClass::Timeout && m.failure.is_none() {
+                        failed.push((m.device.clone(), class));
+                    }
+                }
+                Retry::Backoff => progress.add(MemberState::InFlight),
+                Retry::Now(attempt) => {
+                    progress.add(MemberState::InFlight);
+                    if !paused {
+                        due.entry(attempt).or_default().push(ix);
+                    }
+                }
+            }
         }
-        progress
+        (progress, due, failed)
     }
 
     fn finish_wave(
@@ -553,6 +644,11 @@ fn describe(wait: &Wait, waves: &[WaveRecord], progress: &Progress) -> String {
     }
 }
 
+/// The confirmation period a policy's instructions carry, whole seconds.
+fn confirmation_secs(policy: &CompiledPolicy) -> Option<u64> {
+    policy.rules.confirmation.as_ref().map(|c| c.value().as_secs().unsigned_abs())
+}
+
 /// Whether a rollout moves its policy to `release` already.
 fn same_release(rollout: &RolloutRecord, release: &CompiledRelease) -> bool {
     rollout.release == release.name && rollout.version == release.version.to_string()
@@ -564,11 +660,19 @@ fn rollout_version(rollout: &RolloutRecord) -> semver::Version {
     rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0))
 }
 
+/// What a rollout's members are measured against; the device timeout is its policy's
+/// (none when the policy is gone).
 fn target<'a>(rollout: &'a RolloutRecord, version: &'a semver::Version, input: &PassInput<'_>) -> Target<'a> {
+    let fleet = input.fleet;
+    let device_timeout = fleet
+        .policy_named(&rollout.policy)
+        .and_then(|p| fleet.policy(p).rules.device_timeout.as_ref())
+        .map(|t| t.value());
     Target {
         release: &rollout.release,
         version,
         stale_after: input.stale_after,
+        device_timeout,
         now_ms: input.now.as_millisecond(),
     }
 }

@@ -30,7 +30,7 @@ use crate::compile::{CompiledDevice, CompiledFleet, CompiledRelease};
 use crate::inventory::store::{MemberRecord, RolloutRecord, Store, StoreError, WaveRecord};
 use crate::inventory::Inventory;
 use crate::plan;
-use crate::protocol::{ArtifactRef, DeviceInstruction};
+use crate::protocol::{ArtifactRef, DeviceInstruction, FailureClass};
 use crate::publish::{Batch, CommitReport, PublishError, ReleaseArtifact, Repository};
 
 /// Settings of the rollouts.
@@ -243,6 +243,8 @@ impl Rollouts {
                         wave: m.wave,
                         device: m.device_id.into_boxed_str(),
                         published_at: m.published_at,
+                        attempt: m.attempt,
+                        failure: m.failure,
                     })
                     .collect(),
             );
@@ -262,8 +264,10 @@ impl Rollouts {
         let mut report = StepReport::default();
         let mut batch = Batch::default();
         let mut releases = BTreeSet::new();
-        // Rollout → devices published by this pass.
+        // Rollout → devices published by this pass; (rollout, attempt) → devices retried.
         let mut marks: HashMap<String, Vec<String>> = HashMap::new();
+        let mut retried: HashMap<(String, u32), Vec<String>> = HashMap::new();
+        let mut failed = Vec::new();
         let mut writes = Vec::new();
         for decision in decisions {
             match decision {
@@ -302,8 +306,15 @@ impl Rollouts {
                             release,
                             &publication.rollout,
                             publication.wave,
+                            publication.confirmation_secs,
+                            publication.attempt,
                         ));
-                        if publication.members {
+                        if publication.members && publication.attempt > 0 {
+                            retried
+                                .entry((publication.rollout.clone(), publication.attempt))
+                                .or_default()
+                                .push(device.id.to_string());
+                        } else if publication.members {
                             marks.entry(publication.rollout.clone()).or_default().push(device.id.to_string());
                         }
                     }
@@ -312,6 +323,7 @@ impl Rollouts {
                 Decision::Record { rollout, waves, events } => {
                     writes.push(RolloutWrite { record: rollout, waves, events })
                 }
+                Decision::MembersFailed { rollout, members } => failed.push((rollout, members)),
                 Decision::Announce(event) => report.events.push(event),
             }
         }
@@ -341,6 +353,36 @@ impl Rollouts {
                 for m in members.iter_mut().filter(|m| m.published_at.is_none()) {
                     if published.contains(&*m.device) {
                         m.published_at = Some(now_ms);
+                    }
+                }
+            }
+        }
+        for ((rollout, attempt), devices) in &retried {
+            self.store.mark_retried(rollout, devices, *attempt, now_ms).await?;
+            tracing::info!(%rollout, attempt, devices = devices.len(), "failed devices retried");
+            if let Some(members) = self.members.get_mut(rollout) {
+                let retried: HashSet<&str> = devices.iter().map(String::as_str).collect();
+                for m in members.iter_mut().filter(|m| m.attempt < *attempt && retried.contains(&*m.device)) {
+                    m.attempt = *attempt;
+                    m.published_at = Some(now_ms);
+                    m.failure = None;
+                }
+            }
+        }
+        for (rollout, failures) in failed {
+            let mut by_class: HashMap<FailureClass, Vec<String>> = HashMap::new();
+            for (device, class) in &failures {
+                by_class.entry(*class).or_default().push(device.to_string());
+            }
+            for (class, devices) in &by_class {
+                self.store.mark_failed(&rollout, devices, *class).await?;
+                tracing::warn!(%rollout, devices = devices.len(), class = class.as_str(), "members failed during the bake");
+            }
+            if let Some(members) = self.members.get_mut(&rollout) {
+                let classes: HashMap<&str, FailureClass> = failures.iter().map(|(d, c)| (&**d, *c)).collect();
+                for m in members.iter_mut() {
+                    if let Some(class) = classes.get(&*m.device) {
+                        m.failure = Some(*class);
                     }
                 }
             }
@@ -379,6 +421,8 @@ pub fn instruction(
     release: &CompiledRelease,
     rollout: &str,
     wave: u32,
+    confirmation_secs: Option<u64>,
+    attempt: u32,
 ) -> DeviceInstruction {
     DeviceInstruction {
         device: device.id.to_string(),
@@ -396,8 +440,8 @@ pub fn instruction(
         rollout: rollout.to_string(),
         wave,
         maintenance_windows: fleet.group(device.group).maintenance_windows.as_written().to_vec(),
-        confirmation_secs: None,
-        attempt: 0,
+        confirmation_secs,
+        attempt,
     }
 }
 

@@ -12,7 +12,7 @@ use super::Event;
 use crate::compile::{compile, CompiledFleet};
 use crate::inventory::store::{RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState};
 use crate::inventory::{DeviceReport, Inventory};
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 use crate::source::FleetFiles;
 
 const MIN: i64 = 60_000;
@@ -71,6 +71,7 @@ fn mk_report(release: &str, state: UpdateState, healthy: bool, seen_ms: i64) -> 
         version: version.parse().unwrap(),
         state,
         healthy,
+        failure: None,
         last_seen: Some(Timestamp::from_millisecond(seen_ms).unwrap()),
     }
 }
@@ -144,12 +145,21 @@ impl World {
                     self.members.insert(rollout.id.clone(), members);
                     self.rollouts.push(rollout);
                 }
-                Decision::Publish(Publication { rollout, devices, members: true, .. }) => {
+                Decision::Publish(Publication { rollout, devices, members: true, attempt, .. }) => {
                     let ids: Vec<&str> =
                         devices.iter().map(|&d| &*self.fleet.devices()[d as usize].id).collect();
                     for m in self.members.get_mut(&rollout).unwrap() {
                         if ids.contains(&&*m.device) {
                             m.published_at = Some(self.now_ms);
+                            m.attempt = attempt;
+                            m.failure = None;
+                        }
+                    }
+                }
+                Decision::MembersFailed { rollout, members } => {
+                    for m in self.members.get_mut(&rollout).unwrap() {
+                        if let Some((_, class)) = members.iter().find(|(d, _)| *d == m.device) {
+                            m.failure = Some(*class);
                         }
                     }
                 }
@@ -229,6 +239,16 @@ fn canaries_healthy(rollout: &str) -> World {
     w
 }
 
+/// [`canaries_healthy`], baked: the second wave (`half`) is published. Returns its members.
+fn half_wave_published(rollout: &str) -> (World, Vec<String>) {
+    let mut w = canaries_healthy(rollout);
+    w.pass();
+    w.advance(1.1);
+    w.pass();
+    let half = w.wave_members("stable-1", 1).iter().map(|d| d.to_string()).collect();
+    (w, half)
+}
+
 #[test]
 fn reporting_devices_start_a_rollout_that_publishes_its_canaries_only() {
     let mut w = mk_world("");
@@ -298,11 +318,7 @@ fn a_healthy_wave_bakes_then_the_next_one_starts() {
 
 #[test]
 fn crossing_the_failure_threshold_halts_and_the_halt_holds() {
-    let mut w = canaries_healthy("");
-    w.pass();
-    w.advance(1.1);
-    w.pass();
-    let half: Vec<String> = w.wave_members("stable-1", 1).iter().map(|d| d.to_string()).collect();
+    let (mut w, half) = half_wave_published("");
     let half: Vec<&str> = half.iter().map(String::as_str).collect();
     w.report(&half[..1], "v1", UpdateState::Failed, true);
     w.report(&half[1..], "v2", UpdateState::Installed, true);
@@ -489,4 +505,152 @@ fn pinned_devices_get_their_pin_and_joined_devices_the_completed_release() {
         matches!(&decisions[..], [Decision::Publish(p)] if p.rollout == "stable-1" && !p.members && p.devices.len() == 1),
         "{decisions:#?}"
     );
+}
+
+/// The reason of the halt among `decisions`, if any.
+fn halt_reason(decisions: &[Decision]) -> Option<&str> {
+    events(decisions).into_iter().find_map(|e| match e {
+        Event::RolloutHalted { reason, .. } => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_canary_rolled_back_during_the_bake_halts_the_wave() {
+    let mut w = canaries_healthy("");
+    w.pass();
+    assert_eq!(w.rollout("stable-1").waiting, Some(Waiting::Baking));
+    w.advance(0.5);
+    w.report(&["b01"], "v1", UpdateState::RolledBack, true);
+    let decisions = w.pass();
+    let reason = halt_reason(&decisions).expect("halted");
+    assert!(reason.contains("1 of 2 devices failed"), "{reason}");
+    assert_eq!(w.waves["stable-1"][0].state, WaveState::Failed);
+}
+
+#[test]
+fn a_device_stuck_installing_times_out() {
+    let mut w = mk_world("    deviceTimeout: 5m\n");
+    w.pass();
+    w.report(&["b00"], "v2", UpdateState::Installed, true);
+    w.report(&["b01"], "v1", UpdateState::Installing, true);
+    w.advance(4.0);
+    w.report(&["b01"], "v1", UpdateState::Installing, true);
+    assert_eq!(halt_reason(&w.pass()), None, "within the timeout");
+    w.advance(1.5);
+    w.report(&["b01"], "v1", UpdateState::Installing, true);
+    let decisions = w.pass();
+    let reason = halt_reason(&decisions).expect("halted");
+    assert!(reason.contains("1 of 2 devices failed"), "{reason}");
+}
+
+#[test]
+fn a_transient_failure_is_retried_with_the_next_attempt_then_succeeds() {
+    let mut w = mk_world("    retries: {max: 1, backoff: 2m}\n");
+    w.pass();
+    w.report(&["b00"], "v2", UpdateState::Installed, true);
+    w.advance(1.0);
+    let failed = DeviceReport {
+        failure: Some(FailureClass::Download),
+        ..mk_report("v1", UpdateState::Failed, true, w.now_ms)
+    };
+    w.inventory.update(vec![("b01".into(), failed.clone())]);
+    let decisions = w.pass();
+    assert_eq!(halt_reason(&decisions), None, "a failure to be retried does not count");
+    assert!(published(&w, &decisions).is_empty(), "not before the backoff");
+    w.advance(2.0);
+    let decisions = w.pass();
+    let retried: Vec<_> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Publish(p) if p.attempt > 0 => Some((p.attempt, p.devices.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retried, [(1, 1)], "{decisions:#?}");
+    assert_eq!(w.members["stable-1"].iter().find(|m| &*m.device == "b01").unwrap().attempt, 1);
+    w.advance(1.0);
+    assert_eq!(halt_reason(&w.pass()), None, "the old failure is about the first attempt");
+    // The retry fails too: retries are used up, the failure counts.
+    w.inventory.update(vec![("b01".into(), DeviceReport { last_seen: Some(w.now()), ..failed })]);
+    assert!(halt_reason(&w.pass()).is_some_and(|r| r.contains("1 of 2 devices failed")));
+}
+
+#[test]
+fn a_retried_failure_that_succeeds_lets_the_wave_go_on() {
+    let mut w = mk_world("    retries: {max: 2}\n");
+    w.pass();
+    w.report(&["b00"], "v2", UpdateState::Installed, true);
+    w.inventory.update(vec![(
+        "b01".into(),
+        DeviceReport {
+            failure: Some(FailureClass::Timeout),
+            ..mk_report("v1", UpdateState::Failed, true, w.now_ms)
+        },
+    )]);
+    w.advance(0.1);
+    assert!(w.pass().iter().any(|d| matches!(d, Decision::Publish(p) if p.attempt == 1)));
+    w.advance(0.1);
+    w.report(&["b01"], "v2", UpdateState::Installed, true);
+    w.pass();
+    w.advance(1.1);
+    assert_eq!(w.pass_published()[0].0, 1, "the next wave starts");
+}
+
+#[test]
+fn the_minimum_sample_holds_a_halt_back() {
+    let (mut w, half) = half_wave_published("    failureThreshold: {percent: 5, minimumSample: 5}\n");
+    let half: Vec<&str> = half.iter().map(String::as_str).collect();
+    w.report(&half[..1], "v1", UpdateState::Failed, true);
+    w.report(&half[1..3], "v2", UpdateState::Installed, true);
+    assert_eq!(halt_reason(&w.pass()), None, "3 of the 5 needed finished");
+    w.advance(0.1);
+    w.report(&half[3..5], "v2", UpdateState::Installed, true);
+    assert!(halt_reason(&w.pass()).is_some_and(|r| r.contains("1 of 10 devices failed")));
+}
+
+#[test]
+fn a_canary_unhealthy_during_the_bake_stays_failed_when_it_recovers() {
+    // 1 of 2 failing is below this threshold: only the bake rule keeps the wave back.
+    let mut w = canaries_healthy("    failureThreshold: {health: 60}\n");
+    w.pass();
+    assert_eq!(w.rollout("stable-1").waiting, Some(Waiting::Baking));
+    w.advance(0.5);
+    w.report(&["b01"], "v2", UpdateState::Installed, false);
+    let decisions = w.pass();
+    assert!(decisions.iter().any(|d| matches!(d, Decision::MembersFailed { members, .. }
+        if members == &[("b01".into(), FailureClass::Health)])));
+    assert_eq!(halt_reason(&decisions), None);
+    w.advance(0.1);
+    w.report(&["b01"], "v2", UpdateState::Installed, true);
+    w.pass();
+    w.advance(5.0);
+    assert!(w.pass_published().is_empty(), "the wave did not stay healthy: no next wave");
+    let rollout = w.rollout("stable-1");
+    assert_eq!(rollout.waiting, Some(Waiting::Health));
+    assert!(rollout.message.as_deref().unwrap().contains("1 failed"), "{:?}", rollout.message);
+}
+
+#[test]
+fn a_retry_due_as_the_next_wave_starts_names_the_wave_of_its_member() {
+    let mut w =
+        mk_world("    successThreshold: 50\n    failureThreshold: 40\n    retries: {max: 1, backoff: 1m}\n");
+    w.pass();
+    w.report(&["b00"], "v2", UpdateState::Installed, true);
+    let failed = DeviceReport {
+        failure: Some(FailureClass::Download),
+        ..mk_report("v1", UpdateState::Failed, true, w.now_ms)
+    };
+    w.inventory.update(vec![("b01".into(), failed)]);
+    w.pass(); // half the canaries healthy: the bake starts, the retry waits for its backoff
+    w.advance(1.1);
+    let decisions = w.pass();
+    let waves: Vec<(u32, u32)> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Publish(p) if p.members => Some((p.wave, p.attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waves, [(1, 0), (0, 1)], "the next wave, and b01's retry in its own wave");
 }

@@ -12,7 +12,7 @@ pub use snapshot::{parse_snapshot, read_snapshot, InventoryError, SnapshotFormat
 use rayon::slice::ParallelSliceMut;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 
 /// One device's last report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,10 @@ pub struct DeviceReport {
     /// Whether the device's own health checks pass.
     #[serde(default)]
     pub healthy: bool,
+    /// With `failed` or `rolled_back`: which step of the update failed, as the device
+    /// reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureClass>,
     /// When the device last reported (RFC 3339 in files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<jiff::Timestamp>,
@@ -104,6 +108,7 @@ mod tests {
             version: version.parse().unwrap(),
             state: UpdateState::Idle,
             healthy: true,
+            failure: None,
             last_seen: None,
         }
     }

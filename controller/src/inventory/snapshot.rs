@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{DeviceReport, Inventory};
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 
 /// The encoding of a snapshot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,8 @@ struct ListedReport {
     #[serde(default)]
     healthy: bool,
     #[serde(default)]
+    failure: Option<FailureClass>,
+    #[serde(default)]
     last_seen: Option<jiff::Timestamp>,
 }
 
@@ -147,6 +149,7 @@ impl<'de> Deserialize<'de> for Reports {
                         version: r.version,
                         state: r.state,
                         healthy: r.healthy,
+                        failure: r.failure,
                         last_seen: r.last_seen,
                     };
                     out.push((r.id.into_boxed_str(), report));
@@ -191,6 +194,16 @@ mod tests {
         let inv = parse_snapshot("inv.json", text.as_bytes(), SnapshotFormat::Json).unwrap();
         assert_eq!(inv.get("x").unwrap().release.as_deref(), Some("r"));
         assert_eq!(inv.len(), 1);
+    }
+
+    #[test]
+    fn a_failure_class_is_read_in_both_forms() {
+        let inv = yaml("devices:\n  a: {version: 1.0.0, state: rolled_back, failure: health}\n").unwrap();
+        assert_eq!(inv.get("a").unwrap().failure, Some(FailureClass::Health));
+        let text =
+            r#"{"devices": [{"id": "x", "version": "1.0.0", "state": "failed", "failure": "download"}]}"#;
+        let inv = parse_snapshot("inv.json", text.as_bytes(), SnapshotFormat::Json).unwrap();
+        assert_eq!(inv.get("x").unwrap().failure, Some(FailureClass::Download));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{LabelSelector, Labels, SelectorRequirement};
-use crate::protocol::MaintenanceWindow;
+use crate::protocol::{FailureClass, MaintenanceWindow};
 
 /// `Group.spec`: a node of the hierarchy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -232,22 +232,108 @@ pub struct RolloutSpec {
     #[serde(default = "default_success_threshold")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub success_threshold: f64,
-    /// Percent of a wave failing that halts the rollout.
-    #[serde(default = "default_failure_threshold")]
-    #[schemars(range(min = 0.0, max = 100.0))]
-    pub failure_threshold: f64,
+    /// Percent of a wave failing that halts the rollout: one share for every failure
+    /// (`5`), or a share per failure class with a minimum sample.
+    #[serde(default)]
+    pub failure_threshold: FailureThreshold,
     /// Whether each wave after the first waits for an operator's approval.
     #[serde(default)]
     pub approval: Approval,
+    /// How long a device confirms a new release's health before it commits it, e.g.
+    /// `5m`; absent: it commits at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<String>,
+    /// A device still downloading, installing or confirming this long after its
+    /// instruction was published counts as failed (class `timeout`), e.g. `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_timeout: Option<String>,
+    /// Failures retried by re-publishing the instruction before they count as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesSpec>,
+    /// What a halted rollout does. Default `halt`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// A rollout's failure threshold, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FailureThreshold {
+    /// Percent of a wave failing, whatever the failure, that halts the rollout.
+    Percent(#[schemars(range(min = 0.0, max = 100.0))] f64),
+    /// Thresholds per failure class, and the sample they need.
+    PerClass(Box<FailureThresholds>),
+}
+
+impl Default for FailureThreshold {
+    fn default() -> Self {
+        FailureThreshold::Percent(DEFAULT_FAILURE_THRESHOLD)
+    }
+}
+
+/// The failure threshold written as a map. Each share is a percent of the wave's counted
+/// devices; a class's share counts that class's failures only (`verification` failures
+/// count as `download`, and a failure reported without a class as `install`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailureThresholds {
+    /// Every failure together. Default 5 when no class is given, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: Option<f64>,
+    /// Install failures (and failures reported without a class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub install: Option<f64>,
+    /// Health failures: unhealthy on the release, or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub health: Option<f64>,
+    /// Devices that did not finish within `deviceTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub timeout: Option<f64>,
+    /// Download and verification failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub download: Option<f64>,
+    /// No threshold halts a wave before this many of its devices finished (healthy or
+    /// failed). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_sample: Option<u64>,
+}
+
+/// Which failures are retried, how often, and after how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetriesSpec {
+    /// Retries per device before its failure counts.
+    pub max: u32,
+    /// How long after the failure the instruction is re-published, e.g. `1m`. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// The failure classes retried. Default `[download, verification, timeout]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<FailureClass>>,
+}
+
+/// What a rollout does when a wave crosses its failure threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// Stop publishing; devices stay where they are.
+    #[default]
+    Halt,
+    /// Return the changed devices to their previous release (not supported yet).
+    Rollback,
 }
 
 fn default_success_threshold() -> f64 {
     95.0
 }
 
-fn default_failure_threshold() -> f64 {
-    5.0
-}
+/// The failure threshold when the policy gives none, percent.
+pub const DEFAULT_FAILURE_THRESHOLD: f64 = 5.0;
 
 impl Default for RolloutSpec {
     fn default() -> Self {
@@ -256,8 +342,12 @@ impl Default for RolloutSpec {
             waves: Vec::new(),
             max_concurrent: None,
             success_threshold: default_success_threshold(),
-            failure_threshold: default_failure_threshold(),
+            failure_threshold: FailureThreshold::default(),
             approval: Approval::default(),
+            confirmation: None,
+            device_timeout: None,
+            retries: None,
+            on_failure: OnFailure::default(),
         }
     }
 }

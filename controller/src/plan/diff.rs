@@ -238,6 +238,7 @@ pub fn assumed_inventory(base: &CompiledFleet) -> Inventory {
                 version: release.version.clone(),
                 state: UpdateState::Installed,
                 healthy: true,
+                failure: None,
                 last_seen: None,
             };
             Some((d.id.clone().into(), report))

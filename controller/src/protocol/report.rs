@@ -85,7 +85,9 @@ pub struct ReportBody {
 
 /// Which step of an update failed, so that a rollout can retry what is transient and count
 /// each class against its own threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureClass {
     /// Fetching the release's artifacts failed (network, server).
@@ -109,6 +111,11 @@ impl FailureClass {
         FailureClass::Health,
         FailureClass::Timeout,
     ];
+
+    /// The class named `name` (as [`FailureClass::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|class| class.as_str() == name)
+    }
 
     /// The name on the wire and in the database.
     pub fn as_str(self) -> &'static str {
@@ -140,6 +147,7 @@ mod tests {
         }
         for class in FailureClass::ALL {
             assert_eq!(serde_json::to_string(&class).unwrap(), format!("\"{}\"", class.as_str()));
+            assert_eq!(FailureClass::from_name(class.as_str()), Some(class));
         }
         assert_eq!(UpdateState::from_name("rolledBack"), None);
     }

@@ -5,7 +5,7 @@
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::progress::{classify, Progress, Target};
+use super::progress::{classify_member, Progress, Target};
 use crate::inventory::store::{
     RolloutPhase, RolloutRecord, Store, StoreError, Waiting, WaveRecord, WaveState,
 };
@@ -252,12 +252,17 @@ async fn describe(
     let waves: Vec<WaveRecord> = store.waves(&rollout.id).await?;
     let members = store.member_reports(&rollout.id).await?;
     let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
-    let target =
-        Target { release: &rollout.release, version: &version, stale_after, now_ms: now.as_millisecond() };
+    let target = Target {
+        release: &rollout.release,
+        version: &version,
+        stale_after,
+        device_timeout: None,
+        now_ms: now.as_millisecond(),
+    };
     let mut progress = vec![Progress::default(); waves.len()];
     let mut total = Progress::default();
     for (m, report) in &members {
-        let state = classify(&target, m.published_at, true, report.as_ref());
+        let state = classify_member(&target, m.published_at, m.failure, true, report.as_ref());
         if let Some(p) = progress.get_mut(m.wave as usize) {
             p.add(state);
         }

@@ -3,8 +3,11 @@
 //! clock, so that every rule can be tested on its own.
 
 use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 
+use crate::compile::FailureRules;
 use crate::model::Approval;
+use crate::protocol::FailureClass;
 
 /// How the devices of a published wave stand.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,6 +21,8 @@ pub struct WaveTally {
     pub healthy: u64,
     /// Devices that report the update failed, or installed but unhealthy.
     pub failed: u64,
+    /// The failed devices by failure class.
+    pub failed_by: ClassCounts,
     /// Devices that stopped reporting for longer than the stale timeout. They count
     /// neither as healthy nor as failed, and do not hold the rollout back.
     pub stale: u64,
@@ -45,6 +50,42 @@ impl WaveTally {
     }
 }
 
+/// Failed devices per failure class; `verification` failures count as `download`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassCounts {
+    /// Install failures, and failures reported without a class.
+    pub install: u64,
+    /// Unhealthy on the release, or rolled back.
+    pub health: u64,
+    /// Not finished within the device timeout.
+    pub timeout: u64,
+    /// Download and verification failures.
+    pub download: u64,
+}
+
+impl ClassCounts {
+    /// Adds one failure of `class`.
+    pub fn add(&mut self, class: FailureClass) {
+        *self.get_mut(class) += 1;
+    }
+
+    /// The failures counted with `class`.
+    pub fn get(&self, class: FailureClass) -> u64 {
+        let mut copy = *self;
+        *copy.get_mut(class)
+    }
+
+    fn get_mut(&mut self, class: FailureClass) -> &mut u64 {
+        match class {
+            FailureClass::Install => &mut self.install,
+            FailureClass::Health => &mut self.health,
+            FailureClass::Timeout => &mut self.timeout,
+            FailureClass::Download | FailureClass::Verification => &mut self.download,
+        }
+    }
+}
+
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -58,8 +99,9 @@ fn percent(part: u64, whole: u64) -> f64 {
 pub struct Gates {
     /// Percent of a wave that must be healthy before the next wave.
     pub success_threshold: f64,
-    /// Percent of a wave failing that halts the rollout.
-    pub failure_threshold: f64,
+    /// When failures halt the rollout: thresholds overall and per class, and the sample
+    /// they need.
+    pub failure: FailureRules,
     /// Whether each wave after the first waits for an approval.
     pub approval: Approval,
 }
@@ -139,21 +181,41 @@ impl Verdict {
     }
 }
 
+/// Why the wave's failures halt the rollout, if they do: a threshold is crossed, overall
+/// or for one class, and at least the minimum sample of the wave finished (or the whole
+/// wave, when it is smaller than the sample).
+fn halt_reason(rules: &FailureRules, wave: usize, tally: &WaveTally) -> Option<String> {
+    if tally.failed == 0 || tally.healthy + tally.failed < rules.minimum_sample.min(tally.counted()) {
+        return None;
+    }
+    let crossed = |failed: u64, threshold: Option<f64>| {
+        threshold.filter(|&t| failed > 0 && percent(failed, tally.counted()) >= t)
+    };
+    let (what, failed, threshold) = if let Some(t) = crossed(tally.failed, rules.any) {
+        (String::new(), tally.failed, t)
+    } else {
+        let (class, t) =
+            [FailureClass::Install, FailureClass::Health, FailureClass::Timeout, FailureClass::Download]
+                .into_iter()
+                .find_map(|class| {
+                    Some((class, crossed(tally.failed_by.get(class), rules.of_class(class))?))
+                })?;
+        (format!(" {}", class.as_str()), tally.failed_by.get(class), t)
+    };
+    Some(format!(
+        "wave {} crossed the{what} failure threshold: {failed} of {} devices failed{what} ({:.1}% ≥ {threshold}%)",
+        wave + 1,
+        tally.counted(),
+        percent(failed, tally.counted()),
+    ))
+}
+
 /// Decides what to do with a rollout whose current wave is published (possibly only in
-/// part). The failure threshold is checked first, even when paused: a paused rollout
+/// part). The failure thresholds are checked first, even when paused: a paused rollout
 /// still halts when its devices fail.
 pub fn decide(gates: &Gates, position: &Position, tally: &WaveTally, now: Timestamp) -> Verdict {
-    if tally.failed > 0 && tally.failed_percent() >= gates.failure_threshold {
-        return Verdict::Halt {
-            reason: format!(
-                "wave {} crossed the failure threshold: {} of {} devices failed ({:.1}% ≥ {}%)",
-                position.wave + 1,
-                tally.failed,
-                tally.counted(),
-                tally.failed_percent(),
-                gates.failure_threshold
-            ),
-        };
+    if let Some(reason) = halt_reason(&gates.failure, position.wave, tally) {
+        return Verdict::Halt { reason };
     }
     if position.paused {
         return Verdict::Wait(Wait::Paused);
@@ -188,7 +250,11 @@ mod tests {
     use super::*;
 
     fn gates() -> Gates {
-        Gates { success_threshold: 90.0, failure_threshold: 10.0, approval: Approval::Auto }
+        Gates { success_threshold: 90.0, failure: rules(10.0), approval: Approval::Auto }
+    }
+
+    fn rules(percent: f64) -> FailureRules {
+        FailureRules::of(&crate::model::FailureThreshold::Percent(percent))
     }
 
     fn position() -> Position {
@@ -196,7 +262,8 @@ mod tests {
     }
 
     fn tally(size: u64, healthy: u64, failed: u64, stale: u64) -> WaveTally {
-        WaveTally { size, unpublished: 0, healthy, failed, stale }
+        let failed_by = ClassCounts { install: failed, ..ClassCounts::default() };
+        WaveTally { size, unpublished: 0, healthy, failed, failed_by, stale }
     }
 
     fn now() -> Timestamp {
@@ -228,9 +295,51 @@ mod tests {
 
     #[test]
     fn a_zero_failure_threshold_halts_on_the_first_failure_only() {
-        let g = Gates { failure_threshold: 0.0, ..gates() };
+        let g = Gates { failure: rules(0.0), ..gates() };
         assert_eq!(decide(&g, &position(), &tally(10, 10, 0, 0), now()), Verdict::Advance);
         assert!(matches!(decide(&g, &position(), &tally(100, 99, 1, 0), now()), Verdict::Halt { .. }));
+    }
+
+    #[test]
+    fn no_threshold_halts_before_the_minimum_sample_finished() {
+        let g = Gates { failure: FailureRules { minimum_sample: 5, ..rules(10.0) }, ..gates() };
+        // 1 of 3 canaries failed, 1 healthy, 1 still in flight: 2 finished of the 5 needed.
+        assert_eq!(
+            decide(&g, &position(), &tally(3, 1, 1, 0), now()),
+            Verdict::Wait(Wait::Health { healthy_percent: 100.0 / 3.0, needed_percent: 90.0 })
+        );
+        // A wave smaller than the sample halts once all of it finished.
+        assert!(matches!(decide(&g, &position(), &tally(3, 2, 1, 0), now()), Verdict::Halt { .. }));
+        assert!(matches!(decide(&g, &position(), &tally(10, 4, 1, 0), now()), Verdict::Halt { .. }));
+    }
+
+    #[test]
+    fn thresholds_per_class_count_their_class_only() {
+        let per_class = crate::model::FailureThresholds {
+            install: Some(10.0),
+            timeout: Some(50.0),
+            ..Default::default()
+        };
+        let g = Gates {
+            failure: FailureRules::of(&crate::model::FailureThreshold::PerClass(Box::new(per_class))),
+            ..gates()
+        };
+        assert_eq!(g.failure.any, None, "no overall threshold once classes are given");
+        let timeouts = |n: u64| WaveTally {
+            failed_by: ClassCounts { timeout: n, ..ClassCounts::default() },
+            ..tally(10, 10 - n, n, 0)
+        };
+        assert!(matches!(decide(&g, &position(), &timeouts(2), now()), Verdict::Wait(Wait::Health { .. })));
+        let v = decide(&g, &position(), &timeouts(5), now());
+        assert!(
+            matches!(v, Verdict::Halt { ref reason } if reason.contains("timeout failure threshold")),
+            "{v:?}"
+        );
+        let v = decide(&g, &position(), &tally(10, 9, 1, 0), now());
+        assert!(
+            matches!(v, Verdict::Halt { ref reason } if reason.contains("1 of 10 devices failed install")),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -4,13 +4,12 @@
 use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
-use super::gate::WaveTally;
+use super::gate::{ClassCounts, WaveTally};
 use crate::inventory::DeviceReport;
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 
 /// Where one member of a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemberState {
     /// Its instruction is not published yet (maintenance window, concurrency cap, or its
     /// wave has not started).
@@ -19,8 +18,9 @@ pub enum MemberState {
     InFlight,
     /// Runs the rollout's release, settled and healthy.
     Healthy,
-    /// Reported the update failed, or runs the release but is unhealthy.
-    Failed,
+    /// Reported the update failed or rolled back, runs the release but is unhealthy, or
+    /// did not finish within the device timeout; with the class of the failure.
+    Failed(FailureClass),
     /// Silent for longer than the stale timeout since its instruction was published (or
     /// no longer in the fleet): counted apart, never blocks, never fails a wave.
     Stale,
@@ -35,6 +35,9 @@ pub struct Target<'a> {
     pub version: &'a semver::Version,
     /// How long a published device may stay silent before it counts as stale.
     pub stale_after: SignedDuration,
+    /// How long a published device may take to finish before it counts as failed
+    /// (class `timeout`); `None`: it may take as long as it keeps reporting.
+    pub device_timeout: Option<SignedDuration>,
     /// Now, Unix milliseconds.
     pub now_ms: i64,
 }
@@ -56,19 +59,65 @@ pub fn classify(
         let on_target =
             report.release.as_deref() == Some(target.release) && &report.version == target.version;
         if on_target && report.state.is_settled() {
-            return if report.healthy { MemberState::Healthy } else { MemberState::Failed };
+            return if report.healthy {
+                MemberState::Healthy
+            } else {
+                MemberState::Failed(FailureClass::Health)
+            };
         }
         // A failure counts when it was reported after the instruction was published: an
-        // older one is about an earlier update.
-        if report.state == UpdateState::Failed && last_seen.is_some_and(|seen| seen >= published_at) {
-            return MemberState::Failed;
+        // older one is about an earlier update. A device that names no class is counted as
+        // failing its install (or, rolled back, its health check).
+        if last_seen.is_some_and(|seen| seen >= published_at) {
+            match report.state {
+                UpdateState::Failed => {
+                    return MemberState::Failed(report.failure.unwrap_or(FailureClass::Install))
+                }
+                UpdateState::RolledBack => {
+                    return MemberState::Failed(report.failure.unwrap_or(FailureClass::Health))
+                }
+                _ => {}
+            }
         }
     }
     let last_activity = last_seen.map_or(published_at, |seen| seen.max(published_at));
     if target.now_ms - last_activity > target.stale_after.as_millis() as i64 {
         MemberState::Stale
+    } else if target.device_timeout.is_some_and(|t| target.now_ms - published_at > t.as_millis() as i64) {
+        // Still reporting, but not done in time: stuck downloading, installing or
+        // confirming, or never started.
+        MemberState::Failed(FailureClass::Timeout)
     } else {
         MemberState::InFlight
+    }
+}
+
+/// Classifies a member whose wave may count a failure for good (`kept`: it turned
+/// unhealthy during the bake): that failure stands whatever the device reported since.
+pub fn classify_member(
+    target: &Target<'_>,
+    published_at: Option<i64>,
+    kept: Option<FailureClass>,
+    in_fleet: bool,
+    report: Option<&DeviceReport>,
+) -> MemberState {
+    match kept {
+        Some(class) if in_fleet && published_at.is_some() => MemberState::Failed(class),
+        _ => classify(target, published_at, in_fleet, report),
+    }
+}
+
+/// When a member that classified as failed with `class` failed, Unix milliseconds: when
+/// its device timed out, else when it reported the failure (now, if it never reported).
+pub fn failed_at(
+    target: &Target<'_>,
+    published_at: i64,
+    report: Option<&DeviceReport>,
+    class: FailureClass,
+) -> i64 {
+    match (class, target.device_timeout) {
+        (FailureClass::Timeout, Some(timeout)) => published_at.saturating_add(timeout.as_millis() as i64),
+        _ => report.and_then(|r| r.last_seen).map_or(target.now_ms, |t| t.as_millisecond()),
     }
 }
 
@@ -86,6 +135,9 @@ pub struct Progress {
     pub healthy: u64,
     /// Failed.
     pub failed: u64,
+    /// The failed ones by failure class (absent in statuses written before classes).
+    #[serde(default)]
+    pub failed_by: ClassCounts,
     /// Silent past the stale timeout.
     pub stale: u64,
 }
@@ -98,7 +150,10 @@ impl Progress {
             MemberState::Unpublished => self.unpublished += 1,
             MemberState::InFlight => self.in_flight += 1,
             MemberState::Healthy => self.healthy += 1,
-            MemberState::Failed => self.failed += 1,
+            MemberState::Failed(class) => {
+                self.failed += 1;
+                self.failed_by.add(class);
+            }
             MemberState::Stale => self.stale += 1,
         }
     }
@@ -115,6 +170,7 @@ impl Progress {
             unpublished: self.unpublished,
             healthy: self.healthy,
             failed: self.failed,
+            failed_by: self.failed_by,
             stale: self.stale,
         }
     }
@@ -127,7 +183,13 @@ mod tests {
     const MIN: i64 = 60_000;
 
     fn target(version: &semver::Version) -> Target<'_> {
-        Target { release: "v2", version, stale_after: SignedDuration::from_mins(10), now_ms: 100 * MIN }
+        Target {
+            release: "v2",
+            version,
+            stale_after: SignedDuration::from_mins(10),
+            device_timeout: None,
+            now_ms: 100 * MIN,
+        }
     }
 
     fn report(release: &str, version: &str, state: UpdateState, healthy: bool, seen: i64) -> DeviceReport {
@@ -136,8 +198,50 @@ mod tests {
             version: version.parse().unwrap(),
             state,
             healthy,
+            failure: None,
             last_seen: Some(jiff::Timestamp::from_millisecond(seen).unwrap()),
         }
+    }
+
+    #[test]
+    fn rolled_back_and_failed_members_count_with_their_class() {
+        let v2: semver::Version = "2.0.0".parse().unwrap();
+        let t = target(&v2);
+        let c = |r: &DeviceReport| classify(&t, Some(95 * MIN), true, Some(r));
+        let rolled_back = report("v1", "1.0.0", UpdateState::RolledBack, false, 99 * MIN);
+        assert_eq!(c(&rolled_back), MemberState::Failed(FailureClass::Health));
+        let download = DeviceReport {
+            failure: Some(FailureClass::Download),
+            ..report("v1", "1.0.0", UpdateState::Failed, true, 99 * MIN)
+        };
+        assert_eq!(c(&download), MemberState::Failed(FailureClass::Download));
+    }
+
+    #[test]
+    fn a_member_not_done_within_the_device_timeout_fails_with_class_timeout() {
+        let v2: semver::Version = "2.0.0".parse().unwrap();
+        let t = Target { device_timeout: Some(SignedDuration::from_mins(4)), ..target(&v2) };
+        let installing = report("v1", "1.0.0", UpdateState::Installing, true, 99 * MIN);
+        assert_eq!(classify(&t, Some(97 * MIN), true, Some(&installing)), MemberState::InFlight);
+        assert_eq!(
+            classify(&t, Some(95 * MIN), true, Some(&installing)),
+            MemberState::Failed(FailureClass::Timeout),
+            "published five minutes ago, still installing"
+        );
+        let idle = report("v1", "1.0.0", UpdateState::Idle, true, 99 * MIN);
+        assert_eq!(
+            classify(&t, Some(95 * MIN), true, Some(&idle)),
+            MemberState::Failed(FailureClass::Timeout),
+            "never moved"
+        );
+        let done = report("v2", "2.0.0", UpdateState::Installed, true, 99 * MIN);
+        assert_eq!(classify(&t, Some(95 * MIN), true, Some(&done)), MemberState::Healthy);
+        let silent = report("v1", "1.0.0", UpdateState::Idle, true, 2 * MIN);
+        assert_eq!(
+            classify(&t, Some(MIN), true, Some(&silent)),
+            MemberState::Stale,
+            "silent: stale, not timed out"
+        );
     }
 
     #[test]
@@ -155,9 +259,12 @@ mod tests {
         assert_eq!(c(Some(&report("v2", "2.0.0", UpdateState::Idle, true, 99 * MIN))), MemberState::Healthy);
         assert_eq!(
             c(Some(&report("v2", "2.0.0", UpdateState::Installed, false, 99 * MIN))),
-            MemberState::Failed
+            MemberState::Failed(FailureClass::Health)
         );
-        assert_eq!(c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 99 * MIN))), MemberState::Failed);
+        assert_eq!(
+            c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 99 * MIN))),
+            MemberState::Failed(FailureClass::Install)
+        );
         assert_eq!(
             c(Some(&report("v1", "1.0.0", UpdateState::Failed, true, 90 * MIN))),
             MemberState::InFlight,
@@ -197,9 +304,13 @@ mod tests {
         {
             p.add(s);
         }
-        p.add(MemberState::Failed);
+        p.add(MemberState::Failed(FailureClass::Timeout));
         p.add(MemberState::Stale);
         assert_eq!(p.published(), 5);
-        assert_eq!(p.tally(), WaveTally { size: 6, unpublished: 1, healthy: 2, failed: 1, stale: 1 });
+        let failed_by = ClassCounts { timeout: 1, ..ClassCounts::default() };
+        assert_eq!(
+            p.tally(),
+            WaveTally { size: 6, unpublished: 1, healthy: 2, failed: 1, failed_by, stale: 1 }
+        );
     }
 }

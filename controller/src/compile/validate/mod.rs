@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use super::diagnostic::{self, Code, Diagnostic};
 use super::load::{AsObject, DeviceDocuments, Documents, Located, Location};
+use super::rules::RolloutRules;
 use crate::model::Kind;
 use crate::protocol::duration::WrittenDuration;
 use crate::protocol::Windows;
@@ -51,6 +52,9 @@ pub struct Checked {
     /// Per Policy document (in [`Documents::policies`] order), the bake time of each of
     /// its waves. Bake times that do not parse are reported and left out.
     pub bakes: Vec<Vec<Option<WrittenDuration>>>,
+    /// Per Policy document, its rollout's device-health rules. Durations that do not
+    /// parse are reported and left out.
+    pub rules: Vec<RolloutRules>,
 }
 
 /// Runs every static check and returns the diagnostics sorted by file and line.
@@ -92,9 +96,9 @@ pub fn check_cached(documents: &Documents, cache: &mut CheckCache) -> Checked {
         }
     }
     releases::check_releases(documents, &mut out);
-    let bakes = policies::check_policies(documents, &names, &mut out);
+    let (bakes, rules) = policies::check_policies(documents, &names, &mut out);
     diagnostic::sort(&mut out);
-    Checked { diagnostics: out, windows, bakes }
+    Checked { diagnostics: out, windows, bakes, rules }
 }
 
 /// The declared names of groups and releases (the first declaration of each), and the

@@ -1,20 +1,26 @@
-//! Policy documents: references, selectors, waves, thresholds and bake times.
+//! Policy documents: references, selectors, waves, thresholds, bake times and the
+//! device-health rules (confirmation, device timeout, retries, what a failure does).
 
 use super::labels::check_selector;
 use super::{unknown, Names};
 use crate::compile::diagnostic::{Code, Diagnostic};
 use crate::compile::load::{Documents, Located};
-use crate::model::Policy;
+use crate::compile::rules::{FailureRules, Retries, RolloutRules};
+use crate::model::{OnFailure, Policy};
 use crate::protocol::duration::WrittenDuration;
 
-/// Checks every Policy document and returns the bake times of each one's waves, parsed
-/// (see [`super::Checked::bakes`]).
+/// The bake times of a policy's waves, parsed.
+pub(super) type Bakes = Vec<Option<WrittenDuration>>;
+
+/// Checks every Policy document and returns, per policy, the bake times of its waves and
+/// its rollout rules, parsed (see [`super::Checked::bakes`] and [`super::Checked::rules`]).
 pub(super) fn check_policies(
     documents: &Documents,
     names: &Names<'_>,
     out: &mut Vec<Diagnostic>,
-) -> Vec<Vec<Option<WrittenDuration>>> {
+) -> (Vec<Bakes>, Vec<RolloutRules>) {
     let mut bakes = Vec::with_capacity(documents.policies.len());
+    let mut rules = Vec::with_capacity(documents.policies.len());
     for doc in &documents.policies {
         let spec = &doc.value.spec;
         if !names.releases.contains_key(spec.release.as_str()) {
@@ -41,8 +47,79 @@ pub(super) fn check_policies(
             out,
         );
         bakes.push(check_rollout(doc, out));
+        rules.push(check_rules(doc, out));
     }
-    bakes
+    (bakes, rules)
+}
+
+/// Checks a policy's device-health rules and returns them parsed.
+fn check_rules(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) -> RolloutRules {
+    let rollout = &doc.value.spec.rollout;
+    let mut duration = |field: &str, text: &Option<String>| {
+        text.as_deref()
+            .and_then(|text| check_duration(doc, &format!("spec.rollout.{field}"), text, (field, ""), out))
+    };
+    let confirmation = duration("confirmation", &rollout.confirmation);
+    let device_timeout = duration("deviceTimeout", &rollout.device_timeout);
+    let retries = rollout.retries.as_ref().map_or_else(Retries::default, |spec| {
+        let backoff = duration("retries.backoff", &spec.backoff);
+        Retries::of(spec, backoff.map(|b| b.value()))
+    });
+    if device_timeout.as_ref().is_some_and(|t| t.value().is_zero()) {
+        out.push(Diagnostic::new(
+            Code::InvalidDuration,
+            doc.locate("spec.rollout.deviceTimeout"),
+            "deviceTimeout is 0, so every device would time out at once (write e.g. 30m)",
+        ));
+    }
+    if let (Some(timeout), Some(confirmation)) = (&device_timeout, &confirmation) {
+        if timeout.value() <= confirmation.value() {
+            out.push(Diagnostic::new(
+                Code::InvalidDuration,
+                doc.locate("spec.rollout.deviceTimeout"),
+                format!(
+                    "deviceTimeout ({timeout}) must be longer than confirmation ({confirmation}): \
+                     every device would time out while it confirms the release"
+                ),
+            ));
+        }
+    }
+    if rollout.on_failure == OnFailure::Rollback {
+        out.push(Diagnostic::new(
+            Code::UnsupportedOnFailure,
+            doc.locate("spec.rollout.onFailure"),
+            "onFailure: rollback is not supported yet; use halt (the default) and roll back by hand",
+        ));
+    }
+    RolloutRules {
+        confirmation,
+        device_timeout,
+        retries,
+        failure: FailureRules::of(&rollout.failure_threshold),
+    }
+}
+
+/// Parses a duration field of a policy that must not be negative; reports it at `path`
+/// when it does not parse, as `invalid <what.0> "<text>"<what.1>`.
+fn check_duration(
+    doc: &Located<Policy>,
+    path: &str,
+    text: &str,
+    what: (&str, &str),
+    out: &mut Vec<Diagnostic>,
+) -> Option<WrittenDuration> {
+    match WrittenDuration::parse(text) {
+        Ok(duration) if !duration.value().is_negative() => Some(duration),
+        result => {
+            let reason = result.map_or_else(|e| e.to_string(), |_| "it is negative".to_owned());
+            out.push(Diagnostic::new(
+                Code::InvalidDuration,
+                doc.locate(path),
+                format!("invalid {} {text:?}{}: {reason} (write e.g. 30m or 1h)", what.0, what.1),
+            ));
+            None
+        }
+    }
 }
 
 /// Checks a policy's rollout and returns the bake time of each wave.
@@ -98,20 +175,11 @@ fn check_rollout(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) -> Vec<Option
                 percent_sum += percent;
             }
         }
-        let bake = wave.bake.as_deref().map(|text| (text, WrittenDuration::parse(text)));
-        bakes.push(match bake {
-            Some((_, Ok(bake))) if !bake.value().is_negative() => Some(bake),
-            Some((text, result)) => {
-                let reason = result.map_or_else(|e| e.to_string(), |_| "it is negative".to_owned());
-                out.push(Diagnostic::new(
-                    Code::InvalidDuration,
-                    doc.locate(&format!("{at}.bake")),
-                    format!("invalid bake time {text:?} of wave {name:?}: {reason} (write e.g. 30m or 1h)"),
-                ));
-                None
-            }
-            None => None,
-        });
+        let of = format!(" of wave {name:?}");
+        let path = format!("{at}.bake");
+        bakes.push(
+            wave.bake.as_deref().and_then(|text| check_duration(doc, &path, text, ("bake time", &of), out)),
+        );
         if let Some(selector) = &wave.selector {
             let path = format!("{at}.selector");
             check_selector(doc, &path, &selector.match_labels, &selector.match_expressions, out);
@@ -135,28 +203,46 @@ fn check_rollout(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) -> Vec<Option
             "maxConcurrent must be at least 1 (0 would never let a device update)",
         ));
     }
-    let mut thresholds_valid = true;
+    check_thresholds(doc, out);
+    bakes
+}
+
+/// The success threshold and every failure threshold are percentages, and success must
+/// exceed each failure threshold (a wave could otherwise advance with fewer healthy
+/// devices than the share of failures that halts it).
+fn check_thresholds(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) {
+    let rollout = &doc.value.spec.rollout;
+    let failure = FailureRules::of(&rollout.failure_threshold);
+    let per_class = !matches!(rollout.failure_threshold, crate::model::FailureThreshold::Percent(_));
+    let path = |field: &str| match (field, per_class) {
+        ("successThreshold", _) | ("failureThreshold", false) => format!("spec.rollout.{field}"),
+        ("failureThreshold", true) => "spec.rollout.failureThreshold.percent".to_owned(),
+        (class, _) => format!("spec.rollout.failureThreshold.{class}"),
+    };
+    let mut valid = true;
     for (field, value) in
-        [("successThreshold", rollout.success_threshold), ("failureThreshold", rollout.failure_threshold)]
+        std::iter::once(("successThreshold", rollout.success_threshold)).chain(failure.given())
     {
         if !(0.0..=100.0).contains(&value) {
-            thresholds_valid = false;
+            valid = false;
             out.push(Diagnostic::new(
                 Code::InvalidThreshold,
-                doc.locate(&format!("spec.rollout.{field}")),
+                doc.locate(&path(field)),
                 format!("{field} is {value}; it is a percentage between 0 and 100"),
             ));
         }
     }
-    if thresholds_valid && rollout.success_threshold <= rollout.failure_threshold {
+    let highest = failure.given().max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((field, value)) = highest.filter(|&(_, value)| valid && rollout.success_threshold <= value) {
+        let field =
+            if field == "failureThreshold" { field.to_owned() } else { format!("failureThreshold.{field}") };
         out.push(Diagnostic::new(
             Code::InvalidThreshold,
             doc.locate("spec.rollout.successThreshold"),
             format!(
-                "successThreshold ({}) must be greater than failureThreshold ({})",
-                rollout.success_threshold, rollout.failure_threshold
+                "successThreshold ({}) must be greater than {field} ({value})",
+                rollout.success_threshold
             ),
         ));
     }
-    bakes
 }

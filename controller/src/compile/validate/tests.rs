@@ -307,3 +307,46 @@ spec:
         ["WG203 p.yaml:8:30 invalid bake time \"-5m\" of wave \"wave-1\": it is negative (write e.g. 30m or 1h)"]
     );
 }
+
+#[test]
+fn device_health_rules_are_checked_where_they_are_written() {
+    let policy = "\
+kind: Policy
+metadata: {name: p}
+spec:
+  release: v1
+  selector: {}
+  rollout:
+    confirmation: soon
+    deviceTimeout: 0s
+    retries: {max: 2, backoff: -1m, on: [install]}
+    failureThreshold: {install: 120, health: 96, minimumSample: 3}
+    onFailure: rollback
+";
+    let out = run(&[("base.yaml", BASE), ("p.yaml", policy)]);
+    assert_eq!(
+        out,
+        [
+            "WG203 p.yaml:8:19 invalid confirmation \"soon\": expected number at 0 (write e.g. 30m or 1h)",
+            "WG203 p.yaml:9:20 deviceTimeout is 0, so every device would time out at once (write e.g. 30m)",
+            "WG203 p.yaml:10:32 invalid retries.backoff \"-1m\": it is negative (write e.g. 30m or 1h)",
+            "WG210 p.yaml:11:33 install is 120; it is a percentage between 0 and 100",
+            "WG218 p.yaml:12:16 onFailure: rollback is not supported yet; use halt (the default) and roll back by hand",
+        ]
+    );
+    let policy = policy
+        .replace("install: 120", "install: 10")
+        .replace("onFailure: rollback", "onFailure: halt")
+        .replace("confirmation: soon", "confirmation: 10m")
+        .replace("deviceTimeout: 0s", "deviceTimeout: 5m");
+    let out = run(&[("base.yaml", BASE), ("p.yaml", &policy)]);
+    assert_eq!(
+        out,
+        [
+            "WG210 p.yaml:8:5 successThreshold (95) must be greater than failureThreshold.health (96)",
+            "WG203 p.yaml:9:20 deviceTimeout (5m) must be longer than confirmation (10m): every device would \
+             time out while it confirms the release",
+            "WG203 p.yaml:10:32 invalid retries.backoff \"-1m\": it is negative (write e.g. 30m or 1h)",
+        ]
+    );
+}

@@ -8,7 +8,7 @@ use super::{
     multi_row, placeholders, query_error, Store, StoreError, HISTORY_PER_DEVICE, ROWS_PER_STATEMENT,
 };
 use crate::inventory::{DeviceReport, Inventory};
-use crate::protocol::UpdateState;
+use crate::protocol::{FailureClass, UpdateState};
 
 /// One authenticated report, ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,10 +135,10 @@ impl Store {
             return Ok(outcomes);
         }
         const COLUMNS: &str =
-            "device_id, seq, release, version, state, healthy, detail, reported_at, received_at";
+            "device_id, seq, release, version, state, healthy, detail, reported_at, received_at, failure";
         for chunk in numbered.chunks(ROWS_PER_STATEMENT) {
             let sql =
-                multi_row(&format!("INSERT INTO device_reports ({COLUMNS}) VALUES "), 9, chunk.len(), "");
+                multi_row(&format!("INSERT INTO device_reports ({COLUMNS}) VALUES "), 10, chunk.len(), "");
             let mut query = sqlx::query(&sql);
             for (seq, r) in chunk {
                 query = bind_report(query, *seq, r);
@@ -149,11 +149,12 @@ impl Store {
         for chunk in newest.chunks(ROWS_PER_STATEMENT) {
             let sql = multi_row(
                 &format!("INSERT INTO device_status ({COLUMNS}) VALUES "),
-                9,
+                10,
                 chunk.len(),
                 " ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release, \
                  version = excluded.version, state = excluded.state, healthy = excluded.healthy, \
-                 detail = excluded.detail, reported_at = excluded.reported_at, received_at = excluded.received_at",
+                 detail = excluded.detail, reported_at = excluded.reported_at, received_at = excluded.received_at, \
+                 failure = excluded.failure",
             );
             let mut query = sqlx::query(&sql);
             for (seq, r) in chunk {
@@ -187,7 +188,8 @@ impl Store {
     /// The discovered state of the fleet: every device's latest report, for the planner.
     pub async fn inventory(&self) -> Result<Inventory, StoreError> {
         let rows = sqlx::query(
-            "SELECT device_id, release, version, state, healthy, reported_at FROM device_status ORDER BY device_id",
+            "SELECT device_id, release, version, state, healthy, reported_at, failure FROM device_status \
+             ORDER BY device_id",
         )
         .fetch_all(&self.pool)
         .await
@@ -213,8 +215,8 @@ impl Store {
         since: i64,
     ) -> Result<(Vec<(Box<str>, DeviceReport)>, i64), StoreError> {
         let rows = sqlx::query(
-            "SELECT device_id, release, version, state, healthy, reported_at, received_at FROM device_status \
-             WHERE received_at >= $1",
+            "SELECT device_id, release, version, state, healthy, reported_at, failure, received_at \
+             FROM device_status WHERE received_at >= $1",
         )
         .bind(since)
         .fetch_all(&self.pool)
@@ -225,7 +227,7 @@ impl Store {
         for row in &rows {
             let id: String = row.try_get(0).map_err(query_error("reading changed reports"))?;
             let report = report_from_row(row, &id, 1)?;
-            newest = newest.max(row.try_get::<i64, _>(6).map_err(query_error("reading changed reports"))?);
+            newest = newest.max(row.try_get::<i64, _>(7).map_err(query_error("reading changed reports"))?);
             reports.push((id.into_boxed_str(), report));
         }
         Ok((reports, newest))
@@ -234,8 +236,8 @@ impl Store {
     /// A device's report history, newest first, at most `limit` reports.
     pub async fn history(&self, device_id: &str, limit: i64) -> Result<Vec<StoredReport>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, release, version, state, healthy, reported_at, detail, received_at FROM device_reports \
-             WHERE device_id = $1 ORDER BY seq DESC LIMIT $2",
+            "SELECT seq, release, version, state, healthy, reported_at, failure, detail, received_at \
+             FROM device_reports WHERE device_id = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(device_id)
         .bind(limit)
@@ -248,9 +250,9 @@ impl Store {
                 Ok(StoredReport {
                     seq: row.try_get(0).map_err(query_error(action))?,
                     report: report_from_row(row, device_id, 1)?,
-                    detail: row.try_get(6).map_err(query_error(action))?,
+                    detail: row.try_get(7).map_err(query_error(action))?,
                     reported_at: row.try_get(5).map_err(query_error(action))?,
-                    received_at: row.try_get(7).map_err(query_error(action))?,
+                    received_at: row.try_get(8).map_err(query_error(action))?,
                 })
             })
             .collect()
@@ -271,9 +273,11 @@ fn bind_report<'q>(query: AnyQuery<'q>, seq: i64, r: &IncomingReport) -> AnyQuer
         .bind(r.detail.clone())
         .bind(r.reported_at)
         .bind(r.received_at)
+        .bind(r.report.failure.map(FailureClass::as_str))
 }
 
-/// Reads `release, version, state, healthy, reported_at` starting at column `first`.
+/// Reads `release, version, state, healthy, reported_at, failure` starting at column
+/// `first`.
 pub(super) fn report_from_row(
     row: &sqlx::any::AnyRow,
     device: &str,
@@ -285,6 +289,7 @@ pub(super) fn report_from_row(
     let state: String = row.try_get(first + 2).map_err(query_error(action))?;
     let healthy = row.try_get::<i64, _>(first + 3).map_err(query_error(action))? != 0;
     let reported_at: i64 = row.try_get(first + 4).map_err(query_error(action))?;
+    let failure: Option<String> = row.try_get(first + 5).map_err(query_error(action))?;
     let corrupt =
         |what, value: &str| StoreError::Corrupt { what, key: device.to_string(), value: value.to_string() };
     Ok(DeviceReport {
@@ -292,6 +297,12 @@ pub(super) fn report_from_row(
         version: version.parse().map_err(|_| corrupt("version", &version))?,
         state: UpdateState::from_name(&state).ok_or_else(|| corrupt("update state", &state))?,
         healthy,
+        failure: match failure {
+            Some(name) => {
+                Some(FailureClass::from_name(&name).ok_or_else(|| corrupt("failure class", &name))?)
+            }
+            None => None,
+        },
         last_seen: Some(
             jiff::Timestamp::from_millisecond(reported_at)
                 .map_err(|_| corrupt("report time", &reported_at.to_string()))?,

@@ -5,6 +5,7 @@ use sqlx::Row;
 use super::reports::report_from_row;
 use super::{multi_row, placeholders, query_error, Store, StoreError, ROWS_PER_STATEMENT};
 use crate::inventory::DeviceReport;
+use crate::protocol::FailureClass;
 
 pub use crate::rollout::state::{RolloutPhase, Waiting, WaveState};
 
@@ -71,8 +72,12 @@ pub struct MemberRecord {
     pub position: u64,
     /// The device id.
     pub device_id: String,
-    /// When its instruction was published, Unix milliseconds.
+    /// When its instruction was published, Unix milliseconds (its latest attempt's).
     pub published_at: Option<i64>,
+    /// Its instruction's attempt: 0, then one more per retry.
+    pub attempt: u32,
+    /// The failure its wave counts for good (turned unhealthy during the bake).
+    pub failure: Option<FailureClass>,
 }
 
 impl Store {
@@ -253,7 +258,7 @@ impl Store {
     pub async fn rollout_members(&self, rollout_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
         let action = "reading rollout members";
         let rows = sqlx::query(
-            "SELECT idx, position, device_id, published_at FROM wave_devices WHERE rollout_id = $1 \
+            "SELECT idx, position, device_id, published_at, attempt, failure FROM wave_devices WHERE rollout_id = $1 \
              ORDER BY position, device_id",
         )
         .bind(rollout_id)
@@ -271,8 +276,8 @@ impl Store {
     ) -> Result<Vec<(MemberRecord, Option<DeviceReport>)>, StoreError> {
         let action = "reading rollout members and their reports";
         let rows = sqlx::query(
-            "SELECT w.idx, w.position, w.device_id, w.published_at, \
-             s.release, s.version, s.state, s.healthy, s.reported_at \
+            "SELECT w.idx, w.position, w.device_id, w.published_at, w.attempt, w.failure, \
+             s.release, s.version, s.state, s.healthy, s.reported_at, s.failure \
              FROM wave_devices w LEFT JOIN device_status s ON s.device_id = w.device_id \
              WHERE w.rollout_id = $1 ORDER BY w.position, w.device_id",
         )
@@ -284,8 +289,8 @@ impl Store {
             .map(|row| {
                 let member = member_from_row(row, action)?;
                 // `version` is never NULL in a status row: NULL means no report.
-                let reported = row.try_get::<Option<String>, _>(5).map_err(query_error(action))?.is_some();
-                let report = if reported { Some(report_from_row(row, &member.device_id, 4)?) } else { None };
+                let reported = row.try_get::<Option<String>, _>(7).map_err(query_error(action))?.is_some();
+                let report = if reported { Some(report_from_row(row, &member.device_id, 6)?) } else { None };
                 Ok((member, report))
             })
             .collect()
@@ -315,6 +320,58 @@ impl Store {
         tx.commit().await.map_err(query_error(action))
     }
 
+    /// Records that the instructions of `device_ids`, members of a rollout, were published
+    /// again with `attempt` (a retry) at `at`. Members already at that attempt or past it
+    /// are left as they are, so recording a retry twice changes nothing.
+    pub async fn mark_retried(
+        &self,
+        rollout_id: &str,
+        device_ids: &[String],
+        attempt: u32,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let action = "recording retried devices";
+        let mut tx = self.begin_write().await.map_err(query_error(action))?;
+        for chunk in device_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE wave_devices SET published_at = $1, attempt = $2, failure = NULL WHERE rollout_id = $3 \
+                 AND attempt < $2 \
+                 AND device_id IN ({})",
+                placeholders(4, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(at).bind(i64::from(attempt)).bind(rollout_id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await.map_err(query_error(action))?;
+        }
+        tx.commit().await.map_err(query_error(action))
+    }
+
+    /// Records that the wave of `device_ids`, members of a rollout, counts them as failed
+    /// with `class` for good. Idempotent.
+    pub async fn mark_failed(
+        &self,
+        rollout_id: &str,
+        device_ids: &[String],
+        class: FailureClass,
+    ) -> Result<(), StoreError> {
+        let action = "recording failed members";
+        let mut tx = self.begin_write().await.map_err(query_error(action))?;
+        for chunk in device_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE wave_devices SET failure = $1 WHERE rollout_id = $2 AND device_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(class.as_str()).bind(rollout_id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await.map_err(query_error(action))?;
+        }
+        tx.commit().await.map_err(query_error(action))
+    }
+
     /// One rollout.
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"))
@@ -326,13 +383,23 @@ impl Store {
     }
 }
 
-/// A member from its first four columns: `idx, position, device_id, published_at`.
+/// A member from its first six columns: `idx, position, device_id, published_at, attempt,
+/// failure`.
 fn member_from_row(row: &sqlx::any::AnyRow, action: &'static str) -> Result<MemberRecord, StoreError> {
     Ok(MemberRecord {
         wave: row.try_get::<i64, _>(0).map_err(query_error(action))? as u32,
         position: row.try_get::<i64, _>(1).map_err(query_error(action))? as u64,
         device_id: row.try_get(2).map_err(query_error(action))?,
         published_at: row.try_get(3).map_err(query_error(action))?,
+        attempt: u32::try_from(row.try_get::<i64, _>(4).map_err(query_error(action))?).unwrap_or(u32::MAX),
+        failure: match row.try_get::<Option<String>, _>(5).map_err(query_error(action))? {
+            Some(name) => Some(FailureClass::from_name(&name).ok_or_else(|| StoreError::Corrupt {
+                what: "member failure class",
+                key: row.try_get(2).unwrap_or_default(),
+                value: name.clone(),
+            })?),
+            None => None,
+        },
     })
 }
 
