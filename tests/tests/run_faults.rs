@@ -375,3 +375,22 @@ async fn a_postgresql_outage_is_reported_and_survived() {
     assert!(run.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)).success());
     assert!(run.logged("waveguide: stopped"));
 }
+
+/// A database that cannot be reached at start is refused with an error that names it, but
+/// never prints the password its URL carries.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_named_without_its_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = new_repo(tmp.path());
+    write_fleet(&repo, &public(&keyed(1)), "v1", 0, "v1");
+    commit(&repo, "fleet");
+    let data = tmp.path().join("data");
+    // Nothing listens on the discard port of the loopback address.
+    let url = "postgres://wg:s3cret-pw@127.0.0.1:9/fleet";
+    let mut args = repo_args(&repo);
+    args.extend([OsStr::new("--database"), OsStr::new(url)]);
+    let (code, stderr, _) = refused_start(&data, &args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("postgres://wg:***@127.0.0.1:9/fleet"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+}

@@ -83,6 +83,18 @@ impl StoreError {
     }
 }
 
+/// `url` with its password, if any, replaced by `***`: what error messages and logs show
+/// of a database URL.
+pub fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut
@@ -188,12 +200,12 @@ impl Store {
             } else if let Some(path) = url.strip_prefix("sqlite://") {
                 (Backend::Sqlite, sqlite_url(Path::new(path)), Some(Path::new(path)))
             } else if url.contains("://") {
-                return Err(StoreError::UnsupportedUrl { url: url.to_string() });
+                return Err(StoreError::UnsupportedUrl { url: without_password(url) });
             } else {
                 (Backend::Sqlite, sqlite_url(Path::new(url)), Some(Path::new(url)))
             };
         let options = AnyConnectOptions::from_str(&connect_url)
-            .map_err(|source| StoreError::Connect { url: url.to_string(), source })?;
+            .map_err(|source| StoreError::Connect { url: without_password(url), source })?;
         if let Some(path) = file {
             check_sqlite_file(path, &options).await?;
         }
@@ -228,7 +240,7 @@ impl Store {
                     .await
             }
         }
-        .map_err(|source| StoreError::Connect { url: url.to_string(), source })?;
+        .map_err(|source| StoreError::Connect { url: without_password(url), source })?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -469,4 +481,19 @@ fn device_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceRecord, StoreError> 
         declared: row.try_get::<i64, _>(3).map_err(query_error(action))? != 0,
         enrolled_at: row.try_get(4).map_err(query_error(action))?,
     })
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(without_password("postgres://wg:secret@db:5432/fleet"), "postgres://wg:***@db:5432/fleet");
+        assert_eq!(without_password("postgres://wg@db/fleet"), "postgres://wg@db/fleet");
+        assert_eq!(
+            without_password("/var/lib/waveguide/inventory.sqlite"),
+            "/var/lib/waveguide/inventory.sqlite"
+        );
+    }
 }

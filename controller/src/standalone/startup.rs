@@ -42,7 +42,7 @@ pub struct Mismatch {
 /// The check at start: refuses (or, when the configuration allows it, only warns about)
 /// an inventory that does not match the TUF repository.
 pub(super) async fn check(config: &RunConfig, store: &Store) -> Result<(), RunError> {
-    let database = without_password(&config.database_url());
+    let database = crate::inventory::store::without_password(&config.database_url());
     match check_inventory_matches(&config.tuf_dir(), store, &database).await {
         Err(RunError::Mismatch(mismatch)) if config.allow_inventory_mismatch => {
             tracing::warn!("starting anyway (--allow-inventory-mismatch): {}", mismatch.reason);
@@ -90,30 +90,4 @@ pub async fn check_inventory_matches(tuf: &Path, store: &Store, database: &str) 
         ));
     }
     Ok(())
-}
-
-/// A database URL fit for a message: a password in it is replaced.
-fn without_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_password;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(without_password("postgres://wg:secret@db:5432/fleet"), "postgres://wg:***@db:5432/fleet");
-        assert_eq!(without_password("postgres://wg@db/fleet"), "postgres://wg@db/fleet");
-        assert_eq!(
-            without_password("/var/lib/waveguide/inventory.sqlite"),
-            "/var/lib/waveguide/inventory.sqlite"
-        );
-    }
 }
