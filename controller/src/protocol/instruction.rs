@@ -32,11 +32,13 @@ pub struct DeviceInstruction {
     pub confirmation_secs: Option<u64>,
     /// The attempt of this instruction, from 0. A retry re-publishes the same release with
     /// the next attempt, which tells a device that failed it to try again.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
 }
 
-fn is_zero(n: &u32) -> bool {
+/// Whether an instruction's `attempt` is the first one, left out of its JSON. The
+/// publisher's borrowed copy of the instruction writes it the same way.
+pub(crate) fn is_first_attempt(n: &u32) -> bool {
     *n == 0
 }
 

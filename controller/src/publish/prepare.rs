@@ -43,12 +43,8 @@ struct InstructionRef<'a> {
     maintenance_windows: Cow<'a, [MaintenanceWindow]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     confirmation_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::protocol::is_first_attempt")]
     attempt: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// [`crate::protocol::ArtifactRef`], borrowed. A target path or hash written with JSON escapes
