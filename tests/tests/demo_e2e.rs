@@ -4,10 +4,11 @@
 //! through TUF and report back. Runs once on SQLite and once on PostgreSQL.
 //!
 //! Asserted throughout the rollout: waves start in order, and no device moves to a new
-//! release unless its wave published its instruction. Asserted at the end: the failing
-//! beta halts and the halt holds, manual approval waits for the operator, a controller
-//! restart mid-rollout resumes without publishing any wave twice, and the reference
-//! Python TUF client reads the same instructions the agents acted on.
+//! release unless its wave published its instruction. Asserted at the end: the beta,
+//! turning unhealthy during its bake, halts and the halt holds, manual approval waits for
+//! the operator, a controller restart mid-rollout resumes without publishing any wave
+//! twice, and the reference Python TUF client reads the same instructions the agents
+//! acted on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use waveguide::agent::simulate::{device_key, SimConfig, Simulation};
-use waveguide::demo::{self, DemoOptions, BETA_RELEASE, OLD_RELEASE};
+use waveguide::demo::{self, BetaWatch, DemoOptions, BETA_RELEASE, OLD_RELEASE};
 use waveguide::engine::EngineConfig;
 use waveguide::inventory::store::{RolloutPhase, Store, WaveState};
 use waveguide::rollout::control::{self, RolloutStatus};
@@ -144,11 +145,13 @@ fn python_instructions(base: &str, root: &Path, work: &Path, devices: &[String])
 
 async fn scenario(database: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet =
-        demo::prepare(&example(), tmp.path(), &DemoOptions { devices: 240, bake: "2s".into() }, |id| {
-            device_key(SEED, id).public_key_b64()
-        })
-        .unwrap();
+    let fleet = demo::prepare(
+        &example(),
+        tmp.path(),
+        &DemoOptions { devices: 240, bake: "2s".into(), beta: BetaWatch::default() },
+        |id| device_key(SEED, id).public_key_b64(),
+    )
+    .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut config = RunConfig::new(fleet.repo.display().to_string(), tmp.path().join("data"));
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
@@ -169,11 +172,14 @@ async fn scenario(database: Option<String>) {
     sim.key_seed = SEED.into();
     sim.initial_release = Some(OLD_RELEASE.into());
     sim.initial_version = "1.4.2".parse().unwrap();
-    sim.fail_rate = 0.5;
+    // Half the beta's devices turn unhealthy past its 5 s confirmation, in its 20 s bake.
+    sim.unhealthy_rate = 0.5;
+    sim.unhealthy_after = Duration::from_secs(10);
     sim.fail_release = Some(BETA_RELEASE.into());
     sim.install_time = Duration::from_millis(300);
     sim.poll_interval = Duration::from_millis(300);
     sim.report_interval = Duration::from_secs(3);
+    sim.health_interval = Duration::from_secs(1);
     let simulation = Simulation::start(sim, fleet.devices.clone()).unwrap();
 
     let store = running.controller.store.clone();
@@ -266,6 +272,9 @@ async fn scenario(database: Option<String>) {
     let halted = apac.current_wave as usize;
     assert_eq!(apac.waves[halted].state, WaveState::Failed);
     assert!(apac.waves[halted].progress.failed > 0);
+    // It halted on health during the bake: the wave had met its success threshold first.
+    assert!(apac.waves[halted].healthy_at.is_some(), "{apac:#?}");
+    assert!(apac.waves[halted].progress.failed_by.health > 0, "{apac:#?}");
     assert!(apac.waves[halted + 1..].iter().all(|w| w.state == WaveState::Pending));
 
     // The reference client reads what the agents acted on.
@@ -363,14 +372,16 @@ async fn the_demo_stops_cleanly_on_sigterm() {
     assert!(!work.exists(), "{} is removed", work.display());
 }
 
-/// `waveguide demo` as a new user runs it, to its end: the beta halts at its failure
-/// threshold, the manual approvals are made, the other rollouts complete, the final table
-/// says so, exit 0; with `--dir` its files stay, and the inventory and the TUF repository
-/// they hold agree with the table.
+/// `waveguide demo` as a new user runs it, to its end, in under 2 minutes: the beta passes
+/// its confirmation, turns unhealthy during its bake and halts, the manual approvals are
+/// made, the other rollouts complete, the output says what happened and the final table
+/// shows it, exit 0; with `--dir` its files stay, and the inventory and the TUF
+/// repository they hold agree with the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_to_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("demo");
+    let started = Instant::now();
     let output = tokio::task::spawn_blocking({
         let work = work.clone();
         move || {
@@ -383,15 +394,17 @@ async fn the_demo_runs_to_its_end() {
     })
     .await
     .unwrap();
+    let took = started.elapsed();
     let out = String::from_utf8_lossy(&output.stdout);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{}\n{out}\n{err}", output.status);
+    assert!(took < Duration::from_secs(120), "the demo took {took:?}:\n{out}");
 
     let row = |rollout: &str| {
         out.lines()
             .find(|l| {
                 // A table row: ROLLOUT POLICY RELEASE PHASE …; progress lines read
-                // "<rollout> wave …".
+                // "<rollout> wave …", and what happens "<rollout>: …".
                 let mut words = l.split_whitespace();
                 words.next() == Some(rollout) && words.next().is_some_and(|w| w != "wave")
             })
@@ -404,16 +417,20 @@ async fn the_demo_runs_to_its_end() {
     assert_eq!(row("stable-1")[3], "completed", "{out}");
     assert_eq!(row("gateways-1")[3], "completed", "{out}");
     assert!(out.contains("waits for approval — approving"), "{out}");
+    assert!(out.contains("apac-1: halted — ") && out.contains("turned unhealthy during its bake"), "{out}");
     assert!(out.contains("finished in"), "{out}");
 
     // The files are kept, and what they hold is what the table shows.
     let store =
         Store::open(&format!("sqlite://{}", work.join("data/inventory.sqlite").display())).await.unwrap();
     let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
-    let phase = |policy: &str| list.iter().find(|r| r.policy == policy).map(|r| r.phase);
-    assert_eq!(phase("apac"), Some(RolloutPhase::Halted));
-    assert_eq!(phase("stable"), Some(RolloutPhase::Completed));
-    assert_eq!(phase("gateways"), Some(RolloutPhase::Completed));
+    let phase = |id: &str| list.iter().find(|r| r.id == id).map(|r| r.phase);
+    assert_eq!(phase("apac-1"), Some(RolloutPhase::Halted));
+    assert_eq!(phase("stable-1"), Some(RolloutPhase::Completed));
+    assert_eq!(phase("gateways-1"), Some(RolloutPhase::Completed));
+    let apac = list.iter().find(|r| r.id == "apac-1").unwrap();
+    let halted = &apac.waves[apac.current_wave as usize];
+    assert!(halted.healthy_at.is_some() && halted.progress.failed_by.health > 0, "{apac:#?}");
     let timestamp: Value =
         serde_json::from_slice(&std::fs::read(work.join("data/tuf/metadata/timestamp.json")).unwrap())
             .unwrap();

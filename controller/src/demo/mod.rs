@@ -10,9 +10,10 @@ use std::path::PathBuf;
 
 use crate::files::FileError;
 
-pub use drive::{run, DemoConfig, Outcome, Show};
+pub use drive::{rollback_of, run, DemoConfig, Outcome, Show};
 pub use fleet::{
-    commit_all, commit_change, prepare, DemoFleet, DemoOptions, BETA_RELEASE, OLD_RELEASE, OLD_VERSION,
+    commit_all, commit_change, prepare, BetaWatch, DemoFleet, DemoOptions, BETA_POLICY, BETA_RELEASE,
+    OLD_RELEASE, OLD_VERSION,
 };
 
 /// Why the demo could not run.
