@@ -17,12 +17,15 @@
 //! 5. pinned devices get their pin.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::Event;
 use crate::compile::{CompiledFleet, CompiledPolicy, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
-use crate::inventory::store::{RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState};
+use crate::inventory::store::{
+    ReleaseRef, Requests, RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState,
+};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, PolicyPlan, WavePlan};
 use crate::protocol::{FailureClass, Windows};
@@ -47,6 +50,10 @@ pub struct Member {
     pub attempt: u32,
     /// The failure its wave counts for good (it turned unhealthy during the bake).
     pub failure: Option<FailureClass>,
+    /// The release it ran when the rollout started: where a rollback returns it.
+    pub previous: Option<Arc<ReleaseRef>>,
+    /// An operator accepted its failure: its wave does not count it.
+    pub accepted: bool,
 }
 
 /// What a pass read: the input of [`decide`].
@@ -226,7 +233,14 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
         for member in members_of(&rollout.id).iter().filter(|m| m.published_at.is_some()) {
             let ix = fleet.device_index(&member.device);
             let report = input.inventory.get(&member.device);
-            let state = classify_member(&target, member.published_at, member.failure, ix.is_some(), report);
+            let state = classify_member(
+                &target,
+                member.published_at,
+                member.failure,
+                member.accepted,
+                ix.is_some(),
+                report,
+            );
             if state == MemberState::InFlight {
                 in_flight_devices.extend(ix);
                 *policy_in_flight.entry(*policy).or_default() += 1;
@@ -350,6 +364,8 @@ fn start(
         created_at: now_ms,
         updated_at: now_ms,
         revision: 0,
+        rollback_of: None,
+        requests: Requests::default(),
     };
     let waves = policy_plan.waves.iter().enumerate().map(|(i, w)| wave_record(i, w, now_ms)).collect();
     let members = policy_plan
@@ -363,6 +379,8 @@ fn start(
                 published_at: None,
                 attempt: 0,
                 failure: None,
+                previous: None,
+                accepted: false,
             })
         })
         .collect();
@@ -574,7 +592,7 @@ impl RolloutStep<'_> {
         for m in self.members.iter().filter(|m| m.wave == wave) {
             let ix = fleet.device_index(&m.device);
             let report = inventory.get(&m.device);
-            let state = classify_member(target, m.published_at, m.failure, ix.is_some(), report);
+            let state = classify_member(target, m.published_at, m.failure, m.accepted, ix.is_some(), report);
             if baking && m.failure.is_none() && state == MemberState::Failed(FailureClass::Health) {
                 failed.push((m.device.clone(), FailureClass::Health));
             }

@@ -27,7 +27,9 @@ use serde::Serialize;
 
 use super::decide::{self, Decision, Member, PassInput};
 use crate::compile::{CompiledDevice, CompiledFleet, CompiledRelease};
-use crate::inventory::store::{MemberRecord, RolloutRecord, Store, StoreError, WaveRecord};
+use crate::inventory::store::{
+    MemberRecord, NewMember, ReleaseRef, RolloutRecord, Store, StoreError, WaveRecord,
+};
 use crate::inventory::Inventory;
 use crate::plan;
 use crate::protocol::{ArtifactRef, DeviceInstruction, FailureClass};
@@ -235,6 +237,7 @@ impl Rollouts {
     async fn load_members(&mut self, rollout: &str) -> Result<(), StepError> {
         if !self.members.contains_key(rollout) {
             let members = self.store.rollout_members(rollout).await?;
+            let mut previous: HashMap<ReleaseRef, Arc<ReleaseRef>> = HashMap::new();
             self.members.insert(
                 rollout.to_string(),
                 members
@@ -245,6 +248,11 @@ impl Rollouts {
                         published_at: m.published_at,
                         attempt: m.attempt,
                         failure: m.failure,
+                        // One shared copy per release: a rollout's members mostly ran the same.
+                        previous: m
+                            .previous
+                            .map(|p| previous.entry(p).or_insert_with_key(|p| Arc::new(p.clone())).clone()),
+                        accepted: m.accepted,
                     })
                     .collect(),
             );
@@ -279,10 +287,13 @@ impl Rollouts {
                     }
                 }
                 Decision::Start { rollout, waves, members } => {
-                    let mut ids: Vec<Vec<String>> = vec![Vec::new(); waves.len()];
+                    let mut ids: Vec<Vec<NewMember>> = vec![Vec::new(); waves.len()];
                     for m in &members {
                         if let Some(wave) = ids.get_mut(m.wave as usize) {
-                            wave.push(m.device.to_string());
+                            wave.push(NewMember {
+                                device_id: m.device.to_string(),
+                                previous: m.previous.as_deref().cloned(),
+                            });
                         }
                     }
                     self.store.create_rollout(&rollout, &waves, &ids).await?;
