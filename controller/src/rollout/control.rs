@@ -116,8 +116,7 @@ async fn refuse_superseded_rollback(store: &Store, rollout: &RolloutRecord) -> R
         .rollouts()
         .await?
         .into_iter()
-        .filter(|r| r.policy == rollout.policy && r.rollback_of.is_none())
-        .next_back()
+        .rfind(|r| r.policy == rollout.policy && r.rollback_of.is_none())
         .filter(|latest| latest.id != rollout.id);
     match newer {
         Some(latest) => Err(ControlError::Conflict(format!(
