@@ -222,6 +222,8 @@ pub async fn apac_rollout(world: &World) -> Store {
         created_at: now,
         updated_at: now,
         revision: 0,
+        rollback_of: None,
+        requests: Default::default(),
     };
     let wave = WaveRecord {
         index: 0,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use waveguide::api::admin::{self, AdminConfig};
 use waveguide::api::{Api, ApiConfig};
-use waveguide::inventory::store::{DeclaredDevice, Store};
+use waveguide::inventory::store::{DeclaredDevice, NewMember, Store};
 use waveguide::protocol::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use waveguide::protocol::DeviceKey;
 
@@ -452,6 +452,8 @@ async fn three_wave_rollout(store: &Store) {
         created_at: now,
         updated_at: now,
         revision: 0,
+        rollback_of: None,
+        requests: Default::default(),
     };
     let waves: Vec<WaveRecord> = ["canary", "half", "rest"]
         .iter()
@@ -468,7 +470,7 @@ async fn three_wave_rollout(store: &Store) {
             bake_ms: None,
         })
         .collect();
-    let members: Vec<Vec<String>> = ids.iter().map(|id| vec![id.clone()]).collect();
+    let members: Vec<Vec<NewMember>> = ids.iter().map(|id| vec![id.clone().into()]).collect();
     store.create_rollout(&rollout, &waves, &members).await.unwrap();
 }
 

@@ -3,8 +3,8 @@
 //! `WAVEGUIDE_TEST_POSTGRES_URL`). Every scenario runs on both.
 
 use waveguide::inventory::store::{
-    Backend, DeclaredDevice, Enrollment, IncomingReport, ReportOutcome, RolloutPhase, RolloutRecord, Store,
-    WaveRecord, WaveState, HISTORY_PER_DEVICE,
+    Backend, DeclaredDevice, Enrollment, IncomingReport, NewMember, ReleaseRef, ReportOutcome, RolloutPhase,
+    RolloutRecord, Store, WaveRecord, WaveState, HISTORY_PER_DEVICE,
 };
 use waveguide::inventory::DeviceReport;
 use waveguide::protocol::{FailureClass, UpdateState};
@@ -247,6 +247,8 @@ async fn rollout_state_survives_reopening() {
             created_at: 5,
             updated_at: 5,
             revision: 0,
+            rollback_of: None,
+            requests: Default::default(),
         };
         let waves = vec![
             WaveRecord {
@@ -272,9 +274,10 @@ async fn rollout_state_survives_reopening() {
                 bake_ms: None,
             },
         ];
-        let members = vec![
-            vec!["d0001".to_string(), "d0000".to_string()],
-            (2..1200).map(|i| format!("d{i:04}")).collect(),
+        let previous = ReleaseRef { release: "stable".into(), version: "1.0.0".into() };
+        let members: Vec<Vec<NewMember>> = vec![
+            vec![NewMember { device_id: "d0001".into(), previous: Some(previous.clone()) }, "d0000".into()],
+            (2..1200).map(|i| format!("d{i:04}").into()).collect(),
         ];
         store.create_rollout(&rollout, &waves, &members).await.unwrap();
         let mut first = waves[0].clone();
@@ -317,6 +320,8 @@ async fn rollout_state_survives_reopening() {
         assert_eq!(ids, ["d0001", "d0000", "d0002"]);
         assert_eq!(members.iter().map(|m| m.position).collect::<Vec<_>>(), (0..1200).collect::<Vec<u64>>());
         assert_eq!((members[0].wave, members[2].wave), (0, 1));
+        // Where a rollback would return each member: the release it reported at the start.
+        assert_eq!((members[0].previous.as_ref(), members[1].previous.as_ref()), (Some(&previous), None));
         let published: Vec<(&str, i64)> =
             members.iter().filter_map(|m| Some((m.device_id.as_str(), m.published_at?))).collect();
         assert_eq!(published, [("d0001", 10), ("d0002", 10)]);

@@ -1,5 +1,5 @@
-//! The operators' HTTP API: rollouts, their progress, and pause, resume, approve and
-//! abort. Every request carries `Authorization: Bearer <token>`.
+//! The operators' HTTP API: rollouts, their progress, and pause, resume, approve, abort,
+//! retry, accept and rollback. Every request carries `Authorization: Bearer <token>`.
 //!
 //! | route | what |
 //! |---|---|
@@ -9,6 +9,9 @@
 //! | `POST /v1/rollouts/{id}/resume` | go on |
 //! | `POST /v1/rollouts/{id}/approve` | approve the wave `{"wave": <index from 0>}` |
 //! | `POST /v1/rollouts/{id}/abort` | give the rollout up |
+//! | `POST /v1/rollouts/{id}/retry` | publish the failed devices' instructions again |
+//! | `POST /v1/rollouts/{id}/accept` | count the current failures as accepted |
+//! | `POST /v1/rollouts/{id}/rollback` | return its devices to their previous release |
 //!
 //! Each action names what it acts on and is idempotent: sent twice, it answers the same
 //! and changes nothing more (approving a wave twice does not approve the next one). It is
@@ -140,6 +143,9 @@ async fn act(
         "pause" => Action::Pause,
         "resume" => Action::Resume,
         "abort" => Action::Abort,
+        "retry" => Action::Retry,
+        "accept" => Action::Accept,
+        "rollback" => Action::Rollback,
         "approve" => {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Err(ApiError::BadRequest(
@@ -153,7 +159,7 @@ async fn act(
         }
         other => {
             return Err(ApiError::NotFound(format!(
-                "no action {other:?}: use pause, resume, approve or abort"
+                "no action {other:?}: use pause, resume, approve, abort, retry, accept or rollback"
             )))
         }
     };

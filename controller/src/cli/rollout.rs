@@ -65,6 +65,15 @@ pub enum RolloutCommand {
     },
     /// Give the rollout up: nothing more is published.
     Abort { id: String },
+    /// Publish the failed devices' instructions again (a halted rollout is re-evaluated,
+    /// the retried devices counting as in flight).
+    Retry { id: String },
+    /// Count the current failures as accepted: their waves no longer count them, so a
+    /// halted rollout can go on.
+    Accept { id: String },
+    /// Return the devices that took the rollout's release to the release they ran
+    /// before, through a rollback rollout (`<id>-rollback`) gated like any other.
+    Rollback { id: String },
 }
 
 pub fn run(args: &RolloutArgs) -> ExitCode {
@@ -127,6 +136,11 @@ async fn call(args: &RolloutArgs) -> Result<String, String> {
         RolloutCommand::Pause { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/pause"), None),
         RolloutCommand::Resume { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/resume"), None),
         RolloutCommand::Abort { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/abort"), None),
+        RolloutCommand::Retry { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/retry"), None),
+        RolloutCommand::Accept { id } => (reqwest::Method::POST, format!("/v1/rollouts/{id}/accept"), None),
+        RolloutCommand::Rollback { id } => {
+            (reqwest::Method::POST, format!("/v1/rollouts/{id}/rollback"), None)
+        }
         RolloutCommand::Approve { id, wave } => {
             let Some(index) = wave.checked_sub(1) else { return Err("waves are numbered from 1".into()) };
             let body = serde_json::json!({ "wave": index });
@@ -182,6 +196,12 @@ pub fn detail(r: &RolloutStatus) -> String {
     let _ = writeln!(out, "phase:   {}{}", r.phase, if r.paused { " (paused)" } else { "" });
     if let Some(commit) = &r.commit {
         let _ = writeln!(out, "commit:  {commit}");
+    }
+    if let Some(of) = &r.rollback_of {
+        let _ = writeln!(out, "returns the devices of {of} to the release they ran before");
+    }
+    if let Some(at) = r.rolled_back_at {
+        let _ = writeln!(out, "rolled back since {}", at.strftime("%Y-%m-%dT%H:%M:%SZ"));
     }
     if let Some(message) = &r.message {
         let _ = writeln!(out, "message: {message}");

@@ -151,8 +151,6 @@ codes! {
     TooManyDevices = "WG216", Error;
     /// A device range runs past the largest device number.
     RangeOverflow = "WG217", Error;
-    /// A policy's `rollout.onFailure` asks for what this version does not do yet.
-    UnsupportedOnFailure = "WG218", Error;
     /// Two equal-priority policies give one device different releases.
     PolicyConflict = "WG301", Error;
     /// A release's `compatible` selector excludes devices its policy selects.

@@ -3,7 +3,7 @@
 
 use jiff::SignedDuration;
 
-use crate::model::{FailureThreshold, RetriesSpec, DEFAULT_FAILURE_THRESHOLD};
+use crate::model::{FailureThreshold, OnFailure, RetriesSpec, DEFAULT_FAILURE_THRESHOLD};
 use crate::protocol::duration::WrittenDuration;
 use crate::protocol::FailureClass;
 
@@ -19,6 +19,8 @@ pub struct RolloutRules {
     pub retries: Retries,
     /// When failures halt a wave.
     pub failure: FailureRules,
+    /// What a halted rollout does.
+    pub on_failure: OnFailure,
 }
 
 impl Default for RolloutRules {
@@ -28,6 +30,7 @@ impl Default for RolloutRules {
             device_timeout: None,
             retries: Retries::default(),
             failure: FailureRules::of(&FailureThreshold::default()),
+            on_failure: OnFailure::default(),
         }
     }
 }

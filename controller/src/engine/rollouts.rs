@@ -27,7 +27,9 @@ use serde::Serialize;
 
 use super::decide::{self, Decision, Member, PassInput};
 use crate::compile::{CompiledDevice, CompiledFleet, CompiledRelease};
-use crate::inventory::store::{MemberRecord, RolloutRecord, Store, StoreError, WaveRecord};
+use crate::inventory::store::{
+    MemberRecord, NewMember, ReleaseRef, RolloutRecord, Store, StoreError, WaveRecord,
+};
 use crate::inventory::Inventory;
 use crate::plan;
 use crate::protocol::{ArtifactRef, DeviceInstruction, FailureClass};
@@ -186,10 +188,10 @@ impl Rollouts {
         let rollouts = self.store.rollouts().await?;
         let mut waves = HashMap::new();
         for rollout in &rollouts {
-            if decide::needs_members(fleet, &plan.policies, rollout) {
+            if decide::needs_members(fleet, &rollouts, &plan.policies, rollout) {
                 self.load_members(&rollout.id).await?;
             }
-            if decide::needs_waves(fleet, rollout) {
+            if decide::needs_waves(fleet, &rollouts, rollout) {
                 waves.insert(rollout.id.clone(), self.store.waves(&rollout.id).await?);
             }
         }
@@ -235,6 +237,7 @@ impl Rollouts {
     async fn load_members(&mut self, rollout: &str) -> Result<(), StepError> {
         if !self.members.contains_key(rollout) {
             let members = self.store.rollout_members(rollout).await?;
+            let mut previous: HashMap<ReleaseRef, Arc<ReleaseRef>> = HashMap::new();
             self.members.insert(
                 rollout.to_string(),
                 members
@@ -245,6 +248,11 @@ impl Rollouts {
                         published_at: m.published_at,
                         attempt: m.attempt,
                         failure: m.failure,
+                        // One shared copy per release: a rollout's members mostly ran the same.
+                        previous: m
+                            .previous
+                            .map(|p| previous.entry(p).or_insert_with_key(|p| Arc::new(p.clone())).clone()),
+                        accepted: m.accepted,
                     })
                     .collect(),
             );
@@ -268,6 +276,7 @@ impl Rollouts {
         let mut marks: HashMap<String, Vec<String>> = HashMap::new();
         let mut retried: HashMap<(String, u32), Vec<String>> = HashMap::new();
         let mut failed = Vec::new();
+        let mut accepted = Vec::new();
         let mut writes = Vec::new();
         for decision in decisions {
             match decision {
@@ -279,10 +288,13 @@ impl Rollouts {
                     }
                 }
                 Decision::Start { rollout, waves, members } => {
-                    let mut ids: Vec<Vec<String>> = vec![Vec::new(); waves.len()];
+                    let mut ids: Vec<Vec<NewMember>> = vec![Vec::new(); waves.len()];
                     for m in &members {
                         if let Some(wave) = ids.get_mut(m.wave as usize) {
-                            wave.push(m.device.to_string());
+                            wave.push(NewMember {
+                                device_id: m.device.to_string(),
+                                previous: m.previous.as_deref().cloned(),
+                            });
                         }
                     }
                     self.store.create_rollout(&rollout, &waves, &ids).await?;
@@ -324,6 +336,7 @@ impl Rollouts {
                     writes.push(RolloutWrite { record: rollout, waves, events })
                 }
                 Decision::MembersFailed { rollout, members } => failed.push((rollout, members)),
+                Decision::MembersAccepted { rollout, members } => accepted.push((rollout, members)),
                 Decision::Announce(event) => report.events.push(event),
             }
         }
@@ -366,6 +379,7 @@ impl Rollouts {
                     m.attempt = *attempt;
                     m.published_at = Some(now_ms);
                     m.failure = None;
+                    m.accepted = false;
                 }
             }
         }
@@ -384,6 +398,17 @@ impl Rollouts {
                     if let Some(class) = classes.get(&*m.device) {
                         m.failure = Some(*class);
                     }
+                }
+            }
+        }
+        for (rollout, devices) in accepted {
+            let ids: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+            self.store.mark_accepted(&rollout, &ids).await?;
+            tracing::info!(%rollout, devices = ids.len(), "failures accepted by an operator");
+            if let Some(members) = self.members.get_mut(&rollout) {
+                let accepted: HashSet<&str> = devices.iter().map(|d| &**d).collect();
+                for m in members.iter_mut().filter(|m| accepted.contains(&*m.device)) {
+                    m.accepted = true;
                 }
             }
         }

@@ -21,7 +21,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use reports::{IncomingReport, ReportOutcome, StoredReport};
-pub use rollouts::{MemberRecord, RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState};
+pub use rollouts::{
+    MemberRecord, NewMember, ReleaseRef, Requests, RolloutPhase, RolloutRecord, Waiting, WaveRecord,
+    WaveState,
+};
 
 /// Reports kept per device, newest first; older ones are deleted as new ones arrive.
 pub const HISTORY_PER_DEVICE: i64 = 20;

@@ -554,6 +554,15 @@ fn describe_change(change: &OperatorChange) -> (&'static str, String) {
             ("WaveApproved", format!("rollout {rollout}: wave {} approved (spec.approvedWaves)", index + 1))
         }
         RolloutAction::Abort => ("RolloutAborted", format!("rollout {rollout} aborted (spec.abort)")),
+        RolloutAction::Retry => {
+            ("RetryRequested", format!("rollout {rollout}: failed devices to be retried (spec.retry)"))
+        }
+        RolloutAction::Accept => {
+            ("FailuresAccepted", format!("rollout {rollout}: current failures accepted (spec.accept)"))
+        }
+        RolloutAction::Rollback => {
+            ("RollbackRequested", format!("rollout {rollout}: rollback requested (spec.rollback)"))
+        }
     }
 }
 

@@ -324,7 +324,8 @@ pub enum OnFailure {
     /// Stop publishing; devices stay where they are.
     #[default]
     Halt,
-    /// Return the changed devices to their previous release (not supported yet).
+    /// Stop publishing, and return the devices that took the release to the release they
+    /// ran before, through a rollback rollout of their own.
     Rollback,
 }
 

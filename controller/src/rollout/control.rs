@@ -1,5 +1,5 @@
 //! What operators see of rollouts and how they steer them: status with per-wave progress,
-//! and pause, resume, approve and abort. The CLI, the HTTP API and the Kubernetes
+//! and pause, resume, approve, abort, retry, accept and rollback. The CLI, the HTTP API and the Kubernetes
 //! controller all go through here; the engine picks the change up at its next pass.
 
 use jiff::{SignedDuration, Timestamp};
@@ -26,6 +26,35 @@ pub enum Action {
     Approve(u32),
     /// Give the rollout up. Published instructions stay; nothing more is published.
     Abort,
+    /// Publish the failed members' instructions again, with the next attempt, whatever
+    /// the policy's `retries` say; a halted rollout is re-evaluated, the retried members
+    /// counting as in flight. Carried out by the engine's next pass; asking again before
+    /// then changes nothing more.
+    Retry,
+    /// Count the failures of the members failed now as accepted: their waves no longer
+    /// count them (neither healthy nor failed), so a halted rollout can go on. Carried out
+    /// by the engine's next pass.
+    Accept,
+    /// Return the rollout's devices that took its release to the release they ran before,
+    /// through a rollback rollout of their own (`<id>-rollback`), gated like any other.
+    /// The rollout itself publishes nothing more (a halted one stays halted, any other is
+    /// aborted).
+    Rollback,
+}
+
+impl Action {
+    /// The action's name, as the CLI and the HTTP API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Approve(_) => "approve",
+            Action::Abort => "abort",
+            Action::Retry => "retry",
+            Action::Accept => "accept",
+            Action::Rollback => "rollback",
+        }
+    }
 }
 
 /// Why an action was refused.
@@ -67,6 +96,9 @@ pub async fn act(
             Action::Approve(_) => store.waves(id).await?,
             _ => Vec::new(),
         };
+        if action == Action::Rollback && rollout.requests.rollback_at.is_none() {
+            refuse_superseded_rollback(store, &rollout).await?;
+        }
         let Some((changed, waves)) = apply(action, &rollout, &waves, now.as_millisecond())? else {
             return Ok(rollout);
         };
@@ -77,9 +109,27 @@ pub async fn act(
     Err(ControlError::Contended(id.to_string()))
 }
 
+/// Refuses to roll back a rollout that a newer rollout of its policy replaced: its devices
+/// are that rollout's now, and rolling them back would fight it.
+async fn refuse_superseded_rollback(store: &Store, rollout: &RolloutRecord) -> Result<(), ControlError> {
+    let newer = store
+        .rollouts()
+        .await?
+        .into_iter()
+        .rfind(|r| r.policy == rollout.policy && r.rollback_of.is_none())
+        .filter(|latest| latest.id != rollout.id);
+    match newer {
+        Some(latest) => Err(ControlError::Conflict(format!(
+            "rollout {} of policy {} started after {}; roll that one back instead",
+            latest.id, rollout.policy, rollout.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// What `action` changes: the rollout's new record and the waves to write with it, or
 /// `None` when it is already in effect.
-fn apply(
+pub(crate) fn apply(
     action: Action,
     rollout: &RolloutRecord,
     waves: &[WaveRecord],
@@ -91,7 +141,36 @@ fn apply(
         || ControlError::Conflict(format!("rollout {id} is {}; nothing to change", rollout.phase));
     let mut changed = rollout.clone();
     let mut changed_waves = Vec::new();
+    let rolled_back = rollout.requests.rollback_at.is_some();
     match action {
+        Action::Rollback if rolled_back => return Ok(None),
+        Action::Rollback => {
+            if let Some(of) = &rollout.rollback_of {
+                return Err(ControlError::Conflict(format!(
+                    "rollout {id} is the rollback of {of}; abort it, or change the fleet, instead"
+                )));
+            }
+            changed.requests.rollback_at = Some(now_ms);
+            changed.waiting = None;
+            if rollout.phase == RolloutPhase::Halted {
+                changed.message = Some(format!(
+                    "{}; rolled back by an operator",
+                    rollout.message.as_deref().unwrap_or("halted")
+                ));
+            } else {
+                changed.phase = RolloutPhase::Aborted;
+                changed.message = Some("rolled back by an operator".into());
+            }
+            changed.updated_at = now_ms;
+            return Ok(Some((changed, changed_waves)));
+        }
+        Action::Resume | Action::Approve(_) | Action::Retry | Action::Accept if rolled_back => {
+            return Err(ControlError::Conflict(format!(
+                "rollout {id} was rolled back; steer its rollback rollout instead"
+            )))
+        }
+        Action::Retry if rollout.requests.retry_at.is_some() => return Ok(None),
+        Action::Accept if rollout.requests.accept_at.is_some() => return Ok(None),
         Action::Pause if rollout.paused => return Ok(None),
         Action::Resume if !rollout.paused && rollout.phase == RolloutPhase::Progressing => return Ok(None),
         Action::Abort if rollout.phase == RolloutPhase::Aborted => return Ok(None),
@@ -142,6 +221,21 @@ fn apply(
             changed.message = Some("aborted by an operator".into());
             changed.waiting = None;
         }
+        Action::Retry | Action::Accept => {
+            let (request, what) = if action == Action::Retry {
+                (&mut changed.requests.retry_at, "retry of the failed devices")
+            } else {
+                (&mut changed.requests.accept_at, "acceptance of the current failures")
+            };
+            *request = Some(now_ms);
+            changed.message = Some(format!("{what} asked by an operator"));
+            // A halted rollout is decided again: the retried members count as in flight,
+            // the accepted ones no longer count.
+            if changed.phase == RolloutPhase::Halted {
+                changed.phase = if changed.paused { RolloutPhase::Paused } else { RolloutPhase::Progressing };
+                changed.waiting = None;
+            }
+        }
     }
     changed.updated_at = now_ms;
     Ok(Some((changed, changed_waves)))
@@ -161,6 +255,14 @@ pub struct RolloutStatus {
     pub version: String,
     /// The commit that started it.
     pub commit: Option<String>,
+    /// For a rollback rollout: the rollout whose devices it returns to their previous
+    /// release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+    /// When a rollback of this rollout was asked for (by its policy's `onFailure:
+    /// rollback` or an operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<Timestamp>,
     /// Where it is.
     pub phase: RolloutPhase,
     /// Paused by an operator.
@@ -262,7 +364,7 @@ async fn describe(
     let mut progress = vec![Progress::default(); waves.len()];
     let mut total = Progress::default();
     for (m, report) in &members {
-        let state = classify_member(&target, m.published_at, m.failure, true, report.as_ref());
+        let state = classify_member(&target, m.published_at, m.failure, m.accepted, true, report.as_ref());
         if let Some(p) = progress.get_mut(m.wave as usize) {
             p.add(state);
         }
@@ -270,6 +372,8 @@ async fn describe(
     }
     let current_wave = waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0) as u32;
     Ok(RolloutStatus {
+        rollback_of: rollout.rollback_of,
+        rolled_back_at: ts(rollout.requests.rollback_at),
         phase: rollout.phase,
         paused: rollout.paused,
         message: rollout.message,

@@ -26,12 +26,14 @@ pub struct WaveTally {
     /// Devices that stopped reporting for longer than the stale timeout. They count
     /// neither as healthy nor as failed, and do not hold the rollout back.
     pub stale: u64,
+    /// Failed devices whose failures an operator accepted: counted like stale ones.
+    pub accepted: u64,
 }
 
 impl WaveTally {
-    /// Devices that count towards the thresholds: all but the stale ones.
+    /// Devices that count towards the thresholds: all but the stale and accepted ones.
     pub fn counted(&self) -> u64 {
-        self.size.saturating_sub(self.stale)
+        self.size.saturating_sub(self.stale + self.accepted)
     }
 
     /// Failed share of the counted devices, in percent.
@@ -263,7 +265,7 @@ mod tests {
 
     fn tally(size: u64, healthy: u64, failed: u64, stale: u64) -> WaveTally {
         let failed_by = ClassCounts { install: failed, ..ClassCounts::default() };
-        WaveTally { size, unpublished: 0, healthy, failed, failed_by, stale }
+        WaveTally { size, unpublished: 0, healthy, failed, failed_by, stale, accepted: 0 }
     }
 
     fn now() -> Timestamp {

@@ -24,6 +24,8 @@ pub enum MemberState {
     /// Silent for longer than the stale timeout since its instruction was published (or
     /// no longer in the fleet): counted apart, never blocks, never fails a wave.
     Stale,
+    /// Failed, but an operator accepted the failure: counted apart like a stale member.
+    Accepted,
 }
 
 /// What a member is measured against.
@@ -93,17 +95,23 @@ pub fn classify(
 }
 
 /// Classifies a member whose wave may count a failure for good (`kept`: it turned
-/// unhealthy during the bake): that failure stands whatever the device reported since.
+/// unhealthy during the bake): that failure stands whatever the device reported since,
+/// unless an operator `accepted` it.
 pub fn classify_member(
     target: &Target<'_>,
     published_at: Option<i64>,
     kept: Option<FailureClass>,
+    accepted: bool,
     in_fleet: bool,
     report: Option<&DeviceReport>,
 ) -> MemberState {
-    match kept {
+    let state = match kept {
         Some(class) if in_fleet && published_at.is_some() => MemberState::Failed(class),
         _ => classify(target, published_at, in_fleet, report),
+    };
+    match state {
+        MemberState::Failed(_) if accepted => MemberState::Accepted,
+        state => state,
     }
 }
 
@@ -140,6 +148,9 @@ pub struct Progress {
     pub failed_by: ClassCounts,
     /// Silent past the stale timeout.
     pub stale: u64,
+    /// Failed, with the failure accepted by an operator.
+    #[serde(default)]
+    pub accepted: u64,
 }
 
 impl Progress {
@@ -155,6 +166,7 @@ impl Progress {
                 self.failed_by.add(class);
             }
             MemberState::Stale => self.stale += 1,
+            MemberState::Accepted => self.accepted += 1,
         }
     }
 
@@ -172,6 +184,7 @@ impl Progress {
             failed: self.failed,
             failed_by: self.failed_by,
             stale: self.stale,
+            accepted: self.accepted,
         }
     }
 }
@@ -310,7 +323,7 @@ mod tests {
         let failed_by = ClassCounts { timeout: 1, ..ClassCounts::default() };
         assert_eq!(
             p.tally(),
-            WaveTally { size: 6, unpublished: 1, healthy: 2, failed: 1, failed_by, stale: 1 }
+            WaveTally { size: 6, unpublished: 1, healthy: 2, failed: 1, failed_by, stale: 1, accepted: 0 }
         );
     }
 }

@@ -6,7 +6,7 @@ use super::{unknown, Names};
 use crate::compile::diagnostic::{Code, Diagnostic};
 use crate::compile::load::{Documents, Located};
 use crate::compile::rules::{FailureRules, Retries, RolloutRules};
-use crate::model::{OnFailure, Policy};
+use crate::model::Policy;
 use crate::protocol::duration::WrittenDuration;
 
 /// The bake times of a policy's waves, parsed.
@@ -84,18 +84,12 @@ fn check_rules(doc: &Located<Policy>, out: &mut Vec<Diagnostic>) -> RolloutRules
             ));
         }
     }
-    if rollout.on_failure == OnFailure::Rollback {
-        out.push(Diagnostic::new(
-            Code::UnsupportedOnFailure,
-            doc.locate("spec.rollout.onFailure"),
-            "onFailure: rollback is not supported yet; use halt (the default) and roll back by hand",
-        ));
-    }
     RolloutRules {
         confirmation,
         device_timeout,
         retries,
         failure: FailureRules::of(&rollout.failure_threshold),
+        on_failure: rollout.on_failure,
     }
 }
 

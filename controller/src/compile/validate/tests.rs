@@ -331,7 +331,6 @@ spec:
             "WG203 p.yaml:9:20 deviceTimeout is 0, so every device would time out at once (write e.g. 30m)",
             "WG203 p.yaml:10:32 invalid retries.backoff \"-1m\": it is negative (write e.g. 30m or 1h)",
             "WG210 p.yaml:11:33 install is 120; it is a percentage between 0 and 100",
-            "WG218 p.yaml:12:16 onFailure: rollback is not supported yet; use halt (the default) and roll back by hand",
         ]
     );
     let policy = policy

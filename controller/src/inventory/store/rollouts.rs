@@ -37,6 +37,54 @@ pub struct RolloutRecord {
     /// Grows by one with every write: a write names the revision it read and is refused
     /// when the rollout changed since (see [`Store::update_rollout`]).
     pub revision: i64,
+    /// For a rollback rollout: the rollout whose devices it returns to their previous
+    /// release.
+    pub rollback_of: Option<String>,
+    /// What was asked of the rollout beyond its phase.
+    pub requests: Requests,
+}
+
+/// What operators, or the rollout's policy, asked of a rollout, Unix milliseconds when
+/// asked. A retry or an acceptance waits for the engine's next pass, which carries it out
+/// and clears it; a rollback is kept: the rollout stays known as rolled back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Re-publish the instructions of the failed members.
+    pub retry_at: Option<i64>,
+    /// Count the failed members' failures as accepted: their waves no longer count them.
+    pub accept_at: Option<i64>,
+    /// Return the rollout's devices to their previous release (a rollback rollout).
+    pub rollback_at: Option<i64>,
+}
+
+/// A release as a device reported it: its name and version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReleaseRef {
+    /// The release's name.
+    pub release: String,
+    /// Its version, as written.
+    pub version: String,
+}
+
+/// A member of a rollout about to be created: its device and the release it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMember {
+    /// The device id.
+    pub device_id: String,
+    /// The release the device reported when the rollout started, if it reported one.
+    pub previous: Option<ReleaseRef>,
+}
+
+impl From<String> for NewMember {
+    fn from(device_id: String) -> NewMember {
+        NewMember { device_id, previous: None }
+    }
+}
+
+impl From<&str> for NewMember {
+    fn from(device_id: &str) -> NewMember {
+        NewMember { device_id: device_id.to_string(), previous: None }
+    }
 }
 
 /// A persisted wave of a rollout.
@@ -78,22 +126,27 @@ pub struct MemberRecord {
     pub attempt: u32,
     /// The failure its wave counts for good (turned unhealthy during the bake).
     pub failure: Option<FailureClass>,
+    /// The release it ran when the rollout started: where a rollback returns it.
+    pub previous: Option<ReleaseRef>,
+    /// An operator accepted its failure: its wave does not count it.
+    pub accepted: bool,
 }
 
 impl Store {
     /// Creates a rollout with its waves and their pinned members, in one transaction.
-    /// `members[i]` are the device ids of `waves[i]`.
+    /// `members[i]` are the members of `waves[i]`.
     pub async fn create_rollout(
         &self,
         rollout: &RolloutRecord,
         waves: &[WaveRecord],
-        members: &[Vec<String>],
+        members: &[Vec<NewMember>],
     ) -> Result<(), StoreError> {
         let action = "creating a rollout";
         let mut tx = self.begin_write().await.map_err(query_error(action))?;
         sqlx::query(
             "INSERT INTO rollouts (id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at, \
-             revision, waiting) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             revision, waiting, rollback_of, rollback_at, retry_at, accept_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&rollout.id)
         .bind(&rollout.policy)
@@ -107,6 +160,10 @@ impl Store {
         .bind(rollout.updated_at)
         .bind(rollout.revision)
         .bind(rollout.waiting.map(|w| w.as_str().to_string()))
+        .bind(rollout.rollback_of.clone())
+        .bind(rollout.requests.rollback_at)
+        .bind(rollout.requests.retry_at)
+        .bind(rollout.requests.accept_at)
         .execute(&mut *tx)
         .await
         .map_err(query_error(action))?;
@@ -133,14 +190,21 @@ impl Store {
         for (index, ids) in members.iter().enumerate() {
             for chunk in ids.chunks(ROWS_PER_STATEMENT) {
                 let sql = multi_row(
-                    "INSERT INTO wave_devices (rollout_id, idx, device_id, position) VALUES ",
-                    4,
+                    "INSERT INTO wave_devices (rollout_id, idx, device_id, position, previous_release, \
+                     previous_version) VALUES ",
+                    6,
                     chunk.len(),
                     "",
                 );
                 let mut query = sqlx::query(&sql);
-                for id in chunk {
-                    query = query.bind(&rollout.id).bind(index as i64).bind(id).bind(position);
+                for m in chunk {
+                    query = query
+                        .bind(&rollout.id)
+                        .bind(index as i64)
+                        .bind(&m.device_id)
+                        .bind(position)
+                        .bind(m.previous.as_ref().map(|p| p.release.clone()))
+                        .bind(m.previous.as_ref().map(|p| p.version.clone()));
                     position += 1;
                 }
                 query.execute(&mut *tx).await.map_err(query_error(action))?;
@@ -149,8 +213,8 @@ impl Store {
         tx.commit().await.map_err(query_error(action))
     }
 
-    /// Writes a rollout's phase, pause flag, message and update time, and the given waves'
-    /// state and times, in one transaction, if the stored rollout is still at
+    /// Writes a rollout's phase, pause flag, message, requests and update time, and the
+    /// given waves' state and times, in one transaction, if the stored rollout is still at
     /// `rollout.revision`; the revision grows by one. Returns `false`, writing nothing,
     /// when another writer (an operator, the engine, another replica) changed the rollout
     /// since it was read: the caller reads it again and decides anew.
@@ -163,13 +227,17 @@ impl Store {
         let mut tx = self.begin_write().await.map_err(query_error(action))?;
         let updated = sqlx::query(
             "UPDATE rollouts SET phase = $1, paused = $2, message = $3, updated_at = $4, waiting = $5, \
-             revision = revision + 1 WHERE id = $6 AND revision = $7",
+             rollback_at = $6, retry_at = $7, accept_at = $8, revision = revision + 1 \
+             WHERE id = $9 AND revision = $10",
         )
         .bind(rollout.phase.as_str())
         .bind(i64::from(rollout.paused))
         .bind(rollout.message.clone())
         .bind(rollout.updated_at)
         .bind(rollout.waiting.map(|w| w.as_str().to_string()))
+        .bind(rollout.requests.rollback_at)
+        .bind(rollout.requests.retry_at)
+        .bind(rollout.requests.accept_at)
         .bind(&rollout.id)
         .bind(rollout.revision)
         .execute(&mut *tx)
@@ -258,8 +326,8 @@ impl Store {
     pub async fn rollout_members(&self, rollout_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
         let action = "reading rollout members";
         let rows = sqlx::query(
-            "SELECT idx, position, device_id, published_at, attempt, failure FROM wave_devices WHERE rollout_id = $1 \
-             ORDER BY position, device_id",
+            "SELECT idx, position, device_id, published_at, attempt, failure, previous_release, previous_version, \
+             accepted FROM wave_devices WHERE rollout_id = $1 ORDER BY position, device_id",
         )
         .bind(rollout_id)
         .fetch_all(&self.pool)
@@ -276,8 +344,8 @@ impl Store {
     ) -> Result<Vec<(MemberRecord, Option<DeviceReport>)>, StoreError> {
         let action = "reading rollout members and their reports";
         let rows = sqlx::query(
-            "SELECT w.idx, w.position, w.device_id, w.published_at, w.attempt, w.failure, \
-             s.release, s.version, s.state, s.healthy, s.reported_at, s.failure \
+            "SELECT w.idx, w.position, w.device_id, w.published_at, w.attempt, w.failure, w.previous_release, \
+             w.previous_version, w.accepted, s.release, s.version, s.state, s.healthy, s.reported_at, s.failure \
              FROM wave_devices w LEFT JOIN device_status s ON s.device_id = w.device_id \
              WHERE w.rollout_id = $1 ORDER BY w.position, w.device_id",
         )
@@ -289,8 +357,8 @@ impl Store {
             .map(|row| {
                 let member = member_from_row(row, action)?;
                 // `version` is never NULL in a status row: NULL means no report.
-                let reported = row.try_get::<Option<String>, _>(7).map_err(query_error(action))?.is_some();
-                let report = if reported { Some(report_from_row(row, &member.device_id, 6)?) } else { None };
+                let reported = row.try_get::<Option<String>, _>(10).map_err(query_error(action))?.is_some();
+                let report = if reported { Some(report_from_row(row, &member.device_id, 9)?) } else { None };
                 Ok((member, report))
             })
             .collect()
@@ -334,7 +402,8 @@ impl Store {
         let mut tx = self.begin_write().await.map_err(query_error(action))?;
         for chunk in device_ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE wave_devices SET published_at = $1, attempt = $2, failure = NULL WHERE rollout_id = $3 \
+                "UPDATE wave_devices SET published_at = $1, attempt = $2, failure = NULL, accepted = 0 \
+                 WHERE rollout_id = $3 \
                  AND attempt < $2 \
                  AND device_id IN ({})",
                 placeholders(4, chunk.len())
@@ -372,6 +441,25 @@ impl Store {
         tx.commit().await.map_err(query_error(action))
     }
 
+    /// Records that an operator accepted the failures of `device_ids`, members of a
+    /// rollout: their waves no longer count them. Idempotent; a retry clears it.
+    pub async fn mark_accepted(&self, rollout_id: &str, device_ids: &[String]) -> Result<(), StoreError> {
+        let action = "recording accepted failures";
+        let mut tx = self.begin_write().await.map_err(query_error(action))?;
+        for chunk in device_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE wave_devices SET accepted = 1 WHERE rollout_id = $1 AND device_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(rollout_id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await.map_err(query_error(action))?;
+        }
+        tx.commit().await.map_err(query_error(action))
+    }
+
     /// One rollout.
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"))
@@ -383,8 +471,8 @@ impl Store {
     }
 }
 
-/// A member from its first six columns: `idx, position, device_id, published_at, attempt,
-/// failure`.
+/// A member from its first nine columns: `idx, position, device_id, published_at, attempt,
+/// failure, previous_release, previous_version, accepted`.
 fn member_from_row(row: &sqlx::any::AnyRow, action: &'static str) -> Result<MemberRecord, StoreError> {
     Ok(MemberRecord {
         wave: row.try_get::<i64, _>(0).map_err(query_error(action))? as u32,
@@ -400,12 +488,20 @@ fn member_from_row(row: &sqlx::any::AnyRow, action: &'static str) -> Result<Memb
             })?),
             None => None,
         },
+        previous: match (
+            row.try_get::<Option<String>, _>(6).map_err(query_error(action))?,
+            row.try_get::<Option<String>, _>(7).map_err(query_error(action))?,
+        ) {
+            (Some(release), Some(version)) => Some(ReleaseRef { release, version }),
+            _ => None,
+        },
+        accepted: row.try_get::<i64, _>(8).map_err(query_error(action))? != 0,
     })
 }
 
 /// The columns [`rollout_from_row`] reads, in its order.
-const ROLLOUT_COLUMNS: &str =
-    "id, policy, release, version, commit_id, phase, paused, message, created_at, updated_at, revision, waiting";
+const ROLLOUT_COLUMNS: &str = "id, policy, release, version, commit_id, phase, paused, message, created_at, \
+     updated_at, revision, waiting, rollback_of, rollback_at, retry_at, accept_at";
 
 fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRecord, StoreError> {
     let action = "reading rollouts";
@@ -430,6 +526,12 @@ fn rollout_from_row(row: &sqlx::any::AnyRow) -> Result<RolloutRecord, StoreError
             // Unknown to this version (written by a newer one): shown as not known.
             Some(w) => w.parse().ok(),
             None => None,
+        },
+        rollback_of: row.try_get(12).map_err(query_error(action))?,
+        requests: Requests {
+            rollback_at: row.try_get(13).map_err(query_error(action))?,
+            retry_at: row.try_get(14).map_err(query_error(action))?,
+            accept_at: row.try_get(15).map_err(query_error(action))?,
         },
         id,
     })
