@@ -221,9 +221,9 @@ impl Show for Printer {
     }
 
     fn started(&mut self, rollout: &RolloutStatus) {
-        if let Some(of) = demo::rollback_of(rollout) {
+        if let Some(of) = &rollout.rollback_of {
             self.line(format!(
-                "{}: rollback of {of} started — {} devices back to {}",
+                "{}: rollback of {of} started — the devices {of} reached ({}) go back to {}",
                 rollout.id, rollout.total.size, rollout.release
             ));
         }
@@ -232,9 +232,9 @@ impl Show for Printer {
     fn ended(&mut self, rollout: &RolloutStatus) {
         let line = match rollout.phase {
             RolloutPhase::Halted => format!("{}: halted — {}", rollout.id, halt_cause(rollout)),
-            RolloutPhase::Completed if demo::rollback_of(rollout).is_some() => format!(
-                "{}: rollback completed — {} devices back on {}",
-                rollout.id, rollout.total.healthy, rollout.release
+            RolloutPhase::Completed if rollout.rollback_of.is_some() => format!(
+                "{}: rollback completed — {}/{} back on {}",
+                rollout.id, rollout.total.healthy, rollout.total.size, rollout.release
             ),
             phase => format!("{}: {phase}", rollout.id),
         };

@@ -221,9 +221,8 @@ async fn follow(
                 waiting_since.remove(&r.id);
             }
         }
-        let finished = current.len() >= 3
-            && current.iter().all(|r| has_ended(r.phase))
-            && current.iter().all(|r| !awaits_rollback(r, &current));
+        let finished =
+            current.len() >= 3 && current.iter().all(|r| has_ended(r.phase) && !awaits_rollback(r, &current));
         if finished {
             break true;
         }
@@ -241,23 +240,20 @@ fn of_change<'a>(list: &'a [RolloutStatus], commit: &str) -> Vec<&'a RolloutStat
     let of_commit = |r: &RolloutStatus| r.commit.as_deref() == Some(commit);
     list.iter()
         .filter(|r| {
-            of_commit(r) || rollback_of(r).is_some_and(|of| list.iter().any(|o| o.id == of && of_commit(o)))
+            of_commit(r)
+                || r.rollback_of.as_ref().is_some_and(|of| list.iter().any(|o| &o.id == of && of_commit(o)))
         })
         .collect()
 }
 
-/// The rollout `rollout` rolls back, if it is a rollback.
-pub fn rollback_of(rollout: &RolloutStatus) -> Option<&str> {
-    rollout.id.strip_suffix("-rollback")
-}
-
-/// Whether `rollout` is a halted rollout of the beta policy, which answers a halt with a
-/// rollback, whose rollback has not ended yet (or not started).
+/// Whether `rollout`'s rollback was asked for — or will be: it halted, and the beta
+/// policy answers a halt with a rollback — and has not started yet.
 fn awaits_rollback(rollout: &RolloutStatus, current: &[&RolloutStatus]) -> bool {
-    rollout.phase == RolloutPhase::Halted
-        && rollout.policy == BETA_POLICY
-        && BetaWatch::default().on_failure == OnFailure::Rollback
-        && !current.iter().any(|r| rollback_of(r) == Some(rollout.id.as_str()) && has_ended(r.phase))
+    let asked = rollout.rolled_back_at.is_some()
+        || (rollout.phase == RolloutPhase::Halted
+            && rollout.policy == BETA_POLICY
+            && BetaWatch::default().on_failure == OnFailure::Rollback);
+    asked && !current.iter().any(|r| r.rollback_of.as_ref() == Some(&rollout.id))
 }
 
 /// Where the demo stops following a rollout: over for good, or halted.

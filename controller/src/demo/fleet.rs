@@ -77,7 +77,7 @@ impl Default for BetaWatch {
     /// that turns unhealthy some 10 s after the install passes its confirmation and fails
     /// during the bake.
     fn default() -> BetaWatch {
-        BetaWatch { confirmation: "5s".into(), bake: "20s".into(), on_failure: OnFailure::Halt }
+        BetaWatch { confirmation: "5s".into(), bake: "20s".into(), on_failure: OnFailure::Rollback }
     }
 }
 

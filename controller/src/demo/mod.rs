@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::files::FileError;
 
-pub use drive::{rollback_of, run, DemoConfig, Outcome, Show};
+pub use drive::{run, DemoConfig, Outcome, Show};
 pub use fleet::{
     commit_all, commit_change, prepare, BetaWatch, DemoFleet, DemoOptions, BETA_POLICY, BETA_RELEASE,
     OLD_RELEASE, OLD_VERSION,
