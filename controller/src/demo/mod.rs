@@ -1,7 +1,8 @@
 //! `waveguide demo`: the whole loop on one machine. [`fleet`] makes the fleet repository
 //! from `examples/fleet`; [`drive`] runs the controller over it with simulated devices,
-//! commits a change and follows the rollouts to their end, approving manual waves as an
-//! operator would. What it shows goes through [`Show`], which the CLI prints.
+//! commits a change and follows the rollouts to their end (the rollback of the beta's
+//! halted rollout included), approving manual waves as an operator would. What it shows
+//! goes through [`Show`], which the CLI prints.
 
 mod drive;
 mod fleet;
