@@ -177,7 +177,13 @@ pub async fn send_report_body(base: &str, id: &str, key: &DeviceKey, body: &Valu
 /// `cache`.
 pub async fn tough(run: &Run, cache: &Path) -> tough::Repository {
     let root = std::fs::read(run.data.join("tuf/metadata/1.root.json")).unwrap();
-    let base = url::Url::parse(&format!("{}/tuf/", run.base)).unwrap();
+    tough_at(&run.base, &root, cache).await
+}
+
+/// The TUF repository served under `<base>/tuf/`, loaded by the `tough` client from
+/// `root` into `cache`.
+pub async fn tough_at(base: &str, root: &[u8], cache: &Path) -> tough::Repository {
+    let base = url::Url::parse(&format!("{base}/tuf/")).unwrap();
     std::fs::create_dir_all(cache).unwrap();
     tough::RepositoryLoader::new(&root, base.join("metadata/").unwrap(), base.join("targets/").unwrap())
         .transport(SpecTargetPaths(tough::HttpTransportBuilder::new().tries(1).build()))
@@ -193,4 +199,16 @@ pub async fn instruction(repo: &tough::Repository, device: &str) -> Option<Devic
     let stream = repo.read_target(&name).await.expect("tough reads the target")?;
     let bytes: Vec<u8> = stream.map_ok(|b| b.to_vec()).try_concat().await.unwrap();
     Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// The instruction for `device` that the TUF repository under `<base>/tuf/` holds now, read
+/// by the `tough` client from `root` with an empty cache.
+pub async fn fresh_instruction(
+    base: &str,
+    root: &[u8],
+    cache: &Path,
+    device: &str,
+) -> Option<DeviceInstruction> {
+    let _ = std::fs::remove_dir_all(cache);
+    instruction(&tough_at(base, root, cache).await, device).await
 }

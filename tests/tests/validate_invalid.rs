@@ -74,10 +74,7 @@ const SCENARIOS: &[(&str, &[Expected])] = &[
         ],
     ),
     ("policy-conflict", &[("WG301", "policies.yaml", 20)]),
-    (
-        "rollout-rules",
-        &[("WG203", "policies.yaml", 10), ("WG210", "policies.yaml", 15)],
-    ),
+    ("rollout-rules", &[("WG203", "policies.yaml", 10), ("WG210", "policies.yaml", 15)]),
     ("incompatible-release", &[("WG302", "fleet.yaml", 19), ("WG302", "fleet.yaml", 41)]),
     ("warnings-only", &[("WG304", "fleet.yaml", 14), ("WG303", "fleet.yaml", 37)]),
     // Links to a file outside the repository, to itself, and to a directory: none is
