@@ -21,18 +21,16 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::rollback;
+use super::step::{confirmation_secs, GroupWindows, RolloutStep};
 use super::Event;
-use crate::compile::{CompiledFleet, CompiledPolicy, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
-use crate::inventory::store::{
-    ReleaseRef, Requests, RolloutPhase, RolloutRecord, Waiting, WaveRecord, WaveState,
-};
+use crate::compile::{CompiledFleet, CompiledRelease, DeviceIx, PolicyIx, ReleaseIx};
+use crate::inventory::store::{ReleaseRef, Requests, RolloutPhase, RolloutRecord, WaveRecord, WaveState};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, PolicyPlan, WavePlan};
-use crate::protocol::{FailureClass, Windows};
-use crate::rollout::admission::{admit, InFlight};
-use crate::rollout::gate::{self, Gates, Position, Verdict, Wait};
-use crate::rollout::progress::{classify_member, failed_at, MemberState, Progress, Target};
-use crate::rollout::retry::{retry, Retry};
+use crate::protocol::FailureClass;
+use crate::rollout::admission::InFlight;
+use crate::rollout::progress::{classify_member, MemberState, Target};
 
 /// The rollout id written into the instructions of pinned devices.
 pub const PIN_ROLLOUT: &str = "pin";
@@ -114,6 +112,13 @@ pub enum Decision {
         /// whether or not).
         events: Vec<Event>,
     },
+    /// Members whose failures an operator accepted: their waves no longer count them.
+    MembersAccepted {
+        /// The rollout.
+        rollout: String,
+        /// The members.
+        members: Vec<Box<str>>,
+    },
     /// Members whose wave counts them as failed for good: they turned unhealthy or rolled
     /// back during the bake, or timed out with no retry left; a later report does not
     /// undo it.
@@ -150,28 +155,55 @@ pub struct Publication {
 }
 
 /// Why an active rollout is superseded, if it is: its policy was removed, or now targets
-/// another release.
-pub fn supersede_reason(fleet: &CompiledFleet, rollout: &RolloutRecord) -> Option<String> {
+/// another release; for a rollback rollout, its policy was removed or started a newer
+/// rollout since the one it rolls back (that rollout's devices are its now).
+pub fn supersede_reason(
+    fleet: &CompiledFleet,
+    rollouts: &[RolloutRecord],
+    rollout: &RolloutRecord,
+) -> Option<String> {
     let Some(policy) = fleet.policy_named(&rollout.policy) else {
         return Some(format!("policy {} was removed from the fleet", rollout.policy));
     };
+    if let Some(of) = &rollout.rollback_of {
+        let latest = latest_of(rollouts, &rollout.policy)?;
+        return (&latest.id != of).then(|| {
+            format!("superseded: rollout {} of policy {} started since", latest.id, rollout.policy)
+        });
+    }
     let release = fleet.release(fleet.policy(policy).release);
     (!same_release(rollout, release)).then(|| {
         format!("superseded: policy {} now targets {} {}", rollout.policy, release.name, release.version)
     })
 }
 
-/// Whether [`decide`] needs the waves of `rollout`: active, not superseded, not halted.
-pub fn needs_waves(fleet: &CompiledFleet, rollout: &RolloutRecord) -> bool {
-    rollout.phase != RolloutPhase::Halted && needs_members(fleet, &[], rollout)
+/// The latest rollout of a policy, rollbacks aside: the one that says what the policy's
+/// devices are moving to.
+pub fn latest_of<'a>(rollouts: &'a [RolloutRecord], policy: &str) -> Option<&'a RolloutRecord> {
+    rollouts.iter().rev().find(|r| r.policy == policy && r.rollback_of.is_none())
+}
+
+/// Whether [`decide`] needs the waves of `rollout`: active, not superseded, not halted; or
+/// its rollback is due (the rollback copies its waves).
+pub fn needs_waves(fleet: &CompiledFleet, rollouts: &[RolloutRecord], rollout: &RolloutRecord) -> bool {
+    (rollout.phase != RolloutPhase::Halted && needs_members(fleet, rollouts, &[], rollout))
+        || rollback::due(rollouts, rollout)
 }
 
 /// Whether [`decide`] needs the members of `rollout`: active and not superseded (their
-/// in-flight devices count against the caps), or the completed latest rollout of a policy
-/// whose plan has devices to update (devices joined it).
-pub fn needs_members(fleet: &CompiledFleet, plans: &[PolicyPlan], rollout: &RolloutRecord) -> bool {
+/// in-flight devices count against the caps), its rollback due, or the completed latest
+/// rollout of a policy whose plan has devices to update (devices joined it).
+pub fn needs_members(
+    fleet: &CompiledFleet,
+    rollouts: &[RolloutRecord],
+    plans: &[PolicyPlan],
+    rollout: &RolloutRecord,
+) -> bool {
+    if rollback::due(rollouts, rollout) {
+        return true;
+    }
     if rollout.phase.is_active() {
-        return supersede_reason(fleet, rollout).is_none();
+        return supersede_reason(fleet, rollouts, rollout).is_none();
     }
     rollout.phase == RolloutPhase::Completed
         && plans.iter().any(|p| {
@@ -189,13 +221,18 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
     let mut decisions = Vec::new();
     let mut rollouts = input.rollouts.to_vec();
 
-    for rollout in rollouts.iter_mut().filter(|r| r.phase.is_active()) {
-        if let Some(reason) = supersede_reason(fleet, rollout) {
-            rollout.phase = RolloutPhase::Aborted;
-            rollout.message = Some(reason.clone());
-            rollout.updated_at = now_ms;
-            decisions.push(Decision::Supersede { rollout: rollout.clone(), reason });
-        }
+    let superseded: Vec<(usize, String)> = rollouts
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.phase.is_active())
+        .filter_map(|(i, r)| Some((i, supersede_reason(fleet, input.rollouts, r)?)))
+        .collect();
+    for (i, reason) in superseded {
+        let rollout = &mut rollouts[i];
+        rollout.phase = RolloutPhase::Aborted;
+        rollout.message = Some(reason.clone());
+        rollout.updated_at = now_ms;
+        decisions.push(Decision::Supersede { rollout: rollout.clone(), reason });
     }
 
     // A policy with devices to move to a release that no rollout has taken on yet starts
@@ -204,7 +241,7 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
     for policy_plan in &input.plan.policies {
         let policy = fleet.policy(policy_plan.policy);
         let release = fleet.release(policy.release);
-        let latest = rollouts.iter().rev().find(|r| r.policy == policy.name);
+        let latest = latest_of(&rollouts, &policy.name);
         // Devices never seen are scheduled in their place, but do not start a rollout on
         // their own: a fleet whose devices have not reported yet has nothing to measure a
         // wave by.
@@ -212,7 +249,27 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
         if latest.is_some_and(|r| same_release(r, release)) || reported_to_update == 0 {
             continue;
         }
-        let (record, waves, members) = start(fleet, policy_plan, input.commit, &rollouts, now_ms);
+        let (record, waves, members) = start(fleet, policy_plan, input, &rollouts, now_ms);
+        decisions.push(Decision::Start { rollout: record.clone(), waves: Vec::new(), members: Vec::new() });
+        started.insert(record.id.clone(), (waves, members));
+        rollouts.push(record);
+    }
+
+    // A rollout whose rollback was asked for (and that is still its policy's latest)
+    // starts its rollback rollouts.
+    let due: Vec<&RolloutRecord> = rollouts
+        .iter()
+        .filter(|r| rollback::due(&rollouts, r))
+        .filter(|r| fleet.policy_named(&r.policy).is_some())
+        .filter(|r| latest_of(&rollouts, &r.policy).is_some_and(|latest| latest.id == r.id))
+        .collect();
+    let mut new_rollbacks = Vec::new();
+    for original in due {
+        let waves = input.waves.get(&original.id).map_or(&[][..], Vec::as_slice);
+        let members = input.members.get(&original.id).map_or(&[][..], Vec::as_slice);
+        new_rollbacks.extend(rollback::rollbacks(fleet, original, waves, members, input.commit, now_ms));
+    }
+    for (record, waves, members) in new_rollbacks {
         decisions.push(Decision::Start { rollout: record.clone(), waves: Vec::new(), members: Vec::new() });
         started.insert(record.id.clone(), (waves, members));
         rollouts.push(record);
@@ -227,7 +284,8 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
         .collect();
     let mut in_flight_devices = Vec::new();
     let mut policy_in_flight: HashMap<PolicyIx, u32> = HashMap::new();
-    for (rollout, policy) in &active {
+    // A rolled-back rollout's devices are in flight in its rollback, not in it.
+    for (rollout, policy) in active.iter().filter(|(r, _)| r.requests.rollback_at.is_none()) {
         let version = rollout_version(rollout);
         let target = target(rollout, &version, input);
         for member in members_of(&rollout.id).iter().filter(|m| m.published_at.is_some()) {
@@ -257,7 +315,25 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
             Some((waves, _)) => waves.clone(),
             None => input.waves.get(&rollout.id).cloned().unwrap_or_default(),
         };
-        let step = RolloutStep { input, policy, members: members_of(&rollout.id), waves };
+        let Some(release) = publishes(fleet, rollout, policy) else {
+            let message = format!(
+                "release {} {} is no longer in the fleet; nothing more can be published",
+                rollout.release, rollout.version
+            );
+            if rollout.message.as_deref() != Some(&message) {
+                let record = RolloutRecord {
+                    phase: RolloutPhase::Halted,
+                    message: Some(message.clone()),
+                    waiting: None,
+                    updated_at: now_ms,
+                    ..rollout.clone()
+                };
+                let event = Event::RolloutHalted { rollout: rollout.id.clone(), reason: message };
+                decisions.push(Decision::Record { rollout: record, waves: Vec::new(), events: vec![event] });
+            }
+            continue;
+        };
+        let step = RolloutStep { input, policy, release, members: members_of(&rollout.id), waves };
         step.run(rollout.clone(), &mut decisions, &mut in_flight, &policy_in_flight, &windows);
     }
 
@@ -266,7 +342,7 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
     for policy_plan in &input.plan.policies {
         let policy = fleet.policy(policy_plan.policy);
         let release = fleet.release(policy.release);
-        let Some(done) = rollouts.iter().rev().find(|r| r.policy == policy.name) else { continue };
+        let Some(done) = latest_of(&rollouts, &policy.name) else { continue };
         if done.phase != RolloutPhase::Completed
             || !same_release(done, release)
             || policy_plan.to_update() == 0
@@ -336,18 +412,29 @@ fn members_of<'a>(
     }
 }
 
-/// A new rollout of a policy's plan: its record, waves and members.
+/// The release a rollout's instructions name: its policy's, or for a rollback rollout the
+/// release its devices return to (`None` once the fleet no longer declares it).
+fn publishes(fleet: &CompiledFleet, rollout: &RolloutRecord, policy: PolicyIx) -> Option<ReleaseIx> {
+    if rollout.rollback_of.is_none() {
+        return Some(fleet.policy(policy).release);
+    }
+    fleet.release_named(&rollout.release).filter(|&ix| same_release(rollout, fleet.release(ix)))
+}
+
+/// A new rollout of a policy's plan: its record, waves and members, each member with the
+/// release it reports now (where a rollback would return it).
 fn start(
     fleet: &CompiledFleet,
     policy_plan: &PolicyPlan,
-    commit: Option<&str>,
+    input: &PassInput<'_>,
     existing: &[RolloutRecord],
     now_ms: i64,
 ) -> (RolloutRecord, Vec<WaveRecord>, Vec<Member>) {
+    let commit = input.commit;
     let policy = fleet.policy(policy_plan.policy);
     let release = fleet.release(policy.release);
     let taken: HashSet<&str> = existing.iter().map(|r| r.id.as_str()).collect();
-    let mut n = existing.iter().filter(|r| r.policy == policy.name).count() + 1;
+    let mut n = existing.iter().filter(|r| r.policy == policy.name && r.rollback_of.is_none()).count() + 1;
     while taken.contains(format!("{}-{n}", policy.name).as_str()) {
         n += 1;
     }
@@ -367,23 +454,36 @@ fn start(
         rollback_of: None,
         requests: Requests::default(),
     };
+    // One shared copy per release: most members ran the same one.
+    let mut releases: HashMap<(&str, &semver::Version), Arc<ReleaseRef>> = HashMap::new();
+    let mut previous = |id: &str| {
+        let report = input.inventory.get(id)?;
+        let release = report.release.as_deref()?;
+        Some(
+            releases
+                .entry((release, &report.version))
+                .or_insert_with(|| {
+                    Arc::new(ReleaseRef { release: release.to_string(), version: report.version.to_string() })
+                })
+                .clone(),
+        )
+    };
     let waves = policy_plan.waves.iter().enumerate().map(|(i, w)| wave_record(i, w, now_ms)).collect();
-    let members = policy_plan
-        .waves
-        .iter()
-        .enumerate()
-        .flat_map(|(wave, w)| {
-            w.devices.iter().map(move |&d| Member {
+    let mut members = Vec::with_capacity(policy_plan.to_update());
+    for (wave, w) in policy_plan.waves.iter().enumerate() {
+        for &d in &w.devices {
+            let id = &*fleet.devices()[d as usize].id;
+            members.push(Member {
                 wave: wave as u32,
-                device: fleet.devices()[d as usize].id.to_string().into_boxed_str(),
+                device: id.to_string().into_boxed_str(),
                 published_at: None,
                 attempt: 0,
                 failure: None,
-                previous: None,
+                previous: previous(id),
                 accepted: false,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     (record, waves, members)
 }
 
@@ -402,273 +502,8 @@ fn wave_record(index: usize, wave: &WavePlan, now_ms: i64) -> WaveRecord {
     }
 }
 
-/// Where a wave's members stand, the retries due now by attempt, and the members its bake
-/// counts as failed from now on (see [`RolloutStep::progress`]).
-type WaveProgress = (Progress, BTreeMap<u32, Vec<DeviceIx>>, Vec<(Box<str>, FailureClass)>);
-
-/// One active rollout's turn in a pass.
-struct RolloutStep<'a> {
-    input: &'a PassInput<'a>,
-    policy: PolicyIx,
-    members: &'a [Member],
-    waves: Vec<WaveRecord>,
-}
-
-impl RolloutStep<'_> {
-    /// Decides what the rollout does now: its gates' verdict, the devices of its current
-    /// wave admitted now, and the record to write when anything changed.
-    fn run(
-        mut self,
-        mut rollout: RolloutRecord,
-        decisions: &mut Vec<Decision>,
-        in_flight: &mut InFlight,
-        policy_in_flight: &HashMap<PolicyIx, u32>,
-        windows: &GroupWindows,
-    ) {
-        let (fleet, now) = (self.input.fleet, self.input.now);
-        let now_ms = now.as_millisecond();
-        let policy = fleet.policy(self.policy);
-        let Ok(version) = rollout.version.parse::<semver::Version>() else { return };
-        if self.waves.is_empty() {
-            return;
-        }
-        let target = target(&rollout, &version, self.input);
-        let mut current = self.waves.iter().rposition(|w| w.state != WaveState::Pending).unwrap_or(0);
-        let paused = rollout.paused || policy.paused;
-        // The wave measured (and whose failed members are retried), before an advance.
-        let measured = current as u32;
-        let (progress, retries, failed) = self.progress(&target, measured, policy, paused);
-        if !failed.is_empty() {
-            decisions.push(Decision::MembersFailed { rollout: rollout.id.clone(), members: failed });
-        }
-        let position = Position {
-            wave: current,
-            waves: self.waves.len(),
-            paused,
-            bake: self.waves[current].bake_ms.map(SignedDuration::from_millis),
-            healthy_since: self.waves[current].healthy_at.and_then(|t| Timestamp::from_millisecond(t).ok()),
-            next_approved: self.waves.get(current + 1).is_some_and(|w| w.approved_at.is_some()),
-        };
-        let gates = Gates {
-            success_threshold: policy.rollout.success_threshold,
-            failure: policy.rules.failure,
-            approval: policy.rollout.approval,
-        };
-        let verdict = gate::decide(&gates, &position, &progress.tally(), now);
-        let healthy_since = verdict.healthy_since(&position, now).map(|t| t.as_millisecond());
-        let before = (rollout.phase, rollout.message.clone(), rollout.waiting);
-        rollout.waiting = match &verdict {
-            Verdict::Wait(wait) => Some(Waiting::of(wait)),
-            _ => None,
-        };
-        let mut waves = Vec::new();
-        let mut events = Vec::new();
-        let mut admit_wave = None;
-        match &verdict {
-            Verdict::Halt { reason } => {
-                self.finish_wave(&rollout, current, WaveState::Failed, now_ms, &mut waves, &mut events);
-                rollout.phase = RolloutPhase::Halted;
-                rollout.message = Some(reason.clone());
-                events.push(Event::RolloutHalted { rollout: rollout.id.clone(), reason: reason.clone() });
-            }
-            Verdict::Complete => {
-                self.finish_wave(&rollout, current, WaveState::Succeeded, now_ms, &mut waves, &mut events);
-                rollout.phase = RolloutPhase::Completed;
-                rollout.message = Some(format!("all {} waves succeeded", self.waves.len()));
-                events.push(Event::RolloutCompleted { rollout: rollout.id.clone() });
-            }
-            Verdict::Advance => {
-                self.finish_wave(&rollout, current, WaveState::Succeeded, now_ms, &mut waves, &mut events);
-                current += 1;
-                let next = &mut self.waves[current];
-                next.state = WaveState::Published;
-                next.published_at = Some(now_ms);
-                waves.push(next.clone());
-                rollout.phase = RolloutPhase::Progressing;
-                rollout.message = Some(format!("wave {} ({}) started", current + 1, next.name));
-                admit_wave = Some(current);
-            }
-            Verdict::Wait(wait) => {
-                if self.waves[current].healthy_at != healthy_since {
-                    self.waves[current].healthy_at = healthy_since;
-                    waves.push(self.waves[current].clone());
-                }
-                rollout.phase = if paused { RolloutPhase::Paused } else { RolloutPhase::Progressing };
-                rollout.message = Some(describe(wait, &self.waves, &progress));
-                if matches!(wait, Wait::Publishing { .. }) {
-                    admit_wave = Some(current);
-                }
-            }
-        }
-        if let Some(wave) = admit_wave {
-            let waiting: Vec<DeviceIx> = self
-                .members
-                .iter()
-                .filter(|m| m.wave == wave as u32 && m.published_at.is_none())
-                .filter_map(|m| fleet.device_index(&m.device))
-                .collect();
-            let admission = admit(
-                fleet,
-                &waiting,
-                policy.rollout.max_concurrent,
-                policy_in_flight.get(&self.policy).copied().unwrap_or(0),
-                in_flight,
-                |g| windows.is_open(g, now),
-            );
-            if !admission.admitted.is_empty() {
-                events.push(Event::WavePublished {
-                    rollout: rollout.id.clone(),
-                    wave: wave as u32,
-                    name: self.waves[wave].name.clone(),
-                    devices: admission.admitted.len() as u64,
-                });
-            }
-            let held = admission.outside_window + admission.capped;
-            if held > 0 {
-                rollout.waiting = Some(Waiting::Publishing);
-                rollout.message = Some(format!(
-                    "wave {} ({}): {} devices wait ({} outside their maintenance window, {} over a concurrency cap)",
-                    wave + 1,
-                    self.waves[wave].name,
-                    held,
-                    admission.outside_window,
-                    admission.capped
-                ));
-            }
-            if !admission.admitted.is_empty() {
-                decisions.push(Decision::Publish(Publication {
-                    release: policy.release,
-                    rollout: rollout.id.clone(),
-                    wave: wave as u32,
-                    devices: admission.admitted,
-                    members: true,
-                    confirmation_secs: confirmation_secs(policy),
-                    attempt: 0,
-                }));
-            }
-        }
-        // Failed members whose retry is due get their instruction again, with the next
-        // attempt; not once the rollout halted.
-        if rollout.phase != RolloutPhase::Halted {
-            for (attempt, devices) in retries {
-                decisions.push(Decision::Publish(Publication {
-                    release: policy.release,
-                    rollout: rollout.id.clone(),
-                    wave: measured,
-                    devices,
-                    members: true,
-                    confirmation_secs: confirmation_secs(policy),
-                    attempt,
-                }));
-            }
-        }
-        let changed = (rollout.phase, rollout.message.clone(), rollout.waiting) != before;
-        if changed {
-            rollout.updated_at = now_ms;
-        }
-        if changed || !waves.is_empty() {
-            decisions.push(Decision::Record { rollout, waves, events });
-        } else {
-            decisions.extend(events.into_iter().map(Decision::Announce));
-        }
-    }
-
-    /// Where the members of `wave` stand; the failed ones whose retry is due now, by their
-    /// next attempt (none while paused); and the members that turned unhealthy during the
-    /// bake, which the wave counts as failed from now on. A member waiting for its retry
-    /// counts as in flight.
-    fn progress(
-        &self,
-        target: &Target<'_>,
-        wave: u32,
-        policy: &CompiledPolicy,
-        paused: bool,
-    ) -> WaveProgress {
-        let (fleet, inventory) = (self.input.fleet, self.input.inventory);
-        let baking = self.waves.get(wave as usize).is_some_and(|w| w.healthy_at.is_some());
-        let mut progress = Progress::default();
-        let mut due: BTreeMap<u32, Vec<DeviceIx>> = BTreeMap::new();
-        let mut failed = Vec::new();
-        for m in self.members.iter().filter(|m| m.wave == wave) {
-            let ix = fleet.device_index(&m.device);
-            let report = inventory.get(&m.device);
-            let state = classify_member(target, m.published_at, m.failure, m.accepted, ix.is_some(), report);
-            if baking && m.failure.is_none() && state == MemberState::Failed(FailureClass::Health) {
-                failed.push((m.device.clone(), FailureClass::Health));
-            }
-            let (MemberState::Failed(class), Some(published_at), Some(ix)) = (state, m.published_at, ix)
-            else {
-                progress.add(state);
-                continue;
-            };
-            let failed_at = failed_at(target, published_at, report, class);
-            match retry(&policy.rules.retries, class, m.attempt, failed_at, target.now_ms) {
-                Retry::No => {
-                    progress.add(state);
-                    // A timeout is the controller's verdict, not the device's: kept, so that
-                    // a late finish does not undo it and operators' status shows it.
-                    if class == FailureClass::Timeout && m.failure.is_none() {
-                        failed.push((m.device.clone(), class));
-                    }
-                }
-                Retry::Backoff => progress.add(MemberState::InFlight),
-                Retry::Now(attempt) => {
-                    progress.add(MemberState::InFlight);
-                    if !paused {
-                        due.entry(attempt).or_default().push(ix);
-                    }
-                }
-            }
-        }
-        (progress, due, failed)
-    }
-
-    fn finish_wave(
-        &mut self,
-        rollout: &RolloutRecord,
-        index: usize,
-        state: WaveState,
-        now_ms: i64,
-        waves: &mut Vec<WaveRecord>,
-        events: &mut Vec<Event>,
-    ) {
-        let wave = &mut self.waves[index];
-        wave.state = state;
-        wave.finished_at = Some(now_ms);
-        wave.healthy_at = wave.healthy_at.or((state == WaveState::Succeeded).then_some(now_ms));
-        waves.push(wave.clone());
-        if state == WaveState::Succeeded {
-            events.push(Event::WaveSucceeded {
-                rollout: rollout.id.clone(),
-                wave: index as u32,
-                name: wave.name.clone(),
-            });
-        }
-    }
-}
-
-/// Operators' one-line account of why a rollout waits.
-fn describe(wait: &Wait, waves: &[WaveRecord], progress: &Progress) -> String {
-    let name = |i: usize| waves.get(i).map_or("?", |w| w.name.as_str());
-    match wait {
-        Wait::Paused => "paused".into(),
-        Wait::Publishing { unpublished } => format!("{unpublished} devices not published yet"),
-        Wait::Health { healthy_percent, needed_percent } => format!(
-            "waiting for health: {healthy_percent:.1}% healthy of {needed_percent}% needed ({} in flight, {} failed, {} stale)",
-            progress.in_flight, progress.failed, progress.stale
-        ),
-        Wait::Baking { until } => format!("baking until {}", until.strftime("%Y-%m-%dT%H:%M:%SZ")),
-        Wait::Approval { wave } => format!("wave {} ({}) waits for approval", wave + 1, name(*wave)),
-    }
-}
-
-/// The confirmation period a policy's instructions carry, whole seconds.
-fn confirmation_secs(policy: &CompiledPolicy) -> Option<u64> {
-    policy.rules.confirmation.as_ref().map(|c| c.value().as_secs().unsigned_abs())
-}
-
 /// Whether a rollout moves its policy to `release` already.
-fn same_release(rollout: &RolloutRecord, release: &CompiledRelease) -> bool {
+pub(super) fn same_release(rollout: &RolloutRecord, release: &CompiledRelease) -> bool {
     rollout.release == release.name && rollout.version == release.version.to_string()
 }
 
@@ -680,7 +515,11 @@ fn rollout_version(rollout: &RolloutRecord) -> semver::Version {
 
 /// What a rollout's members are measured against; the device timeout is its policy's
 /// (none when the policy is gone).
-fn target<'a>(rollout: &'a RolloutRecord, version: &'a semver::Version, input: &PassInput<'_>) -> Target<'a> {
+pub(super) fn target<'a>(
+    rollout: &'a RolloutRecord,
+    version: &'a semver::Version,
+    input: &PassInput<'_>,
+) -> Target<'a> {
     let fleet = input.fleet;
     let device_timeout = fleet
         .policy_named(&rollout.policy)
@@ -692,20 +531,5 @@ fn target<'a>(rollout: &'a RolloutRecord, version: &'a semver::Version, input: &
         stale_after: input.stale_after,
         device_timeout,
         now_ms: input.now.as_millisecond(),
-    }
-}
-
-/// Each group's maintenance windows, as the compiler parsed them.
-struct GroupWindows {
-    windows: Vec<std::sync::Arc<Windows>>,
-}
-
-impl GroupWindows {
-    fn new(fleet: &CompiledFleet) -> GroupWindows {
-        GroupWindows { windows: fleet.groups().iter().map(|g| g.maintenance_windows.clone()).collect() }
-    }
-
-    fn is_open(&self, group: u32, now: Timestamp) -> bool {
-        self.windows[group as usize].is_open(now)
     }
 }

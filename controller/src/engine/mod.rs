@@ -19,8 +19,10 @@
 //! pruned between passes.
 
 pub mod decide;
+mod rollback;
 pub mod rollouts;
 mod source;
+mod step;
 mod upkeep;
 
 #[cfg(test)]

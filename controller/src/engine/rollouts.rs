@@ -188,10 +188,10 @@ impl Rollouts {
         let rollouts = self.store.rollouts().await?;
         let mut waves = HashMap::new();
         for rollout in &rollouts {
-            if decide::needs_members(fleet, &plan.policies, rollout) {
+            if decide::needs_members(fleet, &rollouts, &plan.policies, rollout) {
                 self.load_members(&rollout.id).await?;
             }
-            if decide::needs_waves(fleet, rollout) {
+            if decide::needs_waves(fleet, &rollouts, rollout) {
                 waves.insert(rollout.id.clone(), self.store.waves(&rollout.id).await?);
             }
         }
@@ -276,6 +276,7 @@ impl Rollouts {
         let mut marks: HashMap<String, Vec<String>> = HashMap::new();
         let mut retried: HashMap<(String, u32), Vec<String>> = HashMap::new();
         let mut failed = Vec::new();
+        let mut accepted = Vec::new();
         let mut writes = Vec::new();
         for decision in decisions {
             match decision {
@@ -335,6 +336,7 @@ impl Rollouts {
                     writes.push(RolloutWrite { record: rollout, waves, events })
                 }
                 Decision::MembersFailed { rollout, members } => failed.push((rollout, members)),
+                Decision::MembersAccepted { rollout, members } => accepted.push((rollout, members)),
                 Decision::Announce(event) => report.events.push(event),
             }
         }
@@ -377,6 +379,7 @@ impl Rollouts {
                     m.attempt = *attempt;
                     m.published_at = Some(now_ms);
                     m.failure = None;
+                    m.accepted = false;
                 }
             }
         }
@@ -395,6 +398,17 @@ impl Rollouts {
                     if let Some(class) = classes.get(&*m.device) {
                         m.failure = Some(*class);
                     }
+                }
+            }
+        }
+        for (rollout, devices) in accepted {
+            let ids: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+            self.store.mark_accepted(&rollout, &ids).await?;
+            tracing::info!(%rollout, devices = ids.len(), "failures accepted by an operator");
+            if let Some(members) = self.members.get_mut(&rollout) {
+                let accepted: HashSet<&str> = devices.iter().map(|d| &**d).collect();
+                for m in members.iter_mut().filter(|m| accepted.contains(&*m.device)) {
+                    m.accepted = true;
                 }
             }
         }

@@ -129,7 +129,7 @@ async fn refuse_superseded_rollback(store: &Store, rollout: &RolloutRecord) -> R
 
 /// What `action` changes: the rollout's new record and the waves to write with it, or
 /// `None` when it is already in effect.
-fn apply(
+pub(crate) fn apply(
     action: Action,
     rollout: &RolloutRecord,
     waves: &[WaveRecord],

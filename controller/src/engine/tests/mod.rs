@@ -18,6 +18,8 @@ use crate::source::FleetFiles;
 const MIN: i64 = 60_000;
 const STALE_AFTER: SignedDuration = SignedDuration::from_mins(10);
 
+mod operators;
+
 /// eu ─┬─ berlin: b00..b09 (b00 and b01 labelled `tier: canary`)
 ///     └─ paris:  p00..p09
 /// Releases v1, v2, v3; the policy `stable` moves eu to `release` in three waves:
@@ -153,6 +155,7 @@ impl World {
                             m.published_at = Some(self.now_ms);
                             m.attempt = attempt;
                             m.failure = None;
+                            m.accepted = false;
                         }
                     }
                 }
@@ -160,6 +163,13 @@ impl World {
                     for m in self.members.get_mut(&rollout).unwrap() {
                         if let Some((_, class)) = members.iter().find(|(d, _)| *d == m.device) {
                             m.failure = Some(*class);
+                        }
+                    }
+                }
+                Decision::MembersAccepted { rollout, members } => {
+                    for m in self.members.get_mut(&rollout).unwrap() {
+                        if members.contains(&m.device) {
+                            m.accepted = true;
                         }
                     }
                 }
