@@ -36,7 +36,7 @@ fn retry_accept_and_rollback_are_fleet_rollout_spec_fields() {
     scene.apply(&scene.fleet(json!({})));
     scene.wait_condition("Ready", "True", MINUTE);
     let base = controller.fleet_url(&scene.ns, "edge");
-    let _devices = scene.simulate(&base, 4, Some("r2"));
+    let devices = scene.simulate(&base, 4, Some("r2"));
 
     // The canary's install of r2 fails: the rollout halts.
     let rollout = scene.rollout(MINUTE);
@@ -67,8 +67,11 @@ fn retry_accept_and_rollback_are_fleet_rollout_spec_fields() {
     // The value is carried out once: a restarted controller (or another replica) reads it
     // as done from the status and asks nothing more.
     drop(controller);
+    drop(devices);
     let controller = scene.controller("replica-a", &[]);
     let base = controller.fleet_url(&scene.ns, "edge");
+    // The new process listens on a port of its own.
+    let _devices = scene.simulate(&base, 4, Some("r2"));
     scene.wait_condition("Ready", "True", MINUTE);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(instruction(&scene, &base, &canary).unwrap().attempt, 1, "no second retry for one value");
