@@ -651,3 +651,47 @@ async fn a_device_unhealthy_during_the_bake_stays_failed_across_a_restart() {
         assert_eq!(status.waves[0].progress.healthy, 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_failure_rollback_returns_exactly_the_changed_devices_through_a_rollback_rollout() {
+    for (store, _guard) in stores().await {
+        let mut h = harness(store, "    onFailure: rollback\n").await;
+        h.step().await;
+        let canaries = h.wave_members("stable-1", 0).await;
+        h.report(&canaries[..1], "v2", "2.0.0", UpdateState::Installed, true).await;
+        h.report(&canaries[1..], "v2", "2.0.0", UpdateState::Installed, false).await;
+        let reason = halted(&h.step().await).map(str::to_string).expect("halted");
+        assert!(reason.contains("1 of 2 devices failed"), "{reason}");
+
+        // A restarted engine starts the rollback from the records alone: the canaries go
+        // back to v1, the devices that never got v2 see nothing.
+        h.restart();
+        let events = h.step().await;
+        assert_eq!(started(&events), ["stable-1-rollback"]);
+        let published = h.published();
+        assert_eq!(published.keys().cloned().collect::<Vec<_>>(), canaries);
+        for id in &canaries {
+            assert_eq!(
+                (published[id]["release"].as_str(), published[id]["rollout"].as_str()),
+                (Some("v1"), Some("stable-1-rollback"))
+            );
+        }
+        let list = control::list(&h.store, SignedDuration::from_mins(10), h.now).await.unwrap();
+        let rollback = list.iter().find(|r| r.id == "stable-1-rollback").unwrap();
+        assert_eq!((rollback.rollback_of.as_deref(), rollback.release.as_str()), (Some("stable-1"), "v1"));
+        assert!(list.iter().any(|r| r.id == "stable-1" && r.rolled_back_at.is_some()));
+
+        // Back on v1 and healthy: the rollback's wave bakes and it completes.
+        h.report(&canaries, "v1", "1.0.0", UpdateState::Installed, true).await;
+        h.step().await;
+        h.advance(SignedDuration::from_secs(61));
+        let events = h.step().await;
+        assert!(
+            events.contains(&Event::RolloutCompleted { rollout: "stable-1-rollback".into() }),
+            "{events:?}"
+        );
+        h.advance(SignedDuration::from_mins(5));
+        assert!(published_wave(&h.step().await).is_empty());
+        assert_eq!(h.published().len(), 2, "nothing else was ever published");
+    }
+}
