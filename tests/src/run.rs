@@ -71,17 +71,37 @@ impl Run {
         std::fs::read_to_string(self.data.join("admin-token")).unwrap().trim().to_owned()
     }
 
+    /// A request to the operators' API, with the token.
+    fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(self.token())
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> Value {
-        let response = reqwest::Client::new()
-            .get(format!("{}/v1/status", self.base))
-            .bearer_auth(self.token())
+        let response = self
+            .admin(reqwest::Method::GET, "/v1/status")
             .timeout(Duration::from_secs(5))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
+    }
+
+    /// `POST /v1/rollouts/{id}/{action}`: the HTTP status and the JSON answer.
+    pub async fn act(&self, id: &str, action: &str) -> (u16, Value) {
+        let path = format!("/v1/rollouts/{id}/{action}");
+        let response =
+            self.admin(reqwest::Method::POST, &path).timeout(Duration::from_secs(30)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// `GET /v1/rollouts/{id}`: the HTTP status and the JSON answer.
+    pub async fn rollout(&self, id: &str) -> (u16, Value) {
+        let path = format!("/v1/rollouts/{id}");
+        let response =
+            self.admin(reqwest::Method::GET, &path).timeout(Duration::from_secs(30)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
     }
 
     /// Waits up to `within` until `ready(status)` holds; returns that status.

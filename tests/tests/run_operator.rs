@@ -20,6 +20,23 @@ use waveguide_tests::{fleets, fresh_postgres_database, git, waveguide, KillOnDro
 
 const WITHIN: Duration = Duration::from_secs(40);
 
+/// Two tests of `scenario`, `<scenario>::sqlite` and `<scenario>::postgres`.
+macro_rules! on_sqlite_and_postgres {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$scenario(super::Db::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                super::$scenario(super::Db::Postgres).await;
+            }
+        }
+    };
+}
+
 /// The inventory a scenario runs on.
 #[derive(Debug, Clone, Copy)]
 enum Db {
@@ -191,7 +208,7 @@ impl Lab {
 
     /// `POST /v1/rollouts/{id}/{action}` with the operators' token.
     async fn act(&self, id: &str, action: &str) -> (u16, Value) {
-        act(&self.run, id, action).await
+        self.run.act(id, action).await
     }
 
     /// Waits until a rollout satisfies `ready`; returns it.
@@ -262,18 +279,6 @@ fn cli_command(run: &Run, args: &[&str]) -> Command {
     command
 }
 
-async fn act(run: &Run, id: &str, action: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/rollouts/{id}/{action}", run.base))
-        .bearer_auth(run.token())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 /// The canary that fails its install (`failing`), the one that succeeds, and the rollout
 /// halted on the failure.
 async fn one_canary_fails(db: Db, on_failure: &str) -> (Lab, usize, usize, Value) {
@@ -319,15 +324,7 @@ async fn retry_republishes_exactly_the_failed_devices(db: Db) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retry_republishes_exactly_the_failed_devices_on_sqlite() {
-    retry_republishes_exactly_the_failed_devices(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn retry_republishes_exactly_the_failed_devices_on_postgres() {
-    retry_republishes_exactly_the_failed_devices(Db::Postgres).await;
-}
+on_sqlite_and_postgres!(retry_republishes_exactly_the_failed_devices);
 
 // (b) Accept: the halted rollout completes, the accepted device counted apart.
 
@@ -356,15 +353,7 @@ async fn accept_lets_a_halted_rollout_complete(db: Db) {
     assert!(refused["error"]["message"].as_str().unwrap().contains("completed"), "{refused:#}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn accept_lets_a_halted_rollout_complete_on_sqlite() {
-    accept_lets_a_halted_rollout_complete(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn accept_lets_a_halted_rollout_complete_on_postgres() {
-    accept_lets_a_halted_rollout_complete(Db::Postgres).await;
-}
+on_sqlite_and_postgres!(accept_lets_a_halted_rollout_complete);
 
 // (c) Rollback: the changed devices return to v1 through `<id>-rollback`; the devices of
 // the later wave, never told v2, see nothing new.
@@ -390,14 +379,8 @@ async fn check_rollback(lab: &Lab, canaries: &[usize], before: &[Option<DeviceIn
     );
     let original = lab.cli(&["show", &lab.id]);
     assert!(original["rolledBackAt"].is_string(), "{original:#}");
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/rollouts/{back}", lab.run.base))
-        .bearer_auth(lab.run.token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let api: Value = response.json().await.unwrap();
+    let (status, api) = lab.run.rollout(&back).await;
+    assert_eq!(status, 200, "{api:#}");
     assert_eq!(api["rollbackOf"], lab.id.as_str());
     let text = waveguide()
         .args(["rollout", "--server", &lab.run.base, "--data"])
@@ -436,15 +419,7 @@ async fn on_failure_rollback_returns_the_changed_devices(db: Db) {
     check_rollback(&lab, &canaries, &before).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn on_failure_rollback_returns_the_changed_devices_on_sqlite() {
-    on_failure_rollback_returns_the_changed_devices(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn on_failure_rollback_returns_the_changed_devices_on_postgres() {
-    on_failure_rollback_returns_the_changed_devices(Db::Postgres).await;
-}
+on_sqlite_and_postgres!(on_failure_rollback_returns_the_changed_devices);
 
 async fn rollback_by_hand_returns_the_changed_devices(db: Db) {
     let (lab, failing, healthy, _) = one_canary_fails(db, "halt").await;
@@ -461,15 +436,7 @@ async fn rollback_by_hand_returns_the_changed_devices(db: Db) {
     assert_eq!(rollbacks, 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rollback_by_hand_returns_the_changed_devices_on_sqlite() {
-    rollback_by_hand_returns_the_changed_devices(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn rollback_by_hand_returns_the_changed_devices_on_postgres() {
-    rollback_by_hand_returns_the_changed_devices(Db::Postgres).await;
-}
+on_sqlite_and_postgres!(rollback_by_hand_returns_the_changed_devices);
 
 // (d) Operators racing each other and the engine's passes (one every 200 ms).
 
@@ -488,7 +455,7 @@ async fn racing_operators_lose_nothing_and_roll_back_once(db: Db) {
     let cli: Vec<_> = (0..3)
         .map(|_| cli_command(&lab.run, &["rollback", &lab.id]).stdout(Stdio::null()).spawn().unwrap())
         .collect();
-    let api = futures::future::join_all((0..4).map(|_| act(&lab.run, &lab.id, "rollback"))).await;
+    let api = futures::future::join_all((0..4).map(|_| lab.run.act(&lab.id, "rollback"))).await;
     let retry = lab.act(&lab.id, "retry").await;
     for (status, body) in &api {
         assert_eq!(*status, 200, "{body:#}");
@@ -512,12 +479,4 @@ async fn racing_operators_lose_nothing_and_roll_back_once(db: Db) {
     assert_eq!(rollbacks.len(), 1, "{rollbacks:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn racing_operators_lose_nothing_and_roll_back_once_on_sqlite() {
-    racing_operators_lose_nothing_and_roll_back_once(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn racing_operators_lose_nothing_and_roll_back_once_on_postgres() {
-    racing_operators_lose_nothing_and_roll_back_once(Db::Postgres).await;
-}
+on_sqlite_and_postgres!(racing_operators_lose_nothing_and_roll_back_once);
