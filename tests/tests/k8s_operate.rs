@@ -91,6 +91,13 @@ fn retry_accept_and_rollback_are_fleet_rollout_spec_fields() {
         (&json!(0), &json!("progressing"))
     );
     assert_eq!(accepted["status"]["waves"][0]["accepted"], 1, "{accepted:#}");
+    let ns = &scene.ns;
+    let gauge = format!(
+        r#"waveguide_controller_rollout_devices{{namespace="{ns}",fleet="edge",rollout="{id}",progress="accepted"}} 1"#
+    );
+    scene.wait("the accepted device in the metrics", MINUTE, || {
+        controller.metrics().lines().any(|l| l == gauge).then_some(())
+    });
 
     // spec.rollback: the canary goes back to r1 through the rollback rollout, a
     // FleetRollout of its own that names what it rolls back; the other devices, never told

@@ -397,6 +397,7 @@ async fn record_gauges(
                 ("in_flight", r.total.in_flight),
                 ("failed", r.total.failed),
                 ("stale", r.total.stale),
+                ("accepted", r.total.accepted),
                 ("unpublished", r.total.unpublished),
             ],
         })
