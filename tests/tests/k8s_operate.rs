@@ -102,6 +102,10 @@ fn retry_accept_and_rollback_are_fleet_rollout_spec_fields() {
     // spec.rollback: the canary goes back to r1 through the rollback rollout, a
     // FleetRollout of its own that names what it rolls back; the other devices, never told
     // r2, are told nothing.
+    // Aborted first: a finished rollout can still be rolled back, and its FleetRollout
+    // shows it.
+    patch(&scene, &name, json!({"abort": true}));
+    scene.wait_rollout(&name, "the rollout aborted", |r| r["status"]["phase"] == "aborted");
     patch(&scene, &name, json!({"rollback": true}));
     let original =
         scene.wait_rollout(&name, "status.rolledBackAt", |r| r["status"]["rolledBackAt"].is_string());
@@ -131,7 +135,10 @@ fn retry_accept_and_rollback_are_fleet_rollout_spec_fields() {
         all.iter().any(|(r, _)| r == "RetryRefused").then_some(all)
     });
     let order: Vec<&str> = on_rollout.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(order, ["RetryRequested", "FailuresAccepted", "RollbackRequested", "RetryRefused"]);
-    assert!(on_rollout[3].1.contains("spec.retry refused"), "{on_rollout:?}");
+    assert_eq!(
+        order,
+        ["RetryRequested", "FailuresAccepted", "RolloutAborted", "RollbackRequested", "RetryRefused"]
+    );
+    assert!(on_rollout[4].1.contains("spec.retry refused"), "{on_rollout:?}");
     drop(controller);
 }

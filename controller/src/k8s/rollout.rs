@@ -178,12 +178,18 @@ async fn record_token(
 }
 
 /// The status a FleetRollout shows for a rollout; the request tokens carried out stay as
-/// the `old` status has them.
+/// the `old` status has them. A finished (completed or aborted) rollout's status, once
+/// written, keeps its counts: they describe the rollout, not where its devices went
+/// afterwards. Only a rollback asked for later shows.
 pub fn rollout_status(
     rollout: &RolloutStatus,
     generation: Option<i64>,
     old: Option<&FleetRolloutStatus>,
 ) -> FleetRolloutStatus {
+    let rolled_back_at = rollout.rolled_back_at.map(|t| t.to_string());
+    if let Some(old) = old.filter(|s| s.phase == Some(rollout.phase) && rollout.phase.is_finished()) {
+        return FleetRolloutStatus { rolled_back_at, ..old.clone() };
+    }
     FleetRolloutStatus {
         phase: Some(rollout.phase),
         wave: format!(
@@ -215,14 +221,13 @@ pub fn rollout_status(
         observed_generation: generation,
         last_retry: old.and_then(|s| s.last_retry.clone()),
         last_accept: old.and_then(|s| s.last_accept.clone()),
-        rolled_back_at: rollout.rolled_back_at.map(|t| t.to_string()),
+        rolled_back_at,
     }
 }
 
 /// Creates the FleetRollouts of new rollouts, gives FleetRollouts left by an earlier Fleet
-/// of the same name to this one, and writes the status of those that changed. A finished
-/// (completed or aborted) rollout's status is written once and then kept: its counts
-/// describe the rollout, not where its devices went afterwards. Returns every rollout.
+/// of the same name to this one, and writes the status of those that changed (see
+/// [`rollout_status`]: a finished rollout's counts are kept). Returns every rollout.
 pub async fn sync(
     api: &Api<FleetRollout>,
     fleet: &Fleet,
@@ -293,9 +298,6 @@ pub async fn sync(
                 .map_err(|e| Error::kube(format!("adopting FleetRollout {name}"), e))?;
         }
         let old = current.and_then(|r| r.status.as_ref());
-        if old.is_some_and(|s| s.phase == Some(rollout.phase) && rollout.phase.is_finished()) {
-            continue;
-        }
         let generation = current.and_then(|r| r.metadata.generation).or(Some(1));
         let status = rollout_status(rollout, generation, old);
         if old == Some(&status) {
@@ -462,5 +464,20 @@ mod tests {
         assert_eq!(new.rolled_back_at.as_deref(), Some("1970-01-01T00:00:00Z"));
         assert_eq!((new.accepted, new.observed_generation), (2, Some(3)));
         assert_eq!(rollout_status(&status, Some(3), None).last_retry, None);
+    }
+
+    #[test]
+    fn a_finished_rollout_keeps_its_counts_and_shows_a_later_rollback() {
+        let mut aborted = rollout();
+        aborted.phase = RolloutPhase::Aborted;
+        let finished = rollout_status(&aborted, Some(2), None);
+        assert_eq!(finished.rolled_back_at, None);
+        // Its devices moved on since; then an operator rolled it back.
+        aborted.total.healthy = 5;
+        aborted.message = Some("rolled back by an operator".into());
+        aborted.rolled_back_at = Some(Timestamp::UNIX_EPOCH);
+        let kept = rollout_status(&aborted, Some(3), Some(&finished));
+        assert_eq!(kept.rolled_back_at.as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(FleetRolloutStatus { rolled_back_at: None, ..kept }, finished);
     }
 }
