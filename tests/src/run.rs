@@ -71,17 +71,37 @@ impl Run {
         std::fs::read_to_string(self.data.join("admin-token")).unwrap().trim().to_owned()
     }
 
+    /// A request to the operators' API, with the token.
+    fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().request(method, format!("{}{path}", self.base)).bearer_auth(self.token())
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> Value {
-        let response = reqwest::Client::new()
-            .get(format!("{}/v1/status", self.base))
-            .bearer_auth(self.token())
+        let response = self
+            .admin(reqwest::Method::GET, "/v1/status")
             .timeout(Duration::from_secs(5))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
+    }
+
+    /// `POST /v1/rollouts/{id}/{action}`: the HTTP status and the JSON answer.
+    pub async fn act(&self, id: &str, action: &str) -> (u16, Value) {
+        let path = format!("/v1/rollouts/{id}/{action}");
+        let response =
+            self.admin(reqwest::Method::POST, &path).timeout(Duration::from_secs(30)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// `GET /v1/rollouts/{id}`: the HTTP status and the JSON answer.
+    pub async fn rollout(&self, id: &str) -> (u16, Value) {
+        let path = format!("/v1/rollouts/{id}");
+        let response =
+            self.admin(reqwest::Method::GET, &path).timeout(Duration::from_secs(30)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
     }
 
     /// Waits up to `within` until `ready(status)` holds; returns that status.
@@ -177,7 +197,13 @@ pub async fn send_report_body(base: &str, id: &str, key: &DeviceKey, body: &Valu
 /// `cache`.
 pub async fn tough(run: &Run, cache: &Path) -> tough::Repository {
     let root = std::fs::read(run.data.join("tuf/metadata/1.root.json")).unwrap();
-    let base = url::Url::parse(&format!("{}/tuf/", run.base)).unwrap();
+    tough_at(&run.base, &root, cache).await
+}
+
+/// The TUF repository served under `<base>/tuf/`, loaded by the `tough` client from
+/// `root` into `cache`.
+pub async fn tough_at(base: &str, root: &[u8], cache: &Path) -> tough::Repository {
+    let base = url::Url::parse(&format!("{base}/tuf/")).unwrap();
     std::fs::create_dir_all(cache).unwrap();
     tough::RepositoryLoader::new(&root, base.join("metadata/").unwrap(), base.join("targets/").unwrap())
         .transport(SpecTargetPaths(tough::HttpTransportBuilder::new().tries(1).build()))
@@ -193,4 +219,16 @@ pub async fn instruction(repo: &tough::Repository, device: &str) -> Option<Devic
     let stream = repo.read_target(&name).await.expect("tough reads the target")?;
     let bytes: Vec<u8> = stream.map_ok(|b| b.to_vec()).try_concat().await.unwrap();
     Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// The instruction for `device` that the TUF repository under `<base>/tuf/` holds now, read
+/// by the `tough` client from `root` with an empty cache.
+pub async fn fresh_instruction(
+    base: &str,
+    root: &[u8],
+    cache: &Path,
+    device: &str,
+) -> Option<DeviceInstruction> {
+    let _ = std::fs::remove_dir_all(cache);
+    instruction(&tough_at(base, root, cache).await, device).await
 }

@@ -66,7 +66,8 @@ fn the_crds_have_status_short_names_and_print_columns() {
             .collect();
         let expected: &[&str] = match crd["spec"]["names"]["kind"].as_str().unwrap() {
             "Fleet" => &["Ready", "Commit", "Devices", "Age"],
-            _ => &["Policy", "Release", "Wave", "Updated", "Failed", "Phase", "Age"],
+            // Rollback-Of shows with `-o wide` (priority 1).
+            _ => &["Policy", "Release", "Wave", "Updated", "Failed", "Phase", "Age", "Rollback-Of"],
         };
         assert_eq!(columns, expected, "{name}");
     }

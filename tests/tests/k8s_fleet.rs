@@ -413,62 +413,6 @@ async fn deletion_releases_the_lease_and_removes_the_finalizer() {
     assert!(!mirror.exists(), "the source mirror is removed");
 }
 
-/// What an operator's spec fields turn into, through the same actions as the CLI.
-#[test]
-fn operator_fields_map_onto_rollout_actions() {
-    use waveguide::k8s::crd::FleetRolloutSpec;
-    use waveguide::k8s::rollout::{operator_actions, resource_name};
-    use waveguide::rollout::control::{Action, RolloutStatus};
-
-    let status: RolloutStatus = serde_json::from_value(json!({
-        "id": "stable-1", "policy": "stable", "release": "r", "version": "1.0.0", "commit": null,
-        "phase": "progressing", "paused": false, "message": null, "currentWave": 0,
-        "createdAt": null, "updatedAt": null,
-        "waves": [
-            {"index": 0, "name": "canary", "state": "published", "bake": null, "publishedAt": null,
-             "healthyAt": null, "approvedAt": null, "finishedAt": null,
-             "progress": {"size": 1, "unpublished": 0, "inFlight": 1, "healthy": 0, "failed": 0, "stale": 0}},
-            {"index": 1, "name": "rest", "state": "pending", "bake": null, "publishedAt": null,
-             "healthyAt": null, "approvedAt": null, "finishedAt": null,
-             "progress": {"size": 4, "unpublished": 4, "inFlight": 0, "healthy": 0, "failed": 0, "stale": 0}},
-        ],
-        "total": {"size": 5, "unpublished": 4, "inFlight": 1, "healthy": 0, "failed": 0, "stale": 0},
-    }))
-    .unwrap();
-    let spec = |extra: Value| -> FleetRolloutSpec {
-        let mut base = json!({"fleet": "edge", "rolloutId": "stable-1", "policy": "stable", "release": "r", "version": "1.0.0"});
-        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        serde_json::from_value(base).unwrap()
-    };
-    assert_eq!(
-        operator_actions(&spec(json!({})), &status, true),
-        vec![],
-        "unset fields leave the rollout alone"
-    );
-    assert_eq!(operator_actions(&spec(json!({"paused": true})), &status, true), vec![Action::Pause]);
-    assert_eq!(operator_actions(&spec(json!({"paused": false})), &status, true), vec![]);
-    assert_eq!(
-        operator_actions(&spec(json!({"approvedWaves": [2, 7, 0]})), &status, false),
-        vec![Action::Approve(1)]
-    );
-    assert_eq!(
-        operator_actions(&spec(json!({"abort": true, "paused": true})), &status, false),
-        vec![Action::Abort]
-    );
-    let mut done = status.clone();
-    done.phase = RolloutPhase::Completed;
-    assert_eq!(operator_actions(&spec(json!({"abort": true})), &done, true), vec![]);
-    // A halted rollout (not paused) resumes when an operator sets `paused: false`, once:
-    // for the change of the spec, not at every pass after it.
-    let mut halted = status.clone();
-    halted.phase = RolloutPhase::Halted;
-    assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, true), vec![Action::Resume]);
-    assert_eq!(operator_actions(&spec(json!({"paused": false})), &halted, false), vec![]);
-    assert_eq!(operator_actions(&spec(json!({})), &halted, true), vec![]);
-    assert_eq!(resource_name("edge", "stable-1"), "edge-stable-1");
-    assert_eq!(resource_name("Edge", "a_b"), "edge-a-b");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_released_on_shutdown() {
     let world = World::new();

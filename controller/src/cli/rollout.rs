@@ -216,6 +216,7 @@ pub fn detail(r: &RolloutStatus) -> String {
         "HEALTHY",
         "FAILED",
         "STALE",
+        "ACCEPTED",
         "BAKE",
         "APPROVED",
     ]
@@ -231,6 +232,7 @@ pub fn detail(r: &RolloutStatus) -> String {
             w.progress.healthy.to_string(),
             w.progress.failed.to_string(),
             w.progress.stale.to_string(),
+            w.progress.accepted.to_string(),
             w.bake.clone().unwrap_or_else(|| "-".into()),
             w.approved_at.map_or("-".into(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
         ]);

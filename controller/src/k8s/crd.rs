@@ -233,7 +233,9 @@ pub struct Condition {
 }
 
 /// A rollout of one policy to one release, created by the controller. Operators pause it
-/// (`spec.paused`), approve waves (`spec.approvedWaves`) and abort it (`spec.abort`).
+/// (`spec.paused`), approve waves (`spec.approvedWaves`), abort it (`spec.abort`), roll it
+/// back (`spec.rollback`), and ask for a retry of its failed devices (`spec.retry`) or the
+/// acceptance of its current failures (`spec.accept`).
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[kube(
     group = "waveguide.dev",
@@ -250,7 +252,8 @@ pub struct Condition {
     printcolumn = r#"{"name":"Updated","type":"integer","jsonPath":".status.updated"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Rollback-Of","type":"string","jsonPath":".spec.rollbackOf","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FleetRolloutSpec {
@@ -269,6 +272,10 @@ pub struct FleetRolloutSpec {
     /// The commit that started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// For a rollback rollout: the id of the rollout whose devices it returns to the
+    /// release they ran before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
     /// Its waves, in order.
     #[serde(default)]
     pub waves: Vec<RolloutWave>,
@@ -282,6 +289,20 @@ pub struct FleetRolloutSpec {
     /// Set by an operator: give the rollout up. Published instructions stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<bool>,
+    /// Set by an operator: return the devices that took the release to the one they ran
+    /// before, through a rollback rollout (`<id>-rollback`). Publishes nothing more itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
+    /// Set by an operator to a new value (a timestamp, say) to publish the failed devices'
+    /// instructions again, once per value; `status.lastRetry` shows the value carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub retry: Option<String>,
+    /// Set by an operator to a new value to count the failures of the devices failed now
+    /// as accepted, once per value; `status.lastAccept` shows the value carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub accept: Option<String>,
 }
 
 /// One wave of a rollout, as cut when it started.
@@ -313,6 +334,10 @@ pub struct FleetRolloutStatus {
     /// Devices that failed.
     #[serde(default)]
     pub failed: u64,
+    /// Devices whose failures an operator accepted: counted neither as updated nor as
+    /// failed.
+    #[serde(default)]
+    pub accepted: u64,
     /// Devices in the rollout.
     #[serde(default)]
     pub devices: u64,
@@ -325,6 +350,16 @@ pub struct FleetRolloutStatus {
     /// The generation of the spec whose operator changes took effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last `spec.retry` value carried out (or refused): a value is acted on once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retry: Option<String>,
+    /// The last `spec.accept` value carried out (or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accept: Option<String>,
+    /// When its rollback was asked for (by `spec.rollback`, the CLI, the API or the
+    /// policy's `onFailure: rollback`), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<String>,
 }
 
 /// One wave's progress.
@@ -347,6 +382,9 @@ pub struct RolloutWaveStatus {
     pub failed: u64,
     /// Silent past the stale timeout.
     pub stale: u64,
+    /// Failed, with the failure accepted by an operator.
+    #[serde(default)]
+    pub accepted: u64,
     /// When it was approved (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_at: Option<String>,

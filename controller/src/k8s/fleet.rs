@@ -311,14 +311,16 @@ async fn apply(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Action, 
 
     // Operators' changes to FleetRollouts, before the engine's step picks them up.
     let rollouts: Api<FleetRollout> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = rollouts
+    let mut existing = rollouts
         .list(&ListParams::default().labels(&format!("{FLEET_LABEL}={name}")))
         .await
         .map_err(|e| Error::kube(format!("listing the FleetRollouts of Fleet {namespace}/{name}"), e))?
         .items;
-    for change in rollout::apply_operator_changes(&active.store, &existing, Timestamp::now()).await? {
-        let (reason, note) = describe_change(&change);
-        ctx.events.publish(&change.resource, EventType::Normal, reason, "Operate", note).await;
+    let changes =
+        rollout::apply_operator_changes(&rollouts, &active.store, &mut existing, Timestamp::now()).await?;
+    for change in changes {
+        let (kind, reason, note) = describe_change(&change);
+        ctx.events.publish(&change.resource, kind, reason, "Operate", note).await;
     }
 
     // The writing half: decide, publish, record, and the repository's upkeep.
@@ -395,6 +397,7 @@ async fn record_gauges(
                 ("in_flight", r.total.in_flight),
                 ("failed", r.total.failed),
                 ("stale", r.total.stale),
+                ("accepted", r.total.accepted),
                 ("unpublished", r.total.unpublished),
             ],
         })
@@ -542,10 +545,19 @@ async fn engine(fleet: &Fleet, ctx: &Context, namespace: &str) -> Result<Arc<Mut
     Ok(engine)
 }
 
-/// The Event of an operator's change to a FleetRollout.
-fn describe_change(change: &OperatorChange) -> (&'static str, String) {
+/// The Event of an operator's change to a FleetRollout: Normal when it took effect, a
+/// Warning with the reason when it was refused.
+fn describe_change(change: &OperatorChange) -> (EventType, &'static str, String) {
     let rollout = &change.rollout;
-    match change.action {
+    if let Some(reason) = &change.refused {
+        // Only request tokens are reported refused (see `OperatorChange::refused`).
+        let (event, field) = match change.action {
+            RolloutAction::Retry => ("RetryRefused", "spec.retry"),
+            _ => ("AcceptRefused", "spec.accept"),
+        };
+        return (EventType::Warning, event, format!("rollout {rollout}: {field} refused: {reason}"));
+    }
+    let (reason, note) = match change.action {
         RolloutAction::Pause => ("RolloutPaused", format!("rollout {rollout} paused (spec.paused)")),
         RolloutAction::Resume => {
             ("RolloutResumed", format!("rollout {rollout} resumed (spec.paused: false)"))
@@ -563,7 +575,8 @@ fn describe_change(change: &OperatorChange) -> (&'static str, String) {
         RolloutAction::Rollback => {
             ("RollbackRequested", format!("rollout {rollout}: rollback requested (spec.rollback)"))
         }
-    }
+    };
+    (EventType::Normal, reason, note)
 }
 
 /// The Kubernetes Event for an engine event: halts are Warnings, the rest Normal.

@@ -70,7 +70,7 @@ pub struct RolloutGauges {
     /// Its waves.
     pub waves: u64,
     /// Devices of the rollout by progress: `healthy`, `in_flight`, `failed`, `stale`,
-    /// `unpublished`.
+    /// `accepted`, `unpublished`.
     pub devices: Vec<(&'static str, u64)>,
 }
 
@@ -244,7 +244,7 @@ impl Collector for FleetCollector {
         gauge(
             &mut encoder,
             "rollout_devices",
-            "Devices of a rollout by progress (healthy, in_flight, failed, stale, unpublished)",
+            "Devices of a rollout by progress (healthy, in_flight, failed, stale, accepted, unpublished)",
             &rollout_devices,
         )?;
         gauge(

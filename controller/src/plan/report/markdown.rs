@@ -7,6 +7,7 @@ use super::text::{
     release_text, warning_text,
 };
 use super::PlanReport;
+use crate::model::OnFailure;
 
 /// Markdown lists longer than this are collapsed in `<details>`.
 const COLLAPSE_AFTER: usize = 10;
@@ -103,11 +104,16 @@ pub(super) fn render_markdown(r: &PlanReport) -> String {
         );
         let _ = writeln!(
             out,
-            "{}. Order `{}`, priority {}, approval {}.",
+            "{}. Order `{}`, priority {}, approval {}{}.",
             policy_counts(p, true),
             order_name(p.order),
             p.priority,
-            approval_name(p.approval)
+            approval_name(p.approval),
+            if p.on_failure == OnFailure::Rollback {
+                "; a halted rollout rolls back (`onFailure: rollback`)"
+            } else {
+                ""
+            }
         );
         if p.refused_downgrades.count > 0 {
             let _ = writeln!(out, "\nRefused downgrades: {}.", examples(&p.refused_downgrades));

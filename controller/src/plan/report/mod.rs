@@ -13,7 +13,11 @@ mod text;
 use super::diff::{FleetDiff, ReleaseRef};
 use super::{Plan, WavePlan};
 use crate::compile::{CompiledFleet, Diagnostic, GroupIx};
-use crate::model::{Approval, Order};
+use crate::model::{Approval, OnFailure, Order};
+
+fn is_halt(on_failure: &OnFailure) -> bool {
+    *on_failure == OnFailure::Halt
+}
 
 /// Version of the JSON layout; bumped when a field changes meaning or goes away.
 pub const FORMAT_VERSION: u32 = 1;
@@ -114,6 +118,10 @@ pub struct PolicyReport {
     pub order: Order,
     /// `auto` or `manual`.
     pub approval: Approval,
+    /// What a halted rollout does: `halt`, or `rollback` (a rollback rollout returns the
+    /// devices that took the release); absent when `halt`.
+    #[serde(skip_serializing_if = "is_halt")]
+    pub on_failure: OnFailure,
     /// Devices it governs.
     pub devices: usize,
     /// Governed devices already on the release.
@@ -272,6 +280,7 @@ pub fn build(
                 paused: policy.paused,
                 order: policy.rollout.order,
                 approval: policy.rollout.approval,
+                on_failure: policy.rules.on_failure,
                 devices: p.devices,
                 up_to_date: p.up_to_date,
                 to_update: p.to_update(),

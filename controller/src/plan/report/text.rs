@@ -7,7 +7,7 @@ use super::{
     Discovered, DiscoveredSource, PinnedReport, PlanReport, PolicyReport, ReleaseReport, Sample, Warning,
     WaveReport,
 };
-use crate::model::{Approval, Order};
+use crate::model::{Approval, OnFailure, Order};
 
 pub(super) fn order_name(order: Order) -> &'static str {
     match order {
@@ -81,13 +81,14 @@ pub(super) fn render_text(r: &PlanReport) -> String {
     for p in &r.policies {
         let _ = writeln!(
             out,
-            "\nPolicy {} → {} ({}), priority {}, order {}, approval {}{}",
+            "\nPolicy {} → {} ({}), priority {}, order {}, approval {}{}{}",
             p.name,
             p.release,
             p.version,
             p.priority,
             order_name(p.order),
             approval_name(p.approval),
+            if p.on_failure == OnFailure::Rollback { ", rolls back on failure" } else { "" },
             if p.paused { ", PAUSED" } else { "" }
         );
         let _ = writeln!(out, "  {}", policy_counts(p, false));
