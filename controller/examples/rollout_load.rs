@@ -6,15 +6,23 @@
 //! ```sh
 //! cargo build --release -p waveguide --bin waveguide --example rollout_load
 //! target/release/examples/rollout_load 10000 1000
+//! target/release/examples/rollout_load 10000 1000 --bake 2m --confirmation 30s \
+//!     --health-interval 30s --unhealthy-rate 0.01 --unhealthy-after 1m
 //! ```
-//! Arguments: devices (10000), maxConcurrent (1000). Prints the rollout's wall time, the
-//! controller's CPU time and peak RSS, and reports stored per second; the simulator's
-//! own CPU and RSS are printed apart.
+//! Arguments: devices (10000), maxConcurrent (1000). With `--bake` every wave bakes and
+//! its devices must stay healthy meanwhile: the simulated devices keep checking their
+//! health every `--health-interval` after they commit and report a change at once (with
+//! `--unhealthy-rate`, that share of them turns unhealthy `--unhealthy-after` the
+//! install). Prints the rollout's wall time, the controller's CPU time (over the run and
+//! its busiest 10 s) and peak RSS, and reports stored per second; the simulator's own
+//! CPU and RSS are printed apart.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 use waveguide::agent::simulate::device_key;
@@ -26,10 +34,45 @@ use waveguide::standalone::{self, RunConfig};
 
 const SEED: &str = "rollout-load";
 
-fn policy(release: &str, cap: usize) -> String {
-    format!(
-        "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: fleet}}\nspec:\n  selector: {{groups: [fleet]}}\n  release: {release}\n  rollout:\n    order: spread\n    waves:\n      - {{name: first, percent: 10}}\n      - {{name: second, percent: 40}}\n      - {{name: rest}}\n    maxConcurrent: {cap}\n"
-    )
+/// The window over which the busiest stretch of the controller's CPU is measured.
+const BUSIEST_WINDOW: Duration = Duration::from_secs(10);
+
+/// A whole rollout under load.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated devices.
+    #[arg(default_value_t = 10_000)]
+    devices: usize,
+    /// The policy's `maxConcurrent`.
+    #[arg(default_value_t = 1_000)]
+    max_concurrent: usize,
+    /// Every wave's bake, during which its devices must stay healthy (none by default).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    bake: Option<Duration>,
+    /// The policy's `confirmation`: how long each device confirms before it commits.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    confirmation: Option<Duration>,
+    /// How often each simulated device checks its health once committed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    health_interval: Duration,
+    /// Share of the devices whose health turns bad after installing the new release.
+    #[arg(long, default_value_t = 0.0)]
+    unhealthy_rate: f64,
+    /// How long after the install those devices turn unhealthy.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    unhealthy_after: Duration,
+}
+
+fn policy(release: &str, args: &Args) -> String {
+    let bake = args.bake.map(|b| format!(", bake: {}", humantime::format_duration(b))).unwrap_or_default();
+    let mut policy = format!(
+        "apiVersion: waveguide.dev/v1alpha1\nkind: Policy\nmetadata: {{name: fleet}}\nspec:\n  selector: {{groups: [fleet]}}\n  release: {release}\n  rollout:\n    order: spread\n    waves:\n      - {{name: first, percent: 10{bake}}}\n      - {{name: second, percent: 40{bake}}}\n      - {{name: rest{bake}}}\n    maxConcurrent: {}\n",
+        args.max_concurrent
+    );
+    if let Some(confirmation) = args.confirmation {
+        let _ = writeln!(policy, "    confirmation: {}", humantime::format_duration(confirmation));
+    }
+    policy
 }
 
 fn release(work: &std::path::Path, name: &str, version: &str) -> String {
@@ -66,9 +109,8 @@ async fn reports_stored(base: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let devices: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let cap: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let args = Args::parse();
+    let devices = args.devices;
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
     let repo = work.join("fleet");
@@ -97,7 +139,7 @@ async fn main() {
     std::fs::write(repo.join("devices.yaml"), sets.trim_start_matches("---\n")).unwrap();
     std::fs::write(repo.join("v1.yaml"), release(work, "v1", "1.0.0")).unwrap();
     std::fs::write(repo.join("v2.yaml"), release(work, "v2", "2.0.0")).unwrap();
-    std::fs::write(repo.join("policy.yaml"), policy("v1", cap)).unwrap();
+    std::fs::write(repo.join("policy.yaml"), policy("v1", &args)).unwrap();
     let git =
         git2::Repository::init_opts(&repo, git2::RepositoryInitOptions::new().initial_head("main")).unwrap();
     commit_all(&git, "fleet on v1").unwrap();
@@ -136,6 +178,9 @@ async fn main() {
             "--stats-interval",
             "1h",
         ])
+        .args(["--health-interval", &humantime::format_duration(args.health_interval).to_string()])
+        .args(["--unhealthy-rate", &args.unhealthy_rate.to_string(), "--fail-release", "v2"])
+        .args(["--unhealthy-after", &humantime::format_duration(args.unhealthy_after).to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -148,14 +193,27 @@ async fn main() {
     }
     eprintln!("{devices} devices online in {:.1?}", online.elapsed());
 
-    std::fs::write(repo.join("policy.yaml"), policy("v2", cap)).unwrap();
+    std::fs::write(repo.join("policy.yaml"), policy("v2", &args)).unwrap();
     let (cpu0, _) = rusage(libc::RUSAGE_SELF);
     let reports0 = reports_stored(&base).await;
     let started = Instant::now();
     commit_all(&git, "fleet to v2").unwrap();
     let mut peak_in_flight = 0;
+    // (when, CPU seconds so far) over the last window, for the busiest stretch.
+    let mut samples: VecDeque<(Instant, f64)> = VecDeque::from([(started, cpu0)]);
+    let mut busiest: f64 = 0.0;
     let status = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        let (cpu, _) = rusage(libc::RUSAGE_SELF);
+        while samples.len() > 1 && now.duration_since(samples[1].0) >= BUSIEST_WINDOW {
+            samples.pop_front();
+        }
+        let (since, cpu_then) = samples[0];
+        if now.duration_since(since) >= BUSIEST_WINDOW {
+            busiest = busiest.max((cpu - cpu_then) / now.duration_since(since).as_secs_f64());
+        }
+        samples.push_back((now, cpu));
         let list = control::list(&store, SignedDuration::from_mins(5), Timestamp::now()).await.unwrap();
         let Some(r) = list.into_iter().next() else { continue };
         peak_in_flight = peak_in_flight.max(r.total.in_flight);
@@ -172,18 +230,34 @@ async fn main() {
     let _ = stop.send(());
     let _ = task.await;
 
-    println!("rollout of {devices} devices in 3 waves, maxConcurrent {cap}: {}", status.phase);
+    let health = match (args.bake, args.confirmation) {
+        (None, None) => String::new(),
+        (bake, confirmation) => format!(
+            ", bake {}, confirmation {}, health checked every {}, {}% turning unhealthy {} after the install",
+            bake.map_or("none".into(), |b| humantime::format_duration(b).to_string()),
+            confirmation.map_or("none".into(), |c| humantime::format_duration(c).to_string()),
+            humantime::format_duration(args.health_interval),
+            args.unhealthy_rate * 100.0,
+            humantime::format_duration(args.unhealthy_after),
+        ),
+    };
+    println!(
+        "rollout of {devices} devices in 3 waves, maxConcurrent {}{health}: {}",
+        args.max_concurrent, status.phase
+    );
     for w in &status.waves {
         println!(
-            "  wave {} {}: {} devices, {} healthy",
+            "  wave {} {}: {} devices, {} healthy, {} failed",
             w.index + 1,
             w.name,
             w.progress.size,
-            w.progress.healthy
+            w.progress.healthy,
+            w.progress.failed
         );
     }
-    println!("  wall time        {wall:.1} s (commit to completed)");
+    println!("  wall time        {wall:.1} s (commit to the rollout's end)");
     println!("  controller CPU   {:.1} s ({:.2} cores)", cpu1 - cpu0, (cpu1 - cpu0) / wall);
+    println!("  busiest {} s     {busiest:.2} cores", BUSIEST_WINDOW.as_secs());
     println!("  controller RSS   {rss:.0} MiB peak");
     println!("  reports stored   {reports:.0} ({:.0}/s)", reports / wall);
     println!("  most in flight   {peak_in_flight}");

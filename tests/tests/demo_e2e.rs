@@ -4,10 +4,11 @@
 //! through TUF and report back. Runs once on SQLite and once on PostgreSQL.
 //!
 //! Asserted throughout the rollout: waves start in order, and no device moves to a new
-//! release unless its wave published its instruction. Asserted at the end: the failing
-//! beta halts and the halt holds, manual approval waits for the operator, a controller
-//! restart mid-rollout resumes without publishing any wave twice, and the reference
-//! Python TUF client reads the same instructions the agents acted on.
+//! release unless its wave published its instruction. Asserted at the end: the beta,
+//! turning unhealthy during its bake, halts and the halt holds, manual approval waits for
+//! the operator, a controller restart mid-rollout resumes without publishing any wave
+//! twice, and the reference Python TUF client reads the same instructions the agents
+//! acted on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use waveguide::agent::simulate::{device_key, SimConfig, Simulation};
-use waveguide::demo::{self, DemoOptions, BETA_RELEASE, OLD_RELEASE};
+use waveguide::demo::{self, BetaWatch, DemoOptions, BETA_RELEASE, OLD_RELEASE};
 use waveguide::engine::EngineConfig;
 use waveguide::inventory::store::{RolloutPhase, Store, WaveState};
 use waveguide::rollout::control::{self, RolloutStatus};
@@ -142,13 +143,43 @@ fn python_instructions(base: &str, root: &Path, work: &Path, devices: &[String])
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The rollouts by policy, rollbacks left out (they share their policy).
+fn by_policy(list: &[RolloutStatus]) -> HashMap<&str, &RolloutStatus> {
+    list.iter().filter(|r| r.rollback_of.is_none()).map(|r| (r.policy.as_str(), r)).collect()
+}
+
+/// The rollback rollout of `id`, if there is one.
+fn rollback_of<'a>(list: &'a [RolloutStatus], id: &str) -> Option<&'a RolloutStatus> {
+    list.iter().find(|r| r.rollback_of.as_deref() == Some(id))
+}
+
+/// How many devices whose instruction rollout `id` published report the release they ran
+/// before it (the inventory's view); panics on one that does not.
+async fn back_on_previous_release(store: &Store, id: &str) -> usize {
+    let inventory = store.inventory().await.unwrap();
+    let mut returned = 0;
+    for m in store.rollout_members(id).await.unwrap() {
+        if m.published_at.is_none() {
+            continue;
+        }
+        let previous = m.previous.as_ref().expect("the release it ran before").release.clone();
+        assert_eq!(previous, OLD_RELEASE, "{}", m.device_id);
+        let report = inventory.get(&m.device_id).unwrap_or_else(|| panic!("{} reports", m.device_id));
+        assert_eq!(report.release.as_deref(), Some(previous.as_str()), "{} is back", m.device_id);
+        returned += 1;
+    }
+    returned
+}
+
 async fn scenario(database: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet =
-        demo::prepare(&example(), tmp.path(), &DemoOptions { devices: 240, bake: "2s".into() }, |id| {
-            device_key(SEED, id).public_key_b64()
-        })
-        .unwrap();
+    let fleet = demo::prepare(
+        &example(),
+        tmp.path(),
+        &DemoOptions { devices: 240, bake: "2s".into(), beta: BetaWatch::default() },
+        |id| device_key(SEED, id).public_key_b64(),
+    )
+    .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut config = RunConfig::new(fleet.repo.display().to_string(), tmp.path().join("data"));
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
@@ -169,11 +200,14 @@ async fn scenario(database: Option<String>) {
     sim.key_seed = SEED.into();
     sim.initial_release = Some(OLD_RELEASE.into());
     sim.initial_version = "1.4.2".parse().unwrap();
-    sim.fail_rate = 0.5;
+    // Half the beta's devices turn unhealthy past its 5 s confirmation, in its 20 s bake.
+    sim.unhealthy_rate = 0.5;
+    sim.unhealthy_after = Duration::from_secs(10);
     sim.fail_release = Some(BETA_RELEASE.into());
     sim.install_time = Duration::from_millis(300);
     sim.poll_interval = Duration::from_millis(300);
     sim.report_interval = Duration::from_secs(3);
+    sim.health_interval = Duration::from_secs(1);
     let simulation = Simulation::start(sim, fleet.devices.clone()).unwrap();
 
     let store = running.controller.store.clone();
@@ -198,7 +232,7 @@ async fn scenario(database: Option<String>) {
     loop {
         let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
         watch.check(&store, &list).await;
-        let by_policy: HashMap<&str, &RolloutStatus> = list.iter().map(|r| (r.policy.as_str(), r)).collect();
+        let by_policy = by_policy(&list);
         for r in &list {
             assert_eq!(r.commit.as_deref(), Some(commit.as_str()), "{}", r.id);
         }
@@ -237,11 +271,9 @@ async fn scenario(database: Option<String>) {
             restarted = true;
         }
 
-        let done = ["stable", "gateways", "apac"].iter().all(|p| {
-            by_policy
-                .get(p)
-                .is_some_and(|r| matches!(r.phase, RolloutPhase::Completed | RolloutPhase::Halted))
-        });
+        let ended = |r: &RolloutStatus| matches!(r.phase, RolloutPhase::Completed | RolloutPhase::Halted);
+        let done = ["stable", "gateways", "apac"].iter().all(|p| by_policy.get(p).is_some_and(|r| ended(r)))
+            && rollback_of(&list, "apac-1").is_some_and(ended);
         if done {
             break;
         }
@@ -255,7 +287,7 @@ async fn scenario(database: Option<String>) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
     watch.check(&store, &list).await;
-    let by_policy: HashMap<&str, &RolloutStatus> = list.iter().map(|r| (r.policy.as_str(), r)).collect();
+    let by_policy = by_policy(&list);
     assert_eq!(by_policy["stable"].phase, RolloutPhase::Completed);
     assert_eq!(by_policy["gateways"].phase, RolloutPhase::Completed);
     let apac = by_policy["apac"];
@@ -266,7 +298,24 @@ async fn scenario(database: Option<String>) {
     let halted = apac.current_wave as usize;
     assert_eq!(apac.waves[halted].state, WaveState::Failed);
     assert!(apac.waves[halted].progress.failed > 0);
+    // It halted on health during the bake: the wave had met its success threshold first.
+    assert!(apac.waves[halted].healthy_at.is_some(), "{apac:#?}");
+    assert!(apac.waves[halted].progress.failed_by.health > 0, "{apac:#?}");
     assert!(apac.waves[halted + 1..].iter().all(|w| w.state == WaveState::Pending));
+    // `onFailure: rollback`: the devices the beta reached are back on the old release,
+    // through a rollback rollout that completed.
+    let rollback = rollback_of(&list, &apac.id).expect("a rollback rollout");
+    assert_eq!(rollback.phase, RolloutPhase::Completed, "{rollback:#?}");
+    assert_eq!(rollback.release, OLD_RELEASE);
+    let returned = back_on_previous_release(&store, &apac.id).await;
+    assert_eq!(returned as u64, apac.total.published(), "{apac:#?}");
+    let views: HashMap<String, Option<String>> =
+        simulation.devices().into_iter().map(|v| (v.id, v.release)).collect();
+    for m in store.rollout_members(&apac.id).await.unwrap() {
+        if m.published_at.is_some() {
+            assert_eq!(views[&m.device_id].as_deref(), Some(OLD_RELEASE), "{}", m.device_id);
+        }
+    }
 
     // The reference client reads what the agents acted on.
     let views = simulation.devices();
@@ -363,14 +412,17 @@ async fn the_demo_stops_cleanly_on_sigterm() {
     assert!(!work.exists(), "{} is removed", work.display());
 }
 
-/// `waveguide demo` as a new user runs it, to its end: the beta halts at its failure
-/// threshold, the manual approvals are made, the other rollouts complete, the final table
-/// says so, exit 0; with `--dir` its files stay, and the inventory and the TUF repository
-/// they hold agree with the table.
+/// `waveguide demo` as a new user runs it, to its end, in under 2 minutes: the beta passes
+/// its confirmation, turns unhealthy during its bake and halts, its rollback rollout takes
+/// the canaries back to the old release, the manual approvals are made, the other
+/// rollouts complete, the output says what happened as it happened and the final table
+/// shows it, exit 0; with `--dir` its files stay, and the inventory and the TUF
+/// repository they hold agree with the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_to_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("demo");
+    let started = Instant::now();
     let output = tokio::task::spawn_blocking({
         let work = work.clone();
         move || {
@@ -383,15 +435,17 @@ async fn the_demo_runs_to_its_end() {
     })
     .await
     .unwrap();
+    let took = started.elapsed();
     let out = String::from_utf8_lossy(&output.stdout);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{}\n{out}\n{err}", output.status);
+    assert!(took < Duration::from_secs(120), "the demo took {took:?}:\n{out}");
 
     let row = |rollout: &str| {
         out.lines()
             .find(|l| {
                 // A table row: ROLLOUT POLICY RELEASE PHASE …; progress lines read
-                // "<rollout> wave …".
+                // "<rollout> wave …", and what happens "<rollout>: …".
                 let mut words = l.split_whitespace();
                 words.next() == Some(rollout) && words.next().is_some_and(|w| w != "wave")
             })
@@ -401,19 +455,37 @@ async fn the_demo_runs_to_its_end() {
             .collect::<Vec<_>>()
     };
     assert_eq!(row("apac-1")[3], "halted", "{out}");
+    assert_eq!(row("apac-1-rollback")[2], OLD_RELEASE, "{out}");
+    assert_eq!(row("apac-1-rollback")[3], "completed", "{out}");
     assert_eq!(row("stable-1")[3], "completed", "{out}");
     assert_eq!(row("gateways-1")[3], "completed", "{out}");
     assert!(out.contains("waits for approval — approving"), "{out}");
+    // Said live, in this order: the halt on health during the bake, the rollback's start
+    // and its end.
+    let said = |what: &str| out.find(what).unwrap_or_else(|| panic!("{what:?} not said:\n{out}"));
+    let halted = said("apac-1: halted — ");
+    assert!(out[halted..].lines().next().unwrap().contains("turned unhealthy during its bake"), "{out}");
+    let started = said("apac-1-rollback: rollback of apac-1 started");
+    let completed = said("apac-1-rollback: rollback completed");
+    assert!(halted < started && started < completed, "{out}");
     assert!(out.contains("finished in"), "{out}");
 
     // The files are kept, and what they hold is what the table shows.
     let store =
         Store::open(&format!("sqlite://{}", work.join("data/inventory.sqlite").display())).await.unwrap();
     let list = control::list(&store, STALE, Timestamp::now()).await.unwrap();
-    let phase = |policy: &str| list.iter().find(|r| r.policy == policy).map(|r| r.phase);
-    assert_eq!(phase("apac"), Some(RolloutPhase::Halted));
-    assert_eq!(phase("stable"), Some(RolloutPhase::Completed));
-    assert_eq!(phase("gateways"), Some(RolloutPhase::Completed));
+    let phase = |id: &str| list.iter().find(|r| r.id == id).map(|r| r.phase);
+    assert_eq!(phase("apac-1"), Some(RolloutPhase::Halted));
+    assert_eq!(phase("apac-1-rollback"), Some(RolloutPhase::Completed));
+    assert_eq!(phase("stable-1"), Some(RolloutPhase::Completed));
+    assert_eq!(phase("gateways-1"), Some(RolloutPhase::Completed));
+    let apac = list.iter().find(|r| r.id == "apac-1").unwrap();
+    let halted = &apac.waves[apac.current_wave as usize];
+    assert!(halted.healthy_at.is_some() && halted.progress.failed_by.health > 0, "{apac:#?}");
+    // The beta's canaries, every device it reached, are back on the old release.
+    assert_eq!(rollback_of(&list, "apac-1").map(|r| r.release.as_str()), Some(OLD_RELEASE));
+    let returned = back_on_previous_release(&store, "apac-1").await;
+    assert!(returned > 0 && returned as u64 == apac.total.published(), "{returned} returned: {apac:#?}");
     let timestamp: Value =
         serde_json::from_slice(&std::fs::read(work.join("data/tuf/metadata/timestamp.json")).unwrap())
             .unwrap();

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::demo::{self, DemoConfig, DemoFleet, Outcome, Show, BETA_RELEASE, OLD_RELEASE};
+use crate::demo::{self, DemoConfig, DemoFleet, Outcome, Show, BETA_POLICY, BETA_RELEASE, OLD_RELEASE};
+use crate::protocol::FailureClass;
 use crate::rollout::control::RolloutStatus;
-use crate::rollout::state::WaveState;
+use crate::rollout::state::{RolloutPhase, WaveState};
 
 /// Run the whole loop on this machine: a fleet repository made from `examples/fleet`, the
 /// controller with its embedded SQLite inventory and TUF repository, and simulated
 /// devices that verify their instructions and report back. Commits a release change and
-/// shows the waves advance on health; one policy's beta fails and halts.
+/// shows the waves advance on health; one policy's beta turns unhealthy during its bake,
+/// halts and is rolled back.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many simulated devices (a sample of the example fleet's 2,001).
@@ -31,9 +33,13 @@ pub struct DemoArgs {
     /// Put the demo's files here instead of a temporary directory (implies --keep).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Share of the beta release's installs that fail.
-    #[arg(long, default_value_t = 0.4)]
-    pub fail_rate: f64,
+    /// Share of the devices whose health turns bad after they install the beta release.
+    #[arg(long, default_value_t = 0.5)]
+    pub unhealthy_rate: f64,
+    /// How long after installing the beta those devices turn unhealthy (its devices
+    /// confirm it for 5 s, then its waves bake for 20 s).
+    #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
+    pub unhealthy_after: Duration,
     /// How long a simulated install takes (±50%).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub install_time: Duration,
@@ -98,7 +104,8 @@ async fn demo(args: &DemoArgs, signal: impl Future<Output = &'static str>) -> Re
         example: example_fleet(args),
         work: work.clone(),
         devices: args.devices,
-        fail_rate: args.fail_rate,
+        unhealthy_rate: args.unhealthy_rate,
+        unhealthy_after: args.unhealthy_after,
         install_time: args.install_time,
         timeout: args.timeout,
     };
@@ -203,13 +210,35 @@ impl Show for Printer {
         }
     }
 
-    fn committed(&mut self, commit: &str, fail_rate: f64) {
+    fn committed(&mut self, commit: &str, config: &DemoConfig) {
         println!(
-            "committed {}: stable → edge-os 1.5.0, gateways → 2.0.0 (manual approval), apac → {BETA_RELEASE} \
-             (fails on {:.0}% of devices)",
+            "committed {}: stable → edge-os 1.5.0, gateways → 2.0.0 (manual approval), {BETA_POLICY} → \
+             {BETA_RELEASE} (turns unhealthy on {:.0}% of devices {} after the install)",
             &commit[..12.min(commit.len())],
-            fail_rate * 100.0
+            config.unhealthy_rate * 100.0,
+            humantime::format_duration(config.unhealthy_after)
         );
+    }
+
+    fn started(&mut self, rollout: &RolloutStatus) {
+        if let Some(of) = &rollout.rollback_of {
+            self.line(format!(
+                "{}: rollback of {of} started — the devices {of} reached ({}) go back to {}",
+                rollout.id, rollout.total.size, rollout.release
+            ));
+        }
+    }
+
+    fn ended(&mut self, rollout: &RolloutStatus) {
+        let line = match rollout.phase {
+            RolloutPhase::Halted => format!("{}: halted — {}", rollout.id, halt_cause(rollout)),
+            RolloutPhase::Completed if rollout.rollback_of.is_some() => format!(
+                "{}: rollback completed — {}/{} back on {}",
+                rollout.id, rollout.total.healthy, rollout.total.size, rollout.release
+            ),
+            phase => format!("{}: {phase}", rollout.id),
+        };
+        self.line(line);
     }
 
     fn rollouts(&mut self, rollouts: &[&RolloutStatus]) {
@@ -218,7 +247,7 @@ impl Show for Printer {
                 let bar = self.waves.entry((r.id.clone(), w.index)).or_insert_with(|| {
                     let bar = self.bars.add(ProgressBar::new(w.progress.size));
                     bar.set_style(style(&format!(
-                        "{:<11} wave {}/{} {:<7}",
+                        "{:<15} wave {}/{} {:<7}",
                         r.id,
                         w.index + 1,
                         r.waves.len(),
@@ -276,6 +305,24 @@ impl Show for Printer {
 
     fn stopping(&mut self, signal: &str) {
         println!("{signal} received: stopping the devices and the controller");
+    }
+}
+
+/// Why a rollout halted, in a user's words: health failures once its wave was baking
+/// are named as such; the engine's message gives the threshold.
+fn halt_cause(rollout: &RolloutStatus) -> String {
+    let message = rollout.message.clone().unwrap_or_default();
+    let Some(wave) = rollout.waves.get(rollout.current_wave as usize) else { return message };
+    let unhealthy = wave.progress.failed_by.get(FailureClass::Health);
+    if wave.healthy_at.is_some() && unhealthy > 0 {
+        format!(
+            "{unhealthy} of {} devices of wave {} ({}) turned unhealthy during its bake; {message}",
+            wave.progress.size,
+            wave.index + 1,
+            wave.name
+        )
+    } else {
+        message
     }
 }
 

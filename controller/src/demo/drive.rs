@@ -1,7 +1,7 @@
 //! The demo's driving: start the controller over the demo fleet, bring the simulated
-//! devices online, commit the change, and follow the rollouts until every one has
-//! completed or halted (or the timeout), approving each manual wave a moment after it
-//! starts waiting, as `waveguide rollout approve` would.
+//! devices online, commit the change, and follow its rollouts — and the rollback of a
+//! halted one — until every one has ended (or the timeout), approving each manual wave a
+//! moment after it starts waiting, as `waveguide rollout approve` would.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    commit_change, prepare, DemoError, DemoFleet, DemoOptions, BETA_RELEASE, OLD_RELEASE, OLD_VERSION,
+    commit_change, prepare, BetaWatch, DemoError, DemoFleet, DemoOptions, BETA_POLICY, BETA_RELEASE,
+    OLD_RELEASE, OLD_VERSION,
 };
 use crate::agent::simulate::{device_key, SimConfig, Simulation};
 use crate::engine::EngineConfig;
 use crate::files::FileError;
+use crate::model::OnFailure;
 use crate::rollout::control::{self, Action, RolloutStatus};
 use crate::rollout::state::RolloutPhase;
 use crate::standalone::{self, Controller, RunConfig};
@@ -27,6 +29,9 @@ const KEY_SEED: &str = "waveguide-demo";
 /// How long a wave waits for approval before the demo approves it.
 const APPROVE_AFTER: Duration = Duration::from_secs(2);
 
+/// The bake of every wave but the beta policy's.
+const BAKE: &str = "3s";
+
 /// How the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
@@ -36,8 +41,11 @@ pub struct DemoConfig {
     pub work: PathBuf,
     /// How many simulated devices (a sample of the example fleet's).
     pub devices: usize,
-    /// Share of the beta release's installs that fail.
-    pub fail_rate: f64,
+    /// Share of the devices whose health turns bad after they install the beta release.
+    pub unhealthy_rate: f64,
+    /// How long after installing the beta those devices turn unhealthy: past the beta
+    /// policy's confirmation, they do during its bake.
+    pub unhealthy_after: Duration,
     /// How long a simulated install takes (±50%).
     pub install_time: Duration,
     /// Give up following the rollouts after this long (from the start).
@@ -55,9 +63,13 @@ pub trait Show {
     /// Every device reports, all up to date.
     fn all_online(&mut self);
     /// The change was committed.
-    fn committed(&mut self, commit: &str, fail_rate: f64);
+    fn committed(&mut self, commit: &str, config: &DemoConfig);
+    /// A rollout of the change started (or the rollback of one).
+    fn started(&mut self, rollout: &RolloutStatus);
     /// The rollouts of the change as they stand now (called at every look).
     fn rollouts(&mut self, rollouts: &[&RolloutStatus]);
+    /// A rollout of the change ended: completed, halted or aborted.
+    fn ended(&mut self, rollout: &RolloutStatus);
     /// `wave` of `rollout` waited for approval long enough: the demo approves it.
     fn approving(&mut self, rollout: &RolloutStatus, wave: u32);
     /// A stop was asked for (`signal`); the devices and the controller stop.
@@ -90,7 +102,7 @@ pub async fn run(
     let fleet = prepare(
         &config.example,
         &config.work,
-        &DemoOptions { devices: config.devices, bake: "3s".into() },
+        &DemoOptions { devices: config.devices, bake: BAKE.into(), beta: BetaWatch::default() },
         |id| device_key(KEY_SEED, id).public_key_b64(),
     )?;
     show.fleet(&fleet);
@@ -151,11 +163,14 @@ async fn follow(
     sim.key_seed = KEY_SEED.into();
     sim.initial_release = Some(OLD_RELEASE.into());
     sim.initial_version = OLD_VERSION.parse().expect("a valid version");
-    sim.fail_rate = config.fail_rate;
+    sim.unhealthy_rate = config.unhealthy_rate;
+    sim.unhealthy_after = config.unhealthy_after;
     sim.fail_release = Some(BETA_RELEASE.into());
     sim.install_time = config.install_time;
     sim.poll_interval = Duration::from_secs(1);
     sim.report_interval = Duration::from_secs(5);
+    // Checked every second, a device that turns unhealthy says so within a second.
+    sim.health_interval = Duration::from_secs(1);
     *simulation = Some(Simulation::start(sim, fleet.devices.clone()).map_err(DemoError::Simulation)?);
 
     let store = controller.store.clone();
@@ -175,14 +190,27 @@ async fn follow(
     show.all_online();
 
     let commit = commit_change(fleet)?;
-    show.committed(&commit, config.fail_rate);
+    show.committed(&commit, config);
 
     let mut waiting_since: HashMap<String, Instant> = HashMap::new();
+    let mut phases: HashMap<String, RolloutPhase> = HashMap::new();
     let ended = loop {
         let list = control::list(&store, stale_after, Timestamp::now()).await?;
-        let current: Vec<&RolloutStatus> =
-            list.iter().filter(|r| r.commit.as_deref() == Some(commit.as_str())).collect();
+        let current = of_change(&list, &commit);
+        // Said in the order it happens: a rollout starts, its waves move, it ends.
+        let before: Vec<Option<RolloutPhase>> =
+            current.iter().map(|r| phases.insert(r.id.clone(), r.phase)).collect();
+        for (r, before) in current.iter().zip(&before) {
+            if before.is_none() {
+                show.started(r);
+            }
+        }
         show.rollouts(&current);
+        for (r, before) in current.iter().zip(&before) {
+            if has_ended(r.phase) && !before.is_some_and(has_ended) {
+                show.ended(r);
+            }
+        }
         for r in &current {
             let Some(wave) = r.awaits_approval() else { continue };
             let since = *waiting_since.entry(r.id.clone()).or_insert_with(Instant::now);
@@ -193,8 +221,8 @@ async fn follow(
                 waiting_since.remove(&r.id);
             }
         }
-        let finished = current.len() >= 3
-            && current.iter().all(|r| matches!(r.phase, RolloutPhase::Completed | RolloutPhase::Halted));
+        let finished =
+            current.len() >= 3 && current.iter().all(|r| has_ended(r.phase) && !awaits_rollback(r, &current));
         if finished {
             break true;
         }
@@ -205,6 +233,32 @@ async fn follow(
     };
     let list = control::list(&store, stale_after, Timestamp::now()).await?;
     Ok((ended, list))
+}
+
+/// The rollouts of the change `commit`, and the rollbacks of those.
+fn of_change<'a>(list: &'a [RolloutStatus], commit: &str) -> Vec<&'a RolloutStatus> {
+    let of_commit = |r: &RolloutStatus| r.commit.as_deref() == Some(commit);
+    list.iter()
+        .filter(|r| {
+            of_commit(r)
+                || r.rollback_of.as_ref().is_some_and(|of| list.iter().any(|o| &o.id == of && of_commit(o)))
+        })
+        .collect()
+}
+
+/// Whether `rollout`'s rollback was asked for — or will be: it halted, and the beta
+/// policy answers a halt with a rollback — and has not started yet.
+fn awaits_rollback(rollout: &RolloutStatus, current: &[&RolloutStatus]) -> bool {
+    let asked = rollout.rolled_back_at.is_some()
+        || (rollout.phase == RolloutPhase::Halted
+            && rollout.policy == BETA_POLICY
+            && BetaWatch::default().on_failure == OnFailure::Rollback);
+    asked && !current.iter().any(|r| r.rollback_of.as_ref() == Some(&rollout.id))
+}
+
+/// Where the demo stops following a rollout: over for good, or halted.
+fn has_ended(phase: RolloutPhase) -> bool {
+    phase.is_finished() || phase == RolloutPhase::Halted
 }
 
 async fn wait_for(what: &'static str, timeout: Duration, ready: impl Fn() -> bool) -> Result<(), DemoError> {

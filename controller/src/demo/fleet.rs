@@ -6,12 +6,14 @@
 //! - the devices' public keys are those of the simulated devices;
 //! - maintenance windows are dropped (the example's stores update at night) and bake
 //!   times shortened to seconds;
+//! - the policy that will move to the beta ([`BETA_POLICY`]) watches its devices' health:
+//!   a confirmation and bakes of seconds, and what it does on a halt ([`BetaWatch`]);
 //! - each release artifact is a small local file, published in the TUF repository itself;
 //! - every policy starts on the old release, so the fleet starts up to date.
 //!
 //! [`commit_change`] then commits what an operator would: `stable` and `gateways` move
-//! to new releases, and `apac` to a new beta release (that the simulated devices fail to
-//! install, at a rate the demo chooses).
+//! to new releases, and `apac` to a new beta release (whose health the simulated devices
+//! turn bad some seconds after installing it, at a rate the demo chooses).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +24,9 @@ use sha2::{Digest, Sha256};
 use super::DemoError;
 use crate::compile::load;
 use crate::files::FileError;
-use crate::model::{Artifact, DeviceSet, DeviceSetEntry, DeviceSetSpec, Labels, Metadata, Object, Release};
+use crate::model::{
+    Artifact, DeviceSet, DeviceSetEntry, DeviceSetSpec, Labels, Metadata, Object, OnFailure, Release,
+};
 use crate::protocol::target::device_order_key;
 use crate::source::read_dir;
 
@@ -32,6 +36,8 @@ pub const OLD_RELEASE: &str = "edge-os-1-4-2";
 pub const OLD_VERSION: &str = "1.4.2";
 /// The beta release `apac` moves to, which simulated devices may be told to fail.
 pub const BETA_RELEASE: &str = "edge-os-1-6-0-beta";
+/// The policy that moves to [`BETA_RELEASE`].
+pub const BETA_POLICY: &str = "apac";
 
 /// A prepared demo fleet repository.
 #[derive(Debug, Clone)]
@@ -49,8 +55,30 @@ pub struct DemoFleet {
 pub struct DemoOptions {
     /// How many of the example's devices to keep (a stable sample across sites).
     pub devices: usize,
-    /// The bake time every wave gets.
+    /// The bake time every wave gets (but the beta policy's).
     pub bake: String,
+    /// How the beta's policy watches its devices.
+    pub beta: BetaWatch,
+}
+
+/// How [`BETA_POLICY`] watches the health of the release it rolls out.
+#[derive(Debug, Clone)]
+pub struct BetaWatch {
+    /// Each device confirms the release's health this long before it commits it.
+    pub confirmation: String,
+    /// Each of the policy's baking waves must stay healthy this long.
+    pub bake: String,
+    /// What a halted rollout of the policy does.
+    pub on_failure: OnFailure,
+}
+
+impl Default for BetaWatch {
+    /// The demo's: a 5 s confirmation, 20 s bakes, and a rollback on a halt. A device
+    /// that turns unhealthy some 10 s after the install passes its confirmation and fails
+    /// during the bake.
+    fn default() -> BetaWatch {
+        BetaWatch { confirmation: "5s".into(), bake: "20s".into(), on_failure: OnFailure::Rollback }
+    }
 }
 
 /// Writes the demo fleet repository under `work` from the example fleet in `example`.
@@ -144,9 +172,16 @@ pub fn prepare(
     for p in &documents.policies {
         let mut policy = p.value.clone();
         policy.spec.release = OLD_RELEASE.to_string();
-        for wave in &mut policy.spec.rollout.waves {
+        let rollout = &mut policy.spec.rollout;
+        let mut bake = &options.bake;
+        if policy.metadata.name == BETA_POLICY {
+            bake = &options.beta.bake;
+            rollout.confirmation = Some(options.beta.confirmation.clone());
+            rollout.on_failure = options.beta.on_failure;
+        }
+        for wave in &mut rollout.waves {
             if wave.bake.is_some() {
-                wave.bake = Some(options.bake.clone());
+                wave.bake = Some(bake.clone());
             }
         }
         write(&repo.join(format!("policies/{}.yaml", policy.metadata.name)), &to_yaml(&policy)?)?;

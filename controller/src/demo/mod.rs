@@ -1,7 +1,8 @@
 //! `waveguide demo`: the whole loop on one machine. [`fleet`] makes the fleet repository
 //! from `examples/fleet`; [`drive`] runs the controller over it with simulated devices,
-//! commits a change and follows the rollouts to their end, approving manual waves as an
-//! operator would. What it shows goes through [`Show`], which the CLI prints.
+//! commits a change and follows the rollouts to their end (the rollback of the beta's
+//! halted rollout included), approving manual waves as an operator would. What it shows
+//! goes through [`Show`], which the CLI prints.
 
 mod drive;
 mod fleet;
@@ -12,7 +13,8 @@ use crate::files::FileError;
 
 pub use drive::{run, DemoConfig, Outcome, Show};
 pub use fleet::{
-    commit_all, commit_change, prepare, DemoFleet, DemoOptions, BETA_RELEASE, OLD_RELEASE, OLD_VERSION,
+    commit_all, commit_change, prepare, BetaWatch, DemoFleet, DemoOptions, BETA_POLICY, BETA_RELEASE,
+    OLD_RELEASE, OLD_VERSION,
 };
 
 /// Why the demo could not run.
