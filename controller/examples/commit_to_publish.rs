@@ -86,6 +86,7 @@ async fn main() {
             device_id: id.to_string(),
             report: r.clone(),
             detail: None,
+            commit: None,
             reported_at: now,
             received_at: now,
         })

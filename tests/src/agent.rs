@@ -212,5 +212,7 @@ pub fn instruction(
         maintenance_windows: Vec::new(),
         confirmation_secs: None,
         attempt: 0,
+        commit: None,
+        allow_downgrade: false,
     }
 }

@@ -36,6 +36,7 @@ fn report(device: &str, version: &str, state: UpdateState, at: i64) -> IncomingR
             last_seen: None,
         },
         detail: None,
+        commit: Some("c0ffee".into()),
         reported_at: at,
         received_at: at + 1,
     }
@@ -145,6 +146,7 @@ async fn reports_keep_latest_and_bounded_history() {
         assert_eq!(history.len() as i64, HISTORY_PER_DEVICE);
         assert_eq!(history[0].seq, HISTORY_PER_DEVICE + 5);
         assert_eq!(history[0].reported_at, 100 + HISTORY_PER_DEVICE + 4);
+        assert_eq!(history[0].commit.as_deref(), Some("c0ffee"), "the commit the device runs is kept");
         let b_history = store.history("b", 100).await.unwrap();
         assert_eq!(b_history.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 1]);
     }

@@ -180,6 +180,7 @@ impl Harness {
                     last_seen: None,
                 },
                 detail: None,
+                commit: None,
                 reported_at: at,
                 received_at: at,
             })

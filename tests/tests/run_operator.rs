@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use waveguide::protocol::{DeviceInstruction, DeviceKey};
 use waveguide_tests::run::{fresh_instruction, Run};
-use waveguide_tests::{fleets, fresh_postgres_database, git, waveguide, KillOnDrop};
+use waveguide_tests::{fleets, fresh_postgres_database, git, git_stdout, waveguide, KillOnDrop};
 
 const WITHIN: Duration = Duration::from_secs(40);
 
@@ -314,6 +314,13 @@ async fn retry_republishes_exactly_the_failed_devices(db: Db) {
     let done = lab
         .wait_rollout("the rollout to complete", |r| r["id"] == lab.id.as_str() && r["phase"] == "completed");
     assert_eq!((&done["total"]["healthy"], &done["total"]["failed"]), (&json!(4), &json!(0)), "{done:#}");
+    // Provenance: every instruction names the commit that started the rollout, and every
+    // device reports running the release of that commit.
+    let head = git_stdout(&lab.tmp.path().join("fleet"), &["rev-parse", "HEAD"]).trim().to_string();
+    let running = lab.wait_rollout("every device reporting its commit", |r| {
+        r["id"] == lab.id.as_str() && r["devicesByCommit"][head.as_str()] == 4
+    });
+    assert_eq!(running["devicesByCommit"].as_object().unwrap().len(), 1, "{running:#}");
     // Only the failed device was retried.
     let after = lab.instructions().await;
     assert_eq!(after[healthy], before[healthy], "the healthy canary is not told again");
@@ -321,6 +328,7 @@ async fn retry_republishes_exactly_the_failed_devices(db: Db) {
         let told = told.as_ref().unwrap();
         assert_eq!(told.release, "v2", "{}", lab.devices[i].id);
         assert_eq!(told.attempt, u32::from(i == failing), "{}: {told:?}", lab.devices[i].id);
+        assert_eq!(told.commit.as_deref(), Some(head.as_str()), "{}", lab.devices[i].id);
     }
 }
 

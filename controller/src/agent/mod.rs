@@ -325,6 +325,22 @@ impl Agent {
         if self.state.failed_before(&key) {
             return Ok(PollOutcome::AlreadyFailed);
         }
+        if version < self.state.version && !instruction.allow_downgrade {
+            // Only an instruction whose policy allows it (or a rollback) moves a device
+            // back: an online key alone cannot send it to an older, signed release.
+            let error = format!(
+                "refusing to downgrade from {} to {} {}: the instruction does not allow downgrades",
+                self.state.version, instruction.release, version
+            );
+            tracing::warn!(device = %self.config.device_id, %error, "instruction refused");
+            self.state.handled = Some(key.clone());
+            self.state.state = UpdateState::Failed;
+            self.state.failure = Some(FailureClass::Verification);
+            self.state.detail = Some(error.clone());
+            self.state.record_failure(key, error.clone(), now_ms());
+            self.save_and_report().await;
+            return Ok(PollOutcome::Failed { failure: FailureClass::Verification, error });
+        }
         let windows = Windows::new(&instruction.maintenance_windows)?;
         let now = jiff::Timestamp::now();
         if !windows.is_open(now) {
@@ -361,6 +377,7 @@ impl Agent {
             healthy: self.state.healthy,
             detail: if failed || !self.state.healthy { self.state.detail.clone() } else { None },
             failure: if failed { self.state.failure } else { None },
+            commit: self.state.commit.clone(),
         };
         self.send(&body).await?;
         self.next_report = Instant::now() + self.config.report_interval;

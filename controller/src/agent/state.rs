@@ -55,6 +55,9 @@ pub struct Confirmation {
     /// When it was installed, Unix milliseconds (0: before the agent).
     #[serde(default)]
     pub previous_installed_at_ms: i64,
+    /// The fleet commit of the instruction behind it.
+    #[serde(default)]
+    pub previous_commit: Option<String>,
     /// How long health must keep passing, in milliseconds (0: one passing check).
     pub period_ms: u64,
     /// How long it has passed so far, in milliseconds, summed over the agent's runs.
@@ -81,6 +84,9 @@ pub struct AgentState {
     pub release: Option<String>,
     /// The version it runs.
     pub version: semver::Version,
+    /// The fleet commit of the instruction behind the release it runs, reported with it.
+    #[serde(default)]
+    pub commit: Option<String>,
     /// The update progress reported in heartbeats.
     pub state: UpdateState,
     /// Health after the last check.
@@ -117,6 +123,7 @@ impl AgentState {
         AgentState {
             release,
             version,
+            commit: None,
             state: UpdateState::Idle,
             healthy: true,
             detail: None,

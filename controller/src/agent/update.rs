@@ -68,6 +68,7 @@ impl Agent {
             previous_release: self.state.release.replace(key.release.clone()),
             previous_version: std::mem::replace(&mut self.state.version, version),
             previous_installed_at_ms: self.state.installed_at_ms,
+            previous_commit: std::mem::replace(&mut self.state.commit, instruction.commit.clone()),
             period_ms: instruction.confirmation_secs.unwrap_or(0).saturating_mul(1000),
             confirmed_ms: 0,
         });
@@ -173,6 +174,7 @@ impl Agent {
                 tracing::warn!(device = %self.config.device_id, release = %confirming.instruction.release, failure = class.as_str(), detail = %detail, "confirmation failed; rolled back");
                 self.state.release = confirming.previous_release;
                 self.state.version = confirming.previous_version;
+                self.state.commit = confirming.previous_commit;
                 self.state.installed_at_ms = confirming.previous_installed_at_ms;
                 self.state.state = UpdateState::RolledBack;
                 PollOutcome::RolledBack { failure: class, error: detail.clone() }
@@ -217,7 +219,7 @@ impl Agent {
     }
 
     /// Saves the state, then reports it at once (the heartbeat retries a report that fails).
-    async fn save_and_report(&mut self) {
+    pub(super) async fn save_and_report(&mut self) {
         if let Err(e) = self.save() {
             tracing::error!(device = %self.config.device_id, error = %e, "saving the agent state");
         }

@@ -47,6 +47,16 @@ pub(super) async fn report(
             ));
         }
     }
+    if let Some(commit) = &parsed.commit {
+        if !(4..=64).contains(&commit.len()) || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(refuse(
+                "malformed",
+                ApiError::BadRequest(format!(
+                    "invalid report body: commit {commit:?} must be a commit id of 4 to 64 hex digits"
+                )),
+            ));
+        }
+    }
     let timestamp =
         header(&headers, TIMESTAMP_HEADER).and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| {
             refuse(
@@ -113,6 +123,7 @@ pub(super) async fn report(
             last_seen: None,
         },
         detail,
+        commit: parsed.commit,
         reported_at: timestamp,
         received_at: now,
     };

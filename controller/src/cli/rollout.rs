@@ -206,6 +206,11 @@ pub fn detail(r: &RolloutStatus) -> String {
     if let Some(message) = &r.message {
         let _ = writeln!(out, "message: {message}");
     }
+    if !r.devices_by_commit.is_empty() {
+        let counts: Vec<String> = r.devices_by_commit.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+        let _ =
+            writeln!(out, "running: {} (devices by the commit of the release they run)", counts.join(", "));
+    }
     out.push('\n');
     let mut rows = vec![[
         "WAVE",

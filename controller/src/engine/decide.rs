@@ -152,6 +152,11 @@ pub struct Publication {
     pub confirmation_secs: Option<u64>,
     /// The attempt their instructions name: 0, or the retry of members that failed.
     pub attempt: u32,
+    /// The fleet commit their instructions name: the one that started the rollout.
+    pub commit: Option<String>,
+    /// Whether the devices may move to a lower version (the policy's `allowDowngrade`, a
+    /// rollback, a pin).
+    pub allow_downgrade: bool,
 }
 
 /// Why an active rollout is superseded, if it is: its policy was removed, or now targets
@@ -366,6 +371,8 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
                 members: false,
                 confirmation_secs: confirmation_secs(policy),
                 attempt: 0,
+                commit: done.commit.clone(),
+                allow_downgrade: policy.allow_downgrade,
             }));
         }
     }
@@ -386,6 +393,9 @@ pub fn decide(input: &PassInput<'_>) -> Vec<Decision> {
             members: false,
             confirmation_secs: None,
             attempt: 0,
+            commit: input.commit.map(str::to_string),
+            // A pin names its release on purpose, older or not.
+            allow_downgrade: true,
         }));
     }
 

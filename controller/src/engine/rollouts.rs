@@ -25,7 +25,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use super::decide::{self, Decision, Member, PassInput};
+use super::decide::{self, Decision, Member, PassInput, Publication};
 use crate::compile::{CompiledDevice, CompiledFleet, CompiledRelease};
 use crate::inventory::store::{
     MemberRecord, NewMember, ReleaseRef, RolloutRecord, Store, StoreError, WaveRecord,
@@ -312,15 +312,7 @@ impl Rollouts {
                     let release = fleet.release(publication.release);
                     for &d in &publication.devices {
                         let device = &fleet.devices()[d as usize];
-                        batch.upserts.push(instruction(
-                            fleet,
-                            device,
-                            release,
-                            &publication.rollout,
-                            publication.wave,
-                            publication.confirmation_secs,
-                            publication.attempt,
-                        ));
+                        batch.upserts.push(instruction(fleet, device, release, &publication));
                         if publication.members && publication.attempt > 0 {
                             retried
                                 .entry((publication.rollout.clone(), publication.attempt))
@@ -439,15 +431,12 @@ impl Rollouts {
     }
 }
 
-/// The instruction published for one device.
+/// The instruction `publication` publishes for one of its devices.
 pub fn instruction(
     fleet: &CompiledFleet,
     device: &CompiledDevice,
     release: &CompiledRelease,
-    rollout: &str,
-    wave: u32,
-    confirmation_secs: Option<u64>,
-    attempt: u32,
+    publication: &Publication,
 ) -> DeviceInstruction {
     DeviceInstruction {
         device: device.id.to_string(),
@@ -462,11 +451,13 @@ pub fn instruction(
                 length: a.length,
             })
             .collect(),
-        rollout: rollout.to_string(),
-        wave,
+        rollout: publication.rollout.clone(),
+        wave: publication.wave,
         maintenance_windows: fleet.group(device.group).maintenance_windows.as_written().to_vec(),
-        confirmation_secs,
-        attempt,
+        confirmation_secs: publication.confirmation_secs,
+        attempt: publication.attempt,
+        commit: publication.commit.clone(),
+        allow_downgrade: publication.allow_downgrade,
     }
 }
 

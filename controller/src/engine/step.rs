@@ -135,7 +135,10 @@ impl RolloutStep<'_> {
             Verdict::Complete => {
                 self.finish_wave(&rollout, current, WaveState::Succeeded, now_ms, &mut waves, &mut events);
                 rollout.phase = RolloutPhase::Completed;
-                rollout.message = Some(format!("all {} waves succeeded", self.waves.len()));
+                rollout.message = Some(match self.waves.len() {
+                    1 => "its wave succeeded".to_string(),
+                    n => format!("all {n} waves succeeded"),
+                });
                 events.push(Event::RolloutCompleted { rollout: rollout.id.clone() });
             }
             Verdict::Advance => {
@@ -205,6 +208,8 @@ impl RolloutStep<'_> {
                     members: true,
                     confirmation_secs: confirmation_secs(policy),
                     attempt: 0,
+                    commit: rollout.commit.clone(),
+                    allow_downgrade: policy.allow_downgrade || rollback,
                 }));
             }
         }
@@ -220,6 +225,8 @@ impl RolloutStep<'_> {
                     members: true,
                     confirmation_secs: confirmation_secs(policy),
                     attempt,
+                    commit: rollout.commit.clone(),
+                    allow_downgrade: policy.allow_downgrade || rollback,
                 }));
             }
         }

@@ -34,6 +34,20 @@ pub struct DeviceInstruction {
     /// the next attempt, which tells a device that failed it to try again.
     #[serde(default, skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
+    /// The fleet repository commit the instruction came from (the commit that started its
+    /// rollout); the device reports it with the release it runs. Absent for a fleet not
+    /// read from Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Whether the device may move to a lower version than the one it runs: the policy's
+    /// `allowDowngrade`, or a rollback. Absent (false): a device refuses a downgrade.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_downgrade: bool,
+}
+
+/// Whether a flag is off, left out of the instruction's JSON.
+pub(crate) fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// Whether an instruction's `attempt` is the first one, left out of its JSON. The

@@ -24,7 +24,7 @@ pub mod window;
 
 pub use device_id::{DeviceId, DeviceIdError};
 pub use enroll::{EnrollRequest, EnrollResponse};
-pub(crate) use instruction::is_first_attempt;
+pub(crate) use instruction::{is_false, is_first_attempt};
 pub use instruction::{ArtifactRef, DeviceInstruction};
 pub use report::{FailureClass, ReportBody, UpdateState};
 pub use signature::DeviceKey;

@@ -81,6 +81,10 @@ pub struct ReportBody {
     /// With `failed` or `rolled_back`: which step of the update failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureClass>,
+    /// The fleet repository commit of the instruction behind the release the device runs
+    /// (the instruction's `commit`), if it runs one Waveguide published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// Which step of an update failed, so that a rollout can retry what is transient and count

@@ -45,6 +45,10 @@ struct InstructionRef<'a> {
     confirmation_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "crate::protocol::is_first_attempt")]
     attempt: u32,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    commit: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "crate::protocol::is_false")]
+    allow_downgrade: bool,
 }
 
 /// [`crate::protocol::ArtifactRef`], borrowed. A target path or hash written with JSON escapes
@@ -73,6 +77,8 @@ impl<'a> From<&'a DeviceInstruction> for InstructionRef<'a> {
             maintenance_windows: Cow::Borrowed(&i.maintenance_windows),
             confirmation_secs: i.confirmation_secs,
             attempt: i.attempt,
+            commit: i.commit.as_deref().map(Cow::Borrowed),
+            allow_downgrade: i.allow_downgrade,
         }
     }
 }
@@ -366,6 +372,8 @@ mod tests {
             maintenance_windows: windows,
             confirmation_secs: None,
             attempt: 0,
+            commit: Some("0f\"c".into()),
+            allow_downgrade: true,
         }
     }
 

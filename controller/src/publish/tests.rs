@@ -30,6 +30,8 @@ fn instruction(device: &str, release: &str) -> DeviceInstruction {
         maintenance_windows: Vec::new(),
         confirmation_secs: None,
         attempt: 0,
+        commit: None,
+        allow_downgrade: false,
     }
 }
 

@@ -2,6 +2,8 @@
 //! and pause, resume, approve, abort, retry, accept and rollback. The CLI, the HTTP API and the Kubernetes
 //! controller all go through here; the engine picks the change up at its next pass.
 
+use std::collections::BTreeMap;
+
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -282,6 +284,9 @@ pub struct RolloutStatus {
     pub waves: Vec<WaveStatus>,
     /// All waves together.
     pub total: Progress,
+    /// The members by the fleet commit of the release they run, as they report it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub devices_by_commit: BTreeMap<String, u64>,
 }
 
 impl RolloutStatus {
@@ -353,6 +358,7 @@ async fn describe(
 ) -> Result<RolloutStatus, StoreError> {
     let waves: Vec<WaveRecord> = store.waves(&rollout.id).await?;
     let members = store.member_reports(&rollout.id).await?;
+    let devices_by_commit = store.member_commits(&rollout.id).await?.into_iter().collect();
     let version: semver::Version = rollout.version.parse().unwrap_or(semver::Version::new(0, 0, 0));
     let target = Target {
         release: &rollout.release,
@@ -399,6 +405,7 @@ async fn describe(
             })
             .collect(),
         total,
+        devices_by_commit,
         id: rollout.id,
         policy: rollout.policy,
         release: rollout.release,

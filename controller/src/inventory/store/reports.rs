@@ -19,6 +19,8 @@ pub struct IncomingReport {
     pub report: DeviceReport,
     /// Free-form detail, e.g. an installer's error message.
     pub detail: Option<String>,
+    /// The fleet commit of the instruction behind the release the device runs.
+    pub commit: Option<String>,
     /// When the device says it sent the report, Unix milliseconds.
     pub reported_at: i64,
     /// When the server received it, Unix milliseconds.
@@ -34,6 +36,8 @@ pub struct StoredReport {
     pub report: DeviceReport,
     /// Free-form detail.
     pub detail: Option<String>,
+    /// The fleet commit of the instruction behind the release the device ran.
+    pub commit: Option<String>,
     /// When the device sent it, Unix milliseconds.
     pub reported_at: i64,
     /// When the server received it, Unix milliseconds.
@@ -135,10 +139,10 @@ impl Store {
             return Ok(outcomes);
         }
         const COLUMNS: &str =
-            "device_id, seq, release, version, state, healthy, detail, reported_at, received_at, failure";
+            "device_id, seq, release, version, state, healthy, detail, reported_at, received_at, failure, commit_id";
         for chunk in numbered.chunks(ROWS_PER_STATEMENT) {
             let sql =
-                multi_row(&format!("INSERT INTO device_reports ({COLUMNS}) VALUES "), 10, chunk.len(), "");
+                multi_row(&format!("INSERT INTO device_reports ({COLUMNS}) VALUES "), 11, chunk.len(), "");
             let mut query = sqlx::query(&sql);
             for (seq, r) in chunk {
                 query = bind_report(query, *seq, r);
@@ -149,12 +153,12 @@ impl Store {
         for chunk in newest.chunks(ROWS_PER_STATEMENT) {
             let sql = multi_row(
                 &format!("INSERT INTO device_status ({COLUMNS}) VALUES "),
-                10,
+                11,
                 chunk.len(),
                 " ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release, \
                  version = excluded.version, state = excluded.state, healthy = excluded.healthy, \
                  detail = excluded.detail, reported_at = excluded.reported_at, received_at = excluded.received_at, \
-                 failure = excluded.failure",
+                 failure = excluded.failure, commit_id = excluded.commit_id",
             );
             let mut query = sqlx::query(&sql);
             for (seq, r) in chunk {
@@ -236,7 +240,7 @@ impl Store {
     /// A device's report history, newest first, at most `limit` reports.
     pub async fn history(&self, device_id: &str, limit: i64) -> Result<Vec<StoredReport>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, release, version, state, healthy, reported_at, failure, detail, received_at \
+            "SELECT seq, release, version, state, healthy, reported_at, failure, detail, received_at, commit_id \
              FROM device_reports WHERE device_id = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(device_id)
@@ -253,6 +257,7 @@ impl Store {
                     detail: row.try_get(7).map_err(query_error(action))?,
                     reported_at: row.try_get(5).map_err(query_error(action))?,
                     received_at: row.try_get(8).map_err(query_error(action))?,
+                    commit: row.try_get(9).map_err(query_error(action))?,
                 })
             })
             .collect()
@@ -274,6 +279,7 @@ fn bind_report<'q>(query: AnyQuery<'q>, seq: i64, r: &IncomingReport) -> AnyQuer
         .bind(r.reported_at)
         .bind(r.received_at)
         .bind(r.report.failure.map(FailureClass::as_str))
+        .bind(r.commit.clone())
 }
 
 /// Reads `release, version, state, healthy, reported_at, failure` starting at column

@@ -364,6 +364,26 @@ impl Store {
             .collect()
     }
 
+    /// How many members of a rollout run the release of each fleet commit, as their latest
+    /// reports say (members that reported no commit are not counted).
+    pub async fn member_commits(&self, rollout_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let action = "counting rollout members by commit";
+        let rows = sqlx::query(
+            "SELECT s.commit_id, COUNT(*) FROM wave_devices w JOIN device_status s ON s.device_id = w.device_id \
+             WHERE w.rollout_id = $1 AND s.commit_id IS NOT NULL GROUP BY s.commit_id ORDER BY s.commit_id",
+        )
+        .bind(rollout_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(action))?;
+        rows.iter()
+            .map(|row| {
+                let count: i64 = row.try_get(1).map_err(query_error(action))?;
+                Ok((row.try_get(0).map_err(query_error(action))?, count as u64))
+            })
+            .collect()
+    }
+
     /// Records that the instructions of `device_ids`, members of a rollout, were published.
     pub async fn mark_published(
         &self,
