@@ -182,3 +182,29 @@ async fn follows_an_online_key_rotation() {
     let mut again = TufClient::new(reqwest::Client::new(), &c.base.join("tuf").unwrap(), trusted).unwrap();
     assert_eq!(read(&mut again, "store-0003").await.unwrap().unwrap().release, "r2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_no_published_role_past_the_length_its_snapshot_signs() {
+    let c = Controller::start().await;
+    c.publish(batch(&devices(3), "r1"));
+    let snapshot_version = Repository::open(&c.repo(), &c.keys).unwrap().snapshot_version();
+    let snapshot: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(c.metadata().join(format!("{snapshot_version}.snapshot.json"))).unwrap(),
+    )
+    .unwrap();
+    let meta = snapshot["signed"]["meta"].as_object().unwrap();
+    // Every role but the leaf bins, which the agent caps from their share of the hash space.
+    for (file, listed) in meta {
+        let on_disk = std::fs::metadata(c.metadata().join(format!("{}.{file}", listed["version"]))).unwrap();
+        let expected = if file.starts_with("d-") { None } else { Some(on_disk.len()) };
+        assert_eq!(listed["length"].as_u64(), expected, "{file}");
+    }
+    // A mirror pads `targets` with whitespace (its signature still verifies).
+    let targets = c.metadata().join(format!("{}.targets.json", meta["targets.json"]["version"]));
+    let mut padded = std::fs::read(&targets).unwrap();
+    let length = padded.len() as u64;
+    padded.extend(std::iter::repeat_n(b' ', 1 << 20));
+    std::fs::write(&targets, padded).unwrap();
+    let err = read(&mut client(&c), "store-0001").await.unwrap_err();
+    assert!(matches!(&err, TufError::TooLong { limit, .. } if *limit == length), "{err}");
+}
