@@ -1,7 +1,8 @@
 //! The agent's TUF client, over real HTTP on 127.0.0.1: it reads the same instruction as
 //! tough's full client while fetching only the roles on the device's path, polls only
 //! `timestamp.json` when nothing changed, follows an online-key rotation, and refuses a
-//! tampered bin, an expired timestamp, a rolled-back snapshot and a bad target file.
+//! tampered bin, an expired timestamp, a rolled-back snapshot, a bad target file, and a
+//! role padded past the length the snapshot signs or past its cap.
 
 use futures::TryStreamExt;
 use tough::{RepositoryLoader, TargetName};
@@ -207,4 +208,19 @@ async fn reads_no_published_role_past_the_length_its_snapshot_signs() {
     std::fs::write(&targets, padded).unwrap();
     let err = read(&mut client(&c), "store-0001").await.unwrap_err();
     assert!(matches!(&err, TufError::TooLong { limit, .. } if *limit == length), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_no_leaf_bin_past_its_cap() {
+    let c = Controller::start().await;
+    let report = c.publish(batch(&devices(1), "r1"));
+    let leaf = report.roles.iter().find(|r| r.role.starts_with("d-")).unwrap();
+    let path = c.metadata().join(format!("{}.{}.json", leaf.version, leaf.role));
+    // The snapshot lists no length for a leaf; 32 leaves are sized for a few devices
+    // each, so the leaf is capped at the 256 KiB floor, far below the old 64 MiB.
+    let mut padded = std::fs::read(&path).unwrap();
+    padded.extend(std::iter::repeat_n(b' ', 1 << 20));
+    std::fs::write(&path, padded).unwrap();
+    let err = read(&mut client(&c), "store-0000").await.unwrap_err();
+    assert!(matches!(&err, TufError::TooLong { limit: 262_144, .. }), "{err}");
 }
