@@ -502,3 +502,23 @@ impl TufClient {
         Ok(&self.trusted.roles[role].targets)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_persisted_before_lengths_were_kept_still_loads() {
+        let old = r#"{"version":4,"expires":"2030-01-01T00:00:00Z","meta":{"targets.json":3}}"#;
+        let snapshot: TrustedSnapshot = serde_json::from_str(old).unwrap();
+        let targets = &snapshot.meta["targets.json"];
+        assert_eq!((targets.version, targets.length, targets.sha256.as_deref()), (3, None, None));
+        let new = serde_json::to_string(&TrustedSnapshot {
+            meta: [("d-0.json".into(), ListedRole { version: 2, length: Some(9), sha256: None })].into(),
+            ..snapshot
+        })
+        .unwrap();
+        let again: TrustedSnapshot = serde_json::from_str(&new).unwrap();
+        assert_eq!(again.meta["d-0.json"].length, Some(9));
+    }
+}
