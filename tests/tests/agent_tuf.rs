@@ -1,7 +1,8 @@
 //! The agent's TUF client, over real HTTP on 127.0.0.1: it reads the same instruction as
 //! tough's full client while fetching only the roles on the device's path, polls only
 //! `timestamp.json` when nothing changed, follows an online-key rotation, and refuses a
-//! tampered bin, an expired timestamp, a rolled-back snapshot and a bad target file.
+//! tampered bin, an expired timestamp, a rolled-back snapshot, a bad target file, and a
+//! role padded past the length the snapshot signs or past its cap.
 
 use futures::TryStreamExt;
 use tough::{RepositoryLoader, TargetName};
@@ -181,4 +182,45 @@ async fn follows_an_online_key_rotation() {
     let trusted: Trusted = serde_json::from_slice(&saved).unwrap();
     let mut again = TufClient::new(reqwest::Client::new(), &c.base.join("tuf").unwrap(), trusted).unwrap();
     assert_eq!(read(&mut again, "store-0003").await.unwrap().unwrap().release, "r2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_no_published_role_past_the_length_its_snapshot_signs() {
+    let c = Controller::start().await;
+    c.publish(batch(&devices(3), "r1"));
+    let snapshot_version = Repository::open(&c.repo(), &c.keys).unwrap().snapshot_version();
+    let snapshot: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(c.metadata().join(format!("{snapshot_version}.snapshot.json"))).unwrap(),
+    )
+    .unwrap();
+    let meta = snapshot["signed"]["meta"].as_object().unwrap();
+    // Every role but the leaf bins, which the agent caps from their share of the hash space.
+    for (file, listed) in meta {
+        let on_disk = std::fs::metadata(c.metadata().join(format!("{}.{file}", listed["version"]))).unwrap();
+        let expected = if file.starts_with("d-") { None } else { Some(on_disk.len()) };
+        assert_eq!(listed["length"].as_u64(), expected, "{file}");
+    }
+    // A mirror pads `targets` with whitespace (its signature still verifies).
+    let targets = c.metadata().join(format!("{}.targets.json", meta["targets.json"]["version"]));
+    let mut padded = std::fs::read(&targets).unwrap();
+    let length = padded.len() as u64;
+    padded.extend(std::iter::repeat_n(b' ', 1 << 20));
+    std::fs::write(&targets, padded).unwrap();
+    let err = read(&mut client(&c), "store-0001").await.unwrap_err();
+    assert!(matches!(&err, TufError::TooLong { limit, .. } if *limit == length), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_no_leaf_bin_past_its_cap() {
+    let c = Controller::start().await;
+    let report = c.publish(batch(&devices(1), "r1"));
+    let leaf = report.roles.iter().find(|r| r.role.starts_with("d-")).unwrap();
+    let path = c.metadata().join(format!("{}.{}.json", leaf.version, leaf.role));
+    // The snapshot lists no length for a leaf; 32 leaves are sized for a few devices
+    // each, so the leaf is capped at the 256 KiB floor, far below the old 64 MiB.
+    let mut padded = std::fs::read(&path).unwrap();
+    padded.extend(std::iter::repeat_n(b' ', 1 << 20));
+    std::fs::write(&path, padded).unwrap();
+    let err = read(&mut client(&c), "store-0000").await.unwrap_err();
+    assert!(matches!(&err, TufError::TooLong { limit: 262_144, .. }), "{err}");
 }

@@ -16,34 +16,36 @@
 //! [`ROOT_CHECK_INTERVAL`], and at once when a role's signature no longer verifies with
 //! the trusted root (an online-key rotation).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tough::schema::{DelegatedRole, Metafile, PathSet, RoleType, Root, Signed, Snapshot, Target, Targets};
+use tough::schema::{Delegations, Metafile, RoleType, Root, Signed, Snapshot, Target, Targets};
 use url::Url;
 
 use crate::protocol::target::device_target_path;
 use crate::protocol::DeviceInstruction;
 
+mod delegation;
 mod error;
+mod fetch;
 
+use delegation::{delegates, role_cap, MAX_ROOT_BYTES, MAX_SNAPSHOT_BYTES, MAX_TIMESTAMP_BYTES};
 pub use error::TufError;
 use error::{check_expiry, parse, rollback, signature};
+use fetch::Expected;
 
 /// How often the client looks for a new root when nothing else prompts it.
 pub const ROOT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Most root versions followed in one update (§5.3.3).
 const MAX_ROOT_ROTATIONS: u64 = 32;
-/// Most delegated roles visited looking for one target (§5.6.7).
+/// Most roles visited looking for one target (§5.6.7), as python-tuf's
+/// `max_delegations`.
 const MAX_DELEGATIONS: usize = 32;
-/// Size limits for metadata whose length the repository does not state.
-const MAX_ROOT_BYTES: u64 = 512 * 1024;
-const MAX_TIMESTAMP_BYTES: u64 = 64 * 1024;
-const MAX_METADATA_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The metadata a device trusts: what it verified last, kept between checks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,8 +73,49 @@ struct TrustedTimestamp {
 struct TrustedSnapshot {
     version: u64,
     expires: Timestamp,
-    /// Version of every role the snapshot lists (`targets.json`, `d-0a3.json`, ...).
-    meta: BTreeMap<String, u64>,
+    /// Every role the snapshot lists (`targets.json`, `d-0a3.json`, ...).
+    meta: BTreeMap<String, ListedRole>,
+}
+
+/// A role as the snapshot lists it: its version and, when given, its length and hash,
+/// which the role file must match.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "StoredListedRole")]
+struct ListedRole {
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    length: Option<u64>,
+    /// Hex SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+}
+
+/// A [`ListedRole`] as persisted: agents before lengths were enforced stored the
+/// version alone.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredListedRole {
+    Version(u64),
+    Listed { version: u64, length: Option<u64>, sha256: Option<String> },
+}
+
+impl From<StoredListedRole> for ListedRole {
+    fn from(stored: StoredListedRole) -> Self {
+        match stored {
+            StoredListedRole::Version(version) => ListedRole { version, length: None, sha256: None },
+            StoredListedRole::Listed { version, length, sha256 } => ListedRole { version, length, sha256 },
+        }
+    }
+}
+
+impl From<&Metafile> for ListedRole {
+    fn from(file: &Metafile) -> Self {
+        ListedRole {
+            version: file.version.get(),
+            length: file.length,
+            sha256: file.hashes.as_ref().map(|h| hex::encode(&*h.sha256)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -183,6 +226,9 @@ impl TufClient {
 
     async fn walk(&mut self, path: &str) -> Result<Option<Target>, TufError> {
         let now = Timestamp::now();
+        // §5.3.10 at every update, not only when the root is looked up again: a
+        // long-running agent must not trust an expired root for up to an hour.
+        check_expiry("root", self.trusted.root.signed.expires, now)?;
         self.update_timestamp(now).await?;
         self.update_snapshot(now).await?;
         self.find_target(path).await
@@ -217,45 +263,11 @@ impl TufClient {
         self.find(path).await
     }
 
-    /// The URL of a target file under its consistent-snapshot name
-    /// (`targets/<dir>/<sha256>.<file>`).
-    pub fn target_url(&self, path: &str, sha256_hex: &str) -> Result<Url, TufError> {
-        let (dir, file) = match path.rsplit_once('/') {
-            Some((dir, file)) => (format!("{dir}/"), file),
-            None => (String::new(), path),
-        };
-        let name = if self.trusted.root.signed.consistent_snapshot {
-            format!("{dir}{sha256_hex}.{file}")
-        } else {
-            format!("{dir}{file}")
-        };
-        self.targets
-            .join(&name)
-            .map_err(|e| TufError::Parse { role: "target path".into(), reason: e.to_string() })
-    }
-
-    /// Fetches a (small) target file and checks it against its signed record.
-    pub async fn fetch_target(&self, path: &str, target: &Target) -> Result<Vec<u8>, TufError> {
-        let sha = hex::encode(&*target.hashes.sha256);
-        let url = self.target_url(path, &sha)?;
-        let bytes = self
-            .fetch(&url, target.length)
-            .await?
-            .ok_or_else(|| TufError::Status { url: url.to_string(), status: StatusCode::NOT_FOUND })?;
-        if bytes.len() as u64 != target.length {
-            return Err(TufError::Mismatch { what: path.into(), field: "length" });
-        }
-        if Sha256::digest(&bytes)[..] != target.hashes.sha256[..] {
-            return Err(TufError::Mismatch { what: path.into(), field: "sha256" });
-        }
-        Ok(bytes)
-    }
-
     /// §5.3: follows root versions until the next one is not found.
     async fn update_root(&mut self) -> Result<(), TufError> {
         for _ in 0..MAX_ROOT_ROTATIONS {
             let next = self.trusted.root.signed.version.get() + 1;
-            let url = self.metadata_url(&format!("{next}.root.json"));
+            let url = self.metadata_url(&format!("{next}.root.json"))?;
             let Some(bytes) = self.fetch(&url, MAX_ROOT_BYTES).await? else { break };
             let new: Signed<Root> = parse("root", &bytes)?;
             self.trusted
@@ -272,13 +284,15 @@ impl TufClient {
                     found: new.signed.version.get(),
                 });
             }
-            let keys_changed = |role: RoleType| {
-                self.trusted.root.signed.roles.get(&role).map(|r| &r.keyids)
-                    != new.signed.roles.get(&role).map(|r| &r.keyids)
+            let trust_changed = |role: RoleType| {
+                let (old, new) = (self.trusted.root.signed.roles.get(&role), new.signed.roles.get(&role));
+                old.map(|r| (&r.keyids, r.threshold)) != new.map(|r| (&r.keyids, r.threshold))
             };
-            // §5.3.11: a rotated timestamp or snapshot key invalidates what they signed,
-            // so the client can recover from a fast-forward attack.
-            if keys_changed(RoleType::Timestamp) || keys_changed(RoleType::Snapshot) {
+            // §5.3.11: new timestamp or snapshot keys invalidate what the old ones signed,
+            // so the client can recover from a fast-forward attack; a changed threshold
+            // does too, so that a timestamp with too few signatures is refused at once
+            // rather than trusted until it expires.
+            if trust_changed(RoleType::Timestamp) || trust_changed(RoleType::Snapshot) {
                 self.trusted.timestamp = None;
                 self.trusted.snapshot = None;
             }
@@ -287,17 +301,13 @@ impl TufClient {
             self.trusted.root = new;
             self.changed = true;
         }
-        let expires = self.trusted.root.signed.expires;
-        if expires <= Timestamp::now() {
-            return Err(TufError::Expired { role: "root".into(), expires });
-        }
         self.root_checked = Some(Instant::now());
         Ok(())
     }
 
     /// §5.4: the timestamp.
     async fn update_timestamp(&mut self, now: Timestamp) -> Result<(), TufError> {
-        let url = self.metadata_url("timestamp.json");
+        let url = self.metadata_url("timestamp.json")?;
         let bytes = self
             .fetch(&url, MAX_TIMESTAMP_BYTES)
             .await?
@@ -343,7 +353,8 @@ impl TufClient {
             }
         }
         let name = self.versioned("snapshot", meta.version.get());
-        let bytes = self.fetch_meta(&name, &meta, "snapshot").await?;
+        let expected = Expected { length: meta.length, sha256: meta.hashes.as_ref().map(|h| &h.sha256[..]) };
+        let bytes = self.fetch_meta(&name, "snapshot", expected, MAX_SNAPSHOT_BYTES).await?;
         let new: Signed<Snapshot> = parse("snapshot", &bytes)?;
         self.trusted.root.signed.verify_role(&new).map_err(|e| signature("snapshot", e))?;
         if new.signed.version != meta.version {
@@ -354,18 +365,19 @@ impl TufClient {
                 found: new.signed.version.get(),
             });
         }
-        let versions: BTreeMap<String, u64> =
-            new.signed.meta.iter().map(|(name, file)| (name.clone(), file.version.get())).collect();
+        let listed: BTreeMap<String, ListedRole> =
+            new.signed.meta.iter().map(|(name, file)| (name.clone(), file.into())).collect();
         if let Some(trusted) = &self.trusted.snapshot {
-            for (role, &old) in &trusted.meta {
-                match versions.get(role) {
+            for (role, old) in &trusted.meta {
+                let old = old.version;
+                match listed.get(role).map(|l| l.version) {
                     None => {
                         return Err(TufError::Missing {
                             role: role.clone(),
                             referrer: "the new snapshot".into(),
                         })
                     }
-                    Some(&v) if v < old => return Err(rollback(role.trim_end_matches(".json"), old, v)),
+                    Some(v) if v < old => return Err(rollback(role.trim_end_matches(".json"), old, v)),
                     Some(_) => {}
                 }
             }
@@ -374,7 +386,7 @@ impl TufClient {
         self.trusted.snapshot = Some(TrustedSnapshot {
             version: new.signed.version.get(),
             expires: new.signed.expires,
-            meta: versions,
+            meta: listed,
         });
         self.changed = true;
         Ok(())
@@ -382,34 +394,38 @@ impl TufClient {
 
     /// §5.6: `targets`, then a pre-order depth-first search of the delegations that
     /// match `path`, until a role lists it or a terminating delegation ends the search.
+    /// A role already visited in this search is skipped (§5.6.7.2), so a cyclic or
+    /// diamond-shaped delegation graph costs each role one download, and at most
+    /// [`MAX_DELEGATIONS`] roles are visited.
     async fn find_target(&mut self, path: &str) -> Result<Option<Target>, TufError> {
         let now = Timestamp::now();
         let path_hash = hex::encode(Sha256::digest(path.as_bytes()));
-        self.load_role("targets", None, path, now).await?;
-        // (role, the role that delegates to it)
-        let mut to_visit: Vec<(String, Option<String>)> = vec![("targets".into(), None)];
-        let mut visited = 0;
-        while let Some((role, parent)) = to_visit.pop() {
-            if visited >= MAX_DELEGATIONS {
-                tracing::warn!(target = path, "more than {MAX_DELEGATIONS} delegations visited; giving up");
+        // (role, the delegations of the role that delegates to it; none for `targets`)
+        let mut to_visit: Vec<(String, Option<Arc<Delegations>>)> = vec![("targets".into(), None)];
+        let mut visited = HashSet::new();
+        while let Some((role, delegator)) = to_visit.pop() {
+            if visited.contains(&role) {
+                continue;
+            }
+            if visited.len() >= MAX_DELEGATIONS {
+                tracing::warn!(
+                    target = path,
+                    "more than {MAX_DELEGATIONS} delegated roles visited; giving up"
+                );
                 break;
             }
-            visited += 1;
-            if role != "targets" {
-                self.load_role(&role, parent.as_deref(), path, now).await?;
-            }
-            let targets = &self.trusted.roles[&role].targets;
+            visited.insert(role.clone());
+            let targets = self.load_role(&role, delegator.as_deref(), path, &visited, now).await?;
             if let Some((_, target)) = targets.targets.iter().find(|(name, _)| name.raw() == path) {
                 return Ok(Some(target.clone()));
             }
+            let Some(delegations) = targets.delegations.clone().map(Arc::new) else { continue };
             let mut children = Vec::new();
-            if let Some(delegations) = &targets.delegations {
-                for child in delegations.roles.iter().filter(|r| delegates(r, path, &path_hash)) {
-                    children.push((child.name.clone(), Some(role.clone())));
-                    if child.terminating {
-                        to_visit.clear();
-                        break;
-                    }
+            for child in delegations.roles.iter().filter(|r| delegates(r, path, &path_hash)) {
+                children.push((child.name.clone(), Some(delegations.clone())));
+                if child.terminating {
+                    to_visit.clear();
+                    break;
                 }
             }
             to_visit.extend(children.into_iter().rev());
@@ -417,47 +433,51 @@ impl TufClient {
         Ok(None)
     }
 
-    /// Makes `role` trusted at the version the snapshot lists: the cached copy when it is
-    /// that version, else fetched and verified with the keys `parent` delegates to it
-    /// (the root's for `targets`).
+    /// Makes `role` trusted at the version the snapshot lists and returns it: the cached
+    /// copy when it is that version, else fetched (no longer than the snapshot's length
+    /// and the role's cap), checked against the snapshot's length and hash, and verified
+    /// with the keys `delegator` gives it (the root's for `targets`).
     async fn load_role(
         &mut self,
         role: &str,
-        parent: Option<&str>,
+        delegator: Option<&Delegations>,
         path: &str,
+        visited: &HashSet<String>,
         now: Timestamp,
-    ) -> Result<(), TufError> {
+    ) -> Result<&Targets, TufError> {
         let snapshot = self.trusted.snapshot.as_ref().expect("the snapshot is updated first");
-        let file = format!("{role}.json");
-        let version = *snapshot
+        let listed = snapshot
             .meta
-            .get(&file)
+            .get(&format!("{role}.json"))
+            .cloned()
             .ok_or_else(|| TufError::Missing { role: role.into(), referrer: "snapshot".into() })?;
+        let version = listed.version;
         let mut paths = vec![path.to_owned()];
         if let Some(cached) = self.trusted.roles.get(role) {
             if cached.version == version && cached.paths.iter().any(|p| p == path) {
-                return check_expiry(role, cached.targets.expires, now);
+                check_expiry(role, cached.targets.expires, now)?;
+                return Ok(&self.trusted.roles[role].targets);
             }
             paths.extend(cached.paths.iter().filter(|p| *p != path).take(MAX_PATHS_PER_ROLE - 1).cloned());
         }
+        let delegation = delegator.and_then(|d| d.roles.iter().find(|r| r.name == role));
+        if delegator.is_some() && delegation.is_none() {
+            return Err(TufError::Missing {
+                role: role.into(),
+                referrer: "its delegator's delegations".into(),
+            });
+        }
         let name = self.versioned(role, version);
-        let meta = Metafile {
-            length: None,
-            hashes: None,
-            version: std::num::NonZeroU64::new(version).expect("versions are positive"),
-            _extra: Default::default(),
-        };
-        let bytes = self.fetch_meta(&name, &meta, role).await?;
+        let sha256 = listed.sha256.as_deref().map(hex::decode).transpose().map_err(|e| TufError::Parse {
+            role: "snapshot".into(),
+            reason: format!("{role}'s sha256: {e}"),
+        })?;
+        let expected = Expected { length: listed.length, sha256: sha256.as_deref() };
+        let bytes = self.fetch_meta(&name, role, expected, role_cap(delegation)).await?;
         let mut new: Signed<Targets> = parse(role, &bytes)?;
-        match parent {
+        match delegator {
             None => self.trusted.root.signed.verify_role(&new).map_err(|e| signature(role, e))?,
-            Some(parent) => {
-                let delegations =
-                    self.trusted.roles[parent].targets.delegations.as_ref().ok_or_else(|| {
-                        TufError::Missing { role: role.into(), referrer: format!("{parent}'s delegations") }
-                    })?;
-                delegations.verify_role(&new, role).map_err(|e| signature(role, e))?;
-            }
+            Some(delegations) => delegations.verify_role(&new, role).map_err(|e| signature(role, e))?,
         }
         if new.signed.version.get() != version {
             return Err(TufError::Version {
@@ -468,103 +488,18 @@ impl TufClient {
             });
         }
         check_expiry(role, new.signed.expires, now)?;
-        // Roles this one delegates to were verified with its old keys: check them again.
+        // Roles this one delegates to were verified with its old keys: check them again,
+        // unless this search just did (a delegation back up the graph).
         if let Some(delegations) = &new.signed.delegations {
-            for child in &delegations.roles {
+            for child in delegations.roles.iter().filter(|c| !visited.contains(&c.name)) {
                 self.trusted.roles.remove(&child.name);
             }
         }
         new.signed.targets.retain(|name, _| paths.iter().any(|p| p == name.raw()));
-        self.trusted.roles.insert(role.into(), TrustedRole { version, targets: new.signed, paths });
         self.changed = true;
-        Ok(())
-    }
-
-    fn versioned(&self, role: &str, version: u64) -> String {
-        if self.trusted.root.signed.consistent_snapshot {
-            format!("{version}.{role}.json")
-        } else {
-            format!("{role}.json")
-        }
-    }
-
-    fn metadata_url(&self, name: &str) -> Url {
-        self.metadata.join(name).expect("role file names are valid URL paths")
-    }
-
-    /// Fetches a metadata file and checks it against the length and hash its referrer
-    /// states, if it states them.
-    async fn fetch_meta(&self, name: &str, meta: &Metafile, role: &str) -> Result<Vec<u8>, TufError> {
-        let url = self.metadata_url(name);
-        let limit = meta.length.unwrap_or(MAX_METADATA_BYTES);
-        let bytes = self
-            .fetch(&url, limit)
-            .await?
-            .ok_or_else(|| TufError::Status { url: url.to_string(), status: StatusCode::NOT_FOUND })?;
-        if meta.length.is_some_and(|l| l != bytes.len() as u64) {
-            return Err(TufError::Mismatch { what: role.into(), field: "length" });
-        }
-        if let Some(hashes) = &meta.hashes {
-            if Sha256::digest(&bytes)[..] != hashes.sha256[..] {
-                return Err(TufError::Mismatch { what: role.into(), field: "sha256" });
-            }
-        }
-        Ok(bytes)
-    }
-
-    /// GETs `url`, reading at most `limit` bytes. `None` on 404 (and 403, which static
-    /// file servers and object stores answer for a missing file).
-    async fn fetch(&self, url: &Url, limit: u64) -> Result<Option<Vec<u8>>, TufError> {
-        let http = |source| TufError::Http { url: url.to_string(), source };
-        let mut response = self.http.get(url.clone()).send().await.map_err(http)?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND || status == StatusCode::FORBIDDEN {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(TufError::Status { url: url.to_string(), status });
-        }
-        let too_long = || TufError::TooLong { what: url.to_string(), limit };
-        if response.content_length().is_some_and(|l| l > limit) {
-            return Err(too_long());
-        }
-        let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
-        while let Some(chunk) = response.chunk().await.map_err(http)? {
-            if (body.len() + chunk.len()) as u64 > limit {
-                return Err(too_long());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Some(body))
-    }
-}
-
-/// Whether a delegation covers `path` (whose hex SHA-256 is `path_hash`).
-fn delegates(role: &DelegatedRole, path: &str, path_hash: &str) -> bool {
-    match &role.paths {
-        PathSet::PathHashPrefixes(prefixes) => prefixes.iter().any(|p| path_hash.starts_with(p.value())),
-        PathSet::Paths(patterns) => patterns.iter().any(|p| glob_matches(p.value(), path)),
-    }
-}
-
-/// Shell-style matching as TUF's `PATHPATTERN`: `*` and `?` never match `/`, so a
-/// pattern matches segment by segment.
-fn glob_matches(pattern: &str, path: &str) -> bool {
-    let pattern: Vec<&str> = pattern.split('/').collect();
-    let path: Vec<&str> = path.split('/').collect();
-    pattern.len() == path.len()
-        && pattern.iter().zip(&path).all(|(p, s)| segment_matches(p.as_bytes(), s.as_bytes()))
-}
-
-fn segment_matches(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            segment_matches(&pattern[1..], text) || (!text.is_empty() && segment_matches(pattern, &text[1..]))
-        }
-        (Some(b'?'), Some(_)) => segment_matches(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p == t => segment_matches(&pattern[1..], &text[1..]),
-        _ => false,
+        let entry = TrustedRole { version, targets: new.signed, paths };
+        self.trusted.roles.insert(role.into(), entry);
+        Ok(&self.trusted.roles[role].targets)
     }
 }
 
@@ -573,13 +508,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn path_patterns_match_segment_by_segment() {
-        assert!(glob_matches("releases/*/*", "releases/r1/image.raucb"));
-        assert!(!glob_matches("releases/*/*", "releases/r1/sub/image.raucb"));
-        assert!(!glob_matches("releases/*", "releases/r1/image.raucb"));
-        assert!(glob_matches("devices/gw-?.json", "devices/gw-1.json"));
-        assert!(!glob_matches("devices/gw-?.json", "devices/gw-12.json"));
-        assert!(glob_matches("*.tgz", "foo.tgz"));
-        assert!(!glob_matches("*.tgz", "foo.txt"));
+    fn a_snapshot_persisted_before_lengths_were_kept_still_loads() {
+        let old = r#"{"version":4,"expires":"2030-01-01T00:00:00Z","meta":{"targets.json":3}}"#;
+        let snapshot: TrustedSnapshot = serde_json::from_str(old).unwrap();
+        let targets = &snapshot.meta["targets.json"];
+        assert_eq!((targets.version, targets.length, targets.sha256.as_deref()), (3, None, None));
+        let new = serde_json::to_string(&TrustedSnapshot {
+            meta: [("d-0.json".into(), ListedRole { version: 2, length: Some(9), sha256: None })].into(),
+            ..snapshot
+        })
+        .unwrap();
+        let again: TrustedSnapshot = serde_json::from_str(&new).unwrap();
+        assert_eq!(again.meta["d-0.json"].length, Some(9));
     }
 }

@@ -112,6 +112,13 @@ impl BinLayout {
         format!("d-{:0w$x}", leaf, w = hex_digits(self.leaf_bits))
     }
 
+    /// Whether `role` is named as a leaf bin of any layout (`d-` and hex digits): a role
+    /// left from an earlier layout is one too.
+    pub fn is_leaf_name(role: &str) -> bool {
+        role.strip_prefix("d-")
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+
     /// Role name of a parent role: `p-` and its index in hex.
     pub fn parent_name(&self, parent: u32) -> String {
         format!("p-{:0w$x}", parent, w = hex_digits(self.parent_bits))

@@ -33,6 +33,16 @@ pub enum TufError {
         /// Its limit.
         limit: u64,
     },
+    /// A role is listed with a length above what the agent reads of such a role.
+    #[error("{role} is listed at {length} bytes, over its cap of {cap} bytes")]
+    OverCap {
+        /// The role.
+        role: String,
+        /// The length the snapshot (or timestamp) lists.
+        length: u64,
+        /// The most the agent reads of this role.
+        cap: u64,
+    },
     /// Not valid metadata JSON.
     #[error("{role} metadata does not parse: {reason}")]
     Parse {

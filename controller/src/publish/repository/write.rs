@@ -8,6 +8,7 @@ use std::path::Path;
 
 use tough::schema::{Hashes, Metafile, Snapshot, Timestamp as TimestampRole};
 
+use crate::publish::layout::BinLayout;
 use crate::publish::signing::{sha256, sign_metadata, sync_dir, write_atomic};
 use crate::publish::{expiry_after, CommitReport, PublishError, RoleWrite, SPEC_VERSION};
 
@@ -39,10 +40,15 @@ impl Repository {
         self.fault_point(CommitStep::Roles)?;
         for f in files {
             report.roles.push(RoleWrite { role: f.role.clone(), version: f.version, bytes: f.len });
+            // A client reads no role past the length its snapshot signs. Leaf bins go
+            // without: at a million devices their 2,048 lengths would add about 32 KB to
+            // every update check (past its 150 KB budget); agents cap a leaf from its
+            // share of the hash space instead.
+            let length = (!BinLayout::is_leaf_name(&f.role)).then_some(f.len);
             self.snapshot.meta.insert(
                 format!("{}.json", f.role),
                 Metafile {
-                    length: None,
+                    length,
                     hashes: None,
                     version: NonZeroU64::new(f.version).expect("non-zero"),
                     _extra: HashMap::new(),
