@@ -111,6 +111,50 @@ def test_ngclient_resolves_and_downloads_device_instructions_through_the_bins(se
     assert json.loads(pathlib.Path(updater.download_target(info)).read_bytes())["release"] == "r2"
 
 
+def test_ngclient_follows_targets_signed_offline_and_refuses_one_the_online_key_signed(served):
+    """`targets` is signed by the offline targets keys: `keys sign-targets` signs the next
+    version, the next refresh publishes it and the client follows; the same `targets`
+    signed with the online key instead is refused."""
+    served.publish(batch(DEVICES[:3], "r1"))
+    client_dir, updater = served.updater()
+    updater.refresh()
+    assert "signed targets version 2" in run(served.binary, "keys", "sign-targets", "--dir", served.keys)
+    report = json.loads(
+        run(served.binary, "tuf", "refresh", "--repo", served.repo, "--keys", served.keys, "--margin", "1h", "--json")
+    )
+    assert [r["role"] for r in report["roles"]] == ["targets", "snapshot", "timestamp"], report
+    _, updater = served.updater(client_dir)
+    updater.refresh()
+    assert updater.get_targetinfo("devices/kiosk-0001.json") is not None
+    assert Metadata.from_file(str(client_dir / "metadata" / "targets.json")).signed.version == 2
+
+    # A holder of the online key re-signs targets v3 (same content) and publishes it.
+    meta = served.repo / "metadata"
+    forged = Metadata.from_file(str(meta / "2.targets.json"))
+    forged.signed.version = 3
+    forged.signatures.clear()
+    forged.sign(online_signer(served))
+    forged.to_file(str(meta / "3.targets.json"))
+    snapshot = Metadata.from_file(str(meta / f"{report['snapshot_version']}.snapshot.json"))
+    snapshot.signed.meta["targets.json"].version = 3
+    snapshot.signed.version += 1
+    snapshot.signatures.clear()
+    snapshot.sign(online_signer(served))
+    snap_bytes = snapshot.to_bytes()
+    (meta / f"{snapshot.signed.version}.snapshot.json").write_bytes(snap_bytes)
+    timestamp = Metadata[Timestamp].from_file(str(meta / "timestamp.json"))
+    timestamp.signed.version += 1
+    timestamp.signed.snapshot_meta = MetaFile(
+        version=snapshot.signed.version, length=len(snap_bytes), hashes={"sha256": hashlib.sha256(snap_bytes).hexdigest()}
+    )
+    timestamp.signatures.clear()
+    timestamp.sign(online_signer(served))
+    timestamp.to_file(str(meta / "timestamp.json"))
+    _, updater = served.updater(client_dir)
+    with pytest.raises(exceptions.UnsignedMetadataError):
+        updater.refresh()
+
+
 def test_ngclient_rejects_a_tampered_bin(served):
     report = served.publish(batch(DEVICES[:3], "r1"))
     leaf = next(r for r in report["roles"] if r["role"].startswith("d-"))

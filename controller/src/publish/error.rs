@@ -81,6 +81,14 @@ pub enum PublishError {
         reason: String,
     },
 
+    /// Release artifacts were given to a repository whose `releases` role is signed by
+    /// offline release keys: the online key cannot list them.
+    #[error(
+        "the releases role is signed by offline release keys: sign the releases with \
+         `waveguide release sign` and publish the signed file"
+    )]
+    ReleasesSignedOffline,
+
     /// The repository directory is not a Waveguide TUF repository, or already is one.
     #[error("TUF repository {}: {reason}", repo.display())]
     Repository {

@@ -1,10 +1,11 @@
 //! Publish: turns device instructions into a signed TUF repository, one metadata commit
 //! per batch (wave).
 //!
-//! Layout (see `docs/tuf.md`): `root` (offline keys) → `targets` → a `releases` role for
-//! artifact targets `releases/<release>/<file>` and hashed bins (`path_hash_prefixes`)
-//! for one target per device, `devices/<device-id>.json`; then `snapshot` and
-//! `timestamp`. Consistent snapshots throughout, so every file except `timestamp.json` is
+//! Layout (see `docs/tuf.md`): `root` (offline keys) → `targets` (offline keys) → a
+//! `releases` role (offline release keys) for artifact targets
+//! `releases/<release>/<file>`, and the online `devices` role → hashed bins
+//! (`path_hash_prefixes`) for one target per device, `devices/<device-id>.json`; then
+//! `snapshot` and `timestamp`. Consistent snapshots throughout, so every file except `timestamp.json` is
 //! written once under a new versioned name and never changed; `timestamp.json` is renamed
 //! into place last and is the commit point.
 //!
@@ -46,7 +47,7 @@ use crate::protocol::DeviceInstruction;
 
 pub use client::SpecTargetPaths;
 pub use error::PublishError;
-pub use keys::{KeyDir, KeysCreated};
+pub use keys::{KeyCount, KeyDir, KeySpec, KeysCreated};
 pub use layout::BinLayout;
 pub use prepare::PreparedBatch;
 pub use repository::{PruneReport, RepoConfig, Repository};
@@ -62,7 +63,7 @@ pub struct Expiries {
     pub timestamp: SignedDuration,
     /// The snapshot and the device bins (parents and leaves).
     pub snapshot: SignedDuration,
-    /// `targets` and `releases`.
+    /// The online `devices` role (and `releases` where the online key signs it).
     pub targets: SignedDuration,
     /// Root versions signed by `keys init` and `keys rotate-online`.
     pub root: SignedDuration,

@@ -229,12 +229,16 @@ impl Repository {
         Ok(RoleFile { role: role.to_owned(), version, len: file.len() as u64, file: Some(file) })
     }
 
-    /// Records release artifacts in the `releases` role, copying in local files.
+    /// Records release artifacts in the `releases` role, copying in local files. Only
+    /// where the online key signs `releases` (a key directory made without release keys).
     fn apply_releases(
         &self,
         artifacts: &[ReleaseArtifact],
         report: &mut CommitReport,
     ) -> Result<Option<RoleFile>, PublishError> {
+        if !self.releases_online {
+            return Err(PublishError::ReleasesSignedOffline);
+        }
         let version = self.role_version(RELEASES_ROLE);
         let path = self.metadata_dir().join(format!("{version}.{RELEASES_ROLE}.json"));
         let mut targets = parse::<Signed<Targets>>(RELEASES_ROLE, &path, &read(&path)?)?.signed;
