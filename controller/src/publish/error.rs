@@ -81,13 +81,22 @@ pub enum PublishError {
         reason: String,
     },
 
-    /// Release artifacts were given to a repository whose `releases` role is signed by
-    /// offline release keys: the online key cannot list them.
-    #[error(
-        "the releases role is signed by offline release keys: sign the releases with \
-         `waveguide release sign` and publish the signed file"
-    )]
-    ReleasesSignedOffline,
+    /// A signed `releases` file was refused.
+    #[error("signed releases refused: {reason}")]
+    InvalidReleases {
+        /// Why.
+        reason: String,
+    },
+
+    /// A release artifact is not in the `releases` role signed by the release keys, or is
+    /// listed there with another length or hash.
+    #[error("release artifact {target} is not in the signed releases role{detail}")]
+    ReleaseNotSigned {
+        /// `releases/<release>/<file>`.
+        target: String,
+        /// Empty, or how the signed entry differs.
+        detail: String,
+    },
 
     /// The repository directory is not a Waveguide TUF repository, or already is one.
     #[error("TUF repository {}: {reason}", repo.display())]

@@ -220,6 +220,20 @@ impl KeyDir {
         Ok(keys)
     }
 
+    /// Opens a directory holding release keys (`release-keys/`), as a release engineer
+    /// keeps them: nothing else needs to be there.
+    pub fn open_release_keys(dir: &Path) -> Result<KeyDir, PublishError> {
+        if !dir.join(RELEASE_KEYS).is_dir() {
+            return Err(PublishError::KeyDir {
+                dir: dir.to_owned(),
+                reason: format!(
+                    "no {RELEASE_KEYS}/ directory: create release keys with `waveguide keys init`"
+                ),
+            });
+        }
+        Ok(KeyDir { dir: dir.to_owned() })
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -268,6 +282,11 @@ impl KeyDir {
     /// Loads every offline targets key. Needed only to sign a new `targets`.
     pub(crate) fn targets_signers(&self) -> Result<Vec<Signer>, PublishError> {
         self.offline_signers(TARGETS_KEYS, "targets")
+    }
+
+    /// Loads every release key. Needed only to sign `releases`.
+    pub(crate) fn release_signers(&self) -> Result<Vec<Signer>, PublishError> {
+        self.offline_signers(RELEASE_KEYS, "release")
     }
 
     fn offline_signers(&self, sub: &str, what: &str) -> Result<Vec<Signer>, PublishError> {

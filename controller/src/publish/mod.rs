@@ -30,6 +30,7 @@ mod keys;
 mod layout;
 mod leaf;
 mod prepare;
+mod releases;
 mod repository;
 mod signing;
 mod target_files;
@@ -50,7 +51,9 @@ pub use error::PublishError;
 pub use keys::{KeyCount, KeyDir, KeySpec, KeysCreated};
 pub use layout::BinLayout;
 pub use prepare::PreparedBatch;
+pub use releases::sign_releases;
 pub use repository::{PruneReport, RepoConfig, Repository};
+pub(crate) use signing::write_atomic;
 pub use target_files::sample_instructions;
 
 /// The TUF specification version written into every role.
@@ -123,9 +126,15 @@ pub struct Batch {
     /// Device ids whose targets are withdrawn.
     #[serde(default)]
     pub removals: Vec<String>,
-    /// Release artifacts to publish in the `releases` role.
+    /// Release artifacts to publish in the `releases` role. Where release keys sign
+    /// `releases`, each must be listed in the signed file (this batch's or the published
+    /// one); only its local file is published.
     #[serde(default)]
     pub releases: Vec<ReleaseArtifact>,
+    /// A `releases` file signed by the release keys (`waveguide release sign`), published
+    /// as it is once checked.
+    #[serde(skip)]
+    pub signed_releases: Option<Vec<u8>>,
 }
 
 /// One metadata file written by a commit.

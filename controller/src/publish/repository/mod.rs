@@ -33,6 +33,7 @@ mod rotate;
 mod write;
 
 pub use prune::PruneReport;
+pub(crate) use roles::{new_target, target_name};
 
 const CONFIG_FILE: &str = "waveguide-tuf.json";
 const LOCK_FILE: &str = ".lock";

@@ -176,14 +176,14 @@ fn prefixes(list: Vec<String>) -> Result<PathSet, PublishError> {
     ))
 }
 
-pub(super) fn target_name(path: String) -> Result<TargetName, PublishError> {
+pub(crate) fn target_name(path: String) -> Result<TargetName, PublishError> {
     TargetName::new(path.clone()).map_err(|source| PublishError::Tough {
         what: format!("invalid target name {path}"),
         source: Box::new(source),
     })
 }
 
-pub(super) fn new_target(length: u64, sha256: Vec<u8>, custom: HashMap<String, serde_json::Value>) -> Target {
+pub(crate) fn new_target(length: u64, sha256: Vec<u8>, custom: HashMap<String, serde_json::Value>) -> Target {
     Target {
         length,
         hashes: Hashes { sha256: Decoded::<Hex>::from(sha256), _extra: HashMap::new() },

@@ -2,6 +2,7 @@
 //! holds, and nothing the online key signs changes who signs `releases`.
 
 use std::fs;
+use std::path::PathBuf;
 
 use tough::schema::{RoleType, Root, Signed, Targets};
 
@@ -94,7 +95,7 @@ fn the_controller_publishes_with_the_online_key_alone_and_cannot_sign_releases()
         file: None,
     };
     let err = repo.commit(Batch { releases: vec![artifact], ..Batch::default() }).unwrap_err();
-    assert!(matches!(err, PublishError::ReleasesSignedOffline), "{err}");
+    assert!(matches!(err, PublishError::ReleaseNotSigned { .. }), "{err}");
     // A refresh far past every expiry re-signs the online roles and leaves the offline ones.
     let report = repo.refresh(SignedDuration::from_hours(400 * 24)).unwrap();
     assert!(report.roles.iter().any(|r| r.role == DEVICES_ROLE));
@@ -177,4 +178,96 @@ fn thresholds_of_the_offline_roles_are_written_and_checked() {
         let err = KeyDir::init(&tmp.path().join(format!("bad-{targets:?}-{releases:?}")), &spec).unwrap_err();
         assert!(matches!(err, PublishError::Config(_)), "{err}");
     }
+}
+
+fn artifact(release: &str, content: &[u8], file: Option<PathBuf>) -> ReleaseArtifact {
+    ReleaseArtifact {
+        release: release.into(),
+        name: "fw.bin".into(),
+        url: format!("https://example.invalid/{release}/fw.bin"),
+        sha256: hex::encode(signing::sha256(content)),
+        length: content.len() as u64,
+        file,
+    }
+}
+
+#[test]
+fn signed_releases_are_checked_then_published_as_they_are() {
+    let fx = offline_fixture(&KeySpec::default());
+    let repo_dir = fx.tmp.path().join("repo");
+    let config = RepoConfig { layout: BinLayout::for_fleet(10), expiries: Expiries::default() };
+    let mut repo = Repository::create(&repo_dir, &fx.online, config).unwrap();
+    let content = b"firmware 1".to_vec();
+    let local = fx.tmp.path().join("fw.bin");
+    fs::write(&local, &content).unwrap();
+    let first = fx.offline.dir().join("releases/1.releases.json");
+    let year = SignedDuration::from_hours(24 * 365);
+    let (version, signed) =
+        sign_releases(&fx.offline, &[artifact("r1", &content, None)], Some(&first), year).unwrap();
+    assert_eq!(version, 2);
+
+    // Refused, and nothing written: a file the online key signed, an artifact it does not
+    // list or lists with another length.
+    let before = metadata_files(&repo_dir);
+    let forger = fx.tmp.path().join("forger");
+    fs::create_dir_all(forger.join("release-keys")).unwrap();
+    fs::copy(fx.offline.dir().join("online.pk8"), forger.join("release-keys/online.pk8")).unwrap();
+    let forger = KeyDir::open_release_keys(&forger).unwrap();
+    let (_, forged) = sign_releases(&forger, &[artifact("evil", b"x", None)], Some(&first), year).unwrap();
+    let refused = |batch: Batch, repo: &mut Repository| repo.commit(batch).unwrap_err();
+    let err = refused(Batch { signed_releases: Some(forged), ..Batch::default() }, &mut repo);
+    assert!(
+        matches!(&err, PublishError::InvalidReleases { reason } if reason.contains("release keys")),
+        "{err}"
+    );
+    let unlisted = artifact("r2", b"other", None);
+    let err = refused(
+        Batch { releases: vec![unlisted], signed_releases: Some(signed.clone()), ..Batch::default() },
+        &mut repo,
+    );
+    assert!(
+        matches!(&err, PublishError::ReleaseNotSigned { target, .. } if target == "releases/r2/fw.bin"),
+        "{err}"
+    );
+    let mut longer = artifact("r1", &content, None);
+    longer.length += 1;
+    let err = refused(Batch { releases: vec![longer], ..Batch::default() }, &mut repo);
+    assert!(matches!(&err, PublishError::ReleaseNotSigned { .. }), "{err}");
+    assert_eq!(metadata_files(&repo_dir), before);
+
+    // Accepted: published byte for byte, with the artifact's local file.
+    let batch = Batch {
+        upserts: vec![instruction("a", "r1")],
+        releases: vec![artifact("r1", &content, Some(local))],
+        signed_releases: Some(signed.clone()),
+        ..Batch::default()
+    };
+    let report = repo.commit(batch).unwrap();
+    assert!(report.roles.iter().any(|r| r.role == RELEASES_ROLE && r.version == 2));
+    assert_eq!(fs::read(repo_dir.join("metadata/2.releases.json")).unwrap(), signed);
+    // The same file again, or an older one, is a replay.
+    let err = refused(Batch { signed_releases: Some(signed), ..Batch::default() }, &mut repo);
+    assert!(
+        matches!(&err, PublishError::InvalidReleases { reason } if reason.contains("not above")),
+        "{err}"
+    );
+    // Later batches check their artifacts against the published file.
+    repo.commit(Batch { releases: vec![artifact("r1", &content, None)], ..Batch::default() }).unwrap();
+    drop(repo);
+    assert_eq!(client_view(&repo_dir, &["a"]).unwrap()[0], Some(instruction("a", "r1")));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let read = rt.block_on(async {
+        let root = fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
+        let meta = url::Url::from_directory_path(repo_dir.join("metadata")).unwrap();
+        let targets = url::Url::from_directory_path(repo_dir.join("targets")).unwrap();
+        let repo = tough::RepositoryLoader::new(&root, meta, targets)
+            .transport(SpecTargetPaths(tough::FilesystemTransport))
+            .load()
+            .await
+            .unwrap();
+        let name = TargetName::new("releases/r1/fw.bin").unwrap();
+        let length = repo.all_targets().find(|(n, _)| **n == name).map(|(_, t)| t.length);
+        length
+    });
+    assert_eq!(read, Some(content.len() as u64), "tough trusts the artifact the release keys signed");
 }
