@@ -36,7 +36,8 @@ pub struct SignArgs {
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// The `releases` file signed before; the new one gets its version plus one.
-    /// Default: the output file, when it exists.
+    /// Default: the output file when it exists, else the first `releases` that
+    /// `keys init` signed in the key directory.
     #[arg(long)]
     pub previous: Option<PathBuf>,
     /// How long the signed file stays valid. Sign again before it expires.

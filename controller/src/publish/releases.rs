@@ -15,19 +15,21 @@ use super::signing::{sign_metadata, Signer};
 use super::{expiry_after, PublishError, ReleaseArtifact, SPEC_VERSION};
 
 /// Signs a `releases` role listing `artifacts` with every release key in `keys`: version
-/// one more than `previous` (a `releases` file signed before), or 1. Returns the version
-/// and the file.
+/// one more than `previous` (a `releases` file signed before), else one more than the
+/// newest in the key directory (`keys init` signs an empty version 1), else 1. Returns
+/// the version and the file.
 pub fn sign_releases(
     keys: &KeyDir,
     artifacts: &[ReleaseArtifact],
     previous: Option<&Path>,
     expiry: SignedDuration,
 ) -> Result<(u64, Vec<u8>), PublishError> {
+    let previous = match previous {
+        Some(path) => Some(std::fs::read(path).map_err(PublishError::io("read", path))?),
+        None => keys.initial_releases()?,
+    };
     let version = match previous {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(PublishError::io("read", path))?;
-            parse_releases(&bytes)?.signed.version.get() + 1
-        }
+        Some(bytes) => parse_releases(&bytes)?.signed.version.get() + 1,
         None => 1,
     };
     let mut releases = Targets::new(
