@@ -16,12 +16,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use waveguide::demo::commit_all;
 use waveguide::engine::{Engine, EngineConfig, Event, SourceOutcome};
 use waveguide::inventory::read_snapshot;
 use waveguide::inventory::store::{IncomingReport, Store};
-use waveguide::publish::KeyDir;
+use waveguide::publish::{KeyDir, KeySpec};
 use waveguide::standalone::RunConfig;
 
 fn ms(d: Duration) -> String {
@@ -65,7 +65,7 @@ async fn main() {
     commit_all(&git, "fleet").unwrap();
 
     let data = tmp.path().join("data");
-    let (keys, _) = KeyDir::init(&data.join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
+    let (keys, _) = KeyDir::init(&data.join("keys"), &KeySpec::without_release_keys()).unwrap();
     let store = Store::open(data.join("inventory.sqlite").to_str().unwrap()).await.unwrap();
     let mut config = RunConfig::new(repo.display().to_string(), &data);
     config.engine = EngineConfig::default();

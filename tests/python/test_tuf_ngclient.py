@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner
 from tuf.api import exceptions
-from tuf.api.metadata import Metadata, MetaFile, Root, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, TargetFile, Timestamp
 from tuf.ngclient import Updater
 
 
@@ -109,6 +109,133 @@ def test_ngclient_resolves_and_downloads_device_instructions_through_the_bins(se
     updater.refresh()
     info = updater.get_targetinfo("devices/kiosk-0000.json")
     assert json.loads(pathlib.Path(updater.download_target(info)).read_bytes())["release"] == "r2"
+
+
+def test_ngclient_follows_targets_signed_offline_and_refuses_one_the_online_key_signed(served):
+    """`targets` is signed by the offline targets keys: `keys sign-targets` signs the next
+    version, the next refresh publishes it and the client follows; the same `targets`
+    signed with the online key instead is refused."""
+    served.publish(batch(DEVICES[:3], "r1"))
+    client_dir, updater = served.updater()
+    updater.refresh()
+    assert "signed targets version 2" in run(served.binary, "keys", "sign-targets", "--dir", served.keys)
+    report = json.loads(
+        run(served.binary, "tuf", "refresh", "--repo", served.repo, "--keys", served.keys, "--margin", "1h", "--json")
+    )
+    assert [r["role"] for r in report["roles"]] == ["targets", "snapshot", "timestamp"], report
+    _, updater = served.updater(client_dir)
+    updater.refresh()
+    assert updater.get_targetinfo("devices/kiosk-0001.json") is not None
+    assert Metadata.from_file(str(client_dir / "metadata" / "targets.json")).signed.version == 2
+
+    # A holder of the online key re-signs targets v3 (same content) and publishes it.
+    forged = Metadata.from_file(str(served.repo / "metadata" / "2.targets.json"))
+    forged.signed.version = 3
+    online_publish(served, "targets", forged)
+    _, updater = served.updater(client_dir)
+    with pytest.raises(exceptions.UnsignedMetadataError):
+        updater.refresh()
+
+
+def online_publish(served, name, role=None, listed=None):
+    """What a thief of the online key can do: sign `role` (metadata of role `name`) with
+    the online key, or list version `listed` of `name`, in a new snapshot and timestamp
+    on top of the published ones, and serve them."""
+    meta = served.repo / "metadata"
+    timestamp = Metadata[Timestamp].from_file(str(meta / "timestamp.json"))
+    snapshot = Metadata.from_file(str(meta / f"{timestamp.signed.snapshot_meta.version}.snapshot.json"))
+    if role is not None:
+        role.signatures.clear()
+        role.sign(online_signer(served))
+        role.to_file(str(meta / f"{role.signed.version}.{name}.json"))
+        listed = role.signed.version
+    snapshot.signed.meta[f"{name}.json"].version = listed
+    snapshot.signed.version += 1
+    snapshot.signatures.clear()
+    snapshot.sign(online_signer(served))
+    snap_bytes = snapshot.to_bytes()
+    (meta / f"{snapshot.signed.version}.snapshot.json").write_bytes(snap_bytes)
+    timestamp.signed.version += 1
+    timestamp.signed.snapshot_meta = MetaFile(
+        version=snapshot.signed.version, length=len(snap_bytes), hashes={"sha256": hashlib.sha256(snap_bytes).hexdigest()}
+    )
+    timestamp.signatures.clear()
+    timestamp.sign(online_signer(served))
+    timestamp.to_file(str(meta / "timestamp.json"))
+
+
+RELEASE = """apiVersion: waveguide.dev/v1alpha1
+kind: Release
+metadata:
+  name: {name}
+spec:
+  version: 3.1.0
+  artifacts:
+    - name: image.raucb
+      url: https://cdn.example.com/{name}/image.raucb
+      sha256: "{sha}"
+      length: 2048
+"""
+
+
+def test_only_the_release_keys_can_list_an_artifact(served):
+    """`release sign` lists the fleet's Release artifacts; the controller publishes the
+    signed file as it is. A thief of the online key who lists a malicious artifact in a
+    `releases` of their own, or serves an older `releases`, is refused by the client; the
+    controller refuses a replayed file."""
+    fleet = served.tmp / "fleet"
+    fleet.mkdir()
+    (fleet / "releases.yaml").write_text(RELEASE.format(name="r1", sha="ef" * 32))
+    out = run(served.binary, "release", "sign", "--keys", served.keys, fleet / "releases.yaml")
+    assert f"signed releases version 2: 1 releases, 1 artifacts, written to {fleet / 'releases.json'}" in out, out
+    v2 = (fleet / "releases.json").read_bytes()
+    report = served.publish(batch(DEVICES[:3], "r1"), "--releases", fleet / "releases.json")
+    assert (served.repo / "metadata" / "2.releases.json").read_bytes() == v2
+    client_dir, updater = served.updater()
+    updater.refresh()
+    info = updater.get_targetinfo("releases/r1/image.raucb")
+    assert info.length == 2048 and info.hashes["sha256"] == "ef" * 32
+    device = json.loads(pathlib.Path(updater.download_target(updater.get_targetinfo("devices/kiosk-0001.json"))).read_bytes())
+    assert device["artifacts"][0]["target"] == "releases/r1/image.raucb"
+
+    # The controller refuses the same file again (a replay), and writes nothing.
+    before = sorted(p.name for p in (served.repo / "metadata").iterdir())
+    path = served.tmp / "empty.json"
+    path.write_text("{}")
+    args = ["tuf", "publish", "--repo", served.repo, "--keys", served.keys, "--batch", path, "--releases", fleet / "releases.json"]
+    out = subprocess.run([served.binary, *map(str, args)], capture_output=True, text=True)
+    assert out.returncode != 0 and "version 2 is not above the published version 2" in out.stderr, out.stderr
+    assert sorted(p.name for p in (served.repo / "metadata").iterdir()) == before
+
+    # An older `releases`, genuinely signed, listed again: the client refuses the rollback.
+    online_publish(served, "releases", listed=1)
+    _, updater = served.updater(client_dir)
+    with pytest.raises(exceptions.BadVersionNumberError):
+        updater.refresh()
+
+    # A malicious artifact listed with the online key, and an instruction pointing to it.
+    evil = Metadata.from_bytes(v2)
+    evil.signed.version = 3
+    evil.signed.targets["releases/evil/image.raucb"] = TargetFile(
+        length=4096, hashes={"sha256": "66" * 32}, path="releases/evil/image.raucb"
+    )
+    online_publish(served, "releases", evil)
+    told = instruction("kiosk-0002", "evil")
+    told["artifacts"][0]["sha256"], told["artifacts"][0]["length"] = "66" * 32, 4096
+    online_publish_instruction(served, told)
+    _, updater = served.updater()
+    updater.refresh()  # snapshot, timestamp and bins are the online key's to sign
+    info = updater.get_targetinfo("devices/kiosk-0002.json")
+    assert json.loads(pathlib.Path(updater.download_target(info)).read_bytes())["release"] == "evil"
+    with pytest.raises(exceptions.UnsignedMetadataError):
+        updater.get_targetinfo("releases/evil/image.raucb")
+
+
+def online_publish_instruction(served, told):
+    """The online key may still publish any instruction: through `tuf publish`."""
+    path = served.tmp / "evil.json"
+    path.write_text(json.dumps({"upserts": [told]}))
+    run(served.binary, "tuf", "publish", "--repo", served.repo, "--keys", served.keys, "--batch", path)
 
 
 def test_ngclient_rejects_a_tampered_bin(served):

@@ -4,14 +4,13 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use jiff::SignedDuration;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use waveguide::api::{Api, ApiConfig};
 use waveguide::inventory::store::{DeclaredDevice, Store, StoredReport};
 use waveguide::protocol::{ArtifactRef, DeviceInstruction, ReportBody, UpdateState};
 use waveguide::publish::{
-    Batch, BinLayout, CommitReport, Expiries, KeyDir, ReleaseArtifact, RepoConfig, Repository,
+    Batch, BinLayout, CommitReport, Expiries, KeyDir, KeySpec, ReleaseArtifact, RepoConfig, Repository,
 };
 
 pub const TOKEN: &str = "lab-enrollment-token";
@@ -49,7 +48,7 @@ impl Controller {
     /// The same with the bins of `layout`.
     pub async fn start_with(layout: BinLayout) -> Controller {
         let tmp = TempDir::new().unwrap();
-        let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
+        let (keys, _) = KeyDir::init(&tmp.path().join("keys"), &KeySpec::without_release_keys()).unwrap();
         let config = RepoConfig { layout, expiries: Expiries::default() };
         Repository::create(&tmp.path().join("tuf"), &keys, config).unwrap();
         let store = Store::open(tmp.path().join("inventory.db").to_str().unwrap()).await.unwrap();

@@ -44,13 +44,21 @@ impl Scene {
         let install = install_chart(&cluster, &ns, dir.path());
 
         // docs/kubernetes.md, "Create a Fleet": keys made offline, only the online key and
-        // the signed roots go into the cluster.
+        // the signed files go into the cluster.
         let keys = dir.path().join("keys");
-        let output = waveguide().args(["keys", "init", "--dir"]).arg(&keys).output().unwrap();
+        // Release keys come with the signed releases file (docs/operations.md); until then
+        // the online key signs the releases the fleet lists.
+        let output =
+            waveguide().args(["keys", "init", "--release-keys", "0", "--dir"]).arg(&keys).output().unwrap();
         assert!(output.status.success(), "keys init: {}", String::from_utf8_lossy(&output.stderr));
         let online = format!("--from-file={}", keys.join("online.pk8").display());
-        let roots = format!("--from-file={}/", keys.join("roots").display());
-        cluster.kubectl_ok(&["-n", &ns, "create", "secret", "generic", "edge-tuf-keys", &online, &roots]);
+        let mut secret =
+            vec!["-n".to_owned(), ns.clone(), "create".into(), "secret".into(), "generic".into()];
+        secret.extend(["edge-tuf-keys".to_owned(), online]);
+        for sub in ["roots", "targets", "releases"].into_iter().filter(|sub| keys.join(sub).is_dir()) {
+            secret.push(format!("--from-file={}/", keys.join(sub).display()));
+        }
+        cluster.kubectl_ok(&secret.iter().map(String::as_str).collect::<Vec<_>>());
 
         let repo = dir.path().join("git/fleet");
         std::fs::create_dir_all(&repo).unwrap();

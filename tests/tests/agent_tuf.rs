@@ -70,16 +70,18 @@ async fn reads_what_tough_reads_fetching_only_the_devices_path() {
     assert_eq!(read(&mut ours, "store-9999").await.unwrap(), None);
     assert!(read(&mut ours, "store-0042").await.unwrap().is_some());
 
-    // A fresh device: root check, timestamp, snapshot, targets, one parent, one leaf, its file.
+    // A fresh device: root check, timestamp, snapshot, targets, devices, one parent, one
+    // leaf, its file.
     let mut fresh = client(&c);
     c.take_requests();
     assert_eq!(read(&mut fresh, "store-0007").await.unwrap().unwrap().release, "r1");
     let fetched = c.take_requests();
     let leaf_and_parent = fetched.iter().filter(|p| p.contains(".d-") || p.contains(".p-")).count();
     assert_eq!(leaf_and_parent, 2, "{fetched:?}");
-    assert_eq!(fetched.len(), 7, "{fetched:?}");
+    assert_eq!(fetched.len(), 8, "{fetched:?}");
+    assert!(fetched[4].contains(".devices.json"), "{fetched:?}");
     assert!(fetched[0].ends_with("/2.root.json") && fetched[1].ends_with("/timestamp.json"), "{fetched:?}");
-    assert!(fetched[6].starts_with("/tuf/targets/devices/") && fetched[6].ends_with(".store-0007.json"));
+    assert!(fetched[7].starts_with("/tuf/targets/devices/") && fetched[7].ends_with(".store-0007.json"));
 
     // Nothing changed: only the timestamp.
     read(&mut fresh, "store-0007").await.unwrap();

@@ -17,7 +17,7 @@ use waveguide::engine::{declared_devices, Desired, EngineConfig, Event, Rollouts
 use waveguide::inventory::store::{IncomingReport, RolloutPhase, Store, WaveState};
 use waveguide::inventory::DeviceReport;
 use waveguide::protocol::{FailureClass, UpdateState};
-use waveguide::publish::{BinLayout, Expiries, KeyDir, RepoConfig, Repository};
+use waveguide::publish::{BinLayout, Expiries, KeyDir, KeySpec, RepoConfig, Repository};
 use waveguide::rollout::control::{self, Action};
 use waveguide::source::FleetFiles;
 use waveguide_tests::fresh_postgres_database;
@@ -111,7 +111,7 @@ struct Harness {
 
 async fn harness(store: Store, extra: &str) -> Harness {
     let dir = TempDir::new().unwrap();
-    let (keys, _) = KeyDir::init(&dir.path().join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
+    let (keys, _) = KeyDir::init(&dir.path().join("keys"), &KeySpec::without_release_keys()).unwrap();
     let repo = Repository::create(
         &dir.path().join("tuf"),
         &keys,

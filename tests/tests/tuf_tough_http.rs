@@ -13,7 +13,9 @@ use tough::schema::RoleType;
 use tough::{RepositoryLoader, TargetName};
 use waveguide::protocol::target::device_target_path;
 use waveguide::protocol::{ArtifactRef, DeviceInstruction};
-use waveguide::publish::{Batch, BinLayout, Expiries, KeyDir, RepoConfig, Repository, SpecTargetPaths};
+use waveguide::publish::{
+    Batch, BinLayout, Expiries, KeyCount, KeyDir, KeySpec, RepoConfig, Repository, SpecTargetPaths,
+};
 use waveguide_tests::tuf;
 
 fn instruction(device: &str, release: &str) -> DeviceInstruction {
@@ -76,7 +78,11 @@ impl Served {
 /// layout would only make the test slow) and serves it over HTTP on 127.0.0.1.
 async fn serve() -> Served {
     let tmp = TempDir::new().unwrap();
-    let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 3, 2, SignedDuration::from_hours(24)).unwrap();
+    let (keys, _) = KeyDir::init(
+        &tmp.path().join("keys"),
+        &KeySpec { root: KeyCount { keys: 3, threshold: 2 }, ..KeySpec::without_release_keys() },
+    )
+    .unwrap();
     let config = RepoConfig { layout: BinLayout::for_fleet(10_000), expiries: Expiries::default() };
     assert_eq!(config.layout.parents(), 16);
     Repository::create(&tmp.path().join("repo"), &keys, config).unwrap();

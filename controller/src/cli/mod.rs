@@ -13,6 +13,7 @@ mod gen_fleet;
 pub mod keys;
 mod plan;
 mod reconcile;
+pub mod release;
 pub mod rollout;
 mod run;
 mod schemas;
@@ -41,6 +42,9 @@ pub enum Command {
     /// Manage the TUF signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Sign releases with the offline release keys.
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
     /// Manage the published TUF repository.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
@@ -82,6 +86,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan::run(&args),
         Command::GenFleet(args) => gen_fleet::run(&args),
         Command::Keys(c) => keys::run(c),
+        Command::Release(c) => release::run(c),
         Command::Tuf(c) => tuf::run(c),
         Command::Run(args) => run::run(&args),
         Command::Rollout(args) => rollout::run(&args),

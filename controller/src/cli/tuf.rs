@@ -90,6 +90,10 @@ pub struct PublishArgs {
     /// ids), `releases` (artifacts).
     #[arg(long)]
     pub batch: PathBuf,
+    /// A `releases` file signed by the release keys (`waveguide release sign`), published
+    /// as it is with the batch once checked.
+    #[arg(long)]
+    pub releases: Option<PathBuf>,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
 }
@@ -161,7 +165,15 @@ pub fn run(command: TufCommand) -> ExitCode {
             (a.repo, r)
         }
         TufCommand::Publish(a) => {
-            let r = PreparedBatch::read(&a.batch).and_then(|batch| {
+            let r = PreparedBatch::read(&a.batch).and_then(|mut batch| {
+                if let Some(path) = &a.releases {
+                    let bytes = std::fs::read(path).map_err(|e| PublishError::Io {
+                        action: "read",
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                    batch = batch.with_signed_releases(bytes);
+                }
                 let mut repo = open(&a.repo, &a.expiry)?;
                 repo.commit_prepared(batch)
             });

@@ -15,7 +15,7 @@ use super::crd::{Fleet, FleetSpec, VerifyMode};
 use super::fleet::Settings;
 use super::Error;
 use crate::files::write_private;
-use crate::publish::{Expiries, KeyDir};
+use crate::publish::{Expiries, KeyDir, KeySpec};
 use crate::source::{Auth, GitReference, SourceSpec, VerifySpec};
 use crate::standalone::RunConfig;
 
@@ -99,7 +99,7 @@ pub(super) async fn read(
         }
         None => {
             tracing::warn!(fleet = %name, "no tuf.keysSecretRef: creating keys in the data volume (trials only)");
-            KeyDir::init(&keys_dir, 1, 1, SignedDuration::from_hours(24 * 365))
+            KeyDir::init(&keys_dir, &KeySpec::without_release_keys())
                 .map_err(|e| Error::spec(namespace, &name, format!("creating TUF keys: {e}")))?
                 .0
         }
@@ -196,6 +196,9 @@ enum SecretProblem {
     /// No signed root.
     #[error("has no `<version>.root.json` (the signed roots)")]
     NoRoots,
+    /// No `targets` signed offline.
+    #[error("has no `<version>.targets.json` (the targets role signed offline by `waveguide keys init`)")]
+    NoTargets,
     /// Its content could not be written to the fleet's data directory.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -279,13 +282,26 @@ fn write_keys(dir: &Path, files: &HashMap<String, Vec<u8>>) -> Result<(), Secret
     if !files.keys().any(|k| k.ends_with(".root.json")) {
         return Err(SecretProblem::NoRoots);
     }
-    let roots = dir.join("roots");
-    std::fs::create_dir_all(&roots).map_err(SecretProblem::write(&roots))?;
+    if !files.keys().any(|k| k.ends_with(".targets.json")) {
+        return Err(SecretProblem::NoTargets);
+    }
+    // The signed files go where `KeyDir` reads them: `roots/`, `targets/`, `releases/`.
+    let signed = |name: &str| {
+        ["root", "targets", "releases"].into_iter().find_map(|role| {
+            name.ends_with(&format!(".{role}.json"))
+                .then(|| dir.join(if role == "root" { "roots" } else { role }))
+        })
+    };
     for (name, bytes) in files {
         let path = match name.as_str() {
             "online.pk8" | "online.next.pk8" => dir.join(name),
-            n if n.ends_with(".root.json") => roots.join(n),
-            _ => continue,
+            n => match signed(n) {
+                Some(sub) => {
+                    std::fs::create_dir_all(&sub).map_err(SecretProblem::write(&sub))?;
+                    sub.join(n)
+                }
+                None => continue,
+            },
         };
         if std::fs::read(&path).is_ok_and(|old| old == *bytes) {
             continue;

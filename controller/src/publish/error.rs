@@ -81,6 +81,23 @@ pub enum PublishError {
         reason: String,
     },
 
+    /// A signed `releases` file was refused.
+    #[error("signed releases refused: {reason}")]
+    InvalidReleases {
+        /// Why.
+        reason: String,
+    },
+
+    /// A release artifact is not in the `releases` role signed by the release keys, or is
+    /// listed there with another length or hash.
+    #[error("release artifact {target} is not in the signed releases role{detail}")]
+    ReleaseNotSigned {
+        /// `releases/<release>/<file>`.
+        target: String,
+        /// Empty, or how the signed entry differs.
+        detail: String,
+    },
+
     /// The repository directory is not a Waveguide TUF repository, or already is one.
     #[error("TUF repository {}: {reason}", repo.display())]
     Repository {

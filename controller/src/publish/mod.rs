@@ -1,10 +1,11 @@
 //! Publish: turns device instructions into a signed TUF repository, one metadata commit
 //! per batch (wave).
 //!
-//! Layout (see `docs/tuf.md`): `root` (offline keys) → `targets` → a `releases` role for
-//! artifact targets `releases/<release>/<file>` and hashed bins (`path_hash_prefixes`)
-//! for one target per device, `devices/<device-id>.json`; then `snapshot` and
-//! `timestamp`. Consistent snapshots throughout, so every file except `timestamp.json` is
+//! Layout (see `docs/tuf.md`): `root` (offline keys) → `targets` (offline keys) → a
+//! `releases` role (offline release keys) for artifact targets
+//! `releases/<release>/<file>`, and the online `devices` role → hashed bins
+//! (`path_hash_prefixes`) for one target per device, `devices/<device-id>.json`; then
+//! `snapshot` and `timestamp`. Consistent snapshots throughout, so every file except `timestamp.json` is
 //! written once under a new versioned name and never changed; `timestamp.json` is renamed
 //! into place last and is the commit point.
 //!
@@ -29,6 +30,7 @@ mod keys;
 mod layout;
 mod leaf;
 mod prepare;
+mod releases;
 mod repository;
 mod signing;
 mod target_files;
@@ -46,10 +48,12 @@ use crate::protocol::DeviceInstruction;
 
 pub use client::SpecTargetPaths;
 pub use error::PublishError;
-pub use keys::{KeyDir, KeysCreated};
+pub use keys::{KeyCount, KeyDir, KeySpec, KeysCreated};
 pub use layout::BinLayout;
 pub use prepare::PreparedBatch;
+pub use releases::sign_releases;
 pub use repository::{PruneReport, RepoConfig, Repository};
+pub(crate) use signing::write_atomic;
 pub use target_files::sample_instructions;
 
 /// The TUF specification version written into every role.
@@ -62,7 +66,7 @@ pub struct Expiries {
     pub timestamp: SignedDuration,
     /// The snapshot and the device bins (parents and leaves).
     pub snapshot: SignedDuration,
-    /// `targets` and `releases`.
+    /// The online `devices` role (and `releases` where the online key signs it).
     pub targets: SignedDuration,
     /// Root versions signed by `keys init` and `keys rotate-online`.
     pub root: SignedDuration,
@@ -122,9 +126,15 @@ pub struct Batch {
     /// Device ids whose targets are withdrawn.
     #[serde(default)]
     pub removals: Vec<String>,
-    /// Release artifacts to publish in the `releases` role.
+    /// Release artifacts to publish in the `releases` role. Where release keys sign
+    /// `releases`, each must be listed in the signed file (this batch's or the published
+    /// one); only its local file is published.
     #[serde(default)]
     pub releases: Vec<ReleaseArtifact>,
+    /// A `releases` file signed by the release keys (`waveguide release sign`), published
+    /// as it is once checked.
+    #[serde(skip)]
+    pub signed_releases: Option<Vec<u8>>,
 }
 
 /// One metadata file written by a commit.

@@ -279,9 +279,16 @@ pub struct PreparedBatch {
     pub(crate) devices: Vec<PreparedDevice>,
     pub(crate) removals: Vec<String>,
     pub(crate) releases: Vec<ReleaseArtifact>,
+    pub(crate) signed_releases: Option<Vec<u8>>,
 }
 
 impl PreparedBatch {
+    /// Publishes `bytes`, a `releases` file signed by the release keys, with the batch.
+    pub fn with_signed_releases(mut self, bytes: Vec<u8>) -> Self {
+        self.signed_releases = Some(bytes);
+        self
+    }
+
     /// Prepares a batch, in parallel. Refuses device ids that break the rule of
     /// [`DeviceId`].
     pub fn from_batch(batch: Batch) -> Result<Self, PublishError> {
@@ -292,6 +299,7 @@ impl PreparedBatch {
             devices,
             removals: batch.removals,
             releases: batch.releases,
+            signed_releases: batch.signed_releases,
         })
     }
 
@@ -311,6 +319,7 @@ impl PreparedBatch {
                 devices,
                 removals,
                 releases,
+                signed_releases: None,
             });
         }
         let batch: Batch = serde_yaml::from_slice(file.bytes())

@@ -84,22 +84,29 @@ pub(crate) fn sign_metadata<T: Serialize>(
 pub(crate) struct SignedFile {
     head: Vec<u8>,
     body: Vec<u8>,
+    /// The envelope's closing brace (empty for a file taken as it is).
+    tail: &'static [u8],
 }
 
 const SIGNED_TAIL: &[u8] = b"}";
 
 impl SignedFile {
+    /// A file signed elsewhere, as it is.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> SignedFile {
+        SignedFile { head: bytes, body: Vec::new(), tail: b"" }
+    }
+
     /// The file's size.
     pub(crate) fn len(&self) -> usize {
-        self.head.len() + self.body.len() + SIGNED_TAIL.len()
+        self.head.len() + self.body.len() + self.tail.len()
     }
 
     /// The whole file.
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         let mut file = self.head;
-        file.reserve_exact(self.body.len() + SIGNED_TAIL.len());
+        file.reserve_exact(self.body.len() + self.tail.len());
         file.extend_from_slice(&self.body);
-        file.extend_from_slice(SIGNED_TAIL);
+        file.extend_from_slice(self.tail);
         file
     }
 
@@ -113,7 +120,7 @@ impl SignedFile {
             .create_new(true)
             .open(path)
             .map_err(PublishError::io("create", path))?;
-        for part in [&self.head[..], &self.body, SIGNED_TAIL] {
+        for part in [&self.head[..], &self.body, self.tail] {
             file.write_all(part).map_err(PublishError::io("write", path))?;
         }
         Ok(())
@@ -132,7 +139,7 @@ pub(crate) fn sign_canonical(
     head.extend_from_slice(b"{\"signatures\":");
     head.extend_from_slice(&sigs);
     head.extend_from_slice(b",\"signed\":");
-    Ok(SignedFile { head, body })
+    Ok(SignedFile { head, body, tail: SIGNED_TAIL })
 }
 
 /// SHA-256 of `bytes`.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use tokio::sync::{watch, Notify};
 
 use super::health::{LoopHealth, PassFailure, Stage};
@@ -23,7 +23,7 @@ use crate::api::{Api, ApiConfig};
 use crate::engine::{Engine, Event, SourceOutcome};
 use crate::files::{write_private, FileError};
 use crate::inventory::store::Store;
-use crate::publish::KeyDir;
+use crate::publish::{KeyDir, KeySpec};
 use crate::source::{backoff, GitSource, LocalWatcher, Retry};
 
 /// How long a stop waits for the pass under way, and then for the server's open requests.
@@ -117,7 +117,7 @@ pub async fn start(
             "creating TUF keys with the root key next to the online key; for production, create the \
              root keys offline with `waveguide keys init` and pass --keys"
         );
-        KeyDir::init(&keys_dir, 1, 1, SignedDuration::from_hours(24 * 365))
+        KeyDir::init(&keys_dir, &KeySpec::without_release_keys())
             .map_err(|source| RunError::Keys { action: "create", dir: keys_dir, source: Box::new(source) })?
             .0
     };

@@ -18,6 +18,7 @@ use crate::publish::{Batch, CommitReport, PublishError, ReleaseArtifact};
 
 use super::roles::{empty_targets, new_target, target_name};
 use super::{parse, read, CommitStep, Repository, RoleFile, RELEASES_ROLE};
+use crate::publish::releases::{release_target, verify_releases};
 
 impl Repository {
     /// Publishes a batch as one metadata commit: the target files, new versions of only
@@ -31,7 +32,12 @@ impl Repository {
     /// [`Repository::commit`] of a batch whose documents are already built (see
     /// [`PreparedBatch::read`], the fast path for large batch files).
     pub fn commit_prepared(&mut self, batch: PreparedBatch) -> Result<CommitReport, PublishError> {
-        let PreparedBatch { stores, devices: mut upserts, removals, releases } = batch;
+        let PreparedBatch { stores, devices: mut upserts, removals, releases, signed_releases } = batch;
+        // Checked before anything is written: a refused file publishes nothing.
+        let signed_releases = match signed_releases {
+            Some(bytes) => Some(self.check_signed_releases(bytes)?),
+            None => None,
+        };
         let by_leaf = self.group_by_leaf(&stores, &mut upserts, removals)?;
         let mut report = CommitReport::default();
 
@@ -66,10 +72,12 @@ impl Repository {
             files.push(r.role);
         }
         if !releases.is_empty() {
-            if let Some(r) = self.apply_releases(&releases, &mut report)? {
+            let signed = signed_releases.as_ref().map(|(_, signed)| signed);
+            if let Some(r) = self.apply_releases(&releases, signed, &mut report)? {
                 files.push(r);
             }
         }
+        files.extend(signed_releases.map(|(file, _)| file));
         self.fault_point(CommitStep::TargetFiles)?;
         if files.is_empty() {
             return Ok(report);
@@ -229,35 +237,56 @@ impl Repository {
         Ok(RoleFile { role: role.to_owned(), version, len: file.len() as u64, file: Some(file) })
     }
 
-    /// Records release artifacts in the `releases` role, copying in local files.
+    /// Checks a `releases` file signed offline against the release keys the published
+    /// `targets` names and the published `releases` version (see [`verify_releases`]).
+    fn check_signed_releases(&self, bytes: Vec<u8>) -> Result<(RoleFile, Targets), PublishError> {
+        let version = self.role_version("targets");
+        let path = self.metadata_dir().join(format!("{version}.targets.json"));
+        let targets: Signed<Targets> = parse("targets", &path, &read(&path)?)?;
+        let releases = verify_releases(&bytes, &targets.signed, self.role_version(RELEASES_ROLE))?;
+        let version = releases.signed.version.get();
+        Ok((RoleFile::signed_offline(RELEASES_ROLE, version, bytes), releases.signed))
+    }
+
+    /// Copies in the local files of release artifacts and, where the online key signs
+    /// `releases`, records the artifacts there. Where release keys sign it, each artifact
+    /// must be listed, with its length and hash, in `signed` (this commit's signed file)
+    /// or else in the published `releases`.
     fn apply_releases(
         &self,
         artifacts: &[ReleaseArtifact],
+        signed: Option<&Targets>,
         report: &mut CommitReport,
     ) -> Result<Option<RoleFile>, PublishError> {
         let version = self.role_version(RELEASES_ROLE);
         let path = self.metadata_dir().join(format!("{version}.{RELEASES_ROLE}.json"));
-        let mut targets = parse::<Signed<Targets>>(RELEASES_ROLE, &path, &read(&path)?)?.signed;
+        let published = match signed {
+            Some(_) => None,
+            None => Some(parse::<Signed<Targets>>(RELEASES_ROLE, &path, &read(&path)?)?.signed),
+        };
+        let listed = signed.or(published.as_ref()).expect("one of them is set");
+        let mut targets = listed.clone();
         let mut changed = false;
         for artifact in artifacts {
-            let target = artifact.target_path();
-            let invalid = |reason: String| PublishError::InvalidArtifact { target: target.clone(), reason };
-            for part in [&artifact.release, &artifact.name] {
-                if part.is_empty() || part.contains(['/', '\\']) || part == "." || part == ".." {
-                    return Err(invalid(format!("{part:?} cannot be a path segment")));
-                }
+            let (name, new) = release_target(artifact)?;
+            if !self.releases_online && listed.targets.get(&name) != Some(&new) {
+                let detail = match listed.targets.get(&name) {
+                    Some(t) => format!(
+                        " as given (signed: length {}, sha256 {})",
+                        t.length,
+                        hex::encode(&t.hashes.sha256)
+                    ),
+                    None => String::new(),
+                };
+                return Err(PublishError::ReleaseNotSigned { target: artifact.target_path(), detail });
             }
-            let hash: [u8; 32] = hex::decode(&artifact.sha256)
-                .ok()
-                .and_then(|h| h.try_into().ok())
-                .ok_or_else(|| invalid(format!("sha256 {:?} is not 64 hex digits", artifact.sha256)))?;
             if let Some(file) = &artifact.file {
                 let content = fs::read(file).map_err(PublishError::io("read", file))?;
-                if content.len() as u64 != artifact.length || sha256(&content) != hash {
-                    return Err(invalid(format!(
-                        "{} does not match the declared sha256 and length",
-                        file.display()
-                    )));
+                if content.len() as u64 != artifact.length || sha256(&content)[..] != new.hashes.sha256[..] {
+                    return Err(PublishError::InvalidArtifact {
+                        target: artifact.target_path(),
+                        reason: format!("{} does not match the declared sha256 and length", file.display()),
+                    });
                 }
                 let dir = self.targets_dir().join(RELEASES_ROLE).join(&artifact.release);
                 let name = format!("{}.{}", artifact.sha256, artifact.name);
@@ -268,10 +297,7 @@ impl Repository {
                     report.target_bytes += content.len() as u64;
                 }
             }
-            let custom = HashMap::from([("url".to_owned(), serde_json::Value::String(artifact.url.clone()))]);
-            let new = new_target(artifact.length, hash.to_vec(), custom);
-            let name = target_name(target.clone())?;
-            if targets.targets.get(&name) != Some(&new) {
+            if self.releases_online && targets.targets.get(&name) != Some(&new) {
                 targets.targets.insert(name, new);
                 changed = true;
             }

@@ -14,10 +14,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tough::schema::{RoleType, Root, Signed, Snapshot, Timestamp as TimestampRole};
 
-use super::keys::KeyDir;
+use super::keys::{KeyDir, DEVICES_ROLE, RELEASES_ROLE};
 use super::layout::BinLayout;
 use super::signing::{sha256, write_atomic, SignedFile, Signer};
 use super::{CommitReport, Expiries, PublishError, SPEC_VERSION};
+use tough::schema::Targets;
 
 use lock::lock;
 use roles::empty_targets;
@@ -32,15 +33,12 @@ mod rotate;
 mod write;
 
 pub use prune::PruneReport;
+pub(crate) use roles::{new_target, target_name};
 
 const CONFIG_FILE: &str = "waveguide-tuf.json";
 const LOCK_FILE: &str = ".lock";
 const METADATA: &str = "metadata";
 const TARGETS: &str = "targets";
-const RELEASES_ROLE: &str = "releases";
-/// Glob of the `releases` role. One `*` per path segment, because the Python client
-/// matches segment by segment.
-const RELEASES_PATHS: &str = "releases/*/*";
 
 /// Settings fixed when the repository is created (`waveguide-tuf.json` in its directory).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +73,11 @@ pub struct Repository {
     dir: PathBuf,
     config: RepoConfig,
     online: Signer,
+    /// Where newer `targets` versions, signed offline, are picked up from.
+    keys: KeyDir,
+    /// Whether `targets` delegates `releases` to the online key (a key directory made
+    /// without release keys): only then does the repository sign `releases` itself.
+    releases_online: bool,
     /// Open for as long as the repository is; the advisory lock lives with it.
     _lock: File,
     /// The snapshot currently published (its signed part).
@@ -92,6 +95,18 @@ struct RoleFile {
     version: u64,
     len: u64,
     file: Option<SignedFile>,
+}
+
+impl RoleFile {
+    /// A role signed elsewhere (offline), published as it is.
+    fn signed_offline(role: &str, version: u64, bytes: Vec<u8>) -> RoleFile {
+        RoleFile {
+            role: role.to_owned(),
+            version,
+            len: bytes.len() as u64,
+            file: Some(SignedFile::from_bytes(bytes)),
+        }
+    }
 }
 
 impl Repository {
@@ -118,10 +133,14 @@ impl Repository {
             &root_bytes,
         )?;
         let online = keys.online_signer(Some(timestamp_keyid(&root.signed)))?;
+        let (targets_version, targets_bytes) = keys.latest_targets()?;
+        let releases_online = releases_signed_by(&targets_bytes, &online)?;
         let mut repo = Repository {
             dir: dir.to_owned(),
             config,
             online,
+            keys: keys.clone(),
+            releases_online,
             _lock: lock,
             snapshot: Snapshot::new(SPEC_VERSION.into(), NonZeroU64::MIN, Timestamp::UNIX_EPOCH),
             timestamp_version: 0,
@@ -129,7 +148,16 @@ impl Repository {
             #[cfg(test)]
             fault: None,
         };
-        let roles = repo.all_delegating_roles(&BTreeMap::new())?;
+        let mut roles = vec![RoleFile::signed_offline("targets", targets_version, targets_bytes)];
+        if !releases_online {
+            let releases = keys.initial_releases()?.ok_or_else(|| PublishError::KeyDir {
+                dir: keys.dir().to_owned(),
+                reason: "targets delegates releases to release keys, but releases/1.releases.json is missing"
+                    .into(),
+            })?;
+            roles.push(RoleFile::signed_offline(RELEASES_ROLE, 1, releases));
+        }
+        roles.extend(repo.all_delegating_roles(&BTreeMap::new())?);
         let leaves: Vec<u32> = (0..config.layout.leaves()).collect();
         let leaf_roles = leaves
             .par_iter()
@@ -190,10 +218,15 @@ impl Repository {
             }
         }
         let snapshot: Signed<Snapshot> = parse("snapshot", &snap_path, &snap_bytes)?;
+        let targets_version = snapshot.signed.meta.get("targets.json").map_or(0, |m| m.version.get());
+        let targets_path = meta.join(format!("{targets_version}.targets.json"));
+        let releases_online = releases_signed_by(&read(&targets_path)?, &online)?;
         let mut repo = Repository {
             dir: dir.to_owned(),
             config,
             online,
+            keys: keys.clone(),
+            releases_online,
             _lock: lock,
             snapshot: snapshot.signed,
             timestamp_version: timestamp.signed.version.get(),
@@ -265,6 +298,22 @@ fn listed_roles(snapshot: &Snapshot) -> impl Iterator<Item = (&str, u64)> {
         .meta
         .iter()
         .filter_map(|(file, m)| file.strip_suffix(".json").map(|role| (role, m.version.get())))
+}
+
+/// Whether the `targets` file in `bytes` delegates `releases` to `online` (and so lets
+/// the repository sign it).
+fn releases_signed_by(bytes: &[u8], online: &Signer) -> Result<bool, PublishError> {
+    let targets: Signed<Targets> = parse("targets", Path::new("targets.json"), bytes)?;
+    let releases = targets
+        .signed
+        .delegations
+        .and_then(|d| d.roles.into_iter().find(|r| r.name == RELEASES_ROLE))
+        .ok_or_else(|| PublishError::Inconsistent {
+            role: "targets".into(),
+            path: "targets.json".into(),
+            reason: format!("no {RELEASES_ROLE} delegation"),
+        })?;
+    Ok(releases.keyids.iter().any(|k| k == online.keyid()))
 }
 
 fn timestamp_keyid(root: &Root) -> &[u8] {

@@ -9,10 +9,10 @@ use crate::publish::layout::BinLayout;
 use crate::publish::leaf::{leaf_entries, path_order, LeafEntry, LeafTargets};
 use crate::publish::{CommitReport, PublishError};
 
-use super::{parse, read, Repository, RELEASES_ROLE};
+use super::{parse, read, Repository, DEVICES_ROLE, RELEASES_ROLE};
 
 impl Repository {
-    /// The bin layout of the published `targets` role: how many roles it delegates
+    /// The bin layout of the published `devices` role: how many roles it delegates
     /// device paths to, and, when those are parents, how many leaves each delegates to.
     pub(super) fn published_layout(&self) -> Result<BinLayout, PublishError> {
         let delegated = |role: &str| -> Result<Vec<String>, PublishError> {
@@ -22,14 +22,16 @@ impl Repository {
             let roles = signed.signed.delegations.map(|d| d.roles).unwrap_or_default();
             Ok(roles.into_iter().map(|r| r.name).filter(|n| n != RELEASES_ROLE).collect())
         };
-        let top = delegated("targets")?;
+        let top = delegated(DEVICES_ROLE)?;
         let bits = |n: usize, what: &str| -> Result<u8, PublishError> {
             if n.is_power_of_two() {
                 Ok(n.trailing_zeros() as u8)
             } else {
                 Err(PublishError::Repository {
                     repo: self.dir.clone(),
-                    reason: format!("the published targets role delegates to {n} {what}, not a power of two"),
+                    reason: format!(
+                        "the published {DEVICES_ROLE} role delegates to {n} {what}, not a power of two"
+                    ),
                 })
             }
         };
@@ -46,10 +48,11 @@ impl Repository {
     }
 
     /// Re-partitions the device targets into `layout`, as one metadata commit: a new
-    /// `targets` delegating to the new roles, a new version of every parent and leaf of the
+    /// `devices` delegating to the new roles, a new version of every parent and leaf of the
     /// new layout (a name the old layout used gets a version above its old one), then the
     /// snapshot, then the timestamp; the new layout is recorded in `waveguide-tuf.json`
-    /// after that. Device targets keep their content and hashes, so no target file is
+    /// after that (`targets`, signed offline, delegates all device paths to `devices` and
+    /// does not change). Device targets keep their content and hashes, so no target file is
     /// written. Roles of the old layout that the new one has not are no longer delegated
     /// but stay listed in the snapshot at their last version: TUF clients refuse a
     /// snapshot that drops a role their trusted snapshot lists (specification 5.5.5).
@@ -124,6 +127,9 @@ impl Repository {
     /// Whether `role` is delegated in the current layout (roles a rebin retired are
     /// still listed in the snapshot, but no client ever fetches them).
     pub(super) fn is_live(&self, role: &str) -> bool {
-        role == "targets" || role == RELEASES_ROLE || self.config.layout.has_role(role)
+        role == "targets"
+            || role == DEVICES_ROLE
+            || role == RELEASES_ROLE
+            || self.config.layout.has_role(role)
     }
 }

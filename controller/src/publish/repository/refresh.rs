@@ -11,13 +11,16 @@ use tough::schema::{Signed, Targets, Timestamp as TimestampRole};
 
 use crate::publish::{CommitReport, PublishError};
 
-use super::{listed_roles, parse, read, Repository};
+use super::{listed_roles, parse, read, Repository, RoleFile, RELEASES_ROLE};
 
 impl Repository {
-    /// Re-signs every role that expires within `margin` (with a new version), then the
-    /// snapshot if anything it lists changed or it expires within `margin` itself, then the
-    /// timestamp. When only the timestamp is near its expiry, only `timestamp.json` is
-    /// rewritten. The controller calls this on a timer.
+    /// Publishes a newer `targets` signed offline (`waveguide keys sign-targets`) if the
+    /// key directory has one, re-signs every online role that expires within `margin`
+    /// (with a new version), then the snapshot if anything it lists changed or it expires
+    /// within `margin` itself, then the timestamp. When only the timestamp is near its
+    /// expiry, only `timestamp.json` is rewritten. The controller calls this on a timer.
+    /// Offline roles (`targets`, and `releases` when release keys sign it) near their
+    /// expiry are logged: only their key holders can re-sign them.
     pub fn refresh(&mut self, margin: SignedDuration) -> Result<CommitReport, PublishError> {
         let deadline = Timestamp::now().saturating_add(margin).expect("signed durations never fail to add");
         let meta = self.metadata_dir();
@@ -32,15 +35,25 @@ impl Repository {
                 Ok((read_expires(&path)? <= deadline).then(|| (role.clone(), *version)))
             })
             .collect::<Result<Vec<_>, PublishError>>()?;
-        let files = stale
+        let (offline, stale): (Vec<_>, Vec<_>) =
+            stale.into_iter().flatten().partition(|(role, _)| self.is_offline(role));
+        for (role, version) in offline {
+            tracing::warn!(
+                role,
+                version,
+                "an offline role expires soon: re-sign it with its offline keys (docs/operations.md)"
+            );
+        }
+        let mut files = self.newer_targets()?.into_iter().collect::<Vec<_>>();
+        let resigned = stale
             .into_par_iter()
-            .flatten()
             .map(|(role, version)| {
                 let path = meta.join(format!("{version}.{role}.json"));
                 let signed: Signed<Targets> = parse(&role, &path, &read(&path)?)?;
                 self.sign_targets(&role, signed.signed, version + 1, self.expiry_of(&role))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        files.extend(resigned);
         let mut report = CommitReport::default();
         if !files.is_empty() || self.snapshot.expires <= deadline {
             self.publish(files, &mut report, false)?;
@@ -54,6 +67,22 @@ impl Repository {
             self.write_timestamp(&snap_bytes, &mut report)?;
         }
         Ok(report)
+    }
+}
+
+impl Repository {
+    /// Whether `role` is signed offline, never by this repository.
+    fn is_offline(&self, role: &str) -> bool {
+        role == "targets" || (role == RELEASES_ROLE && !self.releases_online)
+    }
+
+    /// The key directory's newest `targets`, if newer than the published one.
+    pub(super) fn newer_targets(&self) -> Result<Option<RoleFile>, PublishError> {
+        let (version, bytes) = self.keys.latest_targets()?;
+        if version <= self.role_version("targets") {
+            return Ok(None);
+        }
+        Ok(Some(RoleFile::signed_offline("targets", version, bytes)))
     }
 }
 

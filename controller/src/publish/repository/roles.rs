@@ -6,29 +6,27 @@ use std::num::NonZeroU64;
 use jiff::{SignedDuration, Timestamp};
 use rayon::prelude::*;
 use tough::schema::decoded::{Decoded, Hex};
-use tough::schema::{
-    DelegatedRole, Delegations, Hashes, PathHashPrefix, PathPattern, PathSet, Target, Targets,
-};
+use tough::schema::{DelegatedRole, Delegations, Hashes, PathHashPrefix, PathSet, Target, Targets};
 use tough::TargetName;
 
 use crate::publish::canonical::leaf_canonical_json;
 use crate::publish::signing::{canonical_json, sign_canonical, Signer};
 use crate::publish::{expiry_after, PublishError, SPEC_VERSION};
 
-use super::{listed_roles, Repository, RoleFile, RELEASES_PATHS, RELEASES_ROLE};
+use super::{listed_roles, Repository, RoleFile, DEVICES_ROLE, RELEASES_ROLE};
 
 impl Repository {
-    /// The roles above the leaves, signed at their next versions: `targets`, the parent
-    /// roles, and an empty `releases` when the repository has none yet. `versions` holds
-    /// the published version of each role (empty for a new repository).
+    /// The online roles above the leaves, signed at their next versions: `devices`, the
+    /// parent roles, and an empty `releases` when the online key signs it and the
+    /// repository has none yet. `versions` holds the published version of each role
+    /// (empty for a new repository). `targets` is signed offline and not among them.
     pub(super) fn all_delegating_roles(
         &self,
         versions: &BTreeMap<String, u64>,
     ) -> Result<Vec<RoleFile>, PublishError> {
         let layout = self.config.layout;
         let next = |role: &str| versions.get(role).copied().unwrap_or(0) + 1;
-        let mut top =
-            vec![delegated(RELEASES_ROLE, PathSet::Paths(vec![pattern(RELEASES_PATHS)?]), &self.online)];
+        let mut top = Vec::new();
         if layout.parents() == 0 {
             for leaf in 0..layout.leaves() {
                 top.push(delegated(
@@ -47,12 +45,12 @@ impl Repository {
             }
         }
         let mut files = vec![self.sign_targets(
-            "targets",
+            DEVICES_ROLE,
             self.delegating(top),
-            next("targets"),
+            next(DEVICES_ROLE),
             self.config.expiries.targets,
         )?];
-        if !versions.contains_key(RELEASES_ROLE) {
+        if self.releases_online && !versions.contains_key(RELEASES_ROLE) {
             files.push(self.sign_targets(RELEASES_ROLE, empty_targets(), 1, self.config.expiries.targets)?);
         }
         let parents = (0..layout.parents())
@@ -142,7 +140,7 @@ impl Repository {
 
     pub(super) fn expiry_of(&self, role: &str) -> SignedDuration {
         match role {
-            "targets" | RELEASES_ROLE => self.config.expiries.targets,
+            DEVICES_ROLE | RELEASES_ROLE => self.config.expiries.targets,
             _ => self.config.expiries.snapshot,
         }
     }
@@ -178,21 +176,14 @@ fn prefixes(list: Vec<String>) -> Result<PathSet, PublishError> {
     ))
 }
 
-fn pattern(p: &str) -> Result<PathPattern, PublishError> {
-    PathPattern::new(p).map_err(|source| PublishError::ToughSchema {
-        what: format!("invalid path pattern {p}"),
-        source: Box::new(source),
-    })
-}
-
-pub(super) fn target_name(path: String) -> Result<TargetName, PublishError> {
+pub(crate) fn target_name(path: String) -> Result<TargetName, PublishError> {
     TargetName::new(path.clone()).map_err(|source| PublishError::Tough {
         what: format!("invalid target name {path}"),
         source: Box::new(source),
     })
 }
 
-pub(super) fn new_target(length: u64, sha256: Vec<u8>, custom: HashMap<String, serde_json::Value>) -> Target {
+pub(crate) fn new_target(length: u64, sha256: Vec<u8>, custom: HashMap<String, serde_json::Value>) -> Target {
     Target {
         length,
         hashes: Hashes { sha256: Decoded::<Hex>::from(sha256), _extra: HashMap::new() },

@@ -11,8 +11,9 @@ use crate::publish::{CommitReport, PublishError};
 use super::{parse, read, Repository, RELEASES_ROLE};
 
 impl Repository {
-    /// Makes the repository trust a new online key: signs root `v+1` with the offline root
-    /// keys from `keys`, re-signs every role with the new key, then publishes the new
+    /// Makes the repository trust a new online key: signs root `v+1` and `targets` `v+1`
+    /// with the offline root and targets keys from `keys`, re-signs every online role with
+    /// the new key, then publishes the new
     /// root and the timestamp. A rotation interrupted at any point is finished by running
     /// it again.
     pub fn rotate_online_key(
@@ -23,10 +24,13 @@ impl Repository {
         let next = keys.prepare_rotation(root_expiry)?;
         let (root_version, _) = keys.latest_root()?;
         self.online = next;
-        // Every role names the online key (targets via root, bins via delegations), so
-        // every role gets a new version signed by the new key.
+        // Every online role names the online key (through root or a delegation), so each
+        // gets a new version signed by the new key.
         let versions = self.published_versions();
         let mut files = self.all_delegating_roles(&versions)?;
+        // `targets`, signed with the offline targets keys by `prepare_rotation`, delegates
+        // `devices` to the new key.
+        files.extend(self.newer_targets()?);
         let meta = self.metadata_dir();
         let leaves: Vec<u32> = (0..self.config.layout.leaves()).collect();
         let leaf_files = leaves
@@ -40,7 +44,7 @@ impl Repository {
             })
             .collect::<Result<Vec<_>, _>>()?;
         files.extend(leaf_files);
-        if let Some(&version) = versions.get(RELEASES_ROLE) {
+        if let Some(&version) = versions.get(RELEASES_ROLE).filter(|_| self.releases_online) {
             let path = meta.join(format!("{version}.{RELEASES_ROLE}.json"));
             let signed: Signed<Targets> = parse(RELEASES_ROLE, &path, &read(&path)?)?;
             files.push(self.sign_targets(

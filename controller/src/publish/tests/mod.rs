@@ -15,6 +15,8 @@ use super::*;
 use crate::protocol::target::{device_order_key, device_target_path};
 use crate::protocol::{ArtifactRef, DeviceInstruction};
 
+mod offline;
+
 fn instruction(device: &str, release: &str) -> DeviceInstruction {
     DeviceInstruction {
         device: device.to_owned(),
@@ -47,7 +49,7 @@ struct Fixture {
 
 fn fixture(devices: u64) -> (Fixture, Repository) {
     let tmp = TempDir::new().unwrap();
-    let (keys, _) = KeyDir::init(&tmp.path().join("keys"), 1, 1, SignedDuration::from_hours(24)).unwrap();
+    let (keys, _) = KeyDir::init(&tmp.path().join("keys"), &KeySpec::without_release_keys()).unwrap();
     let repo_dir = tmp.path().join("repo");
     let config = RepoConfig { layout: BinLayout::for_fleet(devices), expiries: Expiries::default() };
     let repo = Repository::create(&repo_dir, &keys, config).unwrap();
@@ -250,7 +252,7 @@ fn a_refresh_near_bin_expiry_re_signs_bins_snapshot_and_timestamp() {
     let (fx, mut repo) = fixture(100);
     repo.commit(batch(["a".to_owned()], "r1")).unwrap();
     let leaves = repo.config().layout.leaves() as usize;
-    // Within eight days, bins, parents and snapshot (7 days) expire, targets (90) do not.
+    // Within eight days, bins, parents and snapshot (7 days) expire, devices (90) does not.
     let report = repo.refresh(SignedDuration::from_hours(8 * 24)).unwrap();
     let bins = report.roles.iter().filter(|r| r.role.starts_with("d-")).count();
     assert_eq!(bins, leaves);
@@ -418,7 +420,7 @@ fn rebinning_up_and_down_keeps_every_target_and_only_grows_versions() {
                 now.get(role)
             );
         }
-        for role in layout.role_names().chain(["targets".to_owned()]) {
+        for role in layout.role_names().chain(["devices".to_owned()]) {
             assert!(now[&role] > last.get(&role).copied().unwrap_or(0), "{role} has a new version");
         }
         last = now;
