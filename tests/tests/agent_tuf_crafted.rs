@@ -139,7 +139,8 @@ async fn a_root_that_expires_while_the_agent_runs_is_refused_at_the_next_update(
 /// A delegation, to `name`, of `paths`, to the online key.
 fn delegation(c: &Controller, name: &str, paths: &[&str], terminating: bool) -> Value {
     let root = json_file(&c.root_file());
-    let keyid = root["signed"]["roles"]["targets"]["keyids"][0].clone();
+    // The online key (the timestamp's) signs `devices` and everything crafted below it.
+    let keyid = root["signed"]["roles"]["timestamp"]["keyids"][0].clone();
     json!({"name": name, "keyids": [keyid], "threshold": 1, "paths": paths, "terminating": terminating})
 }
 
@@ -147,7 +148,7 @@ fn delegation(c: &Controller, name: &str, paths: &[&str], terminating: bool) -> 
 /// online key, written as `1.<file name>.json`.
 async fn write_role(c: &Controller, file_name: &str, targets: Value, roles: Vec<Value>) {
     let root = json_file(&c.root_file());
-    let keyid = root["signed"]["roles"]["targets"]["keyids"][0].as_str().unwrap().to_owned();
+    let keyid = root["signed"]["roles"]["timestamp"]["keyids"][0].as_str().unwrap().to_owned();
     let role = json!({
         "_type": "targets", "spec_version": "1.0.0", "version": 1,
         "expires": tuf::in_an_hour().to_string(), "targets": targets,
@@ -160,10 +161,10 @@ async fn write_role(c: &Controller, file_name: &str, targets: Value, roles: Vec<
     .unwrap();
 }
 
-/// Re-signs the published `targets` with `first` delegated before its own delegations,
-/// and the snapshot listing `roles` at version 1.
+/// Re-signs the published `devices` (the online role above the bins) with `first`
+/// delegated before its own delegations, and the snapshot listing `roles` at version 1.
 async fn delegate_first(c: &Controller, first: Vec<Value>, roles: &[&str]) {
-    let path = role_file(c, "targets");
+    let path = role_file(c, "devices");
     let mut targets = json_file(&path)["signed"].clone();
     let delegated = targets["delegations"]["roles"].as_array_mut().unwrap();
     for (i, d) in first.into_iter().enumerate() {
@@ -183,14 +184,14 @@ async fn delegate_first(c: &Controller, first: Vec<Value>, roles: &[&str]) {
 async fn a_cyclic_delegation_graph_visits_each_role_once_and_does_not_panic() {
     let c = Controller::start().await;
     c.publish(batch(&["store-0001"]));
-    // targets → a → {targets, a, b}, b → a; then targets' own terminating bins.
+    // devices → a → {devices, a, b}, b → a; then devices' own terminating bins.
     let all = ["devices/*"];
     write_role(
         &c,
         "a",
         json!({}),
         vec![
-            delegation(&c, "targets", &all, false),
+            delegation(&c, "devices", &all, false),
             delegation(&c, "a", &all, false),
             delegation(&c, "b", &all, false),
         ],
@@ -203,7 +204,7 @@ async fn a_cyclic_delegation_graph_visits_each_role_once_and_does_not_panic() {
     c.take_requests();
     assert_eq!(read(&mut ours, "store-0001").await.unwrap().as_deref(), Some("r1"));
     let fetched = c.take_requests();
-    for role in ["targets", "a", "b"] {
+    for role in ["targets", "devices", "a", "b"] {
         let n = fetched.iter().filter(|p| p.ends_with(&format!(".{role}.json"))).count();
         assert_eq!(n, 1, "{role} fetched {n} times: {fetched:?}");
     }
