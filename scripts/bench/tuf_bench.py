@@ -28,6 +28,7 @@ The internal subcommands (pytuf-*) are what `run` times.
 """
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -275,7 +276,8 @@ def check_bytes(meta, files):
 
 
 def waveguide_check_bytes(repo, device):
-    """timestamp + snapshot + targets + the parent and leaf bins on the device's path."""
+    """timestamp + snapshot + targets + the online `devices` role + the parent and leaf
+    bins on the device's path."""
     meta = repo / "metadata"
     ts = json.loads((meta / "timestamp.json").read_text())
     sv = ts["signed"]["meta"]["snapshot.json"]["version"]
@@ -287,7 +289,10 @@ def waveguide_check_bytes(repo, device):
         files.append(f"{snap[role + '.json']['version']}.{role}.json")
         signed = json.loads((meta / files[-1]).read_text())["signed"]
         roles = (signed.get("delegations") or {}).get("roles", [])
-        nxt = [r["name"] for r in roles if any(digest.startswith(p) for p in r.get("path_hash_prefixes", []))]
+        target = f"devices/{device}.json"
+        nxt = [r["name"] for r in roles
+               if any(digest.startswith(p) for p in r.get("path_hash_prefixes", []))
+               or any(fnmatch.fnmatchcase(target, p) for p in r.get("paths", []))]
         if not nxt:
             return check_bytes(meta, files), files
         role = nxt[0]
