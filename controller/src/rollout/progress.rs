@@ -60,7 +60,12 @@ pub fn classify(
     if let Some(report) = report {
         let on_target =
             report.release.as_deref() == Some(target.release) && &report.version == target.version;
-        if on_target && report.state.is_settled() {
+        // On the release, settled, or failed or rolled back from a later instruction (a
+        // device that refused or failed what it was told next still runs this release:
+        // a rollback's member reports its old failure until it polls the rollback).
+        let runs_it = report.state.is_settled()
+            || matches!(report.state, UpdateState::Failed | UpdateState::RolledBack);
+        if on_target && runs_it {
             return if report.healthy {
                 MemberState::Healthy
             } else {
@@ -213,6 +218,18 @@ mod tests {
             healthy,
             failure: None,
             last_seen: Some(jiff::Timestamp::from_millisecond(seen).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_member_on_the_release_that_failed_a_later_instruction_runs_the_release() {
+        // A rollback's member: it runs v2 (the rollback's release) and still reports the
+        // failure of what it was told before, until it polls the rollback's instruction.
+        let v2: semver::Version = "2.0.0".parse().unwrap();
+        let t = target(&v2);
+        for state in [UpdateState::Failed, UpdateState::RolledBack] {
+            let failed_later = report("v2", "2.0.0", state, true, 99 * MIN);
+            assert_eq!(classify(&t, Some(95 * MIN), true, Some(&failed_later)), MemberState::Healthy);
         }
     }
 
