@@ -40,7 +40,7 @@ def test_kubernetes_accepts_the_crd(path):
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     expected = {
         "Fleet": ["Ready", "Commit", "Devices", "Age"],
-        "FleetRollout": ["Policy", "Release", "Wave", "Updated", "Failed", "Phase", "Age"],
+        "FleetRollout": ["Policy", "Release", "Wave", "Updated", "Failed", "Phase", "Age", "Rollback-Of"],
     }[document["spec"]["names"]["kind"]]
     assert columns == expected
 

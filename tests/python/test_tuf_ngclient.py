@@ -149,7 +149,15 @@ def online_publish(served, name, role=None, listed=None):
         role.sign(online_signer(served))
         role.to_file(str(meta / f"{role.signed.version}.{name}.json"))
         listed = role.signed.version
-    snapshot.signed.meta[f"{name}.json"].version = listed
+    # The thief signs the snapshot too, so it names the file's true length and hash
+    # wherever the published snapshot gives them.
+    listed_bytes = (meta / f"{listed}.{name}.json").read_bytes()
+    entry = snapshot.signed.meta[f"{name}.json"]
+    entry.version = listed
+    if entry.length is not None:
+        entry.length = len(listed_bytes)
+    if entry.hashes:
+        entry.hashes = {"sha256": hashlib.sha256(listed_bytes).hexdigest()}
     snapshot.signed.version += 1
     snapshot.signatures.clear()
     snapshot.sign(online_signer(served))
