@@ -428,7 +428,7 @@ fn publishes(fleet: &CompiledFleet, rollout: &RolloutRecord, policy: PolicyIx) -
     if rollout.rollback_of.is_none() {
         return Some(fleet.policy(policy).release);
     }
-    fleet.release_named(&rollout.release).filter(|&ix| same_release(rollout, fleet.release(ix)))
+    rollback::declared(fleet, &rollout.release, &rollout.version)
 }
 
 /// A new rollout of a policy's plan: its record, waves and members, each member with the

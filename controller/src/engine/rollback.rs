@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::decide::Member;
-use crate::compile::CompiledFleet;
+use crate::compile::{CompiledFleet, ReleaseIx};
 use crate::inventory::store::{ReleaseRef, Requests, RolloutPhase, RolloutRecord, WaveRecord, WaveState};
 
 /// A rollback rollout to create: its record, its waves and its members.
@@ -44,7 +44,9 @@ pub fn rollbacks(
     let mut unknown = 0u64;
     for m in members.iter().filter(|m| m.published_at.is_some()) {
         match &m.previous {
-            Some(previous) if declares(fleet, previous) => groups.entry(previous).or_default().push(m),
+            Some(previous) if declared(fleet, &previous.release, &previous.version).is_some() => {
+                groups.entry(previous).or_default().push(m)
+            }
             _ => unknown += 1,
         }
     }
@@ -129,10 +131,8 @@ pub fn rollbacks(
         .collect()
 }
 
-/// Whether the fleet declares `release` at that version: only then can devices be
-/// returned to it (its artifacts are what the instructions name).
-pub fn declares(fleet: &CompiledFleet, release: &ReleaseRef) -> bool {
-    fleet
-        .release_named(&release.release)
-        .is_some_and(|ix| fleet.release(ix).version.to_string() == release.version)
+/// The release the fleet declares under `name` at `version`, if it does: only then can
+/// devices be sent to it (its artifacts are what the instructions name).
+pub fn declared(fleet: &CompiledFleet, name: &str, version: &str) -> Option<ReleaseIx> {
+    fleet.release_named(name).filter(|&ix| fleet.release(ix).version.to_string() == version)
 }
